@@ -1,0 +1,103 @@
+#include "common/block_key.h"
+
+#include <openssl/evp.h>
+
+#include "absl/strings/ascii.h"
+#include "absl/strings/escaping.h"
+#include "absl/strings/str_cat.h"
+#include "common/logging.h"
+
+namespace kvtier {
+namespace {
+
+constexpr absl::string_view kNamespaceTag = "kvtier-namespace-v1";
+
+// SHA-256 through OpenSSL's EVP interface; one object per digest.
+class Sha256 {
+ public:
+  Sha256() : ctx_(EVP_MD_CTX_new()) {
+    KVTIER_CHECK(ctx_ != nullptr && EVP_DigestInit_ex(ctx_, EVP_sha256(), nullptr) == 1,
+                 "OpenSSL SHA-256 init failed");
+  }
+  ~Sha256() { EVP_MD_CTX_free(ctx_); }
+  void Update(const void* data, size_t size) { EVP_DigestUpdate(ctx_, data, size); }
+  void UpdateU32(uint32_t v) {
+    uint8_t le[4] = {static_cast<uint8_t>(v), static_cast<uint8_t>(v >> 8),
+                     static_cast<uint8_t>(v >> 16), static_cast<uint8_t>(v >> 24)};
+    Update(le, sizeof(le));
+  }
+  void UpdateString(absl::string_view s) {
+    UpdateU32(static_cast<uint32_t>(s.size()));
+    Update(s.data(), s.size());
+  }
+  BlockKey Final() {
+    BlockKey out;
+    unsigned int len = 0;
+    EVP_DigestFinal_ex(ctx_, out.data(), &len);
+    return out;
+  }
+
+ private:
+  EVP_MD_CTX* ctx_;
+};
+
+}  // namespace
+
+NamespaceId ComputeNamespace(const NamespaceParams& p) {
+  Sha256 h;
+  h.Update(kNamespaceTag.data(), kNamespaceTag.size());
+  h.Update(p.model_fingerprint.data(), p.model_fingerprint.size());
+  h.UpdateString(p.kv_dtype);
+  h.UpdateU32(p.block_tokens);
+  h.UpdateU32(p.layout_version);
+  h.UpdateString(p.tenant_salt);
+  return h.Final();
+}
+
+BlockKey ChainBlockKey(const BlockKey& prev, absl::Span<const uint32_t> tokens) {
+  Sha256 h;
+  h.Update(prev.data(), prev.size());
+  for (uint32_t t : tokens) h.UpdateU32(t);
+  return h.Final();
+}
+
+std::vector<BlockKey> ComputeBlockKeys(const NamespaceId& ns, absl::Span<const uint32_t> tokens,
+                                       uint32_t block_tokens) {
+  std::vector<BlockKey> keys;
+  if (block_tokens == 0) return keys;
+  const size_t n = tokens.size() / block_tokens;
+  keys.reserve(n);
+  BlockKey prev = ns;
+  for (size_t i = 0; i < n; ++i) {
+    prev = ChainBlockKey(prev, tokens.subspan(i * block_tokens, block_tokens));
+    keys.push_back(prev);
+  }
+  return keys;
+}
+
+std::string KeyToHex(const BlockKey& key) { return absl::BytesToHexString(KeyBytes(key)); }
+
+absl::StatusOr<BlockKey> KeyFromHex(absl::string_view hex) {
+  if (hex.size() != 2 * kBlockKeyBytes) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("a key is 64 hex digits, got ", hex.size(), " characters"));
+  }
+  for (char c : hex) {
+    if (!absl::ascii_isxdigit(static_cast<unsigned char>(c))) {
+      return absl::InvalidArgumentError(absl::StrCat("not a hex key: '", hex, "'"));
+    }
+  }
+  return KeyFromBytes(absl::HexStringToBytes(hex), "key");
+}
+
+absl::StatusOr<BlockKey> KeyFromBytes(absl::string_view bytes, absl::string_view what) {
+  if (bytes.size() != kBlockKeyBytes) {
+    return absl::InvalidArgumentError(
+        absl::StrCat(what, " must be ", kBlockKeyBytes, " bytes, got ", bytes.size()));
+  }
+  BlockKey key;
+  std::copy(bytes.begin(), bytes.end(), key.begin());
+  return key;
+}
+
+}  // namespace kvtier

@@ -1,0 +1,167 @@
+// RAII wrappers over UCX (ucp): context, worker, endpoint, registered memory, remote key, and
+// batched one-sided put/get with one flush per batch.
+//
+// Ownership: every type is move-only and releases its UCX handle in its destructor. Objects
+// must be destroyed in reverse dependency order: RemoteKey before its Endpoint, Endpoint and
+// MemoryRegion before their Worker/Context, Worker before Context.
+//
+// Threads: a Worker is created in UCS_THREAD_MODE_SERIALIZED: any thread may use it, but never
+// two at once. The caller serializes (the store gives its worker to one ProgressThread; the
+// client library holds a mutex). UCX callbacks registered here never block and take no locks.
+//
+// Error handling: endpoints use UCP_ERR_HANDLING_MODE_PEER so that a dead peer fails pending
+// operations instead of hanging them. Because that mode silently drops UCX 1.13's shared-memory
+// transports unless their error handling is switched on, UcxContext::Create sets
+// UCX_POSIX_ERROR_HANDLING=y and UCX_SYSV_ERROR_HANDLING=y in the environment when the user has
+// not set them (see docs/store-protocol.md).
+#ifndef KVTIER_TRANSPORT_UCX_H_
+#define KVTIER_TRANSPORT_UCX_H_
+
+#include <ucp/api/ucp.h>
+
+#include <atomic>
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "absl/time/time.h"
+#include "absl/strings/string_view.h"
+#include "absl/types/span.h"
+
+namespace kvtier::transport {
+
+// Converts a UCX status to an absl::Status carrying `what` and UCX's own message.
+absl::Status UcsToStatus(ucs_status_t status, absl::string_view what);
+
+class UcxContext {
+ public:
+  // Creates a context with RMA and wakeup features.
+  static absl::StatusOr<std::unique_ptr<UcxContext>> Create();
+  ~UcxContext();
+  UcxContext(const UcxContext&) = delete;
+  UcxContext& operator=(const UcxContext&) = delete;
+
+  ucp_context_h handle() const { return context_; }
+  // Memory types UCX can move ("host", "cuda", ...), from ucp_context_query.
+  const std::vector<std::string>& memory_types() const { return memory_types_; }
+  bool cuda_memory_supported() const { return cuda_supported_; }
+
+ private:
+  UcxContext() = default;
+  ucp_context_h context_ = nullptr;
+  std::vector<std::string> memory_types_;
+  bool cuda_supported_ = false;
+};
+
+class UcxWorker {
+ public:
+  static absl::StatusOr<std::unique_ptr<UcxWorker>> Create(UcxContext* context);
+  ~UcxWorker();
+  UcxWorker(const UcxWorker&) = delete;
+  UcxWorker& operator=(const UcxWorker&) = delete;
+
+  ucp_worker_h handle() const { return worker_; }
+  // The worker's address, to be sent to peers through the control plane.
+  const std::string& address() const { return address_; }
+  // One progress call; returns true if something happened.
+  bool Progress() { return ucp_worker_progress(worker_) != 0; }
+  // Blocks, progressing this worker, until `request` (from a *_nbx call) completes or
+  // `deadline` passes; frees the request. Returns the request's status (DeadlineExceeded after
+  // cancelling it on timeout). nullptr and non-pointer statuses are handled.
+  absl::Status Wait(ucs_status_ptr_t request, absl::Time deadline, absl::string_view what);
+
+ private:
+  UcxWorker() = default;
+  ucp_worker_h worker_ = nullptr;
+  std::string address_;
+};
+
+// UCX-registered memory. Allocate() lets UCX allocate (shared-memory transports can then map
+// it in peers, making put/get truly one-sided); Register() maps existing memory.
+class MemoryRegion {
+ public:
+  static absl::StatusOr<std::unique_ptr<MemoryRegion>> Allocate(UcxContext* context,
+                                                                size_t bytes);
+  static absl::StatusOr<std::unique_ptr<MemoryRegion>> Register(UcxContext* context, void* address,
+                                                                size_t bytes);
+  ~MemoryRegion();
+  MemoryRegion(const MemoryRegion&) = delete;
+  MemoryRegion& operator=(const MemoryRegion&) = delete;
+
+  uint8_t* data() const { return static_cast<uint8_t*>(address_); }
+  size_t size() const { return size_; }
+  // The packed remote key peers need for one-sided access.
+  absl::StatusOr<std::string> PackRkey() const;
+
+ private:
+  MemoryRegion() = default;
+  ucp_context_h context_ = nullptr;
+  ucp_mem_h memh_ = nullptr;
+  void* address_ = nullptr;
+  size_t size_ = 0;
+};
+
+// One local<->remote transfer of a batch.
+struct RmaOp {
+  void* local = nullptr;
+  uint64_t remote_address = 0;
+  size_t size = 0;
+};
+
+class Endpoint;
+
+// A peer's remote key unpacked on one endpoint (it works only there).
+class RemoteKey {
+ public:
+  ~RemoteKey();
+  RemoteKey(const RemoteKey&) = delete;
+  RemoteKey& operator=(const RemoteKey&) = delete;
+  ucp_rkey_h handle() const { return rkey_; }
+
+ private:
+  friend class Endpoint;
+  RemoteKey() = default;
+  ucp_rkey_h rkey_ = nullptr;
+};
+
+// A connection to a peer worker. Not thread-safe: used under the worker's serialization.
+class Endpoint {
+ public:
+  static absl::StatusOr<std::unique_ptr<Endpoint>> Connect(UcxWorker* worker,
+                                                           const std::string& peer_address);
+  // Closes (flushing when healthy, forcibly after an error), bounded by a short deadline.
+  ~Endpoint();
+  Endpoint(const Endpoint&) = delete;
+  Endpoint& operator=(const Endpoint&) = delete;
+
+  absl::StatusOr<std::unique_ptr<RemoteKey>> UnpackRkey(const std::string& packed);
+
+  // Issues every op as a one-sided put (or get), then one ucp_ep_flush_nbx, and waits until all
+  // are complete at the target (put) or locally (get). On failure or timeout the endpoint is
+  // marked failed and should be dropped.
+  absl::Status PutBatch(const RemoteKey& rkey, absl::Span<const RmaOp> ops, absl::Time deadline);
+  absl::Status GetBatch(const RemoteKey& rkey, absl::Span<const RmaOp> ops, absl::Time deadline);
+
+  // ucp_ep_print_info's text: the transports each lane uses (for logs and tests).
+  std::string Describe() const;
+
+  // True once the peer failed (error callback) or an operation on it failed.
+  bool failed() const { return failed_.load(std::memory_order_relaxed); }
+
+ private:
+  Endpoint() = default;
+  absl::Status RunBatch(bool put, const RemoteKey& rkey, absl::Span<const RmaOp> ops,
+                        absl::Time deadline);
+  static void OnError(void* arg, ucp_ep_h ep, ucs_status_t status);
+
+  UcxWorker* worker_ = nullptr;
+  ucp_ep_h ep_ = nullptr;
+  std::atomic<bool> failed_{false};
+};
+
+}  // namespace kvtier::transport
+
+#endif  // KVTIER_TRANSPORT_UCX_H_
