@@ -9,14 +9,14 @@
 
 #include "spdlog/spdlog.h"
 
-#define KVTIER_CHECK(cond, ...)                                                  \
-  do {                                                                           \
-    if (!(cond)) [[unlikely]] {                                                  \
+#define KVTIER_CHECK(cond, ...)                                                    \
+  do {                                                                             \
+    if (!(cond)) [[unlikely]] {                                                    \
       spdlog::critical("CHECK failed at {}:{}: {}: {}", __FILE__, __LINE__, #cond, \
-                       ::fmt::format(__VA_ARGS__));                              \
-      spdlog::default_logger()->flush();                                         \
-      std::abort();                                                              \
-    }                                                                            \
+                       ::fmt::format(__VA_ARGS__));                                \
+      spdlog::default_logger()->flush();                                           \
+      std::abort();                                                                \
+    }                                                                              \
   } while (0)
 
 namespace kvtier {

@@ -22,9 +22,8 @@ class MetricsHttpServer {
  public:
   // Binds host:port (port 0 picks a free port) and starts serving. Fails with a clear status
   // when the address cannot be bound.
-  static absl::StatusOr<std::unique_ptr<MetricsHttpServer>> Start(const std::string& host,
-                                                                   int port,
-                                                                   const MetricsRegistry* registry);
+  static absl::StatusOr<std::unique_ptr<MetricsHttpServer>> Start(const std::string& host, int port,
+                                                                  const MetricsRegistry* registry);
   ~MetricsHttpServer();  // Stops.
 
   int port() const { return port_; }

@@ -9,9 +9,9 @@
 #define KVTIER_CONCAT_(a, b) KVTIER_CONCAT_INNER_(a, b)
 
 // Returns from the enclosing function if `expr` (an absl::Status) is not OK.
-#define KVTIER_RETURN_IF_ERROR(expr)             \
-  do {                                           \
-    ::absl::Status kvtier_status_ = (expr);      \
+#define KVTIER_RETURN_IF_ERROR(expr)                 \
+  do {                                               \
+    ::absl::Status kvtier_status_ = (expr);          \
     if (!kvtier_status_.ok()) return kvtier_status_; \
   } while (0)
 

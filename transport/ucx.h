@@ -27,8 +27,8 @@
 
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
-#include "absl/time/time.h"
 #include "absl/strings/string_view.h"
+#include "absl/time/time.h"
 #include "absl/types/span.h"
 
 namespace kvtier::transport {
@@ -83,8 +83,7 @@ class UcxWorker {
 // it in peers, making put/get truly one-sided); Register() maps existing memory.
 class MemoryRegion {
  public:
-  static absl::StatusOr<std::unique_ptr<MemoryRegion>> Allocate(UcxContext* context,
-                                                                size_t bytes);
+  static absl::StatusOr<std::unique_ptr<MemoryRegion>> Allocate(UcxContext* context, size_t bytes);
   static absl::StatusOr<std::unique_ptr<MemoryRegion>> Register(UcxContext* context, void* address,
                                                                 size_t bytes);
   ~MemoryRegion();

@@ -71,8 +71,8 @@ TEST_P(UcxTransportTest, BatchedPutAndGetOneSided) {
     }
     ASSERT_TRUE((*ep)->GetBatch(**rkey, gets, deadline).ok());
     for (size_t i = 0; i < kBlocks; ++i) {
-      ASSERT_EQ(0, std::memcmp(dst.data() + i * kBlock, src.data() + (kBlocks - 1 - i) * kBlock,
-                               kBlock));
+      ASSERT_EQ(
+          0, std::memcmp(dst.data() + i * kBlock, src.data() + (kBlocks - 1 - i) * kBlock, kBlock));
     }
     EXPECT_FALSE((*ep)->failed());
   }

@@ -1,0 +1,221 @@
+// The cache store's state machine: block index, slot pool, reservations, leases, leaf-first LRU
+// eviction and the RocksDB spill tier. It knows nothing of gRPC or UCX: it is given the pool's
+// base pointer (UCX-registered memory in the server, plain memory in tests) and works in slot
+// offsets from it. See docs/store-protocol.md for the protocol it implements.
+//
+// Ownership: borrows the pool memory, the SpillStore (nullptr: spill off) and the
+// MetricsRegistry (nullptr: a private one); all must outlive the Store.
+// Thread-safety: safe for concurrent use without external synchronization. One mutex guards
+// the index; Commit verifies checksums outside it.
+#ifndef KVTIER_CACHESTORE_STORE_H_
+#define KVTIER_CACHESTORE_STORE_H_
+
+#include <cstdint>
+#include <functional>
+#include <memory>
+#include <optional>
+#include <set>
+#include <utility>
+#include <vector>
+
+#include "absl/base/thread_annotations.h"
+#include "absl/container/flat_hash_map.h"
+#include "absl/container/node_hash_map.h"
+#include "absl/status/statusor.h"
+#include "absl/synchronization/mutex.h"
+#include "absl/time/time.h"
+#include "absl/types/span.h"
+#include "cachestore/spill_store.h"
+#include "common/block_key.h"
+#include "common/metrics.h"
+
+namespace kvtier::cachestore {
+
+struct StoreOptions {
+  // Bytes per slot: the largest block the store accepts. Default: 2 MiB.
+  uint64_t slot_bytes = 2ull << 20;
+  // Slots in the pool. Default: 512 (1 GiB at 2 MiB slots).
+  uint64_t slot_count = 512;
+  // A lease not released within this time is dropped. Default: 30 s.
+  absl::Duration lease_timeout = absl::Seconds(30);
+  // A reservation not committed within this time is aborted. Default: 30 s.
+  absl::Duration reservation_timeout = absl::Seconds(30);
+  // Most keys one Lookup or Reserve may name. Default: 4096.
+  uint32_t max_batch_keys = 4096;
+  // Bytes the spill tier may hold; used only with a SpillStore. Default: 0.
+  uint64_t spill_capacity_bytes = 0;
+  // Hits a block needs before eviction writes it to the spill tier (0: every block; a block
+  // whose descendants are spilled is always spilled, so chains stay whole). Default: 0.
+  uint32_t spill_min_hits = 0;
+};
+
+enum class ReserveOutcome { kReserved, kPresent, kNoSpace };
+
+struct BlockLocation {
+  uint64_t offset = 0;  // from the pool base
+  uint64_t size = 0;
+  uint64_t checksum = 0;
+};
+
+struct LookupResult {
+  uint32_t hit_count = 0;
+  std::vector<BlockLocation> blocks;  // one per hit, only when leased
+  uint64_t lease_id = 0;              // 0: nothing pinned
+  uint32_t promoted = 0;
+};
+
+struct ReserveResult {
+  uint64_t reservation_id = 0;  // 0: nothing reserved
+  std::vector<ReserveOutcome> outcomes;
+  std::vector<uint64_t> offsets;
+};
+
+struct CommitResult {
+  uint32_t committed = 0;
+  std::vector<BlockKey> rejected;  // checksum mismatch: dropped
+};
+
+struct DropResult {
+  uint64_t dropped = 0;
+  uint64_t pinned_kept = 0;
+};
+
+struct StoreStats {
+  uint64_t blocks_in_memory = 0, blocks_spilled = 0, slots_total = 0, slots_used = 0;
+  uint64_t spill_bytes = 0, spill_capacity_bytes = 0;
+  uint64_t lookups = 0, hit_blocks = 0, miss_blocks = 0, bytes_in = 0, bytes_out = 0;
+  uint64_t evictions = 0, spills = 0, promotions = 0, spill_drops = 0, checksum_failures = 0;
+  uint64_t expired_reservations = 0, expired_leases = 0;
+  uint64_t active_leases = 0, active_reservations = 0, namespaces = 0;
+};
+
+class Store {
+ public:
+  using Clock = std::function<absl::Time()>;
+
+  Store(const StoreOptions& options, uint8_t* pool, SpillStore* spill, MetricsRegistry* metrics,
+        Clock clock = &absl::Now);
+  ~Store();
+  Store(const Store&) = delete;
+  Store& operator=(const Store&) = delete;
+
+  // Rebuilds the index from the spill tier (after a restart). Call once, before serving.
+  absl::Status Recover();
+
+  // Longest present prefix of `keys`. With `lease`, spilled hits are promoted to memory and
+  // every hit is pinned until Release or the lease timeout. An unknown namespace is a miss.
+  absl::StatusOr<LookupResult> Lookup(const NamespaceId& ns, absl::Span<const BlockKey> keys,
+                                      bool lease);
+
+  // Slots for `keys` (consecutive blocks; `parent` is the block before keys[0]). Keys already
+  // present are kPresent; when no slot can be freed the key and all later ones are kNoSpace.
+  absl::StatusOr<ReserveResult> Reserve(const NamespaceId& ns, absl::Span<const BlockKey> keys,
+                                        const std::optional<BlockKey>& parent,
+                                        uint64_t block_bytes);
+
+  // Verifies each reserved slot against its checksum (one per kReserved key, in order) and
+  // makes matching blocks visible; mismatches are dropped and reported.
+  absl::StatusOr<CommitResult> Commit(uint64_t reservation_id,
+                                      absl::Span<const uint64_t> checksums);
+  absl::Status Abort(uint64_t reservation_id);
+  absl::Status Release(uint64_t lease_id);
+
+  // Aborts reservations and drops leases past their deadline. Called periodically.
+  void ReapExpired();
+
+  // Admin: removes every unpinned block of `ns` from memory and the spill tier.
+  DropResult DropNamespace(const NamespaceId& ns);
+
+  // Writes every committed in-memory block to the spill tier, hottest first, while capacity
+  // lasts (graceful shutdown). Returns how many were written.
+  uint64_t SpillAll();
+
+  StoreStats Stats() const;
+  const StoreOptions& options() const { return options_; }
+
+ private:
+  enum class State { kReserved, kCommitted };
+  enum class Tier { kMemory, kSpilled };
+  struct Entry {
+    BlockKey key{};
+    uint64_t id = 0;  // unique per entry, so a re-added parent is not confused with the old one
+    uint32_t ns_id = 0;
+    State state = State::kReserved;
+    Tier tier = Tier::kMemory;
+    int64_t slot = -1;
+    uint64_t size = 0;
+    uint64_t checksum = 0;
+    std::optional<BlockKey> parent;
+    uint64_t linked_parent_id = 0;  // 0: not counted in a parent's children
+    uint32_t leases = 0;
+    uint32_t children = 0;      // committed children in any tier
+    uint32_t mem_children = 0;  // committed children in memory
+    uint32_t hits = 0;
+    uint64_t tick = 0;  // last access, from tick_
+    bool in_evictable = false;
+    bool in_spill_lru = false;
+  };
+  struct Reservation {
+    std::vector<Entry*> entries;
+    absl::Time deadline;
+    bool committing = false;
+  };
+  struct Lease {
+    std::vector<Entry*> entries;
+    absl::Time deadline;
+  };
+  using LruSet = std::set<std::pair<uint64_t, Entry*>>;
+
+  uint32_t InternNamespace(const NamespaceId& ns) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  Entry* Find(const BlockKey& key) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  void Touch(Entry* e) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // Puts `e` into, or takes it out of, the eviction and spill-drop sets per its state.
+  void UpdateEligibility(Entry* e) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  void LinkParent(Entry* e) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  void UnlinkParent(Entry* e) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // Parent's mem_children changes when `e` moves between tiers.
+  void AdjustParentMemChildren(Entry* e, int delta) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // A free slot, evicting the least recently used evictable leaf if needed; -1 if none.
+  int64_t AllocateSlot() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  bool EvictOne() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // Writes `e` to the spill tier, dropping older spilled leaves to make room.
+  bool SpillEntry(Entry* e, bool make_room) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  absl::Status Promote(Entry* e) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  void FreeSlot(Entry* e) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  void RemoveEntry(Entry* e) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  void ReleaseLease(Lease& lease) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  void AbortReservation(Reservation& r) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  void UpdateGauges() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  uint8_t* SlotPtr(int64_t slot) const { return pool_ + slot * options_.slot_bytes; }
+
+  const StoreOptions options_;
+  uint8_t* const pool_;
+  SpillStore* const spill_;
+  std::unique_ptr<MetricsRegistry> own_metrics_;
+  const Clock clock_;
+
+  mutable absl::Mutex mu_;
+  absl::node_hash_map<BlockKey, Entry> entries_ ABSL_GUARDED_BY(mu_);
+  absl::flat_hash_map<NamespaceId, uint32_t> ns_ids_ ABSL_GUARDED_BY(mu_);
+  std::vector<NamespaceId> ns_by_id_ ABSL_GUARDED_BY(mu_);
+  std::vector<int64_t> free_slots_ ABSL_GUARDED_BY(mu_);
+  LruSet evictable_ ABSL_GUARDED_BY(mu_);  // committed, in memory, unpinned, no memory children
+  LruSet spill_lru_ ABSL_GUARDED_BY(mu_);  // spilled, unpinned, no children
+  absl::flat_hash_map<uint64_t, Reservation> reservations_ ABSL_GUARDED_BY(mu_);
+  absl::flat_hash_map<uint64_t, Lease> leases_ ABSL_GUARDED_BY(mu_);
+  uint64_t tick_ ABSL_GUARDED_BY(mu_) = 0;
+  uint64_t next_id_ ABSL_GUARDED_BY(mu_) = 1;
+  uint64_t blocks_in_memory_ ABSL_GUARDED_BY(mu_) = 0;
+  uint64_t blocks_spilled_ ABSL_GUARDED_BY(mu_) = 0;
+  uint64_t spill_bytes_ ABSL_GUARDED_BY(mu_) = 0;
+
+  // Metrics (owned by the registry).
+  Counter *lookups_, *hit_blocks_, *miss_blocks_, *bytes_in_, *bytes_out_, *evictions_, *spills_,
+      *promotions_, *spill_drops_, *checksum_failures_, *expired_reservations_, *expired_leases_;
+  Gauge *slots_total_g_, *slots_used_g_, *pool_bytes_used_g_, *spill_bytes_g_, *spill_capacity_g_,
+      *blocks_memory_g_, *blocks_spill_g_, *leases_g_, *reservations_g_;
+};
+
+}  // namespace kvtier::cachestore
+
+#endif  // KVTIER_CACHESTORE_STORE_H_

@@ -1,0 +1,121 @@
+#include "cachestore/store_server.h"
+
+#include <grpcpp/grpcpp.h>
+
+#include <random>
+
+#include "absl/strings/numbers.h"
+#include "absl/strings/str_cat.h"
+#include "cachestore/spill_store.h"
+#include "cachestore/store.h"
+#include "cachestore/store_service.h"
+#include "common/logging.h"
+#include "common/metrics_http.h"
+#include "common/status_macros.h"
+#include "transport/progress_thread.h"
+#include "transport/ucx.h"
+
+namespace kvtier::cachestore {
+namespace {
+
+constexpr absl::Duration kReapInterval = absl::Milliseconds(200);
+constexpr absl::Duration kGrpcDrain = absl::Seconds(2);
+
+absl::StatusOr<std::pair<std::string, int>> SplitHostPort(const std::string& hp) {
+  size_t colon = hp.rfind(':');
+  int port = 0;
+  if (colon == std::string::npos || !absl::SimpleAtoi(hp.substr(colon + 1), &port) || port < 0 ||
+      port > 65535) {
+    return absl::InvalidArgumentError(absl::StrCat("not host:port: '", hp, "'"));
+  }
+  return std::make_pair(hp.substr(0, colon), port);
+}
+
+}  // namespace
+
+absl::StatusOr<std::unique_ptr<StoreServer>> StoreServer::Start(const StoreConfig& config) {
+  auto s = std::unique_ptr<StoreServer>(new StoreServer());
+  s->config_ = config;
+  KVTIER_RETURN_IF_ERROR(FinalizeStoreConfig(&s->config_));
+  const StoreOptions& opts = s->config_.store;
+  s->metrics_ = std::make_unique<MetricsRegistry>();
+
+  // Data plane: UCX allocates and registers the pool once (shared-memory peers map it, so
+  // their put/get is one-sided); the progress thread serves transports that need the target.
+  KVTIER_ASSIGN_OR_RETURN(s->ucx_, transport::UcxContext::Create());
+  KVTIER_ASSIGN_OR_RETURN(s->worker_, transport::UcxWorker::Create(s->ucx_.get()));
+  const uint64_t pool_bytes = opts.slot_bytes * opts.slot_count;
+  absl::Time t0 = absl::Now();
+  KVTIER_ASSIGN_OR_RETURN(s->pool_, transport::MemoryRegion::Allocate(s->ucx_.get(), pool_bytes));
+  spdlog::info("pool: {} slots of {} bytes ({:.2f} GiB) allocated and registered in {:.0f} ms",
+               opts.slot_count, opts.slot_bytes, pool_bytes / double(1ull << 30),
+               absl::ToDoubleMilliseconds(absl::Now() - t0));
+  KVTIER_ASSIGN_OR_RETURN(std::string rkey, s->pool_->PackRkey());
+  KVTIER_ASSIGN_OR_RETURN(s->progress_, transport::ProgressThread::Start(s->worker_.get()));
+
+  if (!s->config_.spill_dir.empty()) {
+    KVTIER_ASSIGN_OR_RETURN(s->spill_, SpillStore::Open(s->config_.spill_dir));
+  }
+  s->store_ = std::make_unique<Store>(opts, s->pool_->data(), s->spill_.get(), s->metrics_.get());
+  KVTIER_RETURN_IF_ERROR(s->store_->Recover());
+
+  DataPlaneInfo info;
+  info.incarnation = std::random_device{}() | (uint64_t{std::random_device{}()} << 32);
+  info.ucx_worker_address = s->worker_->address();
+  info.pool_rkey = std::move(rkey);
+  info.pool_base_address = reinterpret_cast<uint64_t>(s->pool_->data());
+  info.ucx_memory_types = s->ucx_->memory_types();
+  info.cuda_memory_supported = s->ucx_->cuda_memory_supported();
+  info.spill_enabled = s->spill_ != nullptr;
+  s->service_ = std::make_unique<StoreService>(s->store_.get(), std::move(info), s->metrics_.get());
+
+  grpc::ServerBuilder builder;
+  builder.AddListeningPort(s->config_.listen, grpc::InsecureServerCredentials(), &s->grpc_port_);
+  builder.RegisterService(s->service_.get());
+  builder.SetMaxReceiveMessageSize(16 << 20);
+  s->grpc_ = builder.BuildAndStart();
+  if (s->grpc_ == nullptr || s->grpc_port_ == 0) {
+    return absl::UnavailableError(absl::StrCat("cannot listen on ", s->config_.listen));
+  }
+
+  if (!s->config_.metrics_listen.empty()) {
+    KVTIER_ASSIGN_OR_RETURN(auto hp, SplitHostPort(s->config_.metrics_listen));
+    KVTIER_ASSIGN_OR_RETURN(s->metrics_http_,
+                            MetricsHttpServer::Start(hp.first, hp.second, s->metrics_.get()));
+    s->metrics_port_ = s->metrics_http_->port();
+  }
+
+  s->reaper_ = std::thread([p = s.get()] {
+    while (!p->stop_reaper_.WaitForNotificationWithTimeout(kReapInterval)) {
+      p->store_->ReapExpired();
+    }
+  });
+  spdlog::info("kvtier-store serving: grpc port {}, metrics port {}, spill {}", s->grpc_port_,
+               s->metrics_port_, s->spill_ ? s->config_.spill_dir : "off");
+  return s;
+}
+
+void StoreServer::Shutdown() {
+  if (shut_down_) return;
+  shut_down_ = true;
+  if (grpc_ != nullptr)
+    grpc_->Shutdown(std::chrono::system_clock::now() + absl::ToChronoSeconds(kGrpcDrain));
+  if (reaper_.joinable()) {
+    stop_reaper_.Notify();
+    reaper_.join();
+  }
+  if (store_ != nullptr && spill_ != nullptr && config_.spill_on_shutdown) {
+    uint64_t n = store_->SpillAll();
+    spdlog::info("shutdown: wrote {} in-memory blocks to the spill tier", n);
+  }
+  if (metrics_http_ != nullptr) metrics_http_->Stop();
+  if (progress_ != nullptr) progress_->Stop();
+}
+
+StoreServer::~StoreServer() {
+  Shutdown();
+  // Members are destroyed in reverse order of declaration: gRPC before the service and store,
+  // the pool before the worker and context.
+}
+
+}  // namespace kvtier::cachestore

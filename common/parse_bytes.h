@@ -1,0 +1,18 @@
+// Human-readable byte sizes for configs and flags.
+#ifndef KVTIER_COMMON_PARSE_BYTES_H_
+#define KVTIER_COMMON_PARSE_BYTES_H_
+
+#include <cstdint>
+
+#include "absl/status/statusor.h"
+#include "absl/strings/string_view.h"
+
+namespace kvtier {
+
+// Parses "123", "64KiB", "2MiB", "1.5GiB", "4G", "512M" (binary units; case-insensitive) into
+// bytes. InvalidArgument for anything else.
+absl::StatusOr<uint64_t> ParseBytes(absl::string_view text);
+
+}  // namespace kvtier
+
+#endif  // KVTIER_COMMON_PARSE_BYTES_H_

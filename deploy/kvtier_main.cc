@@ -1,0 +1,243 @@
+// kvtier: the operator's command-line tool.
+//
+//   kvtier store info   --store HOST:PORT             data-plane details of each node
+//   kvtier store stats  --store HOST:PORT             counters and usage
+//   kvtier store lookup --store HOST:PORT --namespace HEX (--tokens 1,2,... | KEYHEX...)
+//   kvtier store drop-namespace --store HOST:PORT --namespace HEX
+//   kvtier store demo   --store HOST:PORT             a multi-turn conversation's blocks
+#include <grpcpp/grpcpp.h>
+
+#include <cstdio>
+#include <numeric>
+#include <random>
+
+#include "CLI/CLI.hpp"
+#include "absl/strings/numbers.h"
+#include "absl/strings/str_join.h"
+#include "absl/strings/str_split.h"
+#include "cachestore/grpc_status.h"
+#include "common/block_key.h"
+#include "common/checksum.h"
+#include "common/parse_bytes.h"
+#include "kvtier/store_client.h"
+#include "kvtier/v1/cachestore.grpc.pb.h"
+#include "spdlog/spdlog.h"
+
+namespace kvtier {
+namespace {
+
+int Fail(const absl::Status& s) {
+  std::fprintf(stderr, "kvtier: %s\n", s.ToString().c_str());
+  return 1;
+}
+
+std::unique_ptr<v1::CacheStore::Stub> Stub(const std::string& addr) {
+  return v1::CacheStore::NewStub(grpc::CreateChannel(addr, grpc::InsecureChannelCredentials()));
+}
+
+std::unique_ptr<grpc::ClientContext> Ctx() {
+  auto ctx = std::make_unique<grpc::ClientContext>();
+  ctx->set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(5));
+  return ctx;
+}
+
+// The namespace the demo and the tools use when none is given: a zero model fingerprint.
+NamespaceId DemoNamespace() {
+  NamespaceParams p;
+  p.tenant_salt = "kvtier-demo";
+  return ComputeNamespace(p);
+}
+
+int Stats(const std::string& addr) {
+  v1::StatsResponse r;
+  absl::Status s = FromGrpc(Stub(addr)->Stats(Ctx().get(), v1::StatsRequest(), &r));
+  if (!s.ok()) return Fail(s);
+  const auto* d = r.GetDescriptor();
+  const auto* refl = r.GetReflection();
+  std::printf("store %s\n", addr.c_str());
+  for (int i = 0; i < d->field_count(); ++i) {
+    std::printf("  %-22s %llu\n", d->field(i)->name().c_str(),
+                static_cast<unsigned long long>(refl->GetUInt64(r, d->field(i))));
+  }
+  return 0;
+}
+
+int Info(const std::string& addr) {
+  StoreClientOptions o;
+  o.stores = {addr};
+  auto c = StoreClient::Create(o);
+  if (!c.ok()) return Fail(c.status());
+  for (const StoreNodeInfo& n : (*c)->Nodes()) {
+    if (!n.connected) return Fail(absl::UnavailableError("cannot reach store " + n.address));
+    std::printf("store %s\n  incarnation %016llx\n  slots %llu x %llu bytes\n", n.address.c_str(),
+                static_cast<unsigned long long>(n.incarnation),
+                static_cast<unsigned long long>(n.slot_count),
+                static_cast<unsigned long long>(n.slot_bytes));
+    std::printf("  UCX memory types [%s], CUDA memory %s, spill %s\n  lanes:\n%s",
+                absl::StrJoin(n.ucx_memory_types, ",").c_str(),
+                n.cuda_memory_supported ? "yes" : "no", n.spill_enabled ? "on" : "off",
+                n.ucx_lanes.c_str());
+  }
+  return 0;
+}
+
+absl::StatusOr<NamespaceId> ParseNamespace(const std::string& hex) {
+  if (hex.empty()) return DemoNamespace();
+  return KeyFromHex(hex);
+}
+
+int Lookup(const std::string& addr, const std::string& ns_hex, const std::string& tokens,
+           uint32_t block_tokens, const std::vector<std::string>& key_hex) {
+  auto ns = ParseNamespace(ns_hex);
+  if (!ns.ok()) return Fail(ns.status());
+  std::vector<BlockKey> keys;
+  if (!tokens.empty()) {
+    std::vector<uint32_t> ids;
+    for (absl::string_view t : absl::StrSplit(tokens, ',', absl::SkipWhitespace())) {
+      uint32_t v = 0;
+      if (!absl::SimpleAtoi(t, &v)) return Fail(absl::InvalidArgumentError("bad token id"));
+      ids.push_back(v);
+    }
+    keys = ComputeBlockKeys(*ns, ids, block_tokens);
+  }
+  for (const std::string& h : key_hex) {
+    auto k = KeyFromHex(h);
+    if (!k.ok()) return Fail(k.status());
+    keys.push_back(*k);
+  }
+  if (keys.empty()) return Fail(absl::InvalidArgumentError("no keys (give --tokens or keys)"));
+  StoreClientOptions o;
+  o.stores = {addr};
+  auto c = StoreClient::Create(o);
+  if (!c.ok()) return Fail(c.status());
+  auto n = (*c)->Lookup(*ns, keys);
+  if (!n.ok()) return Fail(n.status());
+  for (size_t i = 0; i < keys.size(); ++i) {
+    std::printf("%3zu %s %s\n", i, KeyToHex(keys[i]).c_str(), i < *n ? "present" : "missing");
+  }
+  std::printf("cached prefix: %zu of %zu blocks\n", *n, keys.size());
+  return 0;
+}
+
+int DropNamespace(const std::string& addr, const std::string& ns_hex) {
+  auto ns = KeyFromHex(ns_hex);
+  if (!ns.ok()) return Fail(ns.status());
+  v1::DropNamespaceRequest req;
+  req.set_namespace_id(std::string(KeyBytes(*ns)));
+  v1::DropNamespaceResponse r;
+  absl::Status s = FromGrpc(Stub(addr)->DropNamespace(Ctx().get(), req, &r));
+  if (!s.ok()) return Fail(s);
+  std::printf("dropped %llu blocks, kept %llu pinned\n",
+              static_cast<unsigned long long>(r.dropped()),
+              static_cast<unsigned long long>(r.pinned_kept()));
+  return 0;
+}
+
+// Fills a block the way a model would for these keys: deterministic per key, so a fetched block
+// can be checked byte for byte.
+void FillBlock(const BlockKey& key, uint8_t* dst, size_t bytes) {
+  std::mt19937_64 rng(BlockChecksum(key.data(), key.size()));
+  for (size_t i = 0; i + 8 <= bytes; i += 8) {
+    uint64_t v = rng();
+    std::memcpy(dst + i, &v, 8);
+  }
+}
+
+// A conversation: every turn appends the model's answer and the next question, fetches the
+// cached prefix, "computes" the rest and stores it, as a prefill worker will.
+int Demo(const std::string& addr, int turns, uint32_t block_tokens, size_t block_bytes,
+         int tokens_per_turn) {
+  StoreClientOptions o;
+  o.stores = {addr};
+  auto c = StoreClient::Create(o);
+  if (!c.ok()) return Fail(c.status());
+  const NamespaceId ns = DemoNamespace();
+  std::mt19937 rng(7);
+  std::vector<uint32_t> tokens;
+  std::printf("namespace %s, %u tokens per block, %zu bytes per block\n", KeyToHex(ns).c_str(),
+              block_tokens, block_bytes);
+  std::printf("%-5s %-8s %-7s %-7s %-7s %-8s %-10s %-10s\n", "turn", "tokens", "blocks", "cached",
+              "stored", "present", "get GB/s", "put GB/s");
+  for (int turn = 1; turn <= turns; ++turn) {
+    for (int i = 0; i < tokens_per_turn; ++i) tokens.push_back(rng() % 128000);
+    std::vector<BlockKey> keys = ComputeBlockKeys(ns, tokens, block_tokens);
+    std::vector<std::vector<uint8_t>> blocks(keys.size(), std::vector<uint8_t>(block_bytes));
+    std::vector<void*> dst(keys.size());
+    for (size_t i = 0; i < keys.size(); ++i) dst[i] = blocks[i].data();
+    absl::Time t0 = absl::Now();
+    auto hit = (*c)->Get(ns, keys, dst, block_bytes);
+    double get_s = absl::ToDoubleSeconds(absl::Now() - t0);
+    if (!hit.ok()) return Fail(hit.status());
+    std::vector<uint8_t> expect(block_bytes);
+    for (size_t i = 0; i < *hit; ++i) {
+      FillBlock(keys[i], expect.data(), block_bytes);
+      if (expect != blocks[i]) {
+        return Fail(absl::DataLossError("fetched block " + std::to_string(i) + " is wrong"));
+      }
+    }
+    std::vector<BlockKey> missing(keys.begin() + *hit, keys.end());
+    std::vector<const void*> src;
+    for (size_t i = *hit; i < keys.size(); ++i) {
+      FillBlock(keys[i], blocks[i].data(), block_bytes);
+      src.push_back(blocks[i].data());
+    }
+    t0 = absl::Now();
+    auto put = (*c)->Put(ns, missing, src, block_bytes);
+    double put_s = absl::ToDoubleSeconds(absl::Now() - t0);
+    if (!put.ok()) return Fail(put.status());
+    auto gbps = [&](size_t n, double s) {
+      return n == 0 || s <= 0 ? 0.0 : n * block_bytes / s / 1e9;
+    };
+    std::printf("%-5d %-8zu %-7zu %-7zu %-7u %-8u %-10.2f %-10.2f\n", turn, tokens.size(),
+                keys.size(), *hit, put->stored, put->present, gbps(*hit, get_s),
+                gbps(put->stored, put_s));
+  }
+  return 0;
+}
+
+}  // namespace
+}  // namespace kvtier
+
+int main(int argc, char** argv) {
+  CLI::App app{"kvtier: operate a kvtier cluster"};
+  app.require_subcommand(1);
+  CLI::App* store = app.add_subcommand("store", "talk to a kvtier-store");
+  store->require_subcommand(1);
+  std::string addr = "127.0.0.1:50051", ns_hex, tokens, bytes_text = "2MiB";
+  uint32_t block_tokens = 16;
+  int turns = 4, tokens_per_turn = 100;
+  std::vector<std::string> keys;
+  auto add_store = [&](CLI::App* sub) { sub->add_option("--store", addr, "store host:port"); };
+  CLI::App* info = store->add_subcommand("info", "data-plane details");
+  add_store(info);
+  CLI::App* stats = store->add_subcommand("stats", "counters and usage");
+  add_store(stats);
+  CLI::App* lookup = store->add_subcommand("lookup", "longest cached prefix of keys");
+  add_store(lookup);
+  lookup->add_option("--namespace", ns_hex, "namespace id (hex); default: the demo's");
+  lookup->add_option("--tokens", tokens, "comma-separated token ids to compute keys from");
+  lookup->add_option("--block-tokens", block_tokens, "tokens per block");
+  lookup->add_option("keys", keys, "block keys (hex)");
+  CLI::App* drop = store->add_subcommand("drop-namespace", "remove a namespace's blocks");
+  add_store(drop);
+  drop->add_option("--namespace", ns_hex, "namespace id (hex)")->required();
+  CLI::App* demo = store->add_subcommand("demo", "store and fetch a multi-turn conversation");
+  add_store(demo);
+  demo->add_option("--turns", turns, "turns");
+  demo->add_option("--tokens-per-turn", tokens_per_turn, "tokens each turn adds");
+  demo->add_option("--block-tokens", block_tokens, "tokens per block");
+  demo->add_option("--block-bytes", bytes_text, "bytes per block");
+  CLI11_PARSE(app, argc, argv);
+  spdlog::set_level(spdlog::level::warn);
+
+  if (*info) return kvtier::Info(addr);
+  if (*stats) return kvtier::Stats(addr);
+  if (*lookup) return kvtier::Lookup(addr, ns_hex, tokens, block_tokens, keys);
+  if (*drop) return kvtier::DropNamespace(addr, ns_hex);
+  if (*demo) {
+    auto bytes = kvtier::ParseBytes(bytes_text);
+    if (!bytes.ok()) return kvtier::Fail(bytes.status());
+    return kvtier::Demo(addr, turns, block_tokens, *bytes, tokens_per_turn);
+  }
+  return 0;
+}

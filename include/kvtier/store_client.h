@@ -1,0 +1,93 @@
+// kvtier store client: stores and fetches KV blocks in one or more kvtier-store nodes.
+//
+// Keys are placed on nodes by rendezvous hashing over the configured stores. Control calls go
+// over gRPC (one per node per operation); bytes move with UCX one-sided put/get straight
+// between the caller's buffers and the store's registered pool (one flush per node per
+// batch). Every fetched block is checked against its xxh3-64 checksum before it is reported.
+//
+// Failure model: the cache is an optimisation. A node that is down, restarted or slow costs
+// misses (Get/Lookup report a shorter prefix; Put reports blocks as skipped), never an error
+// and never wrong bytes. Errors are returned only for bad arguments.
+//
+// Thread-safety: safe for concurrent use without external synchronization; operations are
+// serialized internally (one UCX worker). Use one client per thread for parallel transfers.
+#ifndef KVTIER_STORE_CLIENT_H_
+#define KVTIER_STORE_CLIENT_H_
+
+#include <cstddef>
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "absl/status/statusor.h"
+#include "absl/time/time.h"
+#include "absl/types/span.h"
+#include "common/block_key.h"
+
+namespace kvtier {
+
+struct StoreClientOptions {
+  // Control-plane addresses of the store nodes, "host:port". At least one.
+  std::vector<std::string> stores;
+  // Deadline of each control-plane call. Default: 2 s.
+  absl::Duration rpc_timeout = absl::Seconds(2);
+  // Deadline of each batch of one-sided transfers. Default: 10 s.
+  absl::Duration transfer_timeout = absl::Seconds(10);
+  // After a node fails, it is skipped (its keys are misses) for this long. Default: 1 s.
+  absl::Duration retry_after = absl::Seconds(1);
+};
+
+struct PutResult {
+  uint32_t stored = 0;   // written and committed now
+  uint32_t present = 0;  // already stored (or being stored by another writer)
+  uint32_t skipped = 0;  // not stored: no space, node down, transfer or checksum failure
+};
+
+// Per-node view, for tools and tests.
+struct StoreNodeInfo {
+  std::string address;
+  bool connected = false;
+  uint64_t incarnation = 0;
+  uint64_t slot_bytes = 0;
+  uint64_t slot_count = 0;
+  std::vector<std::string> ucx_memory_types;
+  bool cuda_memory_supported = false;
+  bool spill_enabled = false;
+  std::string ucx_lanes;  // transports of the data-plane endpoint
+};
+
+class StoreClient {
+ public:
+  // Validates the options and prepares connections; nodes are contacted lazily, so a store
+  // that is down at start-up is not an error.
+  static absl::StatusOr<std::unique_ptr<StoreClient>> Create(const StoreClientOptions& options);
+  ~StoreClient();
+  StoreClient(const StoreClient&) = delete;
+  StoreClient& operator=(const StoreClient&) = delete;
+
+  // Number of leading `keys` (consecutive blocks of one prefix) stored anywhere. Moves no data.
+  absl::StatusOr<size_t> Lookup(const NamespaceId& ns, absl::Span<const BlockKey> keys);
+
+  // Stores blocks[i] (block_bytes each) under keys[i]. Keys already present are not rewritten.
+  absl::StatusOr<PutResult> Put(const NamespaceId& ns, absl::Span<const BlockKey> keys,
+                                absl::Span<const void* const> blocks, size_t block_bytes);
+
+  // Fetches the longest stored prefix of `keys` into buffers[0..n) and returns n. Blocks are
+  // pinned only while they are copied, and released before returning.
+  absl::StatusOr<size_t> Get(const NamespaceId& ns, absl::Span<const BlockKey> keys,
+                             absl::Span<void* const> buffers, size_t block_bytes);
+
+  // Contacts every node (connecting if needed) and reports what it knows.
+  std::vector<StoreNodeInfo> Nodes();
+
+  class Impl;
+
+ private:
+  explicit StoreClient(std::unique_ptr<Impl> impl);
+  std::unique_ptr<Impl> impl_;
+};
+
+}  // namespace kvtier
+
+#endif  // KVTIER_STORE_CLIENT_H_
