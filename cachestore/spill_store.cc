@@ -189,6 +189,10 @@ SpillStore::~SpillStore() {
 
 absl::Status SpillStore::Put(const BlockKey& key, const SpillMeta& meta, const void* data,
                              size_t size) {
+  if (meta.size != size) {
+    return absl::InvalidArgumentError(absl::StrCat("spill put of ", KeyToHex(key), ": meta says ",
+                                                   meta.size, " bytes, payload is ", size));
+  }
   if (data == nullptr && size > 0) {
     return absl::InvalidArgumentError("spill put: null data with non-zero size");
   }

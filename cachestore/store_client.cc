@@ -100,6 +100,7 @@ class StoreClient::Impl {
   void MarkDown(Node* n, const absl::Status& why) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
     spdlog::warn("store {} unavailable for {}: {}", n->address,
                  absl::FormatDuration(options_.retry_after), why.ToString());
+    if (n->ep != nullptr) n->ep->MarkFailed();
     n->rkey.reset();
     n->ep.reset();
     n->down_until = absl::Now() + options_.retry_after;
@@ -111,6 +112,8 @@ class StoreClient::Impl {
         (incarnation == 0 || incarnation == n->info.incarnation())) {
       return absl::OkStatus();
     }
+    // The old connection, if any, points at a dead or replaced process: close it forcibly.
+    if (n->ep != nullptr) n->ep->MarkFailed();
     n->rkey.reset();
     n->ep.reset();
     v1::GetInfoRequest req;

@@ -19,6 +19,7 @@
 #include "common/block_key.h"
 #include "common/checksum.h"
 #include "common/parse_bytes.h"
+#include "common/synthetic_block.h"
 #include "kvtier/store_client.h"
 #include "kvtier/v1/cachestore.grpc.pb.h"
 #include "spdlog/spdlog.h"
@@ -133,16 +134,6 @@ int DropNamespace(const std::string& addr, const std::string& ns_hex) {
   return 0;
 }
 
-// Fills a block the way a model would for these keys: deterministic per key, so a fetched block
-// can be checked byte for byte.
-void FillBlock(const BlockKey& key, uint8_t* dst, size_t bytes) {
-  std::mt19937_64 rng(BlockChecksum(key.data(), key.size()));
-  for (size_t i = 0; i + 8 <= bytes; i += 8) {
-    uint64_t v = rng();
-    std::memcpy(dst + i, &v, 8);
-  }
-}
-
 // A conversation: every turn appends the model's answer and the next question, fetches the
 // cached prefix, "computes" the rest and stores it, as a prefill worker will.
 int Demo(const std::string& addr, int turns, uint32_t block_tokens, size_t block_bytes,
@@ -168,17 +159,15 @@ int Demo(const std::string& addr, int turns, uint32_t block_tokens, size_t block
     auto hit = (*c)->Get(ns, keys, dst, block_bytes);
     double get_s = absl::ToDoubleSeconds(absl::Now() - t0);
     if (!hit.ok()) return Fail(hit.status());
-    std::vector<uint8_t> expect(block_bytes);
     for (size_t i = 0; i < *hit; ++i) {
-      FillBlock(keys[i], expect.data(), block_bytes);
-      if (expect != blocks[i]) {
+      if (!IsSyntheticBlock(keys[i], blocks[i].data(), block_bytes)) {
         return Fail(absl::DataLossError("fetched block " + std::to_string(i) + " is wrong"));
       }
     }
     std::vector<BlockKey> missing(keys.begin() + *hit, keys.end());
     std::vector<const void*> src;
     for (size_t i = *hit; i < keys.size(); ++i) {
-      FillBlock(keys[i], blocks[i].data(), block_bytes);
+      FillSyntheticBlock(keys[i], blocks[i].data(), block_bytes);
       src.push_back(blocks[i].data());
     }
     t0 = absl::Now();

@@ -147,6 +147,10 @@ class Endpoint {
   // ucp_ep_print_info's text: the transports each lane uses (for logs and tests).
   std::string Describe() const;
 
+  // Marks the endpoint failed (e.g. the peer is known to have restarted): later operations
+  // fail at once and the destructor closes it forcibly, without waiting for a dead peer.
+  void MarkFailed() { failed_.store(true, std::memory_order_relaxed); }
+
   // True once the peer failed (error callback) or an operation on it failed.
   bool failed() const { return failed_.load(std::memory_order_relaxed); }
 

@@ -1,0 +1,58 @@
+#include "cachestore/store_config.h"
+
+#include <fstream>
+
+#include "gtest/gtest.h"
+
+namespace kvtier::cachestore {
+namespace {
+
+std::string WriteFile(const std::string& name, const std::string& text) {
+  std::string path = ::testing::TempDir() + "/" + name;
+  std::ofstream(path) << text;
+  return path;
+}
+
+TEST(ParseBytesTest, UnitsAndErrors) {
+  EXPECT_EQ(*ParseBytes("123"), 123u);
+  EXPECT_EQ(*ParseBytes("64KiB"), 64u << 10);
+  EXPECT_EQ(*ParseBytes("2MiB"), 2u << 20);
+  EXPECT_EQ(*ParseBytes("1.5GiB"), 3ull << 29);
+  EXPECT_EQ(*ParseBytes(" 4g "), 4ull << 30);
+  EXPECT_FALSE(ParseBytes("").ok());
+  EXPECT_FALSE(ParseBytes("MiB").ok());
+  EXPECT_FALSE(ParseBytes("12 parsecs").ok());
+}
+
+TEST(StoreConfigTest, ExampleConfigLoads) {
+  auto c = LoadStoreConfig(std::string(KVTIER_SOURCE_DIR) + "/deploy/store.example.yaml");
+  ASSERT_TRUE(c.ok()) << c.status();
+  EXPECT_EQ(c->listen, "127.0.0.1:50051");
+  EXPECT_EQ(c->pool_bytes, 1ull << 30);
+  EXPECT_EQ(c->store.slot_bytes, 2u << 20);
+  EXPECT_EQ(c->store.lease_timeout, absl::Seconds(30));
+  ASSERT_TRUE(FinalizeStoreConfig(&*c).ok());
+  EXPECT_EQ(c->store.slot_count, 512u);
+}
+
+TEST(StoreConfigTest, ClearErrors) {
+  auto unknown = LoadStoreConfig(WriteFile("unknown.yaml", "pool_byts: 1GiB\n"));
+  EXPECT_EQ(unknown.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_NE(unknown.status().message().find("unknown key 'pool_byts'"), std::string::npos);
+  auto bad_size = LoadStoreConfig(WriteFile("bad.yaml", "slot_bytes: lots\n"));
+  EXPECT_EQ(bad_size.status().code(), absl::StatusCode::kInvalidArgument);
+  auto not_yaml = LoadStoreConfig(WriteFile("broken.yaml", "listen: [unclosed\n"));
+  EXPECT_EQ(not_yaml.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_FALSE(LoadStoreConfig("/nonexistent/kvtier.yaml").ok());
+
+  StoreConfig tiny;
+  tiny.pool_bytes = 1 << 20;
+  tiny.store.slot_bytes = 2 << 20;
+  EXPECT_EQ(FinalizeStoreConfig(&tiny).code(), absl::StatusCode::kInvalidArgument);
+  StoreConfig spill;
+  spill.spill_dir = "/tmp/x";
+  EXPECT_EQ(FinalizeStoreConfig(&spill).code(), absl::StatusCode::kInvalidArgument);
+}
+
+}  // namespace
+}  // namespace kvtier::cachestore

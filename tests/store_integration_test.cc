@@ -1,0 +1,421 @@
+// Multi-process tests of kvtier-store on loopback, over the shared-memory and TCP transports
+// of UCX: real store processes, real client processes, real failures (SIGKILL).
+#include <arpa/inet.h>
+#include <grpcpp/grpcpp.h>
+#include <httplib.h>
+#include <netinet/in.h>
+#include <signal.h>
+#include <sys/socket.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <cstdlib>
+#include <filesystem>
+#include <fstream>
+
+#include "common/synthetic_block.h"
+#include "gtest/gtest.h"
+#include "kvtier/store_client.h"
+#include "kvtier/v1/cachestore.grpc.pb.h"
+#include "tests/process.h"
+
+namespace kvtier {
+namespace {
+
+using testing::ChildProcess;
+using testing::MakeTempDir;
+using testing::StoreProcess;
+using testing::StoreProcessOptions;
+using testing::WaitFor;
+
+constexpr size_t kBlock = 64 * 1024;
+
+NamespaceId TestNamespace() {  // the same as the test client's
+  NamespaceParams p;
+  p.tenant_salt = "kvtier-tests";
+  return ComputeNamespace(p);
+}
+
+std::vector<BlockKey> Keys(uint32_t seed, uint32_t n) {  // the same as the test client's
+  std::vector<uint32_t> tokens(n * 16);
+  for (size_t i = 0; i < tokens.size(); ++i) tokens[i] = seed * 1000003u + i;
+  return ComputeBlockKeys(TestNamespace(), tokens, 16);
+}
+
+// Blocks for keys, and the spans Put/Get take.
+struct Blocks {
+  Blocks(const std::vector<BlockKey>& keys, size_t bytes) : data(keys.size()) {
+    for (size_t i = 0; i < keys.size(); ++i) {
+      data[i].resize(bytes);
+      FillSyntheticBlock(keys[i], data[i].data(), bytes);
+      src.push_back(data[i].data());
+      dst.push_back(data[i].data());
+    }
+  }
+  void Clear() {
+    for (auto& d : data) std::fill(d.begin(), d.end(), 0);
+  }
+  std::vector<std::vector<uint8_t>> data;
+  std::vector<const void*> src;
+  std::vector<void*> dst;
+};
+
+class StoreIntegrationTest : public ::testing::TestWithParam<const char*> {
+ protected:
+  void SetUp() override {
+    tls_ = std::string(GetParam()) == "shm" ? "sm,self" : "tcp,self";
+    setenv("UCX_TLS", tls_.c_str(), 1);  // for this process's clients
+    std::string name = ::testing::UnitTest::GetInstance()->current_test_info()->name();
+    std::replace(name.begin(), name.end(), '/', '_');
+    dir_ = MakeTempDir(name);
+  }
+  void TearDown() override {
+    if (!::testing::Test::HasFailure()) std::filesystem::remove_all(dir_);
+    unsetenv("UCX_TLS");
+  }
+
+  StoreProcess StartStore(StoreProcessOptions o) {
+    o.env["UCX_TLS"] = tls_;
+    auto s = StoreProcess::Start(dir_, o);
+    EXPECT_TRUE(s.ok()) << s.status();
+    return std::move(*s);
+  }
+
+  std::unique_ptr<StoreClient> Client(const StoreProcess& s) {
+    StoreClientOptions o;
+    o.stores = {s.address()};
+    o.retry_after = absl::Milliseconds(50);
+    auto c = StoreClient::Create(o);
+    EXPECT_TRUE(c.ok()) << c.status();
+    return std::move(*c);
+  }
+
+  ChildProcess SpawnClient(std::vector<std::string> args) {
+    args.insert(args.begin(), std::string(KVTIER_BIN_DIR) + "/kvtier-store-test-client");
+    auto c = ChildProcess::Spawn(args, {{"UCX_TLS", tls_}}, dir_ + "/clients.log");
+    EXPECT_TRUE(c.ok()) << c.status();
+    return std::move(*c);
+  }
+
+  static std::unique_ptr<v1::CacheStore::Stub> Stub(const StoreProcess& s) {
+    return v1::CacheStore::NewStub(
+        grpc::CreateChannel(s.address(), grpc::InsecureChannelCredentials()));
+  }
+
+  static v1::StatsResponse Stats(const StoreProcess& s) {
+    grpc::ClientContext ctx;
+    ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(5));
+    v1::StatsResponse r;
+    EXPECT_TRUE(Stub(s)->Stats(&ctx, v1::StatsRequest(), &r).ok());
+    return r;
+  }
+
+  // Expects every client to exit 0 within the time limit.
+  void ExpectClean(std::vector<ChildProcess>& clients, absl::Duration limit) {
+    for (auto& c : clients) {
+      auto st = c.Wait(limit);
+      ASSERT_TRUE(st.has_value()) << "client did not finish";
+      EXPECT_TRUE(WIFEXITED(*st) && WEXITSTATUS(*st) == 0)
+          << "client failed; log:\n"
+          << std::ifstream(dir_ + "/clients.log").rdbuf();
+    }
+  }
+
+  std::string tls_;
+  std::string dir_;
+};
+
+TEST_P(StoreIntegrationTest, ConcurrentWritersOfTheSameKeys) {
+  StoreProcess store = StartStore({});
+  std::vector<ChildProcess> clients;
+  for (int i = 0; i < 3; ++i) {
+    clients.push_back(SpawnClient({"hammer", "--store", store.address(), "--key-seed", "5",
+                                   "--keys", "24", "--block-bytes", "64KiB", "--rounds", "20"}));
+  }
+  ExpectClean(clients, absl::Seconds(60));
+  // Content-addressed: each block was stored exactly once, whoever won.
+  v1::StatsResponse s = Stats(store);
+  EXPECT_EQ(s.blocks_in_memory(), 24u);
+  EXPECT_EQ(s.bytes_in(), 24 * kBlock);
+  EXPECT_EQ(s.checksum_failures(), 0u);
+  auto client = Client(store);
+  std::vector<BlockKey> keys = Keys(5, 24);
+  Blocks b(keys, kBlock);
+  b.Clear();
+  auto got = client->Get(TestNamespace(), keys, b.dst, kBlock);
+  ASSERT_TRUE(got.ok());
+  EXPECT_EQ(*got, 24u);
+  for (size_t i = 0; i < keys.size(); ++i) {
+    EXPECT_TRUE(IsSyntheticBlock(keys[i], b.data[i].data(), kBlock)) << i;
+  }
+}
+
+TEST_P(StoreIntegrationTest, ReadersWhileEvictionRunsSeeExactBytes) {
+  StoreProcessOptions o;
+  o.pool_bytes = "2MiB";  // 32 slots of 64 KiB: constant eviction
+  o.slot_bytes = "64KiB";
+  StoreProcess store = StartStore(o);
+  std::vector<ChildProcess> clients;
+  for (int i = 0; i < 2; ++i) {
+    clients.push_back(
+        SpawnClient({"hammer", "--store", store.address(), "--key-seed", std::to_string(10 + i),
+                     "--keys", "12", "--rounds", "60", "--fresh-keys"}));
+  }
+  for (int i = 0; i < 2; ++i) {
+    clients.push_back(
+        SpawnClient({"hammer", "--store", store.address(), "--key-seed", std::to_string(20 + i),
+                     "--keys", "6", "--rounds", "200", "--read-only"}));
+  }
+  ExpectClean(clients, absl::Seconds(90));
+  v1::StatsResponse s = Stats(store);
+  EXPECT_GT(s.evictions(), 100u);
+  EXPECT_GT(s.hit_blocks(), 0u);
+  EXPECT_EQ(s.checksum_failures(), 0u);
+  EXPECT_EQ(s.active_leases(), 0u);
+}
+
+TEST_P(StoreIntegrationTest, ClientKilledMidPutLeavesNoPartialBlock) {
+  StoreProcessOptions o;
+  o.pool_bytes = "512KiB";  // 8 slots
+  o.slot_bytes = "64KiB";
+  o.reservation_timeout_ms = 1000;
+  StoreProcess store = StartStore(o);
+  const std::string marker = dir_ + "/stalled";
+  ChildProcess writer = SpawnClient({"stall-put", "--store", store.address(), "--keys", "8",
+                                     "--block-bytes", "64KiB", "--marker", marker});
+  ASSERT_TRUE(WaitFor([&] { return std::filesystem::exists(marker); }, absl::Seconds(20)))
+      << std::ifstream(dir_ + "/clients.log").rdbuf();
+  ASSERT_TRUE(writer.Signal(SIGKILL, absl::Seconds(5)).has_value());
+
+  auto client = Client(store);
+  std::vector<BlockKey> keys = Keys(777, 8);  // the keys the killed writer reserved
+  auto seen = client->Lookup(TestNamespace(), keys);
+  ASSERT_TRUE(seen.ok());
+  EXPECT_EQ(*seen, 0u);  // reserved, half-written: invisible
+  ASSERT_TRUE(WaitFor([&] { return Stats(store).active_reservations() == 0; }, absl::Seconds(10)));
+  EXPECT_EQ(Stats(store).expired_reservations(), 1u);
+  EXPECT_EQ(Stats(store).slots_used(), 0u);
+
+  // The slots are free again: the same keys are stored and read back exactly.
+  Blocks b(keys, kBlock);
+  auto put = client->Put(TestNamespace(), keys, b.src, kBlock);
+  ASSERT_TRUE(put.ok());
+  EXPECT_EQ(put->stored, 8u);
+  b.Clear();
+  auto got = client->Get(TestNamespace(), keys, b.dst, kBlock);
+  ASSERT_TRUE(got.ok());
+  EXPECT_EQ(*got, 8u);
+  for (size_t i = 0; i < keys.size(); ++i) {
+    EXPECT_TRUE(IsSyntheticBlock(keys[i], b.data[i].data(), kBlock)) << i;
+  }
+}
+
+TEST_P(StoreIntegrationTest, StoreKilledAndRestartedServesSpilledBlocks) {
+  StoreProcessOptions o;
+  o.pool_bytes = "1MiB";  // 16 slots
+  o.slot_bytes = "64KiB";
+  o.spill_dir = dir_ + "/spill";
+  StoreProcess store = StartStore(o);
+  auto client = Client(store);
+  std::vector<BlockKey> old_keys = Keys(40, 16), new_keys = Keys(41, 16);
+  Blocks old_blocks(old_keys, kBlock), new_blocks(new_keys, kBlock);
+  ASSERT_EQ(client->Put(TestNamespace(), old_keys, old_blocks.src, kBlock)->stored, 16u);
+  ASSERT_EQ(client->Put(TestNamespace(), new_keys, new_blocks.src, kBlock)->stored, 16u);
+  EXPECT_EQ(Stats(store).spills(), 16u);  // the first chain went to RocksDB
+
+  ASSERT_TRUE(store.process().Signal(SIGKILL, absl::Seconds(5)).has_value());
+  // A dead store is a miss, never an error.
+  auto down = client->Get(TestNamespace(), old_keys, old_blocks.dst, kBlock);
+  ASSERT_TRUE(down.ok());
+  EXPECT_EQ(*down, 0u);
+  auto skipped =
+      client->Put(TestNamespace(), Keys(42, 2), {new_blocks.src[0], new_blocks.src[1]}, kBlock);
+  ASSERT_TRUE(skipped.ok());
+  EXPECT_EQ(skipped->skipped, 2u);
+
+  StoreProcess restarted = StartStore(o);
+  StoreClientOptions co;
+  co.stores = {restarted.address()};
+  auto c2 = StoreClient::Create(co);
+  ASSERT_TRUE(c2.ok());
+  EXPECT_EQ(Stats(restarted).blocks_spilled(), 16u);
+  old_blocks.Clear();
+  auto got = (*c2)->Get(TestNamespace(), old_keys, old_blocks.dst, kBlock);
+  ASSERT_TRUE(got.ok());
+  EXPECT_EQ(*got, 16u);
+  for (size_t i = 0; i < old_keys.size(); ++i) {
+    EXPECT_TRUE(IsSyntheticBlock(old_keys[i], old_blocks.data[i].data(), kBlock)) << i;
+  }
+  v1::StatsResponse s = Stats(restarted);
+  EXPECT_EQ(s.promotions(), 16u);
+  EXPECT_EQ(s.checksum_failures(), 0u);
+  // Blocks that were only in memory died with the process: a miss, not an error.
+  auto lost = (*c2)->Lookup(TestNamespace(), new_keys);
+  ASSERT_TRUE(lost.ok());
+  EXPECT_EQ(*lost, 0u);
+}
+
+// A free TCP port on loopback (bound and released; good enough for a test).
+int FreePort() {
+  int fd = socket(AF_INET, SOCK_STREAM, 0);
+  sockaddr_in addr{};
+  addr.sin_family = AF_INET;
+  addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  bind(fd, reinterpret_cast<sockaddr*>(&addr), sizeof(addr));
+  socklen_t len = sizeof(addr);
+  getsockname(fd, reinterpret_cast<sockaddr*>(&addr), &len);
+  close(fd);
+  return ntohs(addr.sin_port);
+}
+
+TEST_P(StoreIntegrationTest, GracefulRestartOnTheSamePortKeepsClientAndBlocks) {
+  StoreProcessOptions o;
+  o.spill_dir = dir_ + "/spill";
+  o.grpc_port = FreePort();
+  StoreProcess store = StartStore(o);
+  auto client = Client(store);
+  std::vector<BlockKey> keys = Keys(50, 4);
+  Blocks b(keys, kBlock);
+  ASSERT_EQ(client->Put(TestNamespace(), keys, b.src, kBlock)->stored, 4u);
+  // SIGTERM: graceful, writes memory blocks to the spill tier, exits 0.
+  auto st = store.process().Signal(SIGTERM, absl::Seconds(20));
+  ASSERT_TRUE(st.has_value());
+  EXPECT_TRUE(WIFEXITED(*st) && WEXITSTATUS(*st) == 0) << store.log();
+  EXPECT_NE(store.log().find("wrote 4 in-memory blocks"), std::string::npos) << store.log();
+  // The same client, with its data-plane connection to the old process, meets a new
+  // incarnation on the same address: it reconnects and reads the blocks back.
+  StoreProcess again = StartStore(o);
+  ASSERT_EQ(again.address(), store.address());
+  b.Clear();
+  absl::StatusOr<size_t> got;
+  ASSERT_TRUE(WaitFor(
+      [&] {
+        got = client->Get(TestNamespace(), keys, b.dst, kBlock);
+        return got.ok() && *got == 4u;
+      },
+      absl::Seconds(10)));
+  for (size_t i = 0; i < keys.size(); ++i) {
+    EXPECT_TRUE(IsSyntheticBlock(keys[i], b.data[i].data(), kBlock)) << i;
+  }
+}
+
+// Sends raw bytes to a TCP port and closes.
+void SendGarbage(int port, const std::string& bytes) {
+  int fd = socket(AF_INET, SOCK_STREAM, 0);
+  sockaddr_in addr{};
+  addr.sin_family = AF_INET;
+  addr.sin_port = htons(port);
+  addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  if (connect(fd, reinterpret_cast<sockaddr*>(&addr), sizeof(addr)) == 0) {
+    ssize_t n = write(fd, bytes.data(), bytes.size());
+    (void)n;
+    char buf[256];
+    timeval tv{1, 0};
+    setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
+    n = read(fd, buf, sizeof(buf));
+  }
+  close(fd);
+}
+
+TEST_P(StoreIntegrationTest, BadInputGetsAClearStatusAndTheStoreKeepsServing) {
+  StoreProcess store = StartStore({});
+  auto stub = Stub(store);
+  auto call = [&](auto method, const auto& req, auto* resp) {
+    grpc::ClientContext ctx;
+    ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(5));
+    return (stub.get()->*method)(&ctx, req, resp);
+  };
+  const std::string ns(KeyBytes(TestNamespace()));
+  const std::string key(KeyBytes(Keys(1, 1)[0]));
+
+  v1::LookupRequest short_key;
+  short_key.set_namespace_id(ns);
+  short_key.add_keys("short");
+  v1::LookupResponse lr;
+  grpc::Status s = call(&v1::CacheStore::Stub::Lookup, short_key, &lr);
+  EXPECT_EQ(s.error_code(), grpc::StatusCode::INVALID_ARGUMENT);
+  EXPECT_NE(s.error_message().find("keys[0] must be 32 bytes"), std::string::npos)
+      << s.error_message();
+
+  v1::LookupRequest bad_ns;
+  bad_ns.set_namespace_id("x");
+  bad_ns.add_keys(key);
+  s = call(&v1::CacheStore::Stub::Lookup, bad_ns, &lr);
+  EXPECT_EQ(s.error_code(), grpc::StatusCode::INVALID_ARGUMENT);
+
+  v1::LookupRequest unknown_ns;
+  unknown_ns.set_namespace_id(std::string(32, '\x7f'));
+  unknown_ns.add_keys(key);
+  s = call(&v1::CacheStore::Stub::Lookup, unknown_ns, &lr);
+  EXPECT_TRUE(s.ok());
+  EXPECT_EQ(lr.hit_count(), 0u);
+
+  v1::ReserveRequest wrong_size;
+  wrong_size.set_namespace_id(ns);
+  wrong_size.add_keys(key);
+  wrong_size.set_block_bytes(3ull << 20);  // larger than a 2 MiB slot
+  v1::ReserveResponse rr;
+  s = call(&v1::CacheStore::Stub::Reserve, wrong_size, &rr);
+  EXPECT_EQ(s.error_code(), grpc::StatusCode::INVALID_ARGUMENT);
+  wrong_size.set_block_bytes(0);
+  s = call(&v1::CacheStore::Stub::Reserve, wrong_size, &rr);
+  EXPECT_EQ(s.error_code(), grpc::StatusCode::INVALID_ARGUMENT);
+
+  v1::ReserveRequest oversized;
+  oversized.set_namespace_id(ns);
+  for (int i = 0; i < 4097; ++i) oversized.add_keys(key);
+  oversized.set_block_bytes(kBlock);
+  s = call(&v1::CacheStore::Stub::Reserve, oversized, &rr);
+  EXPECT_EQ(s.error_code(), grpc::StatusCode::INVALID_ARGUMENT);
+  EXPECT_NE(s.error_message().find("at most 4096"), std::string::npos) << s.error_message();
+
+  v1::CommitRequest unknown_res;
+  unknown_res.set_reservation_id(424242);
+  v1::CommitResponse cr;
+  s = call(&v1::CacheStore::Stub::Commit, unknown_res, &cr);
+  EXPECT_EQ(s.error_code(), grpc::StatusCode::NOT_FOUND);
+  v1::ReleaseRequest unknown_lease;
+  unknown_lease.set_lease_id(99);
+  v1::ReleaseResponse rel;
+  EXPECT_EQ(call(&v1::CacheStore::Stub::Release, unknown_lease, &rel).error_code(),
+            grpc::StatusCode::NOT_FOUND);
+
+  // Garbage on both ports: HTTP/2 preface violations, binary noise, a half HTTP request.
+  for (int port : {store.grpc_port(), store.metrics_port()}) {
+    SendGarbage(port, std::string("\x00\xff\x13garbage\r\n\r\n", 14));
+    SendGarbage(port, "PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\xde\xad\xbe\xef");
+    SendGarbage(port, "GET /metrics HTTP/1.1\r\nContent-Length: 99999999\r\n\r\nabc");
+  }
+
+  // Still serving: data path, metrics and health.
+  auto client = Client(store);
+  std::vector<StoreNodeInfo> nodes = client->Nodes();
+  ASSERT_EQ(nodes.size(), 1u);
+  ASSERT_TRUE(nodes[0].connected);
+  // The data plane really runs over the transport under test.
+  EXPECT_EQ(nodes[0].ucx_lanes.find("tcp/") != std::string::npos, tls_ == "tcp,self")
+      << nodes[0].ucx_lanes;
+  std::vector<BlockKey> keys = Keys(60, 3);
+  Blocks b(keys, kBlock);
+  ASSERT_EQ(client->Put(TestNamespace(), keys, b.src, kBlock)->stored, 3u);
+  b.Clear();
+  EXPECT_EQ(*client->Get(TestNamespace(), keys, b.dst, kBlock), 3u);
+  httplib::Client http("127.0.0.1", store.metrics_port());
+  auto res = http.Get("/metrics");
+  ASSERT_TRUE(res);
+  EXPECT_EQ(res->status, 200);
+  EXPECT_NE(res->body.find("kvtier_store_rpc_errors_total{method=\"Lookup\"} 2"), std::string::npos)
+      << res->body;
+  EXPECT_NE(res->body.find("kvtier_store_hit_blocks_total 3"), std::string::npos);
+  // A client's own bad arguments are errors; nothing reaches the store.
+  EXPECT_EQ(client->Put(TestNamespace(), keys, {b.src[0]}, kBlock).status().code(),
+            absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(client->Put(TestNamespace(), keys, b.src, 4ull << 20).status().code(),
+            absl::StatusCode::kInvalidArgument);
+}
+
+INSTANTIATE_TEST_SUITE_P(Transports, StoreIntegrationTest, ::testing::Values("shm", "tcp"));
+
+}  // namespace
+}  // namespace kvtier
