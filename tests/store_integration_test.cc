@@ -300,6 +300,63 @@ TEST_P(StoreIntegrationTest, GracefulRestartOnTheSamePortKeepsClientAndBlocks) {
   }
 }
 
+TEST_P(StoreIntegrationTest, TwoStoresShareTheKeysAndADeadOneCostsOnlyMisses) {
+  const std::string base = dir_;
+  dir_ = base + "/a";
+  std::filesystem::create_directories(dir_);
+  StoreProcess a = StartStore({});
+  dir_ = base + "/b";
+  std::filesystem::create_directories(dir_);
+  StoreProcess b = StartStore({});
+  dir_ = base;
+  StoreClientOptions o;
+  o.stores = {a.address(), b.address()};
+  o.retry_after = absl::Milliseconds(50);
+  auto client = StoreClient::Create(o);
+  ASSERT_TRUE(client.ok());
+  std::vector<BlockKey> keys = Keys(70, 32);
+  Blocks blocks(keys, kBlock);
+  auto put = (*client)->Put(TestNamespace(), keys, blocks.src, kBlock);
+  ASSERT_TRUE(put.ok());
+  EXPECT_EQ(put->stored, 32u);
+  // Rendezvous hashing spreads the chain over both nodes.
+  const uint64_t on_a = Stats(a).blocks_in_memory(), on_b = Stats(b).blocks_in_memory();
+  EXPECT_EQ(on_a + on_b, 32u);
+  EXPECT_GT(on_a, 0u);
+  EXPECT_GT(on_b, 0u);
+  blocks.Clear();
+  auto got = (*client)->Get(TestNamespace(), keys, blocks.dst, kBlock);
+  ASSERT_TRUE(got.ok());
+  EXPECT_EQ(*got, 32u);
+  for (size_t i = 0; i < keys.size(); ++i) {
+    EXPECT_TRUE(IsSyntheticBlock(keys[i], blocks.data[i].data(), kBlock)) << i;
+  }
+  // Node b dies: the prefix now ends at b's first key; no error, no wrong block.
+  size_t first_on_b = keys.size();
+  {
+    StoreClientOptions only_b;
+    only_b.stores = {b.address()};
+    auto probe = StoreClient::Create(only_b);
+    for (size_t i = 0; i < keys.size(); ++i) {
+      if (*(*probe)->Lookup(TestNamespace(), {keys[i]}) == 1) {
+        first_on_b = i;
+        break;
+      }
+    }
+  }
+  ASSERT_TRUE(b.process().Signal(SIGKILL, absl::Seconds(5)).has_value());
+  blocks.Clear();
+  got = (*client)->Get(TestNamespace(), keys, blocks.dst, kBlock);
+  ASSERT_TRUE(got.ok());
+  EXPECT_EQ(*got, first_on_b);
+  for (size_t i = 0; i < *got; ++i) {
+    EXPECT_TRUE(IsSyntheticBlock(keys[i], blocks.data[i].data(), kBlock)) << i;
+  }
+  auto seen = (*client)->Lookup(TestNamespace(), keys);
+  ASSERT_TRUE(seen.ok());
+  EXPECT_EQ(*seen, first_on_b);
+}
+
 // Sends raw bytes to a TCP port and closes.
 void SendGarbage(int port, const std::string& bytes) {
   int fd = socket(AF_INET, SOCK_STREAM, 0);
