@@ -61,6 +61,7 @@ class StoreClient::Impl {
     // Data-plane connection, valid for one store incarnation.
     std::unique_ptr<transport::Endpoint> ep;
     std::unique_ptr<transport::RemoteKey> rkey;
+    uint8_t* mapped = nullptr;  // the pool's base in this process (same host), owned by rkey
     v1::GetInfoResponse info;
     absl::Time down_until = absl::InfinitePast();
   };
@@ -101,6 +102,7 @@ class StoreClient::Impl {
     spdlog::warn("store {} unavailable for {}: {}", n->address,
                  absl::FormatDuration(options_.retry_after), why.ToString());
     if (n->ep != nullptr) n->ep->MarkFailed();
+    n->mapped = nullptr;
     n->rkey.reset();
     n->ep.reset();
     n->down_until = absl::Now() + options_.retry_after;
@@ -114,6 +116,7 @@ class StoreClient::Impl {
     }
     // The old connection, if any, points at a dead or replaced process: close it forcibly.
     if (n->ep != nullptr) n->ep->MarkFailed();
+    n->mapped = nullptr;
     n->rkey.reset();
     n->ep.reset();
     v1::GetInfoRequest req;
@@ -125,6 +128,9 @@ class StoreClient::Impl {
     KVTIER_ASSIGN_OR_RETURN(n->ep,
                             transport::Endpoint::Connect(worker_.get(), info.ucx_worker_address()));
     KVTIER_ASSIGN_OR_RETURN(n->rkey, n->ep->UnpackRkey(info.pool_rkey()));
+    if (options_.map_same_host_pool) {
+      n->mapped = static_cast<uint8_t*>(n->rkey->LocalPointer(info.pool_base_address()));
+    }
     n->info = std::move(info);
     spdlog::debug("connected to store {} (incarnation {:x})", n->address, n->info.incarnation());
     return absl::OkStatus();
@@ -261,13 +267,19 @@ absl::StatusOr<PutResult> StoreClient::Impl::Put(const NamespaceId& ns,
       v1::CommitRequest commit;
       commit.set_reservation_id(resv.reservation_id());
       const uint64_t base = n->info.pool_base_address();
+      size_t direct = 0;
       for (size_t j = start; j < end; ++j) {
         const int k = static_cast<int>(j - start);
         switch (resv.outcomes(k)) {
           case v1::RESERVE_OUTCOME_RESERVED: {
             void* src = const_cast<void*>(blocks[s.index[j]]);
-            ops.push_back({src, base + resv.offsets(k), block_bytes});
-            commit.add_checksums(BlockChecksum(src, block_bytes));
+            if (n->mapped != nullptr) {  // same host: copy and hash in one pass
+              commit.add_checksums(CopyAndChecksum(n->mapped + resv.offsets(k), src, block_bytes));
+              ++direct;
+            } else {
+              ops.push_back({src, base + resv.offsets(k), block_bytes});
+              commit.add_checksums(BlockChecksum(src, block_bytes));
+            }
             break;
           }
           case v1::RESERVE_OUTCOME_PRESENT:
@@ -277,22 +289,24 @@ absl::StatusOr<PutResult> StoreClient::Impl::Put(const NamespaceId& ns,
             ++result.skipped;
         }
       }
-      if (ops.empty()) continue;
-      absl::Status moved = n->ep->PutBatch(*n->rkey, ops, absl::Now() + options_.transfer_timeout);
+      if (ops.empty() && direct == 0) continue;
+      absl::Status moved =
+          ops.empty() ? absl::OkStatus()
+                      : n->ep->PutBatch(*n->rkey, ops, absl::Now() + options_.transfer_timeout);
       if (!moved.ok()) {
         v1::AbortRequest abort;
         abort.set_reservation_id(resv.reservation_id());
         v1::AbortResponse aborted;
         (void)n->stub->Abort(Ctx().get(), abort, &aborted);  // else the reservation times out
         MarkDown(n, moved);
-        result.skipped += ops.size() + (s.index.size() - end);
+        result.skipped += ops.size() + direct + (s.index.size() - end);
         break;
       }
       v1::CommitResponse done;
       absl::Status committed = FromGrpc(n->stub->Commit(Ctx().get(), commit, &done));
       if (!committed.ok()) {
         MarkDown(n, committed);
-        result.skipped += ops.size() + (s.index.size() - end);
+        result.skipped += ops.size() + direct + (s.index.size() - end);
         break;
       }
       result.stored += done.committed();
@@ -339,24 +353,34 @@ absl::StatusOr<size_t> StoreClient::Impl::Get(const NamespaceId& ns,
     }
     if (positions.empty()) continue;
     absl::Status st = Connect(s.node, resp[n].incarnation());
-    if (st.ok()) {
+    // Copied bytes' checksums, in `positions` order: computed during the copy on the mapped
+    // path, after the UCX get otherwise.
+    std::vector<uint64_t> sums;
+    if (st.ok() && s.node->mapped != nullptr) {
+      for (size_t j : positions) {
+        sums.push_back(CopyAndChecksum(
+            buffers[s.index[j]], s.node->mapped + resp[n].blocks(static_cast<int>(j)).offset(),
+            block_bytes));
+      }
+    } else if (st.ok()) {
       const uint64_t base = s.node->info.pool_base_address();
       for (size_t j : positions) {
         ops.push_back({buffers[s.index[j]], base + resp[n].blocks(static_cast<int>(j)).offset(),
                        block_bytes});
       }
       st = s.node->ep->GetBatch(*s.node->rkey, ops, absl::Now() + options_.transfer_timeout);
+      for (size_t j : positions) sums.push_back(BlockChecksum(buffers[s.index[j]], block_bytes));
     }
     if (!st.ok()) {
       MarkDown(s.node, st);
       prefix = std::min(prefix, s.index[positions.front()]);
       continue;
     }
-    for (size_t j : positions) {
+    for (size_t p = 0; p < positions.size(); ++p) {
+      const size_t j = positions[p];
       const size_t i = s.index[j];
       if (i >= prefix) break;
-      if (BlockChecksum(buffers[i], block_bytes) !=
-          resp[n].blocks(static_cast<int>(j)).checksum()) {
+      if (sums[p] != resp[n].blocks(static_cast<int>(j)).checksum()) {
         spdlog::warn("store {}: block {} failed its checksum after get; treated as a miss",
                      s.node->address, KeyToHex(keys[i]));
         prefix = i;
@@ -385,6 +409,7 @@ std::vector<StoreNodeInfo> StoreClient::Impl::Nodes() {
       info.cuda_memory_supported = n->info.cuda_memory_supported();
       info.spill_enabled = n->info.spill_enabled();
       info.ucx_lanes = n->ep->Describe();
+      info.pool_mapped = n->mapped != nullptr;
     }
     out.push_back(std::move(info));
   }

@@ -51,9 +51,10 @@ absl::StatusOr<std::unique_ptr<StoreServer>> StoreServer::Start(const StoreConfi
   // Touch every page now: the memory is committed up front (an overcommitted host fails here,
   // not mid-serving) and no page fault lands on the hot path later.
   std::memset(s->pool_->data(), 0, pool_bytes);
-  spdlog::info("pool: {} slots of {} bytes ({:.2f} GiB) allocated, registered and touched in {:.0f} ms",
-               opts.slot_count, opts.slot_bytes, pool_bytes / double(1ull << 30),
-               absl::ToDoubleMilliseconds(absl::Now() - t0));
+  spdlog::info(
+      "pool: {} slots of {} bytes ({:.2f} GiB) allocated, registered and touched in {:.0f} ms",
+      opts.slot_count, opts.slot_bytes, pool_bytes / double(1ull << 30),
+      absl::ToDoubleMilliseconds(absl::Now() - t0));
   KVTIER_ASSIGN_OR_RETURN(std::string rkey, s->pool_->PackRkey());
   KVTIER_ASSIGN_OR_RETURN(s->progress_, transport::ProgressThread::Start(s->worker_.get()));
 

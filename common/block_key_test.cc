@@ -86,5 +86,15 @@ TEST(ChecksumTest, Xxh3KnownValues) {
   EXPECT_NE(BlockChecksum(a.data(), a.size()), BlockChecksum(b.data(), b.size()));
 }
 
+TEST(ChecksumTest, CopyAndChecksumMatchesOneShot) {
+  for (size_t size : {0ul, 1ul, 4096ul, 65536ul, 65537ul, (2ul << 20) + 3}) {
+    std::vector<uint8_t> src(size), dst(size, 0);
+    for (size_t i = 0; i < size; ++i) src[i] = static_cast<uint8_t>(i * 131 + 7);
+    EXPECT_EQ(CopyAndChecksum(dst.data(), src.data(), size), BlockChecksum(src.data(), size))
+        << size;
+    EXPECT_EQ(src, dst);
+  }
+}
+
 }  // namespace
 }  // namespace kvtier

@@ -10,6 +10,11 @@ namespace kvtier {
 // xxh3-64 with seed 0 over `size` bytes at `data`.
 uint64_t BlockChecksum(const void* data, size_t size);
 
+// Copies `size` bytes from src to dst and returns BlockChecksum of the bytes now at dst, in one
+// pass over memory: each chunk is hashed right after it is copied, while it is still in cache.
+// The hash covers what landed at dst, so a source changing under the copy cannot go unseen.
+uint64_t CopyAndChecksum(void* dst, const void* src, size_t size);
+
 }  // namespace kvtier
 
 #endif  // KVTIER_COMMON_CHECKSUM_H_

@@ -74,6 +74,8 @@ int Info(const std::string& addr) {
                 static_cast<unsigned long long>(n.incarnation),
                 static_cast<unsigned long long>(n.slot_count),
                 static_cast<unsigned long long>(n.slot_bytes));
+    std::printf("  pool mapped into this process: %s\n",
+                n.pool_mapped ? "yes (direct copy)" : "no (UCX put/get)");
     std::printf("  UCX memory types [%s], CUDA memory %s, spill %s\n  lanes:\n%s",
                 absl::StrJoin(n.ucx_memory_types, ",").c_str(),
                 n.cuda_memory_supported ? "yes" : "no", n.spill_enabled ? "on" : "off",

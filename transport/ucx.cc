@@ -196,6 +196,11 @@ RemoteKey::~RemoteKey() {
   if (rkey_ != nullptr) ucp_rkey_destroy(rkey_);
 }
 
+void* RemoteKey::LocalPointer(uint64_t remote_address) const {
+  void* p = nullptr;
+  return ucp_rkey_ptr(rkey_, remote_address, &p) == UCS_OK ? p : nullptr;
+}
+
 void Endpoint::OnError(void* arg, ucp_ep_h, ucs_status_t status) {
   // Runs inside ucp_worker_progress: only flag it.
   static_cast<Endpoint*>(arg)->failed_.store(true, std::memory_order_relaxed);

@@ -120,6 +120,10 @@ class RemoteKey {
   RemoteKey& operator=(const RemoteKey&) = delete;
   ucp_rkey_h handle() const { return rkey_; }
 
+  // A local pointer to `remote_address` when the peer's memory is mapped into this process
+  // (shared-memory transports, ucp_rkey_ptr); nullptr otherwise. Valid while this key lives.
+  void* LocalPointer(uint64_t remote_address) const;
+
  private:
   friend class Endpoint;
   RemoteKey() = default;

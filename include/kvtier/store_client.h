@@ -3,7 +3,8 @@
 // Keys are placed on nodes by rendezvous hashing over the configured stores. Control calls go
 // over gRPC (one per node per operation); bytes move with UCX one-sided put/get straight
 // between the caller's buffers and the store's registered pool (one flush per node per
-// batch). Every fetched block is checked against its xxh3-64 checksum before it is reported.
+// batch); a store on the same host is mapped (ucp_rkey_ptr) and copied to directly. Every fetched
+// block is checked against its xxh3-64 checksum before it is reported.
 //
 // Failure model: the cache is an optimisation. A node that is down, restarted or slow costs
 // misses (Get/Lookup report a shorter prefix; Put reports blocks as skipped), never an error
@@ -34,6 +35,10 @@ struct StoreClientOptions {
   absl::Duration rpc_timeout = absl::Seconds(2);
   // Deadline of each batch of one-sided transfers. Default: 10 s.
   absl::Duration transfer_timeout = absl::Seconds(10);
+  // When a store's pool is reachable through shared memory (same host), copy to and from it
+  // directly, hashing each chunk while it is in cache (one pass over memory instead of a UCX
+  // copy plus a checksum pass). Off: always UCX put/get. Default: true.
+  bool map_same_host_pool = true;
   // After a node fails, it is skipped (its keys are misses) for this long. Default: 1 s.
   absl::Duration retry_after = absl::Seconds(1);
 };
@@ -54,7 +59,8 @@ struct StoreNodeInfo {
   std::vector<std::string> ucx_memory_types;
   bool cuda_memory_supported = false;
   bool spill_enabled = false;
-  std::string ucx_lanes;  // transports of the data-plane endpoint
+  std::string ucx_lanes;     // transports of the data-plane endpoint
+  bool pool_mapped = false;  // same-host pool copied to directly
 };
 
 class StoreClient {

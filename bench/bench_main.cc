@@ -1,0 +1,94 @@
+// kvtier-bench: benchmark programs of kvtier.
+//
+//   kvtier-bench store [--transport shm|tcp] [--block-bytes 2MiB] [--batch 16] [--clients 1]
+//                      [--seconds 3 | --iterations N] [--store HOST:PORT] [--json]
+//       Put/Get bandwidth and Lookup latency of kvtier-store, next to the anchors measured in
+//       the same run (memcpy, ucx_perftest, redis-benchmark); see bench/store_bench.h.
+#include <cstdio>
+#include <string>
+
+#include "CLI/CLI.hpp"
+#include "bench/store_bench.h"
+#include "common/parse_bytes.h"
+#include "spdlog/sinks/stdout_color_sinks.h"
+#include "spdlog/spdlog.h"
+
+namespace {
+
+// CLI11 validator for sizes such as "2MiB".
+struct BytesValidator : public CLI::Validator {
+  BytesValidator() : CLI::Validator("BYTES") {
+    func_ = [](std::string& s) -> std::string {
+      auto b = kvtier::ParseBytes(s);
+      if (!b.ok()) return std::string(b.status().message());
+      s = std::to_string(*b);
+      return "";
+    };
+  }
+};
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  // Logs (ours, the client library's) go to stderr: stdout carries results only.
+  spdlog::set_default_logger(spdlog::stderr_color_mt("kvtier-bench"));
+  spdlog::set_pattern("[%H:%M:%S.%e] [%^%l%$] %v");
+
+  CLI::App app{"kvtier-bench: kvtier benchmarks"};
+  app.require_subcommand(1);
+  std::string log_level = "info";
+  app.add_option("--log-level", log_level, "trace|debug|info|warn|error")->capture_default_str();
+
+  kvtier::bench::StoreBenchOptions so;
+  uint64_t block_bytes = so.block_bytes;
+  CLI::App* store = app.add_subcommand(
+      "store",
+      "kvtier-store Put/Get bandwidth and Lookup latency against memcpy, ucx_perftest "
+      "and Redis anchors");
+  store->add_option("--transport", so.transport, "UCX data plane: shm or tcp")
+      ->check(CLI::IsMember({"shm", "tcp"}))
+      ->capture_default_str();
+  store->add_option("--block-bytes", block_bytes, "bytes per block, e.g. 2MiB")
+      ->transform(BytesValidator())
+      ->default_str("2MiB");
+  store->add_option("--batch", so.batch, "blocks per Put/Get call")
+      ->check(CLI::Range(1, 4096))
+      ->capture_default_str();
+  store->add_option("--clients", so.clients, "client processes")
+      ->check(CLI::Range(1, 64))
+      ->capture_default_str();
+  auto* seconds = store->add_option("--seconds", so.seconds, "seconds per timed phase (put, get)")
+                      ->check(CLI::Range(0.1, 600.0))
+                      ->capture_default_str();
+  store->add_option("--iterations", so.iterations, "batches per client per timed phase")
+      ->check(CLI::Range(int64_t{1}, int64_t{100000000}))
+      ->excludes(seconds);
+  store->add_option("--store", so.store, "use a running store HOST:PORT instead of starting one");
+  store->add_flag("--json", so.json, "print one JSON object as the last stdout line");
+  store->add_flag("--skip-anchors", so.skip_anchors, "do not run ucx_perftest and redis");
+
+  // Hidden: one client process of `store --clients N`.
+  kvtier::bench::StoreWorkerOptions wo;
+  CLI::App* worker = app.add_subcommand("store-worker", "")->group("");
+  worker->add_option("--store", wo.store)->required();
+  worker->add_option("--ns", wo.ns_hex)->required();
+  worker->add_option("--client-id", wo.client_id)->required();
+  worker->add_option("--block-bytes", wo.block_bytes)->required();
+  worker->add_option("--batch", wo.batch)->required();
+  worker->add_option("--get-batches", wo.get_batches)->required();
+
+  CLI11_PARSE(app, argc, argv);
+  auto level = spdlog::level::from_str(log_level);
+  if (level == spdlog::level::off && log_level != "off") {
+    std::fprintf(stderr, "kvtier-bench: unknown log level '%s'\n", log_level.c_str());
+    return 2;
+  }
+  spdlog::set_level(level);
+
+  if (*store) {
+    so.block_bytes = block_bytes;
+    return kvtier::bench::RunStoreBench(so);
+  }
+  if (*worker) return kvtier::bench::RunStoreWorker(wo);
+  return 2;
+}
