@@ -71,36 +71,36 @@ Store::Entry* Store::Find(const BlockKey& key) {
   return it == entries_.end() ? nullptr : &it->second;
 }
 
+namespace {
+
+// Adds `e` to, or removes it from, an LRU set keyed by its tick; `member` tracks which.
+template <typename Set, typename E>
+void SetMembership(Set& set, bool& member, bool want, E* e) {
+  if (want == member) return;
+  if (want) {
+    set.insert({e->tick, e});
+  } else {
+    set.erase({e->tick, e});
+  }
+  member = want;
+}
+
+}  // namespace
+
 void Store::Touch(Entry* e) {
-  if (e->in_evictable) evictable_.erase({e->tick, e});
-  if (e->in_spill_lru) spill_lru_.erase({e->tick, e});
-  e->in_evictable = e->in_spill_lru = false;
+  // Out of both sets under the old tick, back in under the new one.
+  SetMembership(evictable_, e->in_evictable, false, e);
+  SetMembership(spill_lru_, e->in_spill_lru, false, e);
   e->tick = ++tick_;
   UpdateEligibility(e);
 }
 
 void Store::UpdateEligibility(Entry* e) {
   const bool committed = e->state == State::kCommitted;
-  const bool evictable =
-      committed && e->tier == Tier::kMemory && e->leases == 0 && e->mem_children == 0;
-  const bool droppable =
-      committed && e->tier == Tier::kSpilled && e->leases == 0 && e->children == 0;
-  if (evictable != e->in_evictable) {
-    if (evictable) {
-      evictable_.insert({e->tick, e});
-    } else {
-      evictable_.erase({e->tick, e});
-    }
-    e->in_evictable = evictable;
-  }
-  if (droppable != e->in_spill_lru) {
-    if (droppable) {
-      spill_lru_.insert({e->tick, e});
-    } else {
-      spill_lru_.erase({e->tick, e});
-    }
-    e->in_spill_lru = droppable;
-  }
+  SetMembership(evictable_, e->in_evictable,
+                committed && e->tier == Tier::kMemory && e->leases == 0 && e->mem_children == 0, e);
+  SetMembership(spill_lru_, e->in_spill_lru,
+                committed && e->tier == Tier::kSpilled && e->leases == 0 && e->children == 0, e);
 }
 
 void Store::LinkParent(Entry* e) {
@@ -139,8 +139,8 @@ void Store::FreeSlot(Entry* e) {
 }
 
 void Store::RemoveEntry(Entry* e) {
-  if (e->in_evictable) evictable_.erase({e->tick, e});
-  if (e->in_spill_lru) spill_lru_.erase({e->tick, e});
+  SetMembership(evictable_, e->in_evictable, false, e);
+  SetMembership(spill_lru_, e->in_spill_lru, false, e);
   UnlinkParent(e);
   if (e->state == State::kCommitted) {
     if (e->tier == Tier::kMemory) {

@@ -1,17 +1,5 @@
 #include "common/metrics_http.h"
 
-// Debian's libcpp-httplib.so is built with these options and they change the layout of httplib
-// classes (e.g. httplib::Client). PkgConfig::HTTPLIB normally passes them; the guarded defines
-// keep this file ABI-compatible with the library even if it is compiled without them.
-#ifndef CPPHTTPLIB_OPENSSL_SUPPORT
-#define CPPHTTPLIB_OPENSSL_SUPPORT
-#endif
-#ifndef CPPHTTPLIB_ZLIB_SUPPORT
-#define CPPHTTPLIB_ZLIB_SUPPORT
-#endif
-#ifndef CPPHTTPLIB_BROTLI_SUPPORT
-#define CPPHTTPLIB_BROTLI_SUPPORT
-#endif
 #include <httplib.h>
 #include <sys/socket.h>
 
