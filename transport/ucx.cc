@@ -46,6 +46,10 @@ absl::StatusOr<std::unique_ptr<UcxContext>> UcxContext::Create() {
   // context; an explicit user setting wins (overwrite = 0).
   setenv("UCX_POSIX_ERROR_HANDLING", "y", 0);
   setenv("UCX_SYSV_ERROR_HANDLING", "y", 0);
+  // TCP's default 8 KiB segments cut a 2 MiB block into 256 messages that the (emulated) RMA
+  // path handles one by one; 256 KiB segments move blocks 2.5-5x faster on loopback.
+  setenv("UCX_TCP_TX_SEG_SIZE", "256k", 0);
+  setenv("UCX_TCP_RX_SEG_SIZE", "256k", 0);
 
   ucp_config_t* config = nullptr;
   ucs_status_t st = ucp_config_read(nullptr, nullptr, &config);

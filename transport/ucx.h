@@ -13,7 +13,7 @@
 // operations instead of hanging them. Because that mode silently drops UCX 1.13's shared-memory
 // transports unless their error handling is switched on, UcxContext::Create sets
 // UCX_POSIX_ERROR_HANDLING=y and UCX_SYSV_ERROR_HANDLING=y in the environment when the user has
-// not set them (see docs/store-protocol.md).
+// not set them, and raises TCP's segment size to 256 KiB likewise (see docs/store-protocol.md).
 #ifndef KVTIER_TRANSPORT_UCX_H_
 #define KVTIER_TRANSPORT_UCX_H_
 
