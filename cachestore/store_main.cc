@@ -29,6 +29,7 @@ bool WriteReadyFile(const std::string& path, int grpc_port, int metrics_port) {
 }  // namespace
 
 int main(int argc, char** argv) {
+  kvtier::LogToStderr();
   CLI::App app{"kvtier-store: KV-cache block store (UCX data plane, gRPC control plane)"};
   std::string config_path, listen, metrics_listen, pool, slot, spill_dir, spill_capacity, log_level,
       ready_file;

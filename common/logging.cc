@@ -1,5 +1,7 @@
 #include "common/logging.h"
 
+#include "spdlog/sinks/stdout_color_sinks.h"
+
 namespace kvtier {
 
 bool SetLogLevel(const std::string& level) {
@@ -8,5 +10,7 @@ bool SetLogLevel(const std::string& level) {
   spdlog::set_level(lvl);
   return true;
 }
+
+void LogToStderr() { spdlog::set_default_logger(spdlog::stderr_color_mt("kvtier")); }
 
 }  // namespace kvtier

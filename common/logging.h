@@ -25,6 +25,10 @@ namespace kvtier {
 // leave the level unchanged and return false.
 bool SetLogLevel(const std::string& level);
 
+// Sends log lines to stderr (spdlog's default logger writes to stdout), so that a program's
+// stdout carries only its output. Call first thing in main().
+void LogToStderr();
+
 }  // namespace kvtier
 
 #endif  // KVTIER_COMMON_LOGGING_H_

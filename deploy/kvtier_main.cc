@@ -18,6 +18,7 @@
 #include "cachestore/grpc_status.h"
 #include "common/block_key.h"
 #include "common/checksum.h"
+#include "common/logging.h"
 #include "common/parse_bytes.h"
 #include "common/synthetic_block.h"
 #include "kvtier/store_client.h"
@@ -190,6 +191,7 @@ int Demo(const std::string& addr, int turns, uint32_t block_tokens, size_t block
 }  // namespace kvtier
 
 int main(int argc, char** argv) {
+  kvtier::LogToStderr();
   CLI::App app{"kvtier: operate a kvtier cluster"};
   app.require_subcommand(1);
   CLI::App* store = app.add_subcommand("store", "talk to a kvtier-store");

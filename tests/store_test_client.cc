@@ -15,6 +15,7 @@
 
 #include "CLI/CLI.hpp"
 #include "cachestore/grpc_status.h"
+#include "common/logging.h"
 #include "common/parse_bytes.h"
 #include "common/synthetic_block.h"
 #include "kvtier/store_client.h"
@@ -117,6 +118,7 @@ int StallPut(const std::string& store, uint32_t n, size_t bytes, const std::stri
 }  // namespace kvtier
 
 int main(int argc, char** argv) {
+  kvtier::LogToStderr();
   CLI::App app{"kvtier-store-test-client"};
   app.require_subcommand(1);
   std::string store, bytes_text = "64KiB", marker;
