@@ -273,8 +273,9 @@ absl::StatusOr<PutResult> StoreClient::Impl::Put(const NamespaceId& ns,
         switch (resv.outcomes(k)) {
           case v1::RESERVE_OUTCOME_RESERVED: {
             void* src = const_cast<void*>(blocks[s.index[j]]);
-            if (n->mapped != nullptr) {  // same host: copy and hash in one pass
-              commit.add_checksums(CopyAndChecksum(n->mapped + resv.offsets(k), src, block_bytes));
+            if (n->mapped != nullptr) {  // same host: hash, stream the copy
+              commit.add_checksums(
+                  ChecksumAndStreamCopy(n->mapped + resv.offsets(k), src, block_bytes));
               ++direct;
             } else {
               ops.push_back({src, base + resv.offsets(k), block_bytes});

@@ -1,5 +1,6 @@
 #include "common/block_key.h"
 
+#include <cstring>
 #include <numeric>
 
 #include "common/checksum.h"
@@ -86,13 +87,17 @@ TEST(ChecksumTest, Xxh3KnownValues) {
   EXPECT_NE(BlockChecksum(a.data(), a.size()), BlockChecksum(b.data(), b.size()));
 }
 
-TEST(ChecksumTest, CopyAndChecksumMatchesOneShot) {
+TEST(ChecksumTest, CopyingChecksumsMatchOneShot) {
   for (size_t size : {0ul, 1ul, 4096ul, 65536ul, 65537ul, (2ul << 20) + 3}) {
     std::vector<uint8_t> src(size), dst(size, 0);
     for (size_t i = 0; i < size; ++i) src[i] = static_cast<uint8_t>(i * 131 + 7);
     EXPECT_EQ(CopyAndChecksum(dst.data(), src.data(), size), BlockChecksum(src.data(), size))
         << size;
     EXPECT_EQ(src, dst);
+    std::vector<uint8_t> streamed(size + 7, 0);  // an unaligned destination
+    EXPECT_EQ(ChecksumAndStreamCopy(streamed.data() + 7, src.data(), size),
+              BlockChecksum(src.data(), size));
+    EXPECT_EQ(0, std::memcmp(streamed.data() + 7, src.data(), size));
   }
 }
 
