@@ -17,21 +17,6 @@ namespace kvtier {
 
 uint64_t BlockChecksum(const void* data, size_t size) { return XXH3_64bits(data, size); }
 
-uint64_t CopyAndChecksum(void* dst, const void* src, size_t size) {
-  // 64 KiB chunks stay in L1/L2 between the copy and the hash.
-  constexpr size_t kChunk = 64 * 1024;
-  XXH3_state_t state;
-  XXH3_64bits_reset(&state);
-  auto* d = static_cast<uint8_t*>(dst);
-  const auto* s = static_cast<const uint8_t*>(src);
-  for (size_t off = 0; off < size; off += kChunk) {
-    const size_t n = std::min(kChunk, size - off);
-    std::memcpy(d + off, s + off, n);
-    XXH3_64bits_update(&state, d + off, n);
-  }
-  return XXH3_64bits_digest(&state);
-}
-
 namespace {
 
 // Copies with non-temporal 16-byte stores where dst is 16-byte aligned; memcpy elsewhere.
@@ -57,23 +42,39 @@ void StreamCopy(uint8_t* d, const uint8_t* s, size_t n) {
 #endif
 }
 
-}  // namespace
-
-uint64_t ChecksumAndStreamCopy(void* dst, const void* src, size_t size) {
+// Walks `size` bytes in 64 KiB chunks (small enough to stay in L1/L2 between the copy and the
+// hash of a chunk); `step(offset, n, state)` copies and hashes one chunk.
+template <typename Step>
+uint64_t Chunked(size_t size, Step step) {
   constexpr size_t kChunk = 64 * 1024;
   XXH3_state_t state;
   XXH3_64bits_reset(&state);
+  for (size_t off = 0; off < size; off += kChunk) step(off, std::min(kChunk, size - off), &state);
+  return XXH3_64bits_digest(&state);
+}
+
+}  // namespace
+
+uint64_t CopyAndChecksum(void* dst, const void* src, size_t size) {
   auto* d = static_cast<uint8_t*>(dst);
   const auto* s = static_cast<const uint8_t*>(src);
-  for (size_t off = 0; off < size; off += kChunk) {
-    const size_t n = std::min(kChunk, size - off);
-    XXH3_64bits_update(&state, s + off, n);  // brings the chunk into cache
-    StreamCopy(d + off, s + off, n);         // and writes it around the cache
-  }
+  return Chunked(size, [&](size_t off, size_t n, XXH3_state_t* state) {
+    std::memcpy(d + off, s + off, n);
+    XXH3_64bits_update(state, d + off, n);  // hash what landed, while it is in cache
+  });
+}
+
+uint64_t ChecksumAndStreamCopy(void* dst, const void* src, size_t size) {
+  auto* d = static_cast<uint8_t*>(dst);
+  const auto* s = static_cast<const uint8_t*>(src);
+  const uint64_t sum = Chunked(size, [&](size_t off, size_t n, XXH3_state_t* state) {
+    XXH3_64bits_update(state, s + off, n);  // brings the chunk into cache
+    StreamCopy(d + off, s + off, n);        // and writes it around the cache
+  });
 #if defined(__x86_64__)
   _mm_sfence();  // non-temporal stores are weakly ordered: make them visible before returning
 #endif
-  return XXH3_64bits_digest(&state);
+  return sum;
 }
 
 }  // namespace kvtier

@@ -1,6 +1,7 @@
 #include "common/metrics.h"
 
 #include <arpa/inet.h>
+#include <httplib.h>
 #include <netinet/in.h>
 #include <sys/socket.h>
 #include <sys/time.h>
@@ -17,8 +18,6 @@
 #include "gtest/gtest.h"
 #include "spdlog/sinks/stdout_sinks.h"
 #include "spdlog/spdlog.h"
-
-#include <httplib.h>
 
 namespace kvtier {
 namespace {
