@@ -19,6 +19,7 @@
 #include "kvtier/store_client.h"
 #include "kvtier/v1/cachestore.grpc.pb.h"
 #include "tests/process.h"
+#include "tests/test_keys.h"
 
 namespace kvtier {
 namespace {
@@ -31,17 +32,8 @@ using testing::WaitFor;
 
 constexpr size_t kBlock = 64 * 1024;
 
-NamespaceId TestNamespace() {  // the same as the test client's
-  NamespaceParams p;
-  p.tenant_salt = "kvtier-tests";
-  return ComputeNamespace(p);
-}
-
-std::vector<BlockKey> Keys(uint32_t seed, uint32_t n) {  // the same as the test client's
-  std::vector<uint32_t> tokens(n * 16);
-  for (size_t i = 0; i < tokens.size(); ++i) tokens[i] = seed * 1000003u + i;
-  return ComputeBlockKeys(TestNamespace(), tokens, 16);
-}
+using testing::TestKeys;
+using testing::TestNamespace;
 
 // Blocks for keys, and the spans Put/Get take.
 struct Blocks {
@@ -140,7 +132,7 @@ TEST_P(StoreIntegrationTest, ConcurrentWritersOfTheSameKeys) {
   EXPECT_EQ(s.bytes_in(), 24 * kBlock);
   EXPECT_EQ(s.checksum_failures(), 0u);
   auto client = Client(store);
-  std::vector<BlockKey> keys = Keys(5, 24);
+  std::vector<BlockKey> keys = TestKeys(5, 24);
   Blocks b(keys, kBlock);
   b.Clear();
   auto got = client->Get(TestNamespace(), keys, b.dst, kBlock);
@@ -189,7 +181,7 @@ TEST_P(StoreIntegrationTest, ClientKilledMidPutLeavesNoPartialBlock) {
   ASSERT_TRUE(writer.Signal(SIGKILL, absl::Seconds(5)).has_value());
 
   auto client = Client(store);
-  std::vector<BlockKey> keys = Keys(777, 8);  // the keys the killed writer reserved
+  std::vector<BlockKey> keys = TestKeys(777, 8);  // the keys the killed writer reserved
   auto seen = client->Lookup(TestNamespace(), keys);
   ASSERT_TRUE(seen.ok());
   EXPECT_EQ(*seen, 0u);  // reserved, half-written: invisible
@@ -218,7 +210,7 @@ TEST_P(StoreIntegrationTest, StoreKilledAndRestartedServesSpilledBlocks) {
   o.spill_dir = dir_ + "/spill";
   StoreProcess store = StartStore(o);
   auto client = Client(store);
-  std::vector<BlockKey> old_keys = Keys(40, 16), new_keys = Keys(41, 16);
+  std::vector<BlockKey> old_keys = TestKeys(40, 16), new_keys = TestKeys(41, 16);
   Blocks old_blocks(old_keys, kBlock), new_blocks(new_keys, kBlock);
   ASSERT_EQ(client->Put(TestNamespace(), old_keys, old_blocks.src, kBlock)->stored, 16u);
   ASSERT_EQ(client->Put(TestNamespace(), new_keys, new_blocks.src, kBlock)->stored, 16u);
@@ -230,7 +222,7 @@ TEST_P(StoreIntegrationTest, StoreKilledAndRestartedServesSpilledBlocks) {
   ASSERT_TRUE(down.ok());
   EXPECT_EQ(*down, 0u);
   auto skipped =
-      client->Put(TestNamespace(), Keys(42, 2), {new_blocks.src[0], new_blocks.src[1]}, kBlock);
+      client->Put(TestNamespace(), TestKeys(42, 2), {new_blocks.src[0], new_blocks.src[1]}, kBlock);
   ASSERT_TRUE(skipped.ok());
   EXPECT_EQ(skipped->skipped, 2u);
 
@@ -275,7 +267,7 @@ TEST_P(StoreIntegrationTest, GracefulRestartOnTheSamePortKeepsClientAndBlocks) {
   o.grpc_port = FreePort();
   StoreProcess store = StartStore(o);
   auto client = Client(store);
-  std::vector<BlockKey> keys = Keys(50, 4);
+  std::vector<BlockKey> keys = TestKeys(50, 4);
   Blocks b(keys, kBlock);
   ASSERT_EQ(client->Put(TestNamespace(), keys, b.src, kBlock)->stored, 4u);
   // SIGTERM: graceful, writes memory blocks to the spill tier, exits 0.
@@ -314,7 +306,7 @@ TEST_P(StoreIntegrationTest, TwoStoresShareTheKeysAndADeadOneCostsOnlyMisses) {
   o.retry_after = absl::Milliseconds(50);
   auto client = StoreClient::Create(o);
   ASSERT_TRUE(client.ok());
-  std::vector<BlockKey> keys = Keys(70, 32);
+  std::vector<BlockKey> keys = TestKeys(70, 32);
   Blocks blocks(keys, kBlock);
   auto put = (*client)->Put(TestNamespace(), keys, blocks.src, kBlock);
   ASSERT_TRUE(put.ok());
@@ -384,7 +376,7 @@ TEST_P(StoreIntegrationTest, BadInputGetsAClearStatusAndTheStoreKeepsServing) {
     return (stub.get()->*method)(&ctx, req, resp);
   };
   const std::string ns(KeyBytes(TestNamespace()));
-  const std::string key(KeyBytes(Keys(1, 1)[0]));
+  const std::string key(KeyBytes(TestKeys(1, 1)[0]));
 
   v1::LookupRequest short_key;
   short_key.set_namespace_id(ns);
@@ -453,7 +445,7 @@ TEST_P(StoreIntegrationTest, BadInputGetsAClearStatusAndTheStoreKeepsServing) {
   // The data plane really runs over the transport under test.
   EXPECT_EQ(nodes[0].ucx_lanes.find("tcp/") != std::string::npos, tls_ == "tcp,self")
       << nodes[0].ucx_lanes;
-  std::vector<BlockKey> keys = Keys(60, 3);
+  std::vector<BlockKey> keys = TestKeys(60, 3);
   Blocks b(keys, kBlock);
   ASSERT_EQ(client->Put(TestNamespace(), keys, b.src, kBlock)->stored, 3u);
   b.Clear();

@@ -21,22 +21,14 @@
 #include "kvtier/store_client.h"
 #include "kvtier/v1/cachestore.grpc.pb.h"
 #include "spdlog/spdlog.h"
+#include "tests/test_keys.h"
 #include "transport/ucx.h"
 
 namespace kvtier {
 namespace {
 
-NamespaceId TestNamespace() {
-  NamespaceParams p;
-  p.tenant_salt = "kvtier-tests";
-  return ComputeNamespace(p);
-}
-
-std::vector<BlockKey> Keys(uint32_t seed, uint32_t n) {
-  std::vector<uint32_t> tokens(n * 16);
-  for (size_t i = 0; i < tokens.size(); ++i) tokens[i] = seed * 1000003u + i;
-  return ComputeBlockKeys(TestNamespace(), tokens, 16);
-}
+using testing::TestKeys;
+using testing::TestNamespace;
 
 int Hammer(const std::string& store, uint32_t seed, uint32_t n, size_t bytes, int rounds,
            bool fresh, bool read_only) {
@@ -53,7 +45,7 @@ int Hammer(const std::string& store, uint32_t seed, uint32_t n, size_t bytes, in
   for (uint32_t i = 0; i < n; ++i) src[i] = dst[i] = bufs[i].data();
   uint64_t fetched = 0, stored = 0, present = 0;
   for (int r = 0; r < rounds; ++r) {
-    std::vector<BlockKey> keys = Keys(fresh ? seed * 100000 + r : seed, n);
+    std::vector<BlockKey> keys = TestKeys(fresh ? seed * 100000 + r : seed, n);
     if (!read_only || r == 0) {
       for (uint32_t i = 0; i < n; ++i) FillSyntheticBlock(keys[i], bufs[i].data(), bytes);
       auto put = (*c)->Put(TestNamespace(), keys, src, bytes);
@@ -101,7 +93,7 @@ int StallPut(const std::string& store, uint32_t n, size_t bytes, const std::stri
   v1::ReserveRequest req;
   NamespaceId ns = TestNamespace();
   req.set_namespace_id(std::string(KeyBytes(ns)));
-  for (const BlockKey& k : Keys(777, n)) req.add_keys(std::string(KeyBytes(k)));
+  for (const BlockKey& k : TestKeys(777, n)) req.add_keys(std::string(KeyBytes(k)));
   req.set_block_bytes(bytes);
   v1::ReserveResponse resv;
   grpc::ClientContext c2;
