@@ -4,10 +4,15 @@
 //                      [--seconds 3 | --iterations N] [--store HOST:PORT] [--json]
 //       Put/Get bandwidth and Lookup latency of kvtier-store, next to the anchors measured in
 //       the same run (memcpy, ucx_perftest, redis-benchmark); see bench/store_bench.h.
+//   kvtier-bench engine --model DIR [--prefill 1024,4096,...] [--decode 1@8192,32@8192,...]
+//                       [--kv-cache 40GiB] [--python python3] [--hf-script F] [--json]
+//       Prefill time and decode-step latency of the engine next to Hugging Face transformers
+//       on the same GPU and weights; see bench/engine_bench.h.
 #include <cstdio>
 #include <string>
 
 #include "CLI/CLI.hpp"
+#include "bench/engine_bench.h"
 #include "bench/store_bench.h"
 #include "common/parse_bytes.h"
 #include "spdlog/sinks/stdout_color_sinks.h"
@@ -67,6 +72,25 @@ int main(int argc, char** argv) {
   store->add_flag("--json", so.json, "print one JSON object as the last stdout line");
   store->add_flag("--skip-anchors", so.skip_anchors, "do not run ucx_perftest and redis");
 
+  kvtier::bench::EngineBenchOptions eb;
+  eb.hf_script = std::string(KVTIER_SOURCE_DIR) + "/bench/engine_hf.py";
+  CLI::App* engine = app.add_subcommand(
+      "engine", "engine prefill and decode against Hugging Face transformers on the same GPU");
+  engine->add_option("--model", eb.model, "model directory")->required();
+  engine->add_option("--backend", eb.backend, "cuda | cpu")->capture_default_str();
+  engine->add_option("--prefill", eb.prefill, "prompt lengths")->capture_default_str();
+  engine->add_option("--decode", eb.decode, "batch@context cases")->capture_default_str();
+  engine->add_option("--kv-cache", eb.kv_cache, "KV cache memory")->capture_default_str();
+  engine->add_option("--max-batch-tokens", eb.max_batch_tokens, "prefill chunk")
+      ->capture_default_str();
+  engine->add_option("--reps", eb.reps, "timed prefills per length")->capture_default_str();
+  engine->add_option("--steps", eb.steps, "timed decode steps per case")->capture_default_str();
+  engine->add_option("--python", eb.python, "python with torch + transformers; empty skips")
+      ->capture_default_str();
+  engine->add_option("--hf-script", eb.hf_script, "the transformers anchor script")
+      ->capture_default_str();
+  engine->add_flag("--json", eb.json, "print one JSON object as the last stdout line");
+
   // Hidden: one client process of `store --clients N`.
   kvtier::bench::StoreWorkerOptions wo;
   CLI::App* worker = app.add_subcommand("store-worker", "")->group("");
@@ -89,6 +113,7 @@ int main(int argc, char** argv) {
     so.block_bytes = block_bytes;
     return kvtier::bench::RunStoreBench(so);
   }
+  if (*engine) return kvtier::bench::RunEngineBench(eb);
   if (*worker) return kvtier::bench::RunStoreWorker(wo);
   return 2;
 }

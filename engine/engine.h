@@ -1,0 +1,144 @@
+// The inference engine: a Llama-family transformer over a paged KV cache, with a CPU reference
+// backend (fp32) and a CUDA backend (bf16). Knows nothing about the network (DESIGN §1).
+//
+// KV cache: `num_pages` pages of `block_tokens` tokens. Page p of layer l holds
+// [K|V][kv_head][token][head_dim] (K after RoPE), so one page of all layers, taken layer by
+// layer, is exactly a block payload of DESIGN §2: ExportPages/ImportPages move whole blocks.
+//
+// An Engine is driven by one thread at a time (a worker's scheduler loop); it is not safe for
+// concurrent calls. Pages are owned by the caller (see PageAllocator): the engine only reads
+// and writes the pages a call names.
+#ifndef KVTIER_ENGINE_ENGINE_H_
+#define KVTIER_ENGINE_ENGINE_H_
+
+#include <cstddef>
+#include <cstdint>
+#include <memory>
+#include <optional>
+#include <string>
+
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "absl/types/span.h"
+#include "common/block_key.h"
+#include "engine/model_config.h"
+#include "engine/weights.h"
+
+namespace kvtier::engine {
+
+// Shape of one KV page / one block payload.
+struct KvLayout {
+  int num_layers = 0;
+  int num_kv_heads = 0;
+  int head_dim = 0;
+  int block_tokens = 16;
+  int dtype_bytes = 4;     // 4 (CPU, fp32) or 2 (CUDA, bf16)
+  std::string dtype_name;  // "fp32" or "bf16": the kv_dtype of the namespace
+
+  // One layer of one page: 2 * kv_heads * block_tokens * head_dim * dtype_bytes.
+  size_t LayerBytes() const {
+    return size_t{2} * num_kv_heads * block_tokens * head_dim * dtype_bytes;
+  }
+  // One block payload: all layers.
+  size_t BlockBytes() const { return LayerBytes() * num_layers; }
+  // Element index (not bytes) within a block payload of (layer, kv: 0=K 1=V, head, token, dim).
+  size_t PayloadIndex(int layer, int kv, int head, int token, int dim) const {
+    return ((((size_t(layer) * 2 + kv) * num_kv_heads + head) * block_tokens + token) * head_dim) +
+           dim;
+  }
+};
+
+enum class BackendKind { kCpu, kCuda };
+
+// "cpu" / "cuda"; InvalidArgument otherwise.
+absl::StatusOr<BackendKind> ParseBackend(absl::string_view name);
+
+struct EngineOptions {
+  // Default: kCpu.
+  BackendKind backend = BackendKind::kCpu;
+  // Tokens per page and per stored block. Default: 16.
+  int block_tokens = 16;
+  // Memory for the KV cache; num_pages = kv_cache_bytes / KvLayout::BlockBytes().
+  // Default: 256 MiB.
+  int64_t kv_cache_bytes = int64_t{256} << 20;
+  // Most new tokens in one Forward call (longer prompts are prefilled in chunks).
+  // Default: 2048.
+  int max_batch_tokens = 2048;
+  // Most sequences in one Forward call. Default: 256.
+  int max_batch_seqs = 256;
+  // CPU backend threads; 0 = all cores. Default: 0.
+  int num_threads = 0;
+  // CUDA backend: replay decode steps (every sequence one new token) from CUDA graphs.
+  // Default: true.
+  bool cuda_graphs = true;
+  // CUDA device ordinal. Default: 0.
+  int cuda_device = 0;
+};
+
+// One sequence's part of a Forward call.
+struct SeqInput {
+  // The new tokens, at positions start_pos, start_pos + 1, ...
+  absl::Span<const int32_t> tokens;
+  // Tokens of this sequence whose K/V is already in its pages (computed or imported).
+  int32_t start_pos = 0;
+  // The sequence's page table: page i holds positions [i*B, (i+1)*B). Must cover
+  // start_pos + tokens.size() positions.
+  absl::Span<const int32_t> pages;
+};
+
+class Engine {
+ public:
+  // Loads `model_dir` (config.json + safetensors) onto the chosen backend. Unimplemented for
+  // kCuda in a build without CUDA or with no device.
+  static absl::StatusOr<std::unique_ptr<Engine>> Create(const std::string& model_dir,
+                                                        const EngineOptions& options);
+  virtual ~Engine() = default;
+
+  const ModelConfig& config() const { return weights_.config(); }
+  const ModelWeights& weights() const { return weights_; }
+  const EngineOptions& options() const { return options_; }
+  const KvLayout& kv_layout() const { return layout_; }
+  int num_pages() const { return num_pages_; }
+  // Fingerprint (computed once, on first call), kv dtype, block_tokens, layout version 1.
+  NamespaceParams namespace_params() const;
+
+  // Runs the model over every sequence's new tokens, writes their K/V into the sequences'
+  // pages, and stores the logits after each sequence's last new token in
+  // logits[i * vocab_size, (i + 1) * vocab_size). InvalidArgument (and no page written) for an
+  // empty or oversized batch, a sequence with no new tokens, positions past
+  // max_position_embeddings or the sliding window, page ids out of range, a page table too
+  // short, token ids out of the vocabulary, or logits.size() < batch.size() * vocab_size.
+  absl::Status Forward(absl::Span<const SeqInput> batch, absl::Span<float> logits);
+  // As Forward, but returns each sequence's argmax token (computed on the device for CUDA:
+  // no logits leave it). Decode steps of the CUDA backend replay CUDA graphs.
+  absl::Status ForwardGreedy(absl::Span<const SeqInput> batch, absl::Span<int32_t> next_tokens);
+
+  // Copies pages to / from host memory as consecutive block payloads (DESIGN §2 layout,
+  // kv_layout().BlockBytes() each). InvalidArgument for bad page ids or buffer sizes.
+  absl::Status ExportPages(absl::Span<const int32_t> pages, absl::Span<uint8_t> dst);
+  absl::Status ImportPages(absl::Span<const int32_t> pages, absl::Span<const uint8_t> src);
+
+ protected:
+  Engine(ModelWeights weights, const EngineOptions& options, KvLayout layout, int num_pages);
+
+  // Backends implement these; arguments are already validated.
+  // `logits` is null for DoForwardGreedy-style calls and `next_tokens` null for Forward.
+  virtual absl::Status DoForward(absl::Span<const SeqInput> batch, float* logits,
+                                 int32_t* next_tokens) = 0;
+  virtual absl::Status DoExportPages(absl::Span<const int32_t> pages, uint8_t* dst) = 0;
+  virtual absl::Status DoImportPages(absl::Span<const int32_t> pages, const uint8_t* src) = 0;
+
+ private:
+  absl::Status ValidateBatch(absl::Span<const SeqInput> batch) const;
+  absl::Status ValidatePages(absl::Span<const int32_t> pages, size_t buffer_bytes) const;
+
+  ModelWeights weights_;
+  EngineOptions options_;
+  KvLayout layout_;
+  int num_pages_;
+  mutable std::optional<BlockKey> fingerprint_;
+};
+
+}  // namespace kvtier::engine
+
+#endif  // KVTIER_ENGINE_ENGINE_H_

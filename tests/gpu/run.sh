@@ -1,0 +1,48 @@
+#!/usr/bin/env bash
+# Runs on the GPU machine, from the repo root, with .devcarry/ from tests/gpu/pack.sh:
+#   bash tests/gpu/run.sh [tests] [hf] [bench]    (default: tests hf)
+# tests: the gpu-labelled GoogleTest binary; hf: tests/gpu/hf_compare.py against transformers;
+# bench: kvtier-bench engine on a generated llama3-8b (16 GB of bf16 weights).
+# Logs go to $OUT (the device tool brings them back); a summary is printed last.
+set -u
+steps=("$@")
+[ ${#steps[@]} -eq 0 ] && steps=(tests hf)
+OUT=${OUT:-/tmp/out}
+mkdir -p "$OUT" /tmp/kv
+tar -xJf .devcarry/kvtier-gpu.tar.xz -C /tmp/kv
+cublas=$(python3 -c 'import nvidia.cublas, os; print(os.path.join(list(nvidia.cublas.__path__)[0], "lib"))' 2>/dev/null || true)
+export LD_LIBRARY_PATH=/tmp/kv/lib:/usr/local/cuda/lib64:${cublas}:${LD_LIBRARY_PATH:-}
+export PYTHONUNBUFFERED=1
+BIN=/tmp/kv/bin
+nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.sm --format=csv,noheader
+ldd $BIN/kvtier-model | grep -E 'not found|cublas|cudart' || true
+summary=()
+for step in "${steps[@]}"; do
+  case $step in
+    tests)
+      $BIN/engine_cuda_test --gtest_color=no >"$OUT/gpu_tests.log" 2>&1
+      rc=$?
+      grep -E '^\[  (FAILED|PASSED|  OK) |rel|error|Error' "$OUT/gpu_tests.log" | tail -80
+      summary+=("gpu tests: rc=$rc $(grep -E '^\[  PASSED|tests? ran' "$OUT/gpu_tests.log" | tr '\n' ' ')")
+      ;;
+    hf)
+      python3 tests/gpu/hf_compare.py --bin $BIN/kvtier-model --workdir /tmp/hfc \
+        >"$OUT/hf_compare.log" 2>&1
+      rc=$?
+      tail -25 "$OUT/hf_compare.log"
+      summary+=("hf compare: rc=$rc")
+      ;;
+    bench)
+      t0=$(date +%s)
+      [ -f /tmp/llama3-8b/config.json ] ||
+        $BIN/kvtier-model init --shape llama3-8b --dtype bf16 --out /tmp/llama3-8b
+      echo "init took $(( $(date +%s) - t0 )) s"
+      $BIN/kvtier-bench engine --model /tmp/llama3-8b --hf-script bench/engine_hf.py --json \
+        ${BENCH_ARGS:-} >"$OUT/bench.log" 2>&1
+      rc=$?
+      tail -30 "$OUT/bench.log"
+      summary+=("bench: rc=$rc")
+      ;;
+  esac
+done
+printf '%s\n' "${summary[@]}"
