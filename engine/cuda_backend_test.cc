@@ -599,33 +599,48 @@ TEST_P(CudaAttentionTest, PrefillMatchesReference) {
     }
   }
   std::reverse(work.begin(), work.end());
+  std::vector<std::vector<double>> want(shapes.size());  // by sequence: [new token][head][dim]
+  for (size_t s = 0; s < shapes.size(); ++s) {
+    for (int i = 0; i < f.seqs[s].n_new; ++i) {
+      for (int h = 0; h < H; ++h) {
+        const std::vector<double> ref = f.Reference(static_cast<int>(s), i, h);
+        want[s].insert(want[s].end(), ref.begin(), ref.end());
+      }
+    }
+  }
   Arena a;
   uint16_t* cache_d = a.Put(f.cache);
   uint16_t* q_d = a.Put(ToBf16(f.q));
   int32_t* pt_d = a.Put(f.page_table);
   cuda::SeqInfo* info_d = a.Put(f.info);
   cuda::PrefillWorkItem* work_d = a.Put(work);
-  uint16_t* out_d = a.Filled<uint16_t>(size_t(f.rows) * H * D, 0xFF);
+  uint16_t* out_d = a.Alloc<uint16_t>(size_t(f.rows) * H * D);
   ASSERT_TRUE(a.ok());
-  ASSERT_CUDA(cuda::LaunchPrefillAttention(AsBf16(q_d), info_d, pt_d, work_d,
-                                           static_cast<int>(work.size()), H, f.View(cache_d),
-                                           AsBf16(out_d), 0));
-  ASSERT_CUDA(cudaDeviceSynchronize());
-  const std::vector<float> out = FromBf16(Get(out_d, size_t(f.rows) * H * D));
-  for (size_t s = 0; s < shapes.size(); ++s) {
-    std::vector<float> got;
-    std::vector<double> want;
-    const auto& sq = f.seqs[s];
-    for (int i = 0; i < sq.n_new; ++i) {
-      for (int h = 0; h < H; ++h) {
-        const std::vector<double> ref = f.Reference(static_cast<int>(s), i, h);
-        want.insert(want.end(), ref.begin(), ref.end());
-        const float* g = &out[(size_t(sq.q_row + i) * H + h) * D];
-        got.insert(got.end(), g, g + D);
-      }
+  // Every kernel variant (-1: LaunchPrefillAttention, i.e. the default variant).
+  for (int variant = -1; variant < cuda::kNumPrefillVariants; ++variant) {
+    if (variant >= 0 && !cuda::PrefillVariantAvailable(variant, D, H, c.num_kv_heads)) {
+      continue;
     }
-    ExpectClose(got, want, 1e-2, 1e-2,
-                absl::StrCat("prefill seq ", s, " (start ", sq.start, ", new ", sq.n_new, ")"));
+    SCOPED_TRACE(absl::StrCat("variant ", variant));
+    ASSERT_CUDA(cudaMemset(out_d, 0xFF, size_t(f.rows) * H * D * sizeof(uint16_t)));
+    if (variant < 0) {
+      ASSERT_CUDA(cuda::LaunchPrefillAttention(AsBf16(q_d), info_d, pt_d, work_d,
+                                               static_cast<int>(work.size()), H, f.View(cache_d),
+                                               AsBf16(out_d), 0));
+    } else {
+      ASSERT_CUDA(cuda::LaunchPrefillAttentionVariant(variant, AsBf16(q_d), info_d, pt_d, work_d,
+                                                      static_cast<int>(work.size()), H,
+                                                      f.View(cache_d), AsBf16(out_d), 0));
+    }
+    ASSERT_CUDA(cudaDeviceSynchronize());
+    const std::vector<float> out = FromBf16(Get(out_d, size_t(f.rows) * H * D));
+    for (size_t s = 0; s < shapes.size(); ++s) {
+      const auto& sq = f.seqs[s];
+      const float* g = &out[size_t(sq.q_row) * H * D];
+      ExpectClose(std::vector<float>(g, g + size_t(sq.n_new) * H * D), want[s], 1e-2, 1e-2,
+                  absl::StrCat("prefill variant ", variant, " seq ", s, " (start ", sq.start,
+                               ", new ", sq.n_new, ")"));
+    }
   }
 }
 
@@ -679,6 +694,142 @@ INSTANTIATE_TEST_SUITE_P(Shapes, CudaAttentionTest,
                                            AttnCase{128, 8, 2, 16}, AttnCase{128, 16, 2, 32},
                                            AttnCase{128, 28, 4, 48}),
                          AttnCaseName);
+
+// Prefill attention throughput of every kernel variant at the Llama-3-8B attention shape (32 q
+// heads, 8 KV heads, head_dim 128, 16-token pages in shuffled order), one sequence. Prints one
+// line per (variant, shape): median of 10 event-timed launches after 3 warm-ups, TFLOP/s
+// counting the causal triangle (2 * N^2 * hd * H from scratch; 4 * hd * H * n_new * (start +
+// n_new / 2) after a cached prefix), and the difference from variant 0 (max abs, relative L2,
+// non-finite values: a fast but wrong variant fails here). Disabled; run with
+//   engine_cuda_test --gtest_also_run_disabled_tests --gtest_filter='*PrefillThroughput*'
+TEST(CudaAttentionBench, DISABLED_PrefillThroughput) {
+  SKIP_WITHOUT_CUDA();
+  constexpr int H = 32, KV = 8, D = 128, B = 16;
+  int dev = 0;
+  ASSERT_CUDA(cudaGetDevice(&dev));
+  cudaDeviceProp prop{};
+  ASSERT_CUDA(cudaGetDeviceProperties(&prop, dev));
+  std::printf("device: %s, %d SMs; default variant (hd 128): %d\n", prop.name,
+              prop.multiProcessorCount, cuda::DefaultPrefillVariant(D));
+  std::vector<int> variants;
+  for (int v = 0; v < cuda::kNumPrefillVariants; ++v) {
+    if (!cuda::PrefillVariantAvailable(v, D, H, KV)) continue;
+    variants.push_back(v);
+    cuda::PrefillVariantInfo info;
+    ASSERT_CUDA(cuda::GetPrefillVariantInfo(v, D, &info));
+    std::printf(
+        "variant %d: %-36s threads %3d, smem %6d B, heads/CTA %d, rows/CTA %3d, regs %3d, "
+        "local %d B, CTAs/SM %d\n",
+        v, info.name, info.threads, info.smem_bytes, info.heads_per_cta, info.rows_per_cta,
+        info.regs, info.local_bytes, info.ctas_per_sm);
+  }
+  struct Shape {
+    int start, n_new;
+  };
+  const std::vector<Shape> shapes = {{0, 4096}, {0, 8192}, {0, 16384}, {4096, 4096}};
+  std::vector<std::string> table;
+  for (const Shape& sh : shapes) {
+    const int len = sh.start + sh.n_new;
+    const int pages = (len + B - 1) / B;
+    const int64_t page_stride = int64_t{2} * KV * B * D;
+    // Random bf16 data (uniform, unit variance, never zero) from a fast generator.
+    uint64_t state = 0x9E3779B97F4A7C15ull ^ static_cast<uint64_t>(len * 31 + sh.start);
+    auto fill = [&](std::vector<uint16_t>& v, float scale) {
+      for (uint16_t& x : v) {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        const float u = (static_cast<float>(state >> 40) + 0.5f) * (1.0f / 16777216.0f);
+        x = FloatToBf16((2.0f * u - 1.0f) * 1.7320508f * scale);
+      }
+    };
+    std::vector<uint16_t> cache(size_t(pages) * page_stride), q(size_t(sh.n_new) * H * D);
+    fill(cache, 1.0f);
+    fill(q, 1.0f);
+    std::vector<int32_t> pt(pages);
+    std::iota(pt.begin(), pt.end(), 0);
+    std::shuffle(pt.begin(), pt.end(), std::mt19937_64(len));
+    const std::vector<cuda::SeqInfo> info = {cuda::SeqInfo{0, sh.n_new, sh.start, 0}};
+    std::vector<cuda::PrefillWorkItem> work;  // longest key range first, as the backend does
+    for (int qt = (sh.n_new + cuda::kPrefillBlockM - 1) / cuda::kPrefillBlockM - 1; qt >= 0; --qt) {
+      work.push_back({0, qt});
+    }
+    Arena a;
+    uint16_t* cache_d = a.Put(cache);
+    uint16_t* q_d = a.Put(q);
+    int32_t* pt_d = a.Put(pt);
+    cuda::SeqInfo* info_d = a.Put(info);
+    cuda::PrefillWorkItem* work_d = a.Put(work);
+    const size_t out_n = size_t(sh.n_new) * H * D;
+    uint16_t* out_d = a.Alloc<uint16_t>(out_n);
+    ASSERT_TRUE(a.ok());
+    cuda::KvCacheView view;
+    view.base = AsBf16(cache_d);
+    view.page_stride = page_stride;
+    view.num_kv_heads = KV;
+    view.block_tokens = B;
+    view.head_dim = D;
+    const double flops = 4.0 * D * H * sh.n_new * (sh.start + sh.n_new / 2.0);
+    cudaEvent_t ev0, ev1;
+    ASSERT_CUDA(cudaEventCreate(&ev0));
+    ASSERT_CUDA(cudaEventCreate(&ev1));
+    std::vector<float> ref;
+    for (int v : variants) {
+      auto launch = [&] {
+        return cuda::LaunchPrefillAttentionVariant(v, AsBf16(q_d), info_d, pt_d, work_d,
+                                                   static_cast<int>(work.size()), H, view,
+                                                   AsBf16(out_d), 0);
+      };
+      ASSERT_CUDA(cudaMemset(out_d, 0xFF, out_n * sizeof(uint16_t)));
+      ASSERT_CUDA(launch());
+      ASSERT_CUDA(cudaDeviceSynchronize());
+      const std::vector<float> out = FromBf16(Get(out_d, out_n));
+      double max_abs = 0;
+      int64_t nonfinite = 0;
+      if (ref.empty()) ref = out;
+      for (size_t i = 0; i < out_n; ++i) {
+        if (!std::isfinite(out[i])) {
+          ++nonfinite;
+        } else {
+          max_abs = std::max(max_abs, double(std::abs(out[i] - ref[i])));
+        }
+      }
+      const double rel = RelL2(out, ref);
+      for (int i = 0; i < 3; ++i) ASSERT_CUDA(launch());
+      std::vector<float> ms;
+      for (int i = 0; i < 10; ++i) {
+        // An untimed launch first keeps the device busy while the timed one is enqueued, so
+        // that host launch latency stays out of the measurement.
+        ASSERT_CUDA(launch());
+        ASSERT_CUDA(cudaEventRecord(ev0, 0));
+        ASSERT_CUDA(launch());
+        ASSERT_CUDA(cudaEventRecord(ev1, 0));
+        ASSERT_CUDA(cudaEventSynchronize(ev1));
+        float t = 0;
+        ASSERT_CUDA(cudaEventElapsedTime(&t, ev0, ev1));
+        ms.push_back(t);
+      }
+      std::sort(ms.begin(), ms.end());
+      const double med = 0.5 * (ms[4] + ms[5]);
+      cuda::PrefillVariantInfo vi;
+      ASSERT_CUDA(cuda::GetPrefillVariantInfo(v, D, &vi));
+      char line[320];
+      std::snprintf(line, sizeof(line),
+                    "start %5d new %5d | v%d %-36s | %8.3f ms (min %8.3f) | %6.1f TFLOP/s | vs v0: "
+                    "max abs %.3g, rel L2 %.3g, non-finite %lld",
+                    sh.start, sh.n_new, v, vi.name, med, ms[0], flops / (med * 1e-3) / 1e12,
+                    max_abs, rel, static_cast<long long>(nonfinite));
+      std::printf("%s\n", line);
+      table.push_back(line);
+      EXPECT_EQ(nonfinite, 0) << "variant " << v;
+      EXPECT_LT(rel, 1e-2) << "variant " << v;
+    }
+    ASSERT_CUDA(cudaEventDestroy(ev0));
+    ASSERT_CUDA(cudaEventDestroy(ev1));
+  }
+  std::printf("\nsummary (TFLOP/s: causal FLOPs / median time):\n");
+  for (const std::string& l : table) std::printf("%s\n", l.c_str());
+}
 
 // ---------------------------------------------------------------------------------------------
 // The engine.

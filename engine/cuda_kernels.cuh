@@ -29,8 +29,9 @@ struct SeqInfo {
   int32_t page_off;
 };
 
-// One CTA's work of the prefill attention kernel: query rows
-// [q_tile * kPrefillBlockM, (q_tile + 1) * kPrefillBlockM) of sequence `seq` (all heads).
+// One work item of the prefill attention kernel: query rows
+// [q_tile * kPrefillBlockM, (q_tile + 1) * kPrefillBlockM) of sequence `seq` (all heads); a CTA
+// per head (or per group of heads), or per 64-row half of it, depending on the variant.
 struct PrefillWorkItem {
   int32_t seq;
   int32_t q_tile;
@@ -84,6 +85,41 @@ cudaError_t LaunchSiluMul(const bf16* gate_up, int rows, int inter, bf16* out, c
 cudaError_t LaunchPrefillAttention(const bf16* q, const SeqInfo* seqs, const int32_t* page_table,
                                    const PrefillWorkItem* work, int num_work, int num_heads,
                                    const KvCacheView& cache, bf16* out, cudaStream_t stream);
+
+// Prefill attention kernel variants (tile shapes, warp layouts, pipelines; docs/engine-cuda.md),
+// selectable at run time for benchmarks and tests. Variant 0 is the original kernel;
+// LaunchPrefillAttention uses DefaultPrefillVariant(head_dim). Variant ids are shared by both
+// head dims, but not every variant exists for every head_dim (PrefillVariantAvailable).
+inline constexpr int kNumPrefillVariants = 7;
+
+// Whether `variant` exists for head_dim and a GQA ratio num_heads / num_kv_heads (variants that
+// give one CTA several q heads of a KV group need the ratio to be a multiple of that count).
+bool PrefillVariantAvailable(int variant, int head_dim, int num_heads, int num_kv_heads);
+
+// The variant LaunchPrefillAttention uses for head_dim (64 or 128); it falls back to variant 0
+// where that one is not available for the GQA ratio.
+int DefaultPrefillVariant(int head_dim);
+
+struct PrefillVariantInfo {
+  const char* name = nullptr;  // tile shapes, e.g. "m128n64 w4x32 q:smem st2"
+  int threads = 0;
+  int smem_bytes = 0;     // dynamic shared memory per CTA
+  int heads_per_cta = 0;  // q heads of one KV group per CTA
+  int rows_per_cta = 0;   // query rows per head per CTA
+  int regs = 0;           // per thread (cudaFuncGetAttributes)
+  int local_bytes = 0;    // local memory per thread (spills); 0 expected
+  int ctas_per_sm = 0;    // occupancy at smem_bytes
+};
+
+// Describes `variant` for head_dim from the device's view of the compiled kernel.
+cudaError_t GetPrefillVariantInfo(int variant, int head_dim, PrefillVariantInfo* info);
+
+// LaunchPrefillAttention with an explicit variant; cudaErrorInvalidValue where
+// !PrefillVariantAvailable.
+cudaError_t LaunchPrefillAttentionVariant(int variant, const bf16* q, const SeqInfo* seqs,
+                                          const int32_t* page_table, const PrefillWorkItem* work,
+                                          int num_work, int num_heads, const KvCacheView& cache,
+                                          bf16* out, cudaStream_t stream);
 
 // Attention of the last new token (row q_row + n_new - 1) of each sequence
 // seqs[decode_seqs[i]], i < num_decode, over all its keys [0, start_pos + n_new): split-KV
