@@ -531,8 +531,9 @@ absl::StatusOr<ModelConfig> PresetConfig(absl::string_view name) {
   tiny.rms_norm_eps = 1e-5f;
   tiny.rope_theta = 10000.0f;
   tiny.tie_word_embeddings = false;
-  tiny.bos_token_id = 1;
-  tiny.eos_token_ids = {2};
+  // The special tokens kvtier-model init writes (engine/tokenizer_writer.h): the last ids.
+  tiny.bos_token_id = 4091;           // <|begin_of_text|>
+  tiny.eos_token_ids = {4092, 4095};  // <|end_of_text|>, <|eot_id|>
   tiny.torch_dtype = "bfloat16";
   if (name == "tiny") return tiny;
   if (name == "tiny-qwen2") {
@@ -542,6 +543,8 @@ absl::StatusOr<ModelConfig> PresetConfig(absl::string_view name) {
     c.tie_word_embeddings = true;
     c.rope_theta = 1e6f;
     c.rms_norm_eps = 1e-6f;
+    c.bos_token_id = 4093;           // <|endoftext|> (ChatML)
+    c.eos_token_ids = {4095, 4093};  // <|im_end|>, <|endoftext|>
     return c;
   }
   if (name == "tiny-mistral") {

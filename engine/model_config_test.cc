@@ -420,7 +420,7 @@ TEST(ModelConfigTest, ToJsonIsAHuggingFaceConfig) {
 
   const nlohmann::json tiny = nlohmann::json::parse(PresetConfig("tiny")->ToJson());
   EXPECT_TRUE(tiny["rope_scaling"].is_null());
-  EXPECT_EQ(tiny["eos_token_id"], 2);
+  EXPECT_EQ(tiny["eos_token_id"], nlohmann::json::array({4092, 4095}));
 
   const nlohmann::json qwen = nlohmann::json::parse(PresetConfig("tiny-qwen2")->ToJson());
   EXPECT_EQ(qwen["model_type"], "qwen2");
@@ -505,7 +505,7 @@ TEST(ModelConfigTest, Presets) {
 
   const ModelConfig tiny = *PresetConfig("tiny");
   EXPECT_EQ(tiny.num_kv_heads, 2);
-  EXPECT_EQ(tiny.bos_token_id, 1);
+  EXPECT_EQ(tiny.bos_token_id, 4091);
   const ModelConfig qwen = *PresetConfig("tiny-qwen2");
   EXPECT_TRUE(qwen.tie_word_embeddings);
   EXPECT_TRUE(qwen.attention_bias);

@@ -1,9 +1,13 @@
 // kvtier-model: make, inspect and run models with the kvtier engine.
 //
 //   kvtier-model init --shape tiny|tiny-qwen2|...|llama3-8b|qwen2-7b --out DIR
-//                     [--seed 1] [--dtype bf16|f16|f32] [--shards 1]
-//       Writes a Hugging Face model directory (config.json, generation_config.json,
-//       safetensors) with random weights of a named shape.
+//                     [--seed 1] [--dtype bf16|f16|f32] [--shards 1] [--chat-format F]
+//       Writes a complete Hugging Face model directory (config.json, generation_config.json,
+//       safetensors with random weights of a named shape, tokenizer.json and
+//       tokenizer_config.json with a byte-level BPE vocabulary and a chat template).
+//   kvtier-model tokenize --model DIR (--text T | --chat-json J) [--json]
+//       Token ids of a text, or of a chat (a JSON list of {role, content}) rendered with the
+//       model's chat template.
 //   kvtier-model info --model DIR [--memory 80GiB] [--kv-dtype bf16|fp32]
 //       Architecture, parameter count, KV bytes per token and how many tokens fit in --memory.
 //   kvtier-model generate --model DIR (--prompt 1,2,3 | --random-prompt N) [--backend cpu|cuda]
@@ -28,10 +32,13 @@
 #include "common/logging.h"
 #include "common/parse_bytes.h"
 #include "common/status_macros.h"
+#include "engine/chat_template.h"
 #include "engine/engine.h"
 #include "engine/generator.h"
 #include "engine/model_config.h"
 #include "engine/safetensors.h"
+#include "engine/tokenizer.h"
+#include "engine/tokenizer_writer.h"
 #include "engine/weights.h"
 #include "nlohmann/json.hpp"
 
@@ -98,8 +105,16 @@ absl::StatusOr<std::unique_ptr<Engine>> MakeEngine(const std::string& model,
 }
 
 absl::Status RunInit(const std::string& shape, uint64_t seed, const std::string& dtype_name,
-                     int shards, const std::string& out) {
+                     int shards, const std::string& chat_format, const std::string& out) {
   KVTIER_ASSIGN_OR_RETURN(ModelConfig cfg, PresetConfig(shape));
+  ChatFormat format = DefaultChatFormat(cfg);
+  if (!chat_format.empty()) {
+    KVTIER_ASSIGN_OR_RETURN(format, ParseChatFormat(chat_format));
+  }
+  // config.json names the special tokens the tokenizer holds.
+  KVTIER_ASSIGN_OR_RETURN(SpecialTokenIds special, TokenizerSpecialIds(format, cfg.vocab_size));
+  cfg.bos_token_id = special.bos_id;
+  cfg.eos_token_ids.assign(special.eos_ids.begin(), special.eos_ids.end());
   std::string upper = dtype_name;
   for (char& c : upper) c = static_cast<char>(std::toupper(c));
   KVTIER_ASSIGN_OR_RETURN(DType dtype, ParseDType(upper));
@@ -107,9 +122,10 @@ absl::Status RunInit(const std::string& shape, uint64_t seed, const std::string&
                     : dtype == DType::kF16 ? "float16"
                                            : "float32";
   KVTIER_RETURN_IF_ERROR(WriteRandomModel(cfg, seed, dtype, out, shards));
-  std::printf("wrote %s: %s, %.3fB parameters, %s, seed %llu\n", out.c_str(),
+  KVTIER_ASSIGN_OR_RETURN(special, WriteTokenizer(cfg, format, out));
+  std::printf("wrote %s: %s, %.3fB parameters, %s, seed %llu, %s chat format\n", out.c_str(),
               cfg.ArchitectureName().c_str(), cfg.ParamCount() / 1e9, DTypeName(dtype),
-              static_cast<unsigned long long>(seed));
+              static_cast<unsigned long long>(seed), std::string(ChatFormatName(format)).c_str());
   return absl::OkStatus();
 }
 
@@ -204,6 +220,36 @@ absl::Status RunDumpKv(Engine& engine, const std::vector<int32_t>& prompt,
   return absl::OkStatus();
 }
 
+absl::Status RunTokenize(const std::string& model, const std::string& text,
+                         const std::string& chat_json, bool json) {
+  KVTIER_ASSIGN_OR_RETURN(Tokenizer tok, Tokenizer::Load(model));
+  std::string input = text;
+  if (!chat_json.empty()) {
+    nlohmann::json j = nlohmann::json::parse(chat_json, nullptr, /*allow_exceptions=*/false);
+    if (!j.is_array()) return absl::InvalidArgumentError("--chat-json must be a JSON list");
+    std::vector<ChatMessage> messages;
+    for (const auto& m : j) {
+      if (!m.is_object() || !m.contains("role") || !m.contains("content") ||
+          !m["role"].is_string() || !m["content"].is_string()) {
+        return absl::InvalidArgumentError("each message needs string role and content");
+      }
+      messages.push_back({m["role"].get<std::string>(), m["content"].get<std::string>()});
+    }
+    KVTIER_ASSIGN_OR_RETURN(ChatFormat format, DetectChatFormat(tok.chat_template()));
+    KVTIER_ASSIGN_OR_RETURN(input, RenderChat(format, messages, /*add_generation_prompt=*/true));
+  }
+  KVTIER_ASSIGN_OR_RETURN(std::vector<int32_t> ids, tok.Encode(input, /*allow_special=*/true));
+  if (json) {
+    nlohmann::json j;
+    j["text"] = input;
+    j["ids"] = ids;
+    std::printf("%s\n", j.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace).c_str());
+  } else {
+    std::printf("%s\n", absl::StrJoin(ids, ",").c_str());
+  }
+  return absl::OkStatus();
+}
+
 int Main(int argc, char** argv) {
   LogToStderr();
   CLI::App app{"kvtier-model: make, inspect and run models with the kvtier engine"};
@@ -220,6 +266,9 @@ int Main(int argc, char** argv) {
       ->check(CLI::Range(1, 1000))
       ->capture_default_str();
   init->add_option("--out", out, "model directory")->required();
+  std::string chat_format;
+  init->add_option("--chat-format", chat_format,
+                   "llama3 | chatml (default: chatml for Qwen2, llama3 otherwise)");
 
   std::string model, memory = "80GiB", kv_dtype = "bf16";
   int info_block_tokens = 16;
@@ -252,11 +301,21 @@ int Main(int argc, char** argv) {
   AddPromptFlags(dump, pf);
   dump->add_option("--out", out, "output .safetensors file")->required();
 
+  std::string text, chat_json;
+  CLI::App* tokenize = app.add_subcommand("tokenize", "token ids of a text or a chat");
+  tokenize->add_option("--model", model, "model directory")->required();
+  auto* text_opt = tokenize->add_option("--text", text, "text to encode");
+  tokenize->add_option("--chat-json", chat_json, "chat messages as a JSON list")
+      ->excludes(text_opt);
+  tokenize->add_flag("--json", json, "print a JSON object");
+
   CLI11_PARSE(app, argc, argv);
 
   absl::Status st;
   if (*init) {
-    st = RunInit(shape, seed, dtype, shards, out);
+    st = RunInit(shape, seed, dtype, shards, chat_format, out);
+  } else if (*tokenize) {
+    st = RunTokenize(model, text, chat_json, json);
   } else if (*info) {
     st = RunInfo(model, memory, kv_dtype, info_block_tokens, fingerprint);
   } else {

@@ -104,8 +104,8 @@ TEST_F(WeightsTest, RandomTinyModelLoads) {
   ASSERT_TRUE(w.ok()) << w.status();
   EXPECT_EQ(w->config().CanonicalArchitecture(), tiny.CanonicalArchitecture());
   EXPECT_EQ(w->config().torch_dtype, "bfloat16");
-  EXPECT_EQ(w->config().bos_token_id, 1);
-  EXPECT_EQ(w->config().eos_token_ids, std::vector<int>{2});
+  EXPECT_EQ(w->config().bos_token_id, 4091);
+  EXPECT_EQ(w->config().eos_token_ids, (std::vector<int>{4092, 4095}));
 
   EXPECT_EQ(w->embed().name, "model.embed_tokens.weight");
   EXPECT_EQ(w->embed().shape, (std::vector<int64_t>{4096, 256}));
@@ -138,8 +138,8 @@ TEST_F(WeightsTest, RandomTinyModelLoads) {
   EXPECT_EQ(params, tiny.ParamCount());
 
   const nlohmann::json gen = nlohmann::json::parse(ReadFile(Dir("m") + "/generation_config.json"));
-  EXPECT_EQ(gen["bos_token_id"], 1);
-  EXPECT_EQ(gen["eos_token_id"], 2);
+  EXPECT_EQ(gen["bos_token_id"], 4091);
+  EXPECT_EQ(gen["eos_token_id"], nlohmann::json::array({4092, 4095}));
   EXPECT_EQ(gen["do_sample"], false);
   absl::StatusOr<std::unique_ptr<SafetensorsFile>> file =
       SafetensorsFile::Open(Dir("m") + "/model.safetensors");

@@ -1,12 +1,13 @@
 #!/usr/bin/env bash
 # Runs on the GPU machine, from the repo root, with .devcarry/ from tests/gpu/pack.sh:
-#   bash tests/gpu/run.sh [tests] [hf] [bench]    (default: tests hf)
+#   bash tests/gpu/run.sh [tests] [hf] [tok] [bench]    (default: tests hf tok)
 # tests: the gpu-labelled GoogleTest binary; hf: tests/gpu/hf_compare.py against transformers;
+# tok: tests/gpu/hf_tokenizer_check.py (generated tokenizers against transformers' AutoTokenizer);
 # bench: kvtier-bench engine on a generated llama3-8b (16 GB of bf16 weights).
 # Logs go to $OUT (the device tool brings them back); a summary is printed last.
 set -u
 steps=("$@")
-[ ${#steps[@]} -eq 0 ] && steps=(tests hf)
+[ ${#steps[@]} -eq 0 ] && steps=(tests hf tok)
 OUT=${OUT:-/tmp/out}
 mkdir -p "$OUT" /tmp/kv
 tar -xJf .devcarry/kvtier-gpu.tar.xz -C /tmp/kv
@@ -31,6 +32,13 @@ for step in "${steps[@]}"; do
       rc=$?
       tail -25 "$OUT/hf_compare.log"
       summary+=("hf compare: rc=$rc")
+      ;;
+    tok)
+      python3 tests/gpu/hf_tokenizer_check.py --bin $BIN/kvtier-model --workdir /tmp/hft \
+        >"$OUT/hf_tokenizer.log" 2>&1
+      rc=$?
+      grep -vE '^\{' "$OUT/hf_tokenizer.log" | tail -15
+      summary+=("hf tokenizer: rc=$rc")
       ;;
     bench)
       t0=$(date +%s)

@@ -1,0 +1,173 @@
+#include "engine/chat_template.h"
+
+#include <algorithm>
+
+#include "absl/status/status.h"
+#include "absl/strings/match.h"
+#include "absl/strings/str_cat.h"
+
+namespace kvtier::engine {
+namespace {
+
+// Meta-Llama-3-8B-Instruct's tokenizer_config.json "chat_template".
+constexpr absl::string_view kLlama3Template =
+    "{% set loop_messages = messages %}{% for message in loop_messages %}{% set content = "
+    "'<|start_header_id|>' + message['role'] + '<|end_header_id|>\n\n'+ message['content'] | "
+    "trim + '<|eot_id|>' %}{% if loop.index0 == 0 %}{% set content = bos_token + content %}"
+    "{% endif %}{{ content }}{% endfor %}{% if add_generation_prompt %}"
+    "{{ '<|start_header_id|>assistant<|end_header_id|>\n\n' }}{% endif %}";
+
+// Qwen2-7B-Instruct's tokenizer_config.json "chat_template".
+constexpr absl::string_view kChatMLTemplate =
+    "{% for message in messages %}{% if loop.first and messages[0]['role'] != 'system' %}"
+    "{{ '<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n' }}{% endif %}"
+    "{{'<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>' + '\n'}}"
+    "{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}";
+
+constexpr absl::string_view kQwen2DefaultSystem = "You are a helpful assistant.";
+
+// Python's str.isspace() for one code point (what Jinja's `trim` filter strips).
+bool IsPythonSpace(char32_t c) {
+  return (c >= 0x09 && c <= 0x0D) || (c >= 0x1C && c <= 0x20) || c == 0x85 || c == 0xA0 ||
+         c == 0x1680 || (c >= 0x2000 && c <= 0x200A) || c == 0x2028 || c == 0x2029 || c == 0x202F ||
+         c == 0x205F || c == 0x3000;
+}
+
+// Decodes the well-formed code point starting at s[i] (length in *len), or returns -1.
+int32_t DecodeAt(absl::string_view s, size_t i, int* len) {
+  const auto b0 = static_cast<uint8_t>(s[i]);
+  int n;
+  char32_t c;
+  if (b0 < 0x80) {
+    *len = 1;
+    return b0;
+  } else if ((b0 & 0xE0) == 0xC0) {
+    n = 2;
+    c = b0 & 0x1F;
+  } else if ((b0 & 0xF0) == 0xE0) {
+    n = 3;
+    c = b0 & 0x0F;
+  } else if ((b0 & 0xF8) == 0xF0) {
+    n = 4;
+    c = b0 & 0x07;
+  } else {
+    return -1;
+  }
+  if (i + n > s.size()) return -1;
+  for (int k = 1; k < n; ++k) {
+    const auto b = static_cast<uint8_t>(s[i + k]);
+    if ((b & 0xC0) != 0x80) return -1;
+    c = (c << 6) | (b & 0x3F);
+  }
+  *len = n;
+  return static_cast<int32_t>(c);
+}
+
+// Jinja's `trim`: Python's str.strip() (Unicode whitespace at both ends).
+absl::string_view PythonStrip(absl::string_view s) {
+  size_t begin = 0;
+  while (begin < s.size()) {
+    int len = 0;
+    const int32_t c = DecodeAt(s, begin, &len);
+    if (c < 0 || !IsPythonSpace(static_cast<char32_t>(c))) break;
+    begin += len;
+  }
+  size_t end = s.size();
+  while (end > begin) {
+    size_t start = end - 1;
+    while (start > begin && (static_cast<uint8_t>(s[start]) & 0xC0) == 0x80 && end - start < 4) {
+      --start;
+    }
+    int len = 0;
+    const int32_t c = DecodeAt(s, start, &len);
+    if (c < 0 || start + len != end || !IsPythonSpace(static_cast<char32_t>(c))) break;
+    end = start;
+  }
+  return s.substr(begin, end - begin);
+}
+
+absl::Status CheckRoles(absl::Span<const ChatMessage> messages) {
+  for (size_t i = 0; i < messages.size(); ++i) {
+    const std::string& role = messages[i].role;
+    if (role != "system" && role != "user" && role != "assistant") {
+      return absl::InvalidArgumentError(absl::StrCat("message ", i, " has role \"", role,
+                                                     "\"; expected system, user or assistant"));
+    }
+  }
+  return absl::OkStatus();
+}
+
+}  // namespace
+
+absl::StatusOr<std::string> RenderChat(ChatFormat format, absl::Span<const ChatMessage> messages,
+                                       bool add_generation_prompt) {
+  if (absl::Status s = CheckRoles(messages); !s.ok()) return s;
+  std::string out;
+  switch (format) {
+    case ChatFormat::kLlama3:
+      for (size_t i = 0; i < messages.size(); ++i) {
+        if (i == 0) out.append("<|begin_of_text|>");
+        absl::StrAppend(&out, "<|start_header_id|>", messages[i].role, "<|end_header_id|>\n\n",
+                        PythonStrip(messages[i].content), "<|eot_id|>");
+      }
+      if (add_generation_prompt) out.append("<|start_header_id|>assistant<|end_header_id|>\n\n");
+      return out;
+    case ChatFormat::kChatML:
+      for (size_t i = 0; i < messages.size(); ++i) {
+        if (i == 0 && messages[0].role != "system") {
+          absl::StrAppend(&out, "<|im_start|>system\n", kQwen2DefaultSystem, "<|im_end|>\n");
+        }
+        absl::StrAppend(&out, "<|im_start|>", messages[i].role, "\n", messages[i].content,
+                        "<|im_end|>\n");
+      }
+      if (add_generation_prompt) out.append("<|im_start|>assistant\n");
+      return out;
+  }
+  return absl::InvalidArgumentError("unknown chat format");
+}
+
+absl::StatusOr<ChatFormat> DetectChatFormat(absl::string_view chat_template) {
+  if (absl::StrContains(chat_template, "<|start_header_id|>")) return ChatFormat::kLlama3;
+  if (absl::StrContains(chat_template, "<|im_start|>")) return ChatFormat::kChatML;
+  return absl::UnimplementedError(
+      chat_template.empty()
+          ? "the model has no chat template; choose a chat format (llama3 or chatml)"
+          : "the model's chat template is neither Llama-3 nor ChatML; choose a chat format "
+            "(llama3 or chatml)");
+}
+
+absl::StatusOr<ChatFormat> ParseChatFormat(absl::string_view name) {
+  if (name == "llama3") return ChatFormat::kLlama3;
+  if (name == "chatml") return ChatFormat::kChatML;
+  return absl::InvalidArgumentError(
+      absl::StrCat("unknown chat format \"", name, "\" (known: llama3, chatml)"));
+}
+
+absl::string_view ChatFormatName(ChatFormat format) {
+  return format == ChatFormat::kLlama3 ? "llama3" : "chatml";
+}
+
+absl::string_view ChatTemplateText(ChatFormat format) {
+  return format == ChatFormat::kLlama3 ? kLlama3Template : kChatMLTemplate;
+}
+
+absl::string_view ChatEndOfTurnToken(ChatFormat format) {
+  return format == ChatFormat::kLlama3 ? "<|eot_id|>" : "<|im_end|>";
+}
+
+absl::StatusOr<std::vector<int32_t>> ChatStopTokenIds(ChatFormat format,
+                                                      const Tokenizer& tokenizer) {
+  const absl::string_view end_of_turn = ChatEndOfTurnToken(format);
+  std::optional<int32_t> id = tokenizer.TokenId(end_of_turn);
+  if (!id.has_value()) {
+    return absl::NotFoundError(absl::StrCat("the tokenizer has no ", end_of_turn, " token (",
+                                            ChatFormatName(format), " chat format)"));
+  }
+  std::vector<int32_t> ids = tokenizer.eos_ids();
+  ids.push_back(*id);
+  std::sort(ids.begin(), ids.end());
+  ids.erase(std::unique(ids.begin(), ids.end()), ids.end());
+  return ids;
+}
+
+}  // namespace kvtier::engine

@@ -1,0 +1,148 @@
+// Byte-level BPE tokenizer reading Hugging Face `tokenizer.json` files, as shipped with
+// Llama-3 and Qwen2 (and GPT-2-style tokenizers): added/special tokens, the NFC normalizer,
+// regex Split / ByteLevel pre-tokenizers (PCRE2, Unicode mode), BPE with merge ranks and
+// `ignore_merges`, and the ByteLevel decoder. See docs/engine.md, "Tokenizer and chat templates".
+//
+// Tokenizer is move-only and immutable after loading except for an internal, mutex-guarded
+// cache of encoded words: it is safe for concurrent use without external synchronization.
+// StreamDecoder is one per output stream and not thread-safe.
+#ifndef KVTIER_ENGINE_TOKENIZER_H_
+#define KVTIER_ENGINE_TOKENIZER_H_
+
+#include <cstdint>
+#include <memory>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "absl/status/statusor.h"
+#include "absl/strings/string_view.h"
+#include "absl/types/span.h"
+
+namespace kvtier::engine {
+
+// The split regexes of the published tokenizers (tokenizer.json pre_tokenizer patterns).
+// Llama-3: digits in groups of up to three. Qwen2: single digits. GPT-2: the pattern the
+// ByteLevel pre-tokenizer applies itself when `use_regex` is true.
+inline constexpr absl::string_view kLlama3SplitPattern =
+    R"((?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*)"
+    R"(|\s*[\r\n]+|\s+(?!\S)|\s+)";
+inline constexpr absl::string_view kQwen2SplitPattern =
+    R"((?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*)"
+    R"(|\s*[\r\n]+|\s+(?!\S)|\s+)";
+inline constexpr absl::string_view kGpt2SplitPattern =
+    R"('s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+)";
+
+// GPT-2's byte-to-unicode table: every byte maps to one printable character (the printable
+// Latin-1 bytes to themselves, the others to U+0100..U+0143: space is "Ġ", newline "Ċ").
+// Returns the UTF-8 text of the mapped characters.
+std::string ByteLevelEncode(absl::string_view bytes);
+// The inverse: nullopt when `text` holds a character outside the table (or is not UTF-8).
+std::optional<std::string> ByteLevelDecode(absl::string_view text);
+// The id GPT-2/Llama-3/Qwen2 vocabularies give the single-byte token of `byte` (0..255): its
+// position in the table's order ('!' = 0, ..., 'Ġ' = 220).
+int ByteTokenRank(uint8_t byte);
+
+// One entry of tokenizer.json's "added_tokens".
+struct AddedToken {
+  int32_t id = 0;
+  std::string content;
+  bool special = false;
+  bool lstrip = false;       // the match also swallows whitespace on its left
+  bool rstrip = false;       // ... and on its right
+  bool single_word = false;  // matches only when not inside a word
+  bool normalized = false;   // recorded; matching is always on the raw text
+};
+
+class Tokenizer {
+ public:
+  // Reads `model_dir`/tokenizer.json and, when present, `model_dir`/tokenizer_config.json
+  // (bos_token, eos_token, chat_template). NotFound without tokenizer.json; otherwise as
+  // FromJson.
+  static absl::StatusOr<Tokenizer> Load(const std::string& model_dir);
+  // Parses tokenizer.json text (and optionally tokenizer_config.json text; "" = none).
+  // InvalidArgument for malformed JSON or an inconsistent vocabulary/merges; Unimplemented for
+  // a model, normalizer, pre-tokenizer or decoder this class does not implement (anything but
+  // byte-level BPE), always with a message naming the field.
+  static absl::StatusOr<Tokenizer> FromJson(absl::string_view tokenizer_json,
+                                            absl::string_view tokenizer_config_json = "");
+
+  Tokenizer(Tokenizer&&) noexcept;
+  Tokenizer& operator=(Tokenizer&&) noexcept;
+  ~Tokenizer();
+
+  // Token ids of `text`, like HF `encode(text, add_special_tokens=False)`: added tokens are
+  // matched literally first (leftmost-longest; special ones only when `allow_special`, else
+  // they are encoded as plain text), the rest is normalized, pre-tokenized and BPE-merged.
+  // Any bytes are accepted (invalid UTF-8 is byte-level encoded too). Errors only when the
+  // regex engine fails (e.g. resource limits): Internal / ResourceExhausted.
+  absl::StatusOr<std::vector<int32_t>> Encode(absl::string_view text,
+                                              bool allow_special = true) const;
+  // Encode plus the post-processor's tokens (HF `encode(text)` with add_special_tokens=True):
+  // Llama-3's TemplateProcessing prepends <|begin_of_text|>; ByteLevel or no post-processor
+  // adds nothing. Unimplemented for other post-processors.
+  absl::StatusOr<std::vector<int32_t>> EncodeWithSpecialTokens(absl::string_view text) const;
+  // The bytes of `ids` concatenated (added tokens as their text). Unknown ids are skipped, as
+  // HF does; with `skip_special`, special tokens too. The result is raw bytes: it may hold
+  // invalid or incomplete UTF-8 (HF would substitute U+FFFD); use StreamDecoder for text.
+  std::string Decode(absl::Span<const int32_t> ids, bool skip_special = false) const;
+  // The normalized, pre-tokenized pieces (raw bytes, before byte-level mapping) of a text
+  // with no added tokens in it. For tests and for the tokenizer trainer.
+  absl::StatusOr<std::vector<std::string>> PreTokenize(absl::string_view text) const;
+
+  // One more than the largest id (model vocabulary plus added tokens): HF `len(tokenizer)`.
+  int32_t vocab_size() const;
+  // The id of a token in its vocabulary spelling ("Ġworld", "<|eot_id|>"), added tokens
+  // included.
+  std::optional<int32_t> TokenId(absl::string_view token) const;
+  // The vocabulary spelling of `id`; nullopt for an id no token has.
+  std::optional<absl::string_view> IdToken(int32_t id) const;
+  // True for added tokens marked "special".
+  bool IsSpecial(int32_t id) const;
+  const std::vector<AddedToken>& added_tokens() const;
+  // Ids of all special added tokens, ascending.
+  std::vector<int32_t> special_ids() const;
+
+  // From tokenizer_config.json: bos_token (nullopt when null or absent), eos_token (empty
+  // when absent), chat_template ("" when absent; for a list of named templates, "default").
+  std::optional<int32_t> bos_id() const;
+  const std::vector<int32_t>& eos_ids() const;
+  const std::string& chat_template() const;
+
+ private:
+  struct Impl;
+  explicit Tokenizer(std::unique_ptr<Impl> impl);
+  // Decoded bytes of one id, or nullptr when the id is unknown or skipped.
+  const std::string* TokenBytes(int32_t id, bool skip_special) const;
+  friend class StreamDecoder;
+
+  std::unique_ptr<Impl> impl_;
+};
+
+// Turns a stream of token ids into UTF-8 text for streaming output (SSE): each Push returns
+// only complete characters and holds back the bytes of a character split across tokens.
+// Bytes that can never form a valid character become U+FFFD (one per maximal invalid
+// subsequence, as Python/Rust lossy decoding does). Borrows the tokenizer, which must outlive
+// it. Not thread-safe.
+class StreamDecoder {
+ public:
+  explicit StreamDecoder(const Tokenizer* tokenizer, bool skip_special = false);
+
+  // Appends the token's bytes and returns the text that is now complete ("" possibly).
+  std::string Push(int32_t id);
+  // Ends the stream: returns held-back bytes (an incomplete character becomes U+FFFD).
+  std::string Flush();
+
+ private:
+  const Tokenizer* tokenizer_;
+  bool skip_special_;
+  std::string pending_;
+};
+
+// `bytes` with every invalid UTF-8 sequence replaced by U+FFFD (maximal subparts, as Python's
+// errors="replace" and Rust's from_utf8_lossy do).
+std::string Utf8Lossy(absl::string_view bytes);
+
+}  // namespace kvtier::engine
+
+#endif  // KVTIER_ENGINE_TOKENIZER_H_

@@ -1,0 +1,670 @@
+#include "engine/tokenizer.h"
+
+#include <unistd.h>
+
+#include <algorithm>
+#include <filesystem>
+#include <fstream>
+#include <random>
+#include <string>
+#include <thread>
+#include <utility>
+#include <vector>
+
+#include "absl/strings/str_cat.h"
+#include "engine/chat_template.h"
+#include "engine/model_config.h"
+#include "engine/tokenizer_writer.h"
+#include "gmock/gmock.h"
+#include "gtest/gtest.h"
+#include "nlohmann/json.hpp"
+
+namespace kvtier::engine {
+namespace {
+
+using ::testing::ElementsAre;
+using ::testing::HasSubstr;
+using ::testing::Not;
+using Json = nlohmann::ordered_json;
+
+// The id of the single-byte token of `c` in every tokenizer built here.
+int32_t B(char c) { return ByteTokenRank(static_cast<uint8_t>(c)); }
+
+Json PreTokenizer(absl::string_view pattern) {
+  return {{"type", "Sequence"},
+          {"pretokenizers", Json::array({{{"type", "Split"},
+                                          {"pattern", {{"Regex", pattern}}},
+                                          {"behavior", "Isolated"},
+                                          {"invert", false}},
+                                         {{"type", "ByteLevel"},
+                                          {"add_prefix_space", false},
+                                          {"trim_offsets", true},
+                                          {"use_regex", false}}})}};
+}
+
+// A hand-made byte-level BPE tokenizer.json: the 256 byte tokens (GPT-2 order), then one token
+// per merge (raw-byte pairs) with ids 256, 257, ..., then `extra` vocabulary entries.
+struct Spec {
+  std::vector<std::pair<std::string, std::string>> merges;
+  std::vector<std::string> extra;
+  std::vector<std::pair<std::string, bool>> added;  // content, special; ids follow the vocab
+  Json pre_tokenizer = PreTokenizer(kLlama3SplitPattern);
+  Json normalizer = nullptr;
+  Json post_processor = nullptr;
+  bool ignore_merges = false;
+  bool merges_as_pairs = false;
+};
+
+Json MakeJson(const Spec& spec) {
+  Json vocab = Json::object();
+  for (int b = 0; b < 256; ++b) {
+    vocab[ByteLevelEncode(std::string(1, static_cast<char>(b)))] =
+        ByteTokenRank(static_cast<uint8_t>(b));
+  }
+  int32_t next = 256;
+  Json merges = Json::array();
+  for (const auto& [a, b] : spec.merges) {
+    const std::string left = ByteLevelEncode(a), right = ByteLevelEncode(b);
+    if (spec.merges_as_pairs) {
+      merges.push_back(Json::array({left, right}));
+    } else {
+      merges.push_back(left + " " + right);
+    }
+    if (!vocab.contains(left + right)) vocab[left + right] = next++;
+  }
+  for (const std::string& e : spec.extra) vocab[ByteLevelEncode(e)] = next++;
+  Json added = Json::array();
+  for (const auto& [content, special] : spec.added) {
+    added.push_back({{"id", next++},
+                     {"content", content},
+                     {"single_word", false},
+                     {"lstrip", false},
+                     {"rstrip", false},
+                     {"normalized", false},
+                     {"special", special}});
+  }
+  return {{"version", "1.0"},
+          {"truncation", nullptr},
+          {"padding", nullptr},
+          {"added_tokens", added},
+          {"normalizer", spec.normalizer},
+          {"pre_tokenizer", spec.pre_tokenizer},
+          {"post_processor", spec.post_processor},
+          {"decoder",
+           {{"type", "ByteLevel"},
+            {"add_prefix_space", true},
+            {"trim_offsets", true},
+            {"use_regex", true}}},
+          {"model",
+           {{"type", "BPE"},
+            {"dropout", nullptr},
+            {"unk_token", nullptr},
+            {"continuing_subword_prefix", nullptr},
+            {"end_of_word_suffix", nullptr},
+            {"fuse_unk", false},
+            {"byte_fallback", false},
+            {"ignore_merges", spec.ignore_merges},
+            {"vocab", vocab},
+            {"merges", merges}}}};
+}
+
+Tokenizer Make(const Spec& spec, absl::string_view config = "") {
+  absl::StatusOr<Tokenizer> t = Tokenizer::FromJson(MakeJson(spec).dump(), config);
+  EXPECT_TRUE(t.ok()) << t.status();
+  return *std::move(t);
+}
+
+// "hello" = 259, " world" = 264 (see the ids in the comments).
+Spec HelloWorldSpec() {
+  Spec spec;
+  spec.merges = {{"h", "e"},       // 256 "he"
+                 {"l", "l"},       // 257 "ll"
+                 {"he", "ll"},     // 258 "hell"
+                 {"hell", "o"},    // 259 "hello"
+                 {" ", "w"},       // 260 "Ġw"
+                 {"o", "r"},       // 261 "or"
+                 {" w", "or"},     // 262 "Ġwor"
+                 {"l", "d"},       // 263 "ld"
+                 {" wor", "ld"}};  // 264 "Ġworld"
+  spec.added = {{"<|begin_of_text|>", true}, {"<|eot_id|>", true}, {"<extra>", false}};
+  return spec;
+}
+
+std::vector<int32_t> Enc(const Tokenizer& t, absl::string_view text, bool allow_special = true) {
+  absl::StatusOr<std::vector<int32_t>> ids = t.Encode(text, allow_special);
+  EXPECT_TRUE(ids.ok()) << ids.status();
+  return ids.ok() ? *ids : std::vector<int32_t>{};
+}
+
+std::vector<std::string> Pieces(const Tokenizer& t, absl::string_view text) {
+  absl::StatusOr<std::vector<std::string>> p = t.PreTokenize(text);
+  EXPECT_TRUE(p.ok()) << p.status();
+  return p.ok() ? *p : std::vector<std::string>{};
+}
+
+// ---- Byte-level mapping ---------------------------------------------------------------------
+
+TEST(TokenizerByteLevelTest, Gpt2Mapping) {
+  EXPECT_EQ(ByteLevelEncode(" "), "Ġ");
+  EXPECT_EQ(ByteLevelEncode("\n"), "Ċ");
+  EXPECT_EQ(ByteLevelEncode("\t"), "ĉ");
+  EXPECT_EQ(ByteLevelEncode("a!~"), "a!~");
+  EXPECT_EQ(ByteLevelEncode(" world"), "Ġworld");
+  EXPECT_EQ(ByteLevelEncode("\xc3\xa9"), "Ã©");  // "é" as two byte characters
+  EXPECT_EQ(ByteTokenRank('!'), 0);
+  EXPECT_EQ(ByteTokenRank(' '), 220);  // GPT-2's id of "Ġ"
+  EXPECT_EQ(ByteTokenRank('\n'), 198);
+  std::string all;
+  for (int b = 0; b < 256; ++b) all.push_back(static_cast<char>(b));
+  EXPECT_EQ(ByteLevelDecode(ByteLevelEncode(all)), all);
+  EXPECT_EQ(ByteLevelDecode("a b"), std::nullopt);  // a real space is not a byte character
+  EXPECT_EQ(ByteLevelDecode("\xff"), std::nullopt);
+}
+
+TEST(TokenizerByteLevelTest, Utf8Lossy) {
+  EXPECT_EQ(Utf8Lossy("abc"), "abc");
+  EXPECT_EQ(Utf8Lossy("a\xff"
+                      "b"),
+            "a\uFFFD"
+            "b");
+  EXPECT_EQ(Utf8Lossy("\xe6\x97"), "\uFFFD");  // truncated 3-byte sequence: one U+FFFD
+  EXPECT_EQ(Utf8Lossy("\xed\xa0\x80"), "\uFFFD\uFFFD\uFFFD");  // a surrogate: three
+}
+
+// ---- Encoding --------------------------------------------------------------------------------
+
+TEST(TokenizerTest, KnownMergesGiveExactIds) {
+  Tokenizer t = Make(HelloWorldSpec());
+  EXPECT_EQ(t.vocab_size(), 265 + 3);
+  EXPECT_THAT(Enc(t, "hello world"), ElementsAre(259, 264));
+  EXPECT_THAT(Enc(t, "hello worlds"), ElementsAre(259, 264, B('s')));
+  EXPECT_THAT(Enc(t, "held"), ElementsAre(256, 263));
+  EXPECT_THAT(Enc(t, "hello\nworld"), ElementsAre(259, B('\n'), B('w'), 261, 263));
+  EXPECT_THAT(Enc(t, ""), ElementsAre());
+  EXPECT_EQ(t.TokenId("Ġworld"), 264);
+  EXPECT_EQ(t.TokenId("hello"), 259);
+  EXPECT_EQ(t.TokenId("nope"), std::nullopt);
+  EXPECT_EQ(t.IdToken(264), "Ġworld");
+  EXPECT_EQ(t.IdToken(265), "<|begin_of_text|>");
+  EXPECT_EQ(t.IdToken(100000), std::nullopt);
+  EXPECT_EQ(t.IdToken(-1), std::nullopt);
+}
+
+TEST(TokenizerTest, MergeRanksDecideTheOrder) {
+  Spec bc_first;
+  bc_first.merges = {{"b", "c"}, {"a", "b"}};  // 256 "bc", 257 "ab"
+  EXPECT_THAT(Enc(Make(bc_first), "abc"), ElementsAre(B('a'), 256));
+  Spec ab_first;
+  ab_first.merges = {{"a", "b"}, {"b", "c"}};  // 256 "ab", 257 "bc"
+  EXPECT_THAT(Enc(Make(ab_first), "abc"), ElementsAre(256, B('c')));
+  // Equal ranks resolve leftmost first: "aaa" -> "aa" "a".
+  Spec aa;
+  aa.merges = {{"a", "a"}};
+  EXPECT_THAT(Enc(Make(aa), "aaa"), ElementsAre(256, B('a')));
+  EXPECT_THAT(Enc(Make(aa), "aaaa"), ElementsAre(256, 256));
+}
+
+TEST(TokenizerTest, MergesAsPairsEqualMergesAsStrings) {
+  Spec strings = HelloWorldSpec();
+  Spec pairs = HelloWorldSpec();
+  pairs.merges_as_pairs = true;
+  const std::string text = "hello world, held the world";
+  EXPECT_EQ(Enc(Make(strings), text), Enc(Make(pairs), text));
+}
+
+TEST(TokenizerTest, IgnoreMergesEmitsWholeWords) {
+  Spec spec;
+  spec.extra = {"xyz"};  // id 256, no merge leads to it
+  EXPECT_THAT(Enc(Make(spec), "xyz"), ElementsAre(B('x'), B('y'), B('z')));
+  spec.ignore_merges = true;
+  EXPECT_THAT(Enc(Make(spec), "xyz"), ElementsAre(256));
+  EXPECT_THAT(Enc(Make(spec), "xyzz"), ElementsAre(B('x'), B('y'), B('z'), B('z')));
+}
+
+TEST(TokenizerTest, Llama3PreTokenization) {
+  Tokenizer t = Make(Spec{});
+  // The published pattern: contraction alternatives first, an optional non-letter before a
+  // letter run, digits in groups of up to three, " " alone before a digit (\s+(?!\S) cannot end
+  // before "1", so \s+ takes the single space), and newline runs together.
+  EXPECT_THAT(Pieces(t, "Hello world's 12345 test\n\n"),
+              ElementsAre("Hello", " world", "'s", " ", "123", "45", " test", "\n\n"));
+  EXPECT_THAT(Pieces(t, "I'M  fine!!\n  ok"),
+              ElementsAre("I", "'M", " ", " fine", "!!\n", " ", " ok"));
+  EXPECT_THAT(Pieces(t, "1234567"), ElementsAre("123", "456", "7"));
+  EXPECT_THAT(Pieces(t, "日本語 text"), ElementsAre("日本語", " text"));
+}
+
+TEST(TokenizerTest, Qwen2AndGpt2PreTokenization) {
+  Spec qwen;
+  qwen.pre_tokenizer = PreTokenizer(kQwen2SplitPattern);
+  EXPECT_THAT(Pieces(Make(qwen), "x 12345"), ElementsAre("x", " ", "1", "2", "3", "4", "5"));
+  Spec gpt2;
+  gpt2.pre_tokenizer = {{"type", "ByteLevel"}, {"add_prefix_space", false}, {"use_regex", true}};
+  EXPECT_THAT(Pieces(Make(gpt2), "Hello world's 12345  x"),
+              ElementsAre("Hello", " world", "'s", " 12345", " ", " x"));
+  gpt2.pre_tokenizer["add_prefix_space"] = true;
+  EXPECT_THAT(Pieces(Make(gpt2), "Hello"), ElementsAre(" Hello"));
+}
+
+TEST(TokenizerTest, NfcNormalizer) {
+  Spec spec;
+  spec.normalizer = {{"type", "NFC"}};
+  Tokenizer t = Make(spec);
+  // "e" + COMBINING ACUTE ACCENT becomes U+00E9.
+  EXPECT_EQ(t.Decode(Enc(t, "cafe\xcc\x81")), "caf\xc3\xa9");
+  // Invalid bytes pass through untouched next to normalized text.
+  EXPECT_EQ(t.Decode(Enc(t, "e\xcc\x81\xff")), "\xc3\xa9\xff");
+  Spec nfkc;
+  nfkc.normalizer = {{"type", "NFKC"}};
+  absl::StatusOr<Tokenizer> bad = Tokenizer::FromJson(MakeJson(nfkc).dump());
+  EXPECT_EQ(bad.status().code(), absl::StatusCode::kUnimplemented);
+}
+
+TEST(TokenizerTest, RoundTrips) {
+  Tokenizer t = Make(HelloWorldSpec());
+  const std::vector<std::string> texts = {
+      "hello world",
+      "The quick brown fox jumps over the lazy dog. 1234567890!",
+      "emoji \xF0\x9F\x98\x80 and CJK \xE6\x97\xA5\xE6\x9C\xAC\xE8\xAA\x9E",
+      "invalid \xff\xfe\x80 bytes \xc3 and a cut \xe6\x97",
+      "  whitespace   runs\t\t\n\n\n   \r\n end  ",
+      "numbers 3.14159 and -42 and 100000000",
+      std::string("nul \0 byte", 10),
+  };
+  for (const std::string& s : texts) {
+    EXPECT_EQ(t.Decode(Enc(t, s)), s) << s;
+  }
+}
+
+TEST(TokenizerTest, SpecialTokensOnlyWhenAllowed) {
+  Tokenizer t = Make(HelloWorldSpec());
+  const int32_t bot = 265, eot = 266, extra = 267;
+  EXPECT_THAT(Enc(t, "<|begin_of_text|>hello<|eot_id|>"), ElementsAre(bot, 259, eot));
+  EXPECT_THAT(Enc(t, "hello world<|eot_id|>"), ElementsAre(259, 264, eot));
+  const std::vector<int32_t> plain = Enc(t, "hello<|eot_id|>", /*allow_special=*/false);
+  EXPECT_THAT(plain, Not(::testing::Contains(eot)));
+  EXPECT_EQ(t.Decode(plain), "hello<|eot_id|>");
+  // A non-special added token is matched either way.
+  EXPECT_THAT(Enc(t, "<extra>hello", false), ElementsAre(extra, 259));
+  EXPECT_TRUE(t.IsSpecial(eot));
+  EXPECT_FALSE(t.IsSpecial(extra));
+  EXPECT_FALSE(t.IsSpecial(259));
+  EXPECT_THAT(t.special_ids(), ElementsAre(bot, eot));
+  EXPECT_EQ(t.Decode(std::vector<int32_t>{bot, 259, eot}), "<|begin_of_text|>hello<|eot_id|>");
+  EXPECT_EQ(t.Decode(std::vector<int32_t>{bot, 259, eot}, /*skip_special=*/true), "hello");
+  EXPECT_EQ(t.Decode(std::vector<int32_t>{259, -5, 99999, 264}), "hello world");
+}
+
+TEST(TokenizerTest, AddedTokenStripping) {
+  Json json = MakeJson(HelloWorldSpec());
+  json["added_tokens"][2]["lstrip"] = true;  // <extra>
+  json["added_tokens"][2]["rstrip"] = true;
+  absl::StatusOr<Tokenizer> t = Tokenizer::FromJson(json.dump());
+  ASSERT_TRUE(t.ok()) << t.status();
+  EXPECT_THAT(Enc(*t, "hello  <extra>  world"), ElementsAre(259, 267, B('w'), 261, 263));
+}
+
+TEST(TokenizerTest, SingleWordAddedTokens) {
+  Json json = MakeJson(HelloWorldSpec());
+  json["added_tokens"][2]["content"] = "<mask>";
+  json["added_tokens"][2]["single_word"] = true;
+  absl::StatusOr<Tokenizer> t = Tokenizer::FromJson(json.dump());
+  ASSERT_TRUE(t.ok()) << t.status();
+  const int32_t mask = 267;
+  // HF's own test case: only standalone occurrences are matched (not "A<mask>", "<mask>ony").
+  const std::vector<int32_t> ids = Enc(*t, "<mask> My name <mask> A<mask> <mask>ony <mask>");
+  EXPECT_EQ(std::count(ids.begin(), ids.end(), mask), 3);
+  EXPECT_EQ(ids.front(), mask);
+  EXPECT_EQ(ids.back(), mask);
+  EXPECT_EQ(t->Decode(ids), "<mask> My name <mask> A<mask> <mask>ony <mask>");
+}
+
+TEST(TokenizerTest, PostProcessorAddsBos) {
+  Spec spec = HelloWorldSpec();
+  spec.post_processor = {
+      {"type", "TemplateProcessing"},
+      {"single", Json::array({{{"SpecialToken", {{"id", "<|begin_of_text|>"}, {"type_id", 0}}}},
+                              {{"Sequence", {{"id", "A"}, {"type_id", 0}}}}})},
+      {"special_tokens", {{"<|begin_of_text|>", {{"id", "<|begin_of_text|>"}, {"ids", {265}}}}}}};
+  Tokenizer t = Make(spec);
+  absl::StatusOr<std::vector<int32_t>> ids = t.EncodeWithSpecialTokens("hello");
+  ASSERT_TRUE(ids.ok()) << ids.status();
+  EXPECT_THAT(*ids, ElementsAre(265, 259));
+  EXPECT_THAT(Enc(t, "hello"), ElementsAre(259));
+}
+
+TEST(TokenizerTest, ConfigGivesBosEosAndTemplate) {
+  const std::string config = R"({
+    "bos_token": "<|begin_of_text|>",
+    "eos_token": {"__type": "AddedToken", "content": "<|eot_id|>", "special": true},
+    "chat_template": [{"name": "tool_use", "template": "x"},
+                      {"name": "default", "template": "{{ '<|im_start|>' }}"}]
+  })";
+  Tokenizer t = Make(HelloWorldSpec(), config);
+  EXPECT_EQ(t.bos_id(), 265);
+  EXPECT_THAT(t.eos_ids(), ElementsAre(266));
+  EXPECT_EQ(t.chat_template(), "{{ '<|im_start|>' }}");
+
+  Tokenizer none = Make(HelloWorldSpec(), R"({"bos_token": null})");
+  EXPECT_EQ(none.bos_id(), std::nullopt);
+  EXPECT_TRUE(none.eos_ids().empty());
+  EXPECT_EQ(none.chat_template(), "");
+
+  absl::StatusOr<Tokenizer> bad =
+      Tokenizer::FromJson(MakeJson(HelloWorldSpec()).dump(), R"({"eos_token": "<nope>"})");
+  EXPECT_EQ(bad.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(bad.status().message(), HasSubstr("<nope>"));
+}
+
+TEST(TokenizerTest, LongWhitespaceRun) {
+  Tokenizer t = Make(HelloWorldSpec());
+  const std::string text = "a" + std::string(200000, ' ') + "b\n" + std::string(50000, '\n');
+  EXPECT_EQ(t.Decode(Enc(t, text)), text);
+}
+
+TEST(TokenizerTest, ConcurrentEncodeIsConsistent) {
+  Tokenizer t = Make(HelloWorldSpec());
+  const std::string text = "hello world, the world said hello to the other world 123456";
+  const std::vector<int32_t> expected = Enc(t, text);
+  std::vector<std::thread> threads;
+  std::vector<bool> same(4, false);
+  for (int i = 0; i < 4; ++i) {
+    threads.emplace_back([&, i] {
+      bool ok = true;
+      for (int k = 0; k < 200; ++k) ok = ok && t.Encode(text).value() == expected;
+      same[i] = ok;
+    });
+  }
+  for (auto& th : threads) th.join();
+  EXPECT_THAT(same, ::testing::Each(true));
+}
+
+// ---- Errors ----------------------------------------------------------------------------------
+
+TEST(TokenizerErrorTest, MalformedAndUnsupportedFiles) {
+  auto code = [](const std::string& json) { return Tokenizer::FromJson(json).status().code(); };
+  EXPECT_EQ(code("{not json"), absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(code("[]"), absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(code("{}"), absl::StatusCode::kInvalidArgument);
+
+  Json json = MakeJson(HelloWorldSpec());
+  Json j = json;
+  j["model"]["type"] = "WordPiece";
+  EXPECT_EQ(code(j.dump()), absl::StatusCode::kUnimplemented);
+  j = json;
+  j["model"]["merges"].push_back("Ġw nothere");
+  EXPECT_EQ(code(j.dump()), absl::StatusCode::kInvalidArgument);
+  j = json;
+  j["model"]["merges"].push_back("onlyone");
+  EXPECT_EQ(code(j.dump()), absl::StatusCode::kInvalidArgument);
+  j = json;
+  j["model"]["vocab"]["a"] = "seven";
+  EXPECT_EQ(code(j.dump()), absl::StatusCode::kInvalidArgument);
+  j = json;
+  j["model"]["vocab"]["zz"] = 3;  // id 3 is taken
+  EXPECT_EQ(code(j.dump()), absl::StatusCode::kInvalidArgument);
+  j = json;
+  j["model"]["vocab"]["big"] = 1LL << 40;
+  EXPECT_EQ(code(j.dump()), absl::StatusCode::kInvalidArgument);
+  j = json;
+  j["pre_tokenizer"] = {{"type", "Metaspace"}};
+  EXPECT_EQ(code(j.dump()), absl::StatusCode::kUnimplemented);
+  j = json;
+  j["pre_tokenizer"] = nullptr;
+  EXPECT_EQ(code(j.dump()), absl::StatusCode::kUnimplemented);
+  j = json;
+  j["pre_tokenizer"]["pretokenizers"][0]["pattern"]["Regex"] = "(unclosed";
+  EXPECT_EQ(code(j.dump()), absl::StatusCode::kInvalidArgument);
+  j = json;
+  j["decoder"] = nullptr;
+  EXPECT_EQ(code(j.dump()), absl::StatusCode::kUnimplemented);
+  j = json;
+  j["model"]["byte_fallback"] = true;
+  EXPECT_EQ(code(j.dump()), absl::StatusCode::kUnimplemented);
+  j = json;
+  j["added_tokens"][0]["content"] = 5;
+  EXPECT_EQ(code(j.dump()), absl::StatusCode::kInvalidArgument);
+
+  // Truncations of a valid file never crash.
+  const std::string text = json.dump();
+  for (size_t n = 0; n < text.size(); n += 97) (void)Tokenizer::FromJson(text.substr(0, n));
+}
+
+TEST(TokenizerErrorTest, RandomInputsNeverCrash) {
+  std::mt19937 rng(7);
+  Tokenizer t = Make(HelloWorldSpec());
+  // Random bytes, biased towards the bytes of special tokens and UTF-8 lead bytes.
+  const std::string alphabet = "<|>_eotid \n\xc3\xa9\xe6\xf0\x9f\xff hello";
+  for (int i = 0; i < 300; ++i) {
+    std::string text;
+    const int n = static_cast<int>(rng() % 64);
+    for (int k = 0; k < n; ++k) {
+      text.push_back(rng() % 2 ? alphabet[rng() % alphabet.size()] : static_cast<char>(rng()));
+    }
+    EXPECT_EQ(t.Decode(Enc(t, text, /*allow_special=*/false)), text);
+    const std::vector<int32_t> ids = Enc(t, text);
+    EXPECT_EQ(t.Decode(ids), text);
+    StreamDecoder d(&t);
+    std::string streamed;
+    for (int32_t id : ids) streamed += d.Push(id);
+    streamed += d.Flush();
+    EXPECT_EQ(streamed, Utf8Lossy(text));
+  }
+  // Random single-byte edits of a valid file load or fail cleanly.
+  const std::string json = MakeJson(HelloWorldSpec()).dump();
+  for (int i = 0; i < 300; ++i) {
+    std::string mutated = json;
+    const std::string edits = "{}[]\":,0a -";
+    mutated[rng() % mutated.size()] = edits[rng() % edits.size()];
+    absl::StatusOr<Tokenizer> m = Tokenizer::FromJson(mutated);
+    if (m.ok()) (void)m->Encode("hello world <|eot_id|>");
+  }
+}
+
+TEST(TokenizerErrorTest, LoadNeedsTokenizerJson) {
+  absl::StatusOr<Tokenizer> t = Tokenizer::Load("/nonexistent/kvtier/model");
+  EXPECT_EQ(t.status().code(), absl::StatusCode::kNotFound);
+}
+
+// ---- StreamDecoder ---------------------------------------------------------------------------
+
+TEST(TokenizerStreamDecoderTest, HoldsBackSplitCharacters) {
+  Tokenizer t = Make(HelloWorldSpec());
+  StreamDecoder d(&t);
+  // "é" (C3 A9) arrives as two byte tokens.
+  EXPECT_EQ(d.Push(259), "hello");
+  EXPECT_EQ(d.Push(B('\xc3')), "");
+  EXPECT_EQ(d.Push(B('\xa9')), "\xc3\xa9");
+  // A 4-byte emoji over four tokens.
+  const std::string emoji = "\xF0\x9F\x98\x80";
+  std::string out;
+  for (size_t i = 0; i < emoji.size(); ++i) {
+    const std::string piece = d.Push(B(emoji[i]));
+    if (i + 1 < emoji.size()) {
+      EXPECT_EQ(piece, "");
+    }
+    out += piece;
+  }
+  EXPECT_EQ(out, emoji);
+  // An impossible byte is replaced at once; a cut character at the end by Flush.
+  EXPECT_EQ(d.Push(B('\xff')), "\uFFFD");
+  EXPECT_EQ(d.Push(B('\xe6')), "");
+  EXPECT_EQ(d.Push(B('a')),
+            "\uFFFD"
+            "a");
+  EXPECT_EQ(d.Push(B('\xe6')), "");
+  EXPECT_EQ(d.Flush(), "\uFFFD");
+  EXPECT_EQ(d.Flush(), "");
+}
+
+TEST(TokenizerStreamDecoderTest, MatchesDecodeOnValidText) {
+  Tokenizer t = Make(HelloWorldSpec());
+  const std::string text = "hello 日本語 world \xF0\x9F\x98\x80<|eot_id|>!";
+  StreamDecoder d(&t, /*skip_special=*/true);
+  std::string streamed;
+  for (int32_t id : Enc(t, text)) streamed += d.Push(id);
+  streamed += d.Flush();
+  EXPECT_EQ(streamed, "hello 日本語 world \xF0\x9F\x98\x80!");
+}
+
+// ---- Generated tokenizers (tokenizer_writer.h) -----------------------------------------------
+
+class TokenizerWriterTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    const auto* info = ::testing::UnitTest::GetInstance()->current_test_info();
+    dir_ = absl::StrCat(::testing::TempDir(), "/kvtier_", info->test_suite_name(), "_",
+                        info->name(), "_", ::getpid());
+    std::filesystem::remove_all(dir_);
+    std::filesystem::create_directories(dir_);
+  }
+  void TearDown() override { std::filesystem::remove_all(dir_); }
+
+  static std::string ReadFile(const std::string& path) {
+    std::ifstream in(path, std::ios::binary);
+    return std::string(std::istreambuf_iterator<char>(in), {});
+  }
+  static ModelConfig Tiny() { return *PresetConfig("tiny"); }
+
+  std::string dir_;
+};
+
+TEST_F(TokenizerWriterTest, SpecialIdsAreTheLastIds) {
+  absl::StatusOr<SpecialTokenIds> l = TokenizerSpecialIds(ChatFormat::kLlama3, 4096);
+  ASSERT_TRUE(l.ok());
+  EXPECT_EQ(l->bos_id, 4091);
+  EXPECT_THAT(l->eos_ids, ElementsAre(4092, 4095));
+  EXPECT_EQ(l->pad_id, -1);
+  absl::StatusOr<SpecialTokenIds> c = TokenizerSpecialIds(ChatFormat::kChatML, 4096);
+  ASSERT_TRUE(c.ok());
+  EXPECT_EQ(c->bos_id, 4093);
+  EXPECT_THAT(c->eos_ids, ElementsAre(4095, 4093));
+  EXPECT_EQ(c->pad_id, 4093);
+  EXPECT_EQ(TokenizerSpecialIds(ChatFormat::kLlama3, 260).status().code(),
+            absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(DefaultChatFormat(*PresetConfig("tiny-qwen2")), ChatFormat::kChatML);
+  EXPECT_EQ(DefaultChatFormat(Tiny()), ChatFormat::kLlama3);
+}
+
+TEST_F(TokenizerWriterTest, Llama3WriteLoadRoundTrip) {
+  absl::StatusOr<SpecialTokenIds> ids = WriteTokenizer(Tiny(), ChatFormat::kLlama3, dir_);
+  ASSERT_TRUE(ids.ok()) << ids.status();
+  absl::StatusOr<Tokenizer> t = Tokenizer::Load(dir_);
+  ASSERT_TRUE(t.ok()) << t.status();
+  EXPECT_EQ(t->vocab_size(), 4096);
+  EXPECT_EQ(t->TokenId("<|begin_of_text|>"), 4091);
+  EXPECT_EQ(t->TokenId("<|end_of_text|>"), 4092);
+  EXPECT_EQ(t->TokenId("<|start_header_id|>"), 4093);
+  EXPECT_EQ(t->TokenId("<|end_header_id|>"), 4094);
+  EXPECT_EQ(t->TokenId("<|eot_id|>"), 4095);
+  EXPECT_EQ(t->bos_id(), ids->bos_id);
+  EXPECT_THAT(t->eos_ids(), ElementsAre(4095));
+  EXPECT_THAT(t->special_ids(), ElementsAre(4091, 4092, 4093, 4094, 4095));
+  EXPECT_EQ(DetectChatFormat(t->chat_template()).value(), ChatFormat::kLlama3);
+  for (int32_t id = 0; id < 4091; ++id) ASSERT_TRUE(t->IdToken(id).has_value()) << id;
+
+  // The rendered chat encodes with the special tokens in place, starting with bos.
+  const std::vector<ChatMessage> chat = {{"system", "Be brief."}, {"user", "Hello, cat!"}};
+  const std::string prompt = RenderChat(ChatFormat::kLlama3, chat, true).value();
+  const std::vector<int32_t> prompt_ids = Enc(*t, prompt);
+  ASSERT_GE(prompt_ids.size(), 3u);
+  EXPECT_EQ(prompt_ids[0], 4091);
+  EXPECT_EQ(prompt_ids[1], 4093);
+  EXPECT_EQ(t->Decode(prompt_ids), prompt);
+  EXPECT_THAT(ChatStopTokenIds(ChatFormat::kLlama3, *t).value(), ElementsAre(4095));
+  // HF `encode` adds bos through the TemplateProcessing post-processor.
+  EXPECT_THAT(t->EncodeWithSpecialTokens("a").value(), ElementsAre(4091, B('a')));
+
+  for (const std::string s : {"hello world", "12345 \xF0\x9F\x98\x80 \xff\xfe", "  \n\n x"}) {
+    EXPECT_EQ(t->Decode(Enc(*t, s)), s);
+  }
+}
+
+TEST_F(TokenizerWriterTest, ChatMLWriteLoadRoundTrip) {
+  ModelConfig config = *PresetConfig("tiny-qwen2");
+  absl::StatusOr<SpecialTokenIds> ids = WriteTokenizer(config, ChatFormat::kChatML, dir_);
+  ASSERT_TRUE(ids.ok()) << ids.status();
+  absl::StatusOr<Tokenizer> t = Tokenizer::Load(dir_);
+  ASSERT_TRUE(t.ok()) << t.status();
+  EXPECT_EQ(t->vocab_size(), 4096);
+  EXPECT_EQ(t->TokenId("<|endoftext|>"), 4093);
+  EXPECT_EQ(t->TokenId("<|im_start|>"), 4094);
+  EXPECT_EQ(t->TokenId("<|im_end|>"), 4095);
+  EXPECT_EQ(t->bos_id(), std::nullopt);  // Qwen2 never prepends bos
+  EXPECT_THAT(t->eos_ids(), ElementsAre(4095));
+  EXPECT_EQ(DetectChatFormat(t->chat_template()).value(), ChatFormat::kChatML);
+  EXPECT_THAT(t->EncodeWithSpecialTokens("a").value(), ElementsAre(B('a')));
+  EXPECT_THAT(ChatStopTokenIds(ChatFormat::kChatML, *t).value(), ElementsAre(4095));
+  // The NFC normalizer is in effect.
+  EXPECT_EQ(t->Decode(Enc(*t, "cafe\xcc\x81")), "caf\xc3\xa9");
+  const std::string prompt =
+      RenderChat(ChatFormat::kChatML, {{"user", "Hi"}}, /*add_generation_prompt=*/true).value();
+  const std::vector<int32_t> prompt_ids = Enc(*t, prompt);
+  EXPECT_EQ(prompt_ids[0], 4094);
+  EXPECT_EQ(t->Decode(prompt_ids), prompt);
+}
+
+TEST_F(TokenizerWriterTest, VocabSizeIsExact) {
+  for (int size : {262, 300, 1000, 20000}) {
+    ModelConfig config = Tiny();
+    config.vocab_size = size;
+    for (ChatFormat format : {ChatFormat::kLlama3, ChatFormat::kChatML}) {
+      absl::StatusOr<TokenizerFiles> files = BuildTokenizerFiles(config, format);
+      ASSERT_TRUE(files.ok()) << files.status();
+      absl::StatusOr<Tokenizer> t =
+          Tokenizer::FromJson(files->tokenizer_json, files->tokenizer_config_json);
+      ASSERT_TRUE(t.ok()) << t.status();
+      EXPECT_EQ(t->vocab_size(), size) << ChatFormatName(format);
+      const nlohmann::json j = nlohmann::json::parse(files->tokenizer_json);
+      EXPECT_EQ(j["model"]["vocab"].size() + j["added_tokens"].size(), static_cast<size_t>(size));
+    }
+  }
+}
+
+TEST_F(TokenizerWriterTest, CorpusCompresses) {
+  absl::StatusOr<TokenizerFiles> files = BuildTokenizerFiles(Tiny(), ChatFormat::kLlama3);
+  ASSERT_TRUE(files.ok()) << files.status();
+  absl::StatusOr<Tokenizer> t = Tokenizer::FromJson(files->tokenizer_json);
+  ASSERT_TRUE(t.ok()) << t.status();
+  const absl::string_view corpus = TokenizerTrainingCorpus();
+  EXPECT_GT(corpus.size(), 4000u);
+  const std::vector<int32_t> ids = Enc(*t, corpus);
+  EXPECT_LT(ids.size() * 3, corpus.size()) << ids.size() << " tokens for " << corpus.size();
+  EXPECT_EQ(t->Decode(ids), corpus);
+  // Text the trainer never saw still encodes and decodes.
+  const std::string unseen = "Zebras quietly juggle xylophones near Qatar's fjords.";
+  const std::vector<int32_t> unseen_ids = Enc(*t, unseen);
+  EXPECT_LT(unseen_ids.size(), unseen.size());
+  EXPECT_EQ(t->Decode(unseen_ids), unseen);
+}
+
+TEST_F(TokenizerWriterTest, Deterministic) {
+  ASSERT_TRUE(WriteTokenizer(Tiny(), ChatFormat::kLlama3, dir_).ok());
+  const std::string json1 = ReadFile(dir_ + "/tokenizer.json");
+  const std::string config1 = ReadFile(dir_ + "/tokenizer_config.json");
+  ASSERT_TRUE(WriteTokenizer(Tiny(), ChatFormat::kLlama3, dir_).ok());
+  EXPECT_EQ(ReadFile(dir_ + "/tokenizer.json"), json1);
+  EXPECT_EQ(ReadFile(dir_ + "/tokenizer_config.json"), config1);
+  EXPECT_FALSE(json1.empty());
+  // The HF schema fields.
+  const nlohmann::json j = nlohmann::json::parse(json1);
+  EXPECT_EQ(j["version"], "1.0");
+  EXPECT_TRUE(j["truncation"].is_null());
+  EXPECT_TRUE(j["padding"].is_null());
+  EXPECT_EQ(j["model"]["type"], "BPE");
+  EXPECT_EQ(j["model"]["ignore_merges"], true);
+  EXPECT_EQ(j["pre_tokenizer"]["pretokenizers"][0]["pattern"]["Regex"],
+            std::string(kLlama3SplitPattern));
+  const nlohmann::json c = nlohmann::json::parse(config1);
+  EXPECT_EQ(c["bos_token"], "<|begin_of_text|>");
+  EXPECT_EQ(c["eos_token"], "<|eot_id|>");
+  EXPECT_EQ(c["chat_template"], std::string(ChatTemplateText(ChatFormat::kLlama3)));
+  EXPECT_EQ(c["added_tokens_decoder"]["4095"]["content"], "<|eot_id|>");
+}
+
+TEST_F(TokenizerWriterTest, MissingDirectoryIsAnError) {
+  EXPECT_FALSE(WriteTokenizer(Tiny(), ChatFormat::kLlama3, dir_ + "/no/such/dir").ok());
+}
+
+}  // namespace
+}  // namespace kvtier::engine
