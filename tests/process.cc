@@ -138,6 +138,50 @@ std::string StoreProcess::log() const {
   return ss.str();
 }
 
+absl::StatusOr<ServerProcess> ServerProcess::Start(const std::string& binary,
+                                                   const std::vector<std::string>& args,
+                                                   const std::string& dir, const std::string& name,
+                                                   const std::map<std::string, std::string>& env,
+                                                   absl::Duration timeout) {
+  ServerProcess s;
+  const std::string ready = dir + "/" + name + ".ready.json";
+  std::filesystem::remove(ready);
+  s.log_path_ = dir + "/" + name + ".log";
+  std::vector<std::string> argv = {std::string(KVTIER_BIN_DIR) + "/" + binary};
+  argv.insert(argv.end(), args.begin(), args.end());
+  argv.push_back("--ready-file=" + ready);
+  auto child = ChildProcess::Spawn(argv, env, s.log_path_);
+  if (!child.ok()) return child.status();
+  s.process_ = std::move(*child);
+  bool exited = false;
+  bool up = WaitFor(
+      [&] {
+        std::ifstream f(ready);
+        if (f) {
+          try {
+            s.grpc_port_ = nlohmann::json::parse(f).at("grpc_port").get<int>();
+            return true;
+          } catch (const std::exception&) {
+          }
+        }
+        exited = s.process_.Wait(absl::ZeroDuration()).has_value();
+        return exited;
+      },
+      timeout);
+  if (!up || exited) {
+    return absl::DeadlineExceededError(
+        absl::StrCat(binary, exited ? " exited" : " did not start", ":\n", s.log()));
+  }
+  return s;
+}
+
+std::string ServerProcess::log() const {
+  std::ifstream f(log_path_);
+  std::stringstream ss;
+  ss << f.rdbuf();
+  return ss.str();
+}
+
 std::string MakeTempDir(const std::string& name) {
   std::filesystem::path p =
       std::filesystem::path(::testing::TempDir()) / absl::StrCat("kvtier_", name, "_", getpid());

@@ -1,5 +1,6 @@
-// Test support: child processes (posix_spawn, never fork: UCX is not fork-safe) and a
-// kvtier-store started on loopback with a private directory.
+// Test support: child processes (posix_spawn, never fork: UCX is not fork-safe), a
+// kvtier-store started on loopback with a private directory, and any other server binary
+// that announces itself with a ready file.
 //
 // Ownership: each object owns its child and kills it (SIGKILL) on destruction.
 // Thread-safety: one thread per object.
@@ -70,6 +71,28 @@ class StoreProcess {
   ChildProcess process_;
   int grpc_port_ = 0;
   int metrics_port_ = 0;
+  std::string log_path_;
+};
+
+// Any kvtier server binary that takes --ready-file and writes {"grpc_port":..} there once
+// serving (kvtier-prefill, kvtier-decode, ...), started with `args` and waited for (bounded).
+class ServerProcess {
+ public:
+  // Starts KVTIER_BIN_DIR/`binary` with `args` plus --ready-file=`dir`/`name`.ready.json, its
+  // output appended to `dir`/`name`.log.
+  static absl::StatusOr<ServerProcess> Start(const std::string& binary,
+                                             const std::vector<std::string>& args,
+                                             const std::string& dir, const std::string& name,
+                                             const std::map<std::string, std::string>& env = {},
+                                             absl::Duration timeout = absl::Seconds(30));
+  std::string address() const { return "127.0.0.1:" + std::to_string(grpc_port_); }
+  int grpc_port() const { return grpc_port_; }
+  ChildProcess& process() { return process_; }
+  std::string log() const;
+
+ private:
+  ChildProcess process_;
+  int grpc_port_ = 0;
   std::string log_path_;
 };
 

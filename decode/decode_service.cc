@@ -1,0 +1,87 @@
+#include "decode/decode_service.h"
+
+#include "cachestore/grpc_status.h"
+#include "common/logging.h"
+#include "worker/request_checks.h"
+#include "worker/server_util.h"
+
+namespace kvtier::decode {
+namespace {
+
+// How often a handler waiting for tokens checks whether its client is gone.
+constexpr absl::Duration kPollInterval = absl::Milliseconds(50);
+
+}  // namespace
+
+DecodeService::DecodeService(Scheduler* scheduler, const engine::Engine* engine,
+                             const worker::KvTier* tier, worker::WorkerOptions options)
+    : scheduler_(scheduler), engine_(engine), tier_(tier), options_(std::move(options)) {}
+
+absl::StatusOr<GenerateSpec> DecodeService::ToSpec(const v1::GenerateRequest& r) const {
+  GenerateSpec spec;
+  spec.request_id = r.request_id();
+  absl::StatusOr<std::vector<int32_t>> prompt = worker::CheckPrompt(
+      absl::MakeConstSpan(r.tokens().data(), r.tokens().size()), engine_->config());
+  if (!prompt.ok()) return prompt.status();
+  spec.prompt = std::move(*prompt);
+  const v1::SamplingParams& s = r.sampling();
+  spec.sampling.temperature = s.temperature();
+  spec.sampling.top_k = s.top_k();
+  spec.sampling.top_p = s.top_p() == 0.0f ? 1.0f : s.top_p();
+  spec.sampling.seed = s.seed();
+  spec.sampling.max_tokens = s.max_tokens() == 0
+                                 ? options_.default_max_tokens
+                                 : static_cast<int>(std::min<uint32_t>(s.max_tokens(), 1u << 30));
+  for (uint32_t t : s.stop_token_ids()) {
+    spec.sampling.stop_token_ids.push_back(static_cast<int32_t>(std::min<uint32_t>(t, 1u << 30)));
+  }
+  spec.use_cache = r.use_cache();
+  spec.n = r.n() == 0 ? 1 : static_cast<int>(std::min<uint32_t>(r.n(), 1u << 20));
+  return spec;
+}
+
+grpc::Status DecodeService::Generate(grpc::ServerContext* context,
+                                     const v1::GenerateRequest* request,
+                                     grpc::ServerWriter<v1::GenerateResponse>* writer) {
+  absl::StatusOr<GenerateSpec> spec = ToSpec(*request);
+  if (!spec.ok()) return ToGrpc(spec.status());
+  absl::StatusOr<std::shared_ptr<GenerationStream>> stream = scheduler_->Submit(std::move(*spec));
+  if (!stream.ok()) return ToGrpc(stream.status());
+  std::vector<StreamEvent> events;
+  bool more = true;
+  while (more) {
+    if (context->IsCancelled()) {
+      (*stream)->Cancel();
+      return grpc::Status(grpc::StatusCode::CANCELLED, "request cancelled by the client");
+    }
+    events.clear();
+    more = (*stream)->Next(&events, kPollInterval);
+    for (const StreamEvent& e : events) {
+      v1::GenerateResponse resp;
+      resp.set_index(static_cast<uint32_t>(e.index));
+      for (int32_t t : e.tokens) resp.add_tokens(static_cast<uint32_t>(t));
+      if (e.first) {
+        resp.set_prompt_tokens(e.prompt_tokens);
+        resp.set_cached_tokens(e.cached_tokens);
+      }
+      resp.set_finish_reason(e.finish_reason);
+      if (!writer->Write(resp)) {
+        (*stream)->Cancel();
+        return grpc::Status(grpc::StatusCode::CANCELLED, "the client went away");
+      }
+    }
+  }
+  return ToGrpc((*stream)->status());
+}
+
+grpc::Status DecodeService::GetWorkerInfo(grpc::ServerContext*, const v1::WorkerInfoRequest*,
+                                          v1::WorkerInfo* info) {
+  worker::FillWorkerInfo("decode", options_, *engine_, *tier_, info);
+  const Scheduler::Stats s = scheduler_->stats();
+  info->set_active_requests(static_cast<uint32_t>(s.active_requests));
+  // Pages a new request can get: free ones plus cached blocks nobody uses (evictable).
+  info->set_free_pages(static_cast<uint32_t>(s.available_pages));
+  return grpc::Status::OK;
+}
+
+}  // namespace kvtier::decode

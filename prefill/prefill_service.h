@@ -1,0 +1,66 @@
+// gRPC service kvtier.v1.PrefillWorker (proto/kvtier/v1/worker.proto): computes a prompt's
+// missing full blocks into the store tier (docs/serving.md, "Workers").
+//
+// Per request: the keys of the prompt's full blocks; the longest prefix already in the store
+// (Lookup; when every block is there, nothing else happens); that prefix fetched into fresh
+// pages; the remaining full blocks computed (chunked prefill) and stored; pages freed. The
+// partial last block is left to the decode worker. Without a store configured there is
+// nothing to prefill for: requests succeed at once with nothing computed. With a store that
+// is down the blocks are computed and reported as not stored (the decode worker recomputes).
+//
+// Ownership: borrows the engine and tier, which must outlive it; owns the page allocator.
+// Thread-safety: safe for concurrent calls; requests are serialized on the one engine by a
+// mutex (one prefill at a time per worker; scale out with more workers).
+#ifndef KVTIER_PREFILL_PREFILL_SERVICE_H_
+#define KVTIER_PREFILL_PREFILL_SERVICE_H_
+
+#include <atomic>
+#include <cstdint>
+#include <vector>
+
+#include "absl/base/thread_annotations.h"
+#include "absl/synchronization/mutex.h"
+#include "engine/engine.h"
+#include "engine/page_allocator.h"
+#include "kvtier/v1/worker.grpc.pb.h"
+#include "worker/kv_tier.h"
+#include "worker/worker_options.h"
+
+namespace kvtier::prefill {
+
+struct PrefillResult {
+  uint32_t prompt_tokens = 0;
+  uint32_t cached_tokens = 0;    // leading tokens whose blocks were already stored
+  uint32_t computed_tokens = 0;  // tokens computed now (whole blocks)
+  uint32_t stored_blocks = 0;    // blocks written to the store now
+  double compute_ms = 0;
+};
+
+class PrefillService final : public v1::PrefillWorker::Service {
+ public:
+  PrefillService(engine::Engine* engine, worker::KvTier* tier, worker::WorkerOptions options);
+
+  grpc::Status Prefill(grpc::ServerContext* context, const v1::PrefillRequest* request,
+                       v1::PrefillResponse* response) override;
+  grpc::Status GetWorkerInfo(grpc::ServerContext* context, const v1::WorkerInfoRequest* request,
+                             v1::WorkerInfo* info) override;
+
+  // The work of one request on a checked prompt. ResourceExhausted when its full blocks do
+  // not fit in the KV cache.
+  absl::StatusOr<PrefillResult> Run(absl::Span<const int32_t> prompt);
+
+ private:
+  engine::Engine* const engine_;
+  worker::KvTier* const tier_;
+  const worker::WorkerOptions options_;
+  std::atomic<int> active_{0};
+  std::atomic<int> free_pages_;
+
+  absl::Mutex engine_mu_;  // serializes requests on the engine
+  engine::PageAllocator allocator_ ABSL_GUARDED_BY(engine_mu_);
+  std::vector<float> logits_ ABSL_GUARDED_BY(engine_mu_);
+};
+
+}  // namespace kvtier::prefill
+
+#endif  // KVTIER_PREFILL_PREFILL_SERVICE_H_

@@ -1,0 +1,43 @@
+#include "router/placement.h"
+
+namespace kvtier::router {
+
+void KeyLru::Touch(const BlockKey& key) {
+  if (capacity_ == 0) return;
+  auto it = index_.find(key);
+  if (it != index_.end()) {
+    order_.splice(order_.begin(), order_, it->second);
+    return;
+  }
+  order_.push_front(key);
+  index_.emplace(key, order_.begin());
+  while (index_.size() > capacity_) {
+    index_.erase(order_.back());
+    order_.pop_back();
+  }
+}
+
+size_t KeyLru::MatchPrefix(absl::Span<const BlockKey> keys) const {
+  size_t n = 0;
+  while (n < keys.size() && index_.contains(keys[n])) ++n;
+  return n;
+}
+
+int PickWorker(absl::Span<const PlacementCandidate> candidates) {
+  int best = -1;
+  for (size_t i = 0; i < candidates.size(); ++i) {
+    if (best < 0) {
+      best = static_cast<int>(i);
+      continue;
+    }
+    const PlacementCandidate& c = candidates[i];
+    const PlacementCandidate& b = candidates[best];
+    if (c.matched_blocks > b.matched_blocks ||
+        (c.matched_blocks == b.matched_blocks && c.in_flight < b.in_flight)) {
+      best = static_cast<int>(i);
+    }
+  }
+  return best;
+}
+
+}  // namespace kvtier::router

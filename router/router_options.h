@@ -1,0 +1,80 @@
+// Options of kvtier-router: a YAML file (--config), overridden by command-line flags.
+// docs/serving.md ("Router") lists every field.
+//
+// Plain value types; thread-compatible.
+#ifndef KVTIER_ROUTER_ROUTER_OPTIONS_H_
+#define KVTIER_ROUTER_ROUTER_OPTIONS_H_
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "absl/status/statusor.h"
+
+namespace CLI {
+class App;
+}
+
+namespace kvtier::router {
+
+struct RouterOptions {
+  // HTTP host:port (port 0: any free port). Default: 127.0.0.1:8000.
+  std::string listen = "127.0.0.1:8000";
+  // The served model id ("model" of requests must equal it). Default: the model directory's
+  // last component.
+  std::string model_name;
+  // Directory with tokenizer.json (and tokenizer_config.json). Required.
+  std::string model_dir;
+  // "auto" (from tokenizer_config.json's chat_template), "llama3" or "chatml". Default: auto.
+  std::string chat_format = "auto";
+  // Prefill workers (gRPC host:port). Default: none (decode computes whole prompts).
+  std::vector<std::string> prefill_workers;
+  // Decode workers (gRPC host:port). At least one is required.
+  std::vector<std::string> decode_workers;
+  // Prefill is skipped when fewer prompt tokens than this are uncached. Default: 64.
+  int64_t skip_prefill_below = 64;
+  // Cluster-wide switch of the cache tier (false: no prefill calls, use_cache=false).
+  // Default: true.
+  bool cache = true;
+  // max_tokens of requests that leave it out (clipped to the context). Default: 256.
+  int64_t default_max_tokens = 256;
+  // Longest accepted prompt; 0: the decode workers' max_context. Default: 0.
+  int64_t max_prompt_tokens = 0;
+  // Deadline of one generation (gRPC Generate) and of a prefill call. Default: 600000 ms.
+  int64_t request_timeout_ms = 600000;
+  // Deadline of the GetWorkerInfo health calls. Default: 1000 ms.
+  int64_t health_timeout_ms = 1000;
+  // Block keys remembered per decode worker for prefix affinity. Default: 65536.
+  int64_t affinity_keys_per_worker = 65536;
+  // HTTP threads (each serves one request at a time, streaming included). Default: 64.
+  int http_threads = 64;
+  // Largest request body. Default: 16 MiB.
+  int64_t max_body_bytes = int64_t{16} << 20;
+  // Written (atomically) once serving: {"http_port":..,"grpc_port":..,"pid":..} (grpc_port
+  // repeats the HTTP port for the generic test helpers). Default: none.
+  std::string ready_file;
+  // spdlog level. Default: info.
+  std::string log_level = "info";
+};
+
+// `base` with the fields of the YAML file at `path` replaced; InvalidArgument naming the key
+// for unknown keys or bad values.
+absl::StatusOr<RouterOptions> LoadRouterOptions(const std::string& path, RouterOptions base);
+// Validates and fills derived defaults (model_name).
+absl::Status FinalizeRouterOptions(RouterOptions* options);
+
+// Command-line flags over the YAML config: Register, parse, then Resolve.
+class RouterFlags {
+ public:
+  void Register(CLI::App& app);
+  absl::StatusOr<RouterOptions> Resolve() const;
+
+ private:
+  CLI::App* app_ = nullptr;
+  std::string config_path_;
+  RouterOptions flags_;
+};
+
+}  // namespace kvtier::router
+
+#endif  // KVTIER_ROUTER_ROUTER_OPTIONS_H_

@@ -1,0 +1,492 @@
+// kvtier-router end to end: real kvtier-store, kvtier-prefill, kvtier-decode and kvtier-router
+// processes on loopback with a generated tiny model and its tokenizer, driven over HTTP like an
+// OpenAI client. The cache tier must never change the text (greedy, CPU backend): every answer
+// served through the tier is compared with the same request sent with "cache": false.
+#include <httplib.h>
+#include <signal.h>
+#include <sys/wait.h>
+
+#include <filesystem>
+#include <fstream>
+#include <iostream>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_split.h"
+#include "engine/model_config.h"
+#include "engine/tokenizer.h"
+#include "engine/tokenizer_writer.h"
+#include "engine/weights.h"
+#include "gtest/gtest.h"
+#include "nlohmann/json.hpp"
+#include "tests/process.h"
+
+namespace kvtier {
+namespace {
+
+using nlohmann::json;
+using testing::MakeTempDir;
+using testing::ServerProcess;
+using testing::StoreProcess;
+using testing::StoreProcessOptions;
+
+constexpr uint64_t kModelSeed = 11;
+constexpr int kBlock = 16;
+const char* const kModel = "tiny-chat";
+
+// A long shared system prompt (several blocks).
+const char* const kSystem =
+    "You are a helpful assistant of the kvtier project. You answer questions about caching, "
+    "serving and the weather in short sentences. Always be polite, precise and brief, and "
+    "never invent facts that you do not know for certain about the world.";
+
+struct Answer {
+  int status = 0;
+  json body;
+  std::string text;
+  std::string finish_reason;
+  int64_t prompt_tokens = 0;
+  int64_t completion_tokens = 0;
+  int64_t cached_tokens = 0;
+};
+
+class RouterIntegrationTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    const std::string name = ::testing::UnitTest::GetInstance()->current_test_info()->name();
+    dir_ = MakeTempDir("router_" + name);
+    model_dir_ = dir_ + "/model";
+    const engine::ModelConfig config = *engine::PresetConfig("tiny");
+    absl::Status st = engine::WriteRandomModel(config, kModelSeed, engine::DType::kF32, model_dir_);
+    ASSERT_TRUE(st.ok()) << st;
+    auto ids = engine::WriteTokenizer(config, engine::ChatFormat::kLlama3, model_dir_);
+    ASSERT_TRUE(ids.ok()) << ids.status();
+    auto tok = engine::Tokenizer::Load(model_dir_);
+    ASSERT_TRUE(tok.ok()) << tok.status();
+    tokenizer_.emplace(std::move(*tok));
+  }
+
+  void TearDown() override {
+    client_.reset();
+    if (router_ != nullptr) {
+      // Graceful stop: exit 0.
+      std::optional<int> st = router_->process().Signal(SIGTERM, absl::Seconds(10));
+      EXPECT_TRUE(st.has_value() && WIFEXITED(*st) && WEXITSTATUS(*st) == 0);
+    }
+    if (!HasFailure()) {
+      std::filesystem::remove_all(dir_);
+    } else {
+      for (const char* log : {"store.log", "prefill.log", "decode.log", "router.log"}) {
+        std::ifstream f(dir_ + "/" + log);
+        if (f) std::cerr << "---- " << log << "\n" << f.rdbuf() << "\n";
+      }
+    }
+  }
+
+  std::vector<std::string> WorkerArgs() const {
+    std::vector<std::string> args = {"--model-dir=" + model_dir_,
+                                     "--listen=127.0.0.1:0",
+                                     "--threads=1",
+                                     "--kv-cache-bytes=16MiB",
+                                     "--max-batch-tokens=64",
+                                     "--max-batch-seqs=8",
+                                     "--store-retry-after-ms=200",
+                                     "--model-name=" + std::string(kModel)};
+    if (store_ != nullptr) args.push_back("--store=" + store_->address());
+    return args;
+  }
+
+  void StartAll() {
+    StoreProcessOptions so;
+    so.pool_bytes = "16MiB";
+    so.slot_bytes = "64KiB";
+    auto s = StoreProcess::Start(dir_, so);
+    ASSERT_TRUE(s.ok()) << s.status();
+    store_ = std::make_unique<StoreProcess>(std::move(*s));
+    auto p = ServerProcess::Start("kvtier-prefill", WorkerArgs(), dir_, "prefill");
+    ASSERT_TRUE(p.ok()) << p.status();
+    prefill_ = std::make_unique<ServerProcess>(std::move(*p));
+    auto d = ServerProcess::Start("kvtier-decode", WorkerArgs(), dir_, "decode");
+    ASSERT_TRUE(d.ok()) << d.status();
+    decode_ = std::make_unique<ServerProcess>(std::move(*d));
+    // The router's ready file repeats its HTTP port as "grpc_port" for ServerProcess.
+    auto r = ServerProcess::Start(
+        "kvtier-router",
+        {"--model-dir=" + model_dir_, "--model-name=" + std::string(kModel), "--listen=127.0.0.1:0",
+         "--decode=" + decode_->address(), "--prefill=" + prefill_->address(),
+         "--skip-prefill-below=16", "--log-level=debug"},
+        dir_, "router");
+    ASSERT_TRUE(r.ok()) << r.status();
+    router_ = std::make_unique<ServerProcess>(std::move(*r));
+    client_ = std::make_unique<httplib::Client>("127.0.0.1", router_->grpc_port());
+    client_->set_read_timeout(60, 0);
+  }
+
+  httplib::Result Post(const std::string& path, const std::string& body) {
+    return client_->Post(path.c_str(), body, "application/json");
+  }
+
+  // Sends a chat or completions request (non-streaming) and extracts choice 0.
+  Answer Send(const std::string& path, const json& request) {
+    Answer a;
+    httplib::Result res = Post(path, request.dump());
+    if (!res) {
+      ADD_FAILURE() << "no HTTP response: " << httplib::to_string(res.error());
+      return a;
+    }
+    a.status = res->status;
+    a.body = json::parse(res->body, nullptr, false);
+    EXPECT_FALSE(a.body.is_discarded()) << res->body;
+    if (a.status != 200 || a.body.is_discarded()) return a;
+    const json& c = a.body["choices"][0];
+    a.text = c.contains("message") ? c["message"]["content"].get<std::string>()
+                                   : c["text"].get<std::string>();
+    a.finish_reason = c["finish_reason"].get<std::string>();
+    a.prompt_tokens = a.body["usage"]["prompt_tokens"];
+    a.completion_tokens = a.body["usage"]["completion_tokens"];
+    a.cached_tokens = a.body["usage"]["prompt_tokens_details"]["cached_tokens"];
+    return a;
+  }
+
+  static json ChatRequest(const json& messages, bool cache, int max_tokens = 12) {
+    return {{"model", kModel},
+            {"messages", messages},
+            {"max_tokens", max_tokens},
+            {"temperature", 0},
+            {"cache", cache}};
+  }
+
+  Answer Chat(const json& messages, bool cache) {
+    return Send("/v1/chat/completions", ChatRequest(messages, cache));
+  }
+
+  // Streams a request; returns the concatenated text and checks the SSE framing.
+  std::string Stream(const std::string& path, json request, bool chat, json* usage) {
+    request["stream"] = true;
+    request["stream_options"] = {{"include_usage", true}};
+    httplib::Result res = Post(path, request.dump());
+    if (!res) {
+      ADD_FAILURE() << "no HTTP response";
+      return "";
+    }
+    EXPECT_EQ(res->status, 200);
+    EXPECT_EQ(res->get_header_value("Content-Type"), "text/event-stream");
+    const std::string& body = res->body;
+    // Events are "data: ...\n\n"; the last one is [DONE].
+    EXPECT_GE(body.size(), 2u);
+    EXPECT_EQ(body.substr(body.size() - 14), "data: [DONE]\n\n");
+    std::vector<std::string> events = absl::StrSplit(body, "\n\n", absl::SkipEmpty());
+    std::string text;
+    bool saw_role = false, saw_finish = false, saw_done = false;
+    for (size_t i = 0; i < events.size(); ++i) {
+      const std::string& e = events[i];
+      EXPECT_EQ(e.rfind("data: ", 0), 0u) << e;
+      EXPECT_EQ(e.find('\n'), std::string::npos) << e;  // one line per event
+      const std::string data = e.substr(6);
+      if (data == "[DONE]") {
+        EXPECT_EQ(i + 1, events.size());
+        saw_done = true;
+        continue;
+      }
+      json j = json::parse(data, nullptr, false);
+      EXPECT_FALSE(j.is_discarded()) << data;
+      if (j.is_discarded()) continue;
+      EXPECT_FALSE(j.contains("error")) << data;
+      EXPECT_EQ(j["object"], chat ? "chat.completion.chunk" : "text_completion");
+      if (j["choices"].empty()) {
+        EXPECT_TRUE(saw_finish);
+        *usage = j["usage"];
+        continue;
+      }
+      const json& c = j["choices"][0];
+      if (chat) {
+        if (i == 0) {
+          EXPECT_EQ(c["delta"]["role"], "assistant");
+          saw_role = true;
+        } else {
+          EXPECT_FALSE(c["delta"].contains("role"));
+        }
+        if (c["delta"].contains("content")) text += c["delta"]["content"].get<std::string>();
+      } else {
+        text += c["text"].get<std::string>();
+      }
+      if (!c["finish_reason"].is_null()) saw_finish = true;
+    }
+    EXPECT_EQ(saw_role, chat);
+    EXPECT_TRUE(saw_finish);
+    EXPECT_TRUE(saw_done);
+    return text;
+  }
+
+  size_t Tokens(const std::string& text) const {
+    auto ids = tokenizer_->Encode(text, true);
+    EXPECT_TRUE(ids.ok());
+    return ids.ok() ? ids->size() : 0;
+  }
+
+  std::string dir_;
+  std::string model_dir_;
+  std::optional<engine::Tokenizer> tokenizer_;
+  std::unique_ptr<StoreProcess> store_;
+  std::unique_ptr<ServerProcess> prefill_;
+  std::unique_ptr<ServerProcess> decode_;
+  std::unique_ptr<ServerProcess> router_;
+  std::unique_ptr<httplib::Client> client_;
+};
+
+const char* const kUserTurns[] = {"What is a block of the cache?", "And how big is one block?",
+                                  "Why does the router prefer one worker?",
+                                  "What happens when the store dies?",
+                                  "Thank you, that is all for today."};
+
+TEST_F(RouterIntegrationTest, FiveTurnChatSameTextWithAndWithoutCache) {
+  ASSERT_NO_FATAL_FAILURE(StartAll());
+  json messages = json::array({{{"role", "system"}, {"content", kSystem}}});
+  int64_t last_cached = -1;
+  for (int turn = 0; turn < 5; ++turn) {
+    messages.push_back({{"role", "user"}, {"content", kUserTurns[turn]}});
+    const Answer cached = Chat(messages, true);
+    const Answer plain = Chat(messages, false);
+    ASSERT_EQ(cached.status, 200) << cached.body;
+    ASSERT_EQ(plain.status, 200) << plain.body;
+    EXPECT_EQ(cached.text, plain.text) << "turn " << turn;
+    EXPECT_EQ(cached.finish_reason, plain.finish_reason);
+    EXPECT_EQ(cached.prompt_tokens, plain.prompt_tokens);
+    EXPECT_EQ(cached.completion_tokens, plain.completion_tokens);
+    EXPECT_EQ(plain.cached_tokens, 0);
+    EXPECT_GT(cached.completion_tokens, 0);
+    EXPECT_EQ(cached.cached_tokens % kBlock, 0);
+    EXPECT_LT(cached.cached_tokens, cached.prompt_tokens);
+    if (turn > 0) {
+      EXPECT_GT(cached.cached_tokens, last_cached) << "turn " << turn;
+    }
+    last_cached = cached.cached_tokens;
+    if (turn == 4) {
+      // Streaming gives the same text (and usage) as non-streaming.
+      json usage;
+      EXPECT_EQ(Stream("/v1/chat/completions", ChatRequest(messages, true), true, &usage),
+                cached.text);
+      EXPECT_EQ(usage["prompt_tokens"], cached.prompt_tokens);
+      EXPECT_EQ(usage["completion_tokens"], cached.completion_tokens);
+      EXPECT_EQ(usage["total_tokens"], cached.prompt_tokens + cached.completion_tokens);
+    }
+    messages.push_back({{"role", "assistant"}, {"content", cached.text}});
+  }
+  EXPECT_GT(last_cached, 0);
+  // The long first prompts went through the prefill worker.
+  httplib::Result m = client_->Get("/metrics");
+  ASSERT_TRUE(m);
+  EXPECT_EQ(m->body.find("kvtier_router_prefill_calls_total{result=\"ok\"} 0\n"), std::string::npos)
+      << m->body;
+  EXPECT_NE(m->body.find("kvtier_router_prefill_calls_total{result=\"ok\"}"), std::string::npos);
+}
+
+TEST_F(RouterIntegrationTest, ClientDisconnectCancelsTheGeneration) {
+  ASSERT_NO_FATAL_FAILURE(StartAll());
+  json req =
+      ChatRequest(json::array({{{"role", "user"}, {"content", "Tell a long story."}}}), true, 3500);
+  req["stream"] = true;
+  int chunks = 0;
+  httplib::Request hr;
+  hr.method = "POST";
+  hr.path = "/v1/chat/completions";
+  hr.body = req.dump();
+  hr.set_header("Content-Type", "application/json");
+  hr.content_receiver = [&](const char*, size_t, uint64_t, uint64_t) {
+    return ++chunks < 3;  // hang up after a few chunks
+  };
+  httplib::Result res = client_->send(hr);
+  EXPECT_FALSE(res);  // cancelled by the receiver
+  // The router cancels the gRPC call: nothing stays in flight on the decode worker.
+  const std::string idle = absl::StrCat("kvtier_router_worker_in_flight{worker=\"",
+                                        decode_->address(), "\",role=\"decode\"} 0\n");
+  EXPECT_TRUE(testing::WaitFor(
+      [&] {
+        httplib::Client c("127.0.0.1", router_->grpc_port());
+        httplib::Result m = c.Get("/metrics");
+        return m && m->body.find(idle) != std::string::npos;
+      },
+      absl::Seconds(10)));
+  // And the router still serves.
+  EXPECT_EQ(Chat(json::array({{{"role", "user"}, {"content", "hi"}}}), true).status, 200);
+}
+
+TEST_F(RouterIntegrationTest, StreamingMatchesNonStreamingForCompletions) {
+  ASSERT_NO_FATAL_FAILURE(StartAll());
+  json req = {{"model", kModel},
+              {"prompt", "The cache tier keeps blocks of attention state"},
+              {"max_tokens", 16},
+              {"temperature", 0}};
+  const Answer a = Send("/v1/completions", req);
+  ASSERT_EQ(a.status, 200) << a.body;
+  EXPECT_EQ(a.body["object"], "text_completion");
+  json usage;
+  EXPECT_EQ(Stream("/v1/completions", req, false, &usage), a.text);
+  EXPECT_EQ(usage["completion_tokens"], a.completion_tokens);
+  // n > 1 with greedy sampling: every choice equals the single answer.
+  req["n"] = 2;
+  httplib::Result res = Post("/v1/completions", req.dump());
+  ASSERT_TRUE(res);
+  ASSERT_EQ(res->status, 200) << res->body;
+  json j = json::parse(res->body);
+  ASSERT_EQ(j["choices"].size(), 2u);
+  EXPECT_EQ(j["choices"][0]["text"], a.text);
+  EXPECT_EQ(j["choices"][1]["text"], a.text);
+  EXPECT_EQ(j["choices"][1]["index"], 1);
+  // A stop sequence taken from the answer (two ASCII bytes after its start) truncates it there.
+  size_t pos = 2;
+  while (pos + 1 < a.text.size() && (static_cast<unsigned char>(a.text[pos]) >= 0x80 ||
+                                     static_cast<unsigned char>(a.text[pos + 1]) >= 0x80)) {
+    ++pos;
+  }
+  ASSERT_LT(pos + 1, a.text.size()) << "the answer has no ASCII pair to stop at: " << a.text;
+  {
+    const std::string stop = a.text.substr(pos, 2);
+    json sreq = req;
+    sreq["n"] = 1;
+    sreq["stop"] = {stop};
+    const Answer s = Send("/v1/completions", sreq);
+    ASSERT_EQ(s.status, 200);
+    EXPECT_EQ(s.text, a.text.substr(0, a.text.find(stop)));
+    EXPECT_EQ(s.finish_reason, "stop");
+    json usage2;
+    EXPECT_EQ(Stream("/v1/completions", sreq, false, &usage2), s.text);
+  }
+}
+
+TEST_F(RouterIntegrationTest, SharedSystemPromptIsReusedAcrossConversations) {
+  ASSERT_NO_FATAL_FAILURE(StartAll());
+  const json a = json::array({{{"role", "system"}, {"content", kSystem}},
+                              {{"role", "user"}, {"content", "Hello there."}}});
+  const json b = json::array({{{"role", "system"}, {"content", kSystem}},
+                              {{"role", "user"}, {"content", "Who are you?"}}});
+  const Answer first = Chat(a, true);
+  ASSERT_EQ(first.status, 200) << first.body;
+  const Answer second = Chat(b, true);
+  ASSERT_EQ(second.status, 200) << second.body;
+  // The system message (template included) as tokens: its full blocks must come from the tier.
+  const size_t system_tokens = Tokens(absl::StrCat(
+      "<|begin_of_text|><|start_header_id|>system<|end_header_id|>\n\n", kSystem, "<|eot_id|>"));
+  ASSERT_GE(system_tokens, static_cast<size_t>(2 * kBlock));
+  EXPECT_GE(second.cached_tokens, static_cast<int64_t>(system_tokens / kBlock * kBlock));
+  EXPECT_EQ(second.text, Chat(b, false).text);
+}
+
+TEST_F(RouterIntegrationTest, BlockBoundaryPromptsGiveTheSameText) {
+  ASSERT_NO_FATAL_FAILURE(StartAll());
+  for (int len : {3 * kBlock - 1, 3 * kBlock, 3 * kBlock + 1}) {
+    json prompt = json::array();
+    for (int i = 0; i < len; ++i) prompt.push_back(100 + (i * 37) % 3000);
+    json req = {{"model", kModel}, {"prompt", prompt}, {"max_tokens", 8}, {"temperature", 0}};
+    const Answer first = Send("/v1/completions", req);
+    const Answer again = Send("/v1/completions", req);  // hits the cache now
+    req["cache"] = false;
+    const Answer plain = Send("/v1/completions", req);
+    ASSERT_EQ(first.status, 200) << first.body;
+    EXPECT_EQ(first.prompt_tokens, len);
+    EXPECT_EQ(first.text, plain.text) << len;
+    EXPECT_EQ(again.text, plain.text) << len;
+    EXPECT_EQ(again.cached_tokens, (len - 1) / kBlock * kBlock) << len;
+    EXPECT_EQ(plain.cached_tokens, 0);
+  }
+}
+
+TEST_F(RouterIntegrationTest, KilledStoreDegradesToRecompute) {
+  ASSERT_NO_FATAL_FAILURE(StartAll());
+  json messages = json::array({{{"role", "system"}, {"content", kSystem}}});
+  for (int turn = 0; turn < 4; ++turn) {
+    if (turn == 2) {
+      ASSERT_TRUE(store_->process().Signal(SIGKILL, absl::Seconds(5)).has_value());
+    }
+    messages.push_back({{"role", "user"}, {"content", kUserTurns[turn]}});
+    const Answer cached = Chat(messages, true);
+    const Answer plain = Chat(messages, false);
+    ASSERT_EQ(cached.status, 200) << cached.body;
+    ASSERT_EQ(plain.status, 200) << plain.body;
+    EXPECT_EQ(cached.text, plain.text) << "turn " << turn;
+    messages.push_back({{"role", "assistant"}, {"content", cached.text}});
+  }
+}
+
+TEST_F(RouterIntegrationTest, BadRequestsAndServiceEndpoints) {
+  ASSERT_NO_FATAL_FAILURE(StartAll());
+  auto expect_error = [&](const std::string& path, const std::string& body, int status,
+                          const std::string& type, const std::string& code = "") {
+    httplib::Result res = Post(path, body);
+    ASSERT_TRUE(res);
+    EXPECT_EQ(res->status, status) << body << " -> " << res->body;
+    json j = json::parse(res->body, nullptr, false);
+    ASSERT_FALSE(j.is_discarded()) << res->body;
+    EXPECT_TRUE(j["error"]["message"].is_string()) << res->body;
+    EXPECT_FALSE(j["error"]["message"].get<std::string>().empty());
+    EXPECT_EQ(j["error"]["type"], type) << res->body;
+    if (!code.empty()) {
+      EXPECT_EQ(j["error"]["code"], code) << res->body;
+    }
+  };
+  const std::string msgs = R"("messages":[{"role":"user","content":"hi"}])";
+  expect_error("/v1/chat/completions", "{\"model\": ", 400, "invalid_request_error");
+  expect_error("/v1/chat/completions", absl::StrCat(R"({"model":"gpt-4",)", msgs, "}"), 404,
+               "invalid_request_error", "model_not_found");
+  expect_error("/v1/chat/completions",
+               absl::StrCat(R"({"model":"tiny-chat","max_tokens":-1,)", msgs, "}"), 400,
+               "invalid_request_error");
+  expect_error("/v1/chat/completions",
+               absl::StrCat(R"({"model":"tiny-chat","max_tokens":100000,)", msgs, "}"), 400,
+               "invalid_request_error");
+  json long_prompt = json::array();
+  for (int i = 0; i < 5000; ++i) long_prompt.push_back(100);
+  expect_error("/v1/completions", json({{"model", kModel}, {"prompt", long_prompt}}).dump(), 400,
+               "invalid_request_error");
+  expect_error("/v1/completions", R"({"model":"tiny-chat","prompt":[99999]})", 400,
+               "invalid_request_error");
+  expect_error("/v1/nothing", "{}", 404, "invalid_request_error");
+  {
+    httplib::Result res = client_->Get("/v1/chat/completions");
+    ASSERT_TRUE(res);
+    EXPECT_EQ(res->status, 405);
+    EXPECT_TRUE(json::parse(res->body)["error"].is_object());
+  }
+  {
+    httplib::Result res = client_->Get("/v1/models");
+    ASSERT_TRUE(res);
+    EXPECT_EQ(res->status, 200);
+    EXPECT_EQ(json::parse(res->body)["data"][0]["id"], kModel);
+  }
+  {
+    httplib::Result res = client_->Get("/health");
+    ASSERT_TRUE(res);
+    EXPECT_EQ(res->status, 200) << res->body;
+  }
+  // A good request after the bad ones, so that the metrics have tokens.
+  const Answer ok = Chat(json::array({{{"role", "user"}, {"content", "hi"}}}), true);
+  EXPECT_EQ(ok.status, 200);
+  {
+    httplib::Result res = client_->Get("/metrics");
+    ASSERT_TRUE(res);
+    EXPECT_EQ(res->status, 200);
+    for (const char* metric :
+         {"kvtier_router_requests_total{endpoint=\"chat_completions\",status=\"200\"}",
+          "kvtier_router_requests_total{endpoint=\"chat_completions\",status=\"404\"}",
+          "kvtier_router_prompt_tokens_total", "kvtier_router_completion_tokens_total",
+          "kvtier_router_cached_tokens_total", "kvtier_router_time_to_first_token_seconds_bucket",
+          "kvtier_router_request_duration_seconds_bucket", "kvtier_router_worker_in_flight{"}) {
+      EXPECT_NE(res->body.find(metric), std::string::npos) << metric << "\n" << res->body;
+    }
+  }
+  // The decode worker gone: /health says 503 within a few refreshes.
+  ASSERT_TRUE(decode_->process().Signal(SIGKILL, absl::Seconds(5)).has_value());
+  EXPECT_TRUE(testing::WaitFor(
+      [&] {
+        httplib::Result res = client_->Get("/health");
+        return res && res->status == 503;
+      },
+      absl::Seconds(10)));
+  expect_error("/v1/chat/completions", absl::StrCat(R"({"model":"tiny-chat",)", msgs, "}"), 503,
+               "server_error");
+}
+
+}  // namespace
+}  // namespace kvtier

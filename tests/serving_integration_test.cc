@@ -1,0 +1,364 @@
+// Disaggregated serving end to end (DESIGN §4): a real kvtier-store, kvtier-prefill and
+// kvtier-decode on loopback with a generated tiny model, driven over gRPC. Every generation is
+// compared with an in-process full recompute (engine::Generate on the CPU backend): reused
+// blocks, from the decode worker's own cache or from the store, must give the same tokens to
+// the bit, and so must every failure of the tier.
+#include <grpcpp/grpcpp.h>
+#include <signal.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <filesystem>
+#include <fstream>
+#include <iostream>
+#include <memory>
+#include <random>
+#include <string>
+#include <vector>
+
+#include "absl/strings/str_cat.h"
+#include "engine/engine.h"
+#include "engine/generator.h"
+#include "engine/weights.h"
+#include "gtest/gtest.h"
+#include "kvtier/v1/worker.grpc.pb.h"
+#include "tests/process.h"
+
+namespace kvtier {
+namespace {
+
+using testing::MakeTempDir;
+using testing::ServerProcess;
+using testing::StoreProcess;
+using testing::StoreProcessOptions;
+using testing::WaitFor;
+
+constexpr uint64_t kModelSeed = 11;
+
+std::vector<uint32_t> Prompt(size_t n, uint64_t seed) {
+  std::mt19937_64 rng(seed);
+  std::vector<uint32_t> out(n);
+  for (uint32_t& t : out) t = static_cast<uint32_t>(3 + rng() % 4000);
+  return out;
+}
+
+std::vector<uint32_t> Concat(std::vector<uint32_t> a, const std::vector<uint32_t>& b) {
+  a.insert(a.end(), b.begin(), b.end());
+  return a;
+}
+
+struct Generation {
+  grpc::Status status;
+  std::vector<uint32_t> tokens;
+  uint32_t prompt_tokens = 0;
+  uint32_t cached_tokens = 0;
+  std::string finish_reason;
+};
+
+class ServingIntegrationTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    std::string name = ::testing::UnitTest::GetInstance()->current_test_info()->name();
+    dir_ = MakeTempDir("serving_" + name);
+    model_dir_ = dir_ + "/model";
+    const absl::Status st = engine::WriteRandomModel(*engine::PresetConfig("tiny"), kModelSeed,
+                                                     engine::DType::kF32, model_dir_);
+    ASSERT_TRUE(st.ok()) << st;
+    engine::EngineOptions eo;
+    eo.kv_cache_bytes = int64_t{16} << 20;
+    eo.num_threads = 1;
+    auto e = engine::Engine::Create(model_dir_, eo);
+    ASSERT_TRUE(e.ok()) << e.status();
+    reference_ = std::move(*e);
+    ref_alloc_ = std::make_unique<engine::PageAllocator>(reference_->num_pages());
+  }
+  void TearDown() override {
+    if (!HasFailure()) {
+      std::filesystem::remove_all(dir_);
+    } else {
+      for (const char* log : {"store.log", "prefill.log", "decode.log"}) {
+        std::ifstream f(dir_ + "/" + log);
+        if (f) std::cerr << "---- " << log << "\n" << f.rdbuf() << "\n";
+      }
+    }
+  }
+
+  void StartStore() {
+    StoreProcessOptions o;
+    o.pool_bytes = "16MiB";
+    o.slot_bytes = "64KiB";  // one tiny fp32 block: 4 layers x 2 x 2 heads x 16 x 64 x 4 B
+    auto s = StoreProcess::Start(dir_, o);
+    ASSERT_TRUE(s.ok()) << s.status();
+    store_ = std::make_unique<StoreProcess>(std::move(*s));
+  }
+
+  std::vector<std::string> WorkerArgs() const {
+    std::vector<std::string> args = {
+        "--model-dir=" + model_dir_, "--listen=127.0.0.1:0",  "--threads=1",
+        "--kv-cache-bytes=16MiB",    "--max-batch-tokens=64", "--max-batch-seqs=8",
+        "--store-retry-after-ms=200"};
+    if (store_ != nullptr) args.push_back("--store=" + store_->address());
+    return args;
+  }
+
+  void StartPrefill() {
+    auto p = ServerProcess::Start("kvtier-prefill", WorkerArgs(), dir_, "prefill");
+    ASSERT_TRUE(p.ok()) << p.status();
+    prefill_ = std::make_unique<ServerProcess>(std::move(*p));
+    prefill_stub_ = v1::PrefillWorker::NewStub(
+        grpc::CreateChannel(prefill_->address(), grpc::InsecureChannelCredentials()));
+  }
+
+  void StartDecode() {
+    auto d = ServerProcess::Start("kvtier-decode", WorkerArgs(), dir_, "decode");
+    ASSERT_TRUE(d.ok()) << d.status();
+    decode_ = std::make_unique<ServerProcess>(std::move(*d));
+    decode_stub_ = v1::DecodeWorker::NewStub(
+        grpc::CreateChannel(decode_->address(), grpc::InsecureChannelCredentials()));
+  }
+
+  void StartAll() {
+    StartStore();
+    StartPrefill();
+    StartDecode();
+  }
+
+  static void Deadline(grpc::ClientContext* ctx, int seconds = 30) {
+    ctx->set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(seconds));
+  }
+
+  grpc::Status Prefill(const std::vector<uint32_t>& tokens, v1::PrefillResponse* resp) {
+    grpc::ClientContext ctx;
+    Deadline(&ctx);
+    v1::PrefillRequest req;
+    req.set_request_id("prefill-test");
+    for (uint32_t t : tokens) req.add_tokens(t);
+    return prefill_stub_->Prefill(&ctx, req, resp);
+  }
+
+  static v1::GenerateRequest Request(const std::vector<uint32_t>& tokens, uint32_t max_tokens,
+                                     bool use_cache = true) {
+    v1::GenerateRequest req;
+    req.set_request_id("generate-test");
+    for (uint32_t t : tokens) req.add_tokens(t);
+    req.mutable_sampling()->set_max_tokens(max_tokens);
+    req.set_use_cache(use_cache);
+    return req;
+  }
+
+  Generation Generate(const v1::GenerateRequest& req) {
+    Generation g;
+    grpc::ClientContext ctx;
+    Deadline(&ctx);
+    auto reader = decode_stub_->Generate(&ctx, req);
+    v1::GenerateResponse resp;
+    bool first = true;
+    while (reader->Read(&resp)) {
+      EXPECT_EQ(resp.index(), 0u);
+      if (first) {
+        g.prompt_tokens = resp.prompt_tokens();
+        g.cached_tokens = resp.cached_tokens();
+        first = false;
+      }
+      g.tokens.insert(g.tokens.end(), resp.tokens().begin(), resp.tokens().end());
+      if (!resp.finish_reason().empty()) g.finish_reason = resp.finish_reason();
+    }
+    g.status = reader->Finish();
+    return g;
+  }
+
+  v1::WorkerInfo DecodeInfo() {
+    grpc::ClientContext ctx;
+    Deadline(&ctx, 10);
+    v1::WorkerInfo info;
+    EXPECT_TRUE(decode_stub_->GetWorkerInfo(&ctx, v1::WorkerInfoRequest(), &info).ok());
+    return info;
+  }
+  v1::WorkerInfo PrefillInfo() {
+    grpc::ClientContext ctx;
+    Deadline(&ctx, 10);
+    v1::WorkerInfo info;
+    EXPECT_TRUE(prefill_stub_->GetWorkerInfo(&ctx, v1::WorkerInfoRequest(), &info).ok());
+    return info;
+  }
+
+  // The full recompute: greedy engine::Generate in this process.
+  std::vector<uint32_t> Reference(const std::vector<uint32_t>& prompt, int max_tokens) {
+    engine::Sequence seq;
+    seq.tokens.assign(prompt.begin(), prompt.end());
+    engine::SamplingParams p;
+    p.max_tokens = max_tokens;
+    auto out = engine::Generate(*reference_, *ref_alloc_, seq, p);
+    EXPECT_TRUE(out.ok()) << out.status();
+    engine::ReleasePages(*ref_alloc_, seq);
+    return out.ok() ? std::vector<uint32_t>(out->begin(), out->end()) : std::vector<uint32_t>{};
+  }
+
+  std::string dir_;
+  std::string model_dir_;
+  std::unique_ptr<engine::Engine> reference_;
+  std::unique_ptr<engine::PageAllocator> ref_alloc_;
+  std::unique_ptr<StoreProcess> store_;
+  std::unique_ptr<ServerProcess> prefill_;
+  std::unique_ptr<ServerProcess> decode_;
+  std::unique_ptr<v1::PrefillWorker::Stub> prefill_stub_;
+  std::unique_ptr<v1::DecodeWorker::Stub> decode_stub_;
+};
+
+TEST_F(ServingIntegrationTest, ConversationReusesBlocksAcrossWorkersAndRestarts) {
+  ASSERT_NO_FATAL_FAILURE(StartAll());
+  v1::WorkerInfo info = PrefillInfo();
+  EXPECT_EQ(info.role(), "prefill");
+  EXPECT_EQ(info.model(), "model");
+  EXPECT_EQ(info.namespace_id().size(), 32u);
+  EXPECT_EQ(info.block_tokens(), 16u);
+  EXPECT_EQ(info.vocab_size(), 4096u);
+  EXPECT_EQ(info.max_context(), 4096u);
+  EXPECT_EQ(info.backend(), "cpu");
+  EXPECT_EQ(info.total_pages(), 256u);
+  EXPECT_TRUE(info.store_connected());
+  v1::WorkerInfo dinfo = DecodeInfo();
+  EXPECT_EQ(dinfo.role(), "decode");
+  EXPECT_EQ(dinfo.namespace_id(), info.namespace_id());
+  EXPECT_TRUE(dinfo.store_connected());
+
+  // (1) Turn one: prefill stores the 6 full blocks, decode fetches them.
+  const std::vector<uint32_t> prompt = Prompt(100, 1);
+  v1::PrefillResponse p;
+  ASSERT_TRUE(Prefill(prompt, &p).ok());
+  EXPECT_EQ(p.prompt_tokens(), 100u);
+  EXPECT_EQ(p.cached_tokens(), 0u);
+  EXPECT_EQ(p.computed_tokens(), 96u);
+  EXPECT_EQ(p.stored_blocks(), 6u);
+  EXPECT_GT(p.compute_ms(), 0.0);
+  Generation g1 = Generate(Request(prompt, 20));
+  ASSERT_TRUE(g1.status.ok()) << g1.status.error_message();
+  EXPECT_EQ(g1.prompt_tokens, 100u);
+  EXPECT_EQ(g1.cached_tokens, 96u);
+  EXPECT_EQ(g1.finish_reason, "length");
+  EXPECT_EQ(g1.tokens, Reference(prompt, 20));
+
+  // Prefilling the same prompt again computes nothing.
+  ASSERT_TRUE(Prefill(prompt, &p).ok());
+  EXPECT_EQ(p.cached_tokens(), 96u);
+  EXPECT_EQ(p.computed_tokens(), 0u);
+
+  // (2) Turn two: the history plus 30 new tokens. The decode worker wrote back block 6
+  // (positions 96..111, filled during generation), so the store holds blocks 0..6.
+  const std::vector<uint32_t> turn2 = Concat(Concat(prompt, g1.tokens), Prompt(30, 2));
+  ASSERT_EQ(turn2.size(), 150u);
+  ASSERT_TRUE(Prefill(turn2, &p).ok());
+  EXPECT_EQ(p.cached_tokens(), 112u);
+  EXPECT_EQ(p.computed_tokens(), 32u);  // blocks 7 and 8
+  EXPECT_EQ(p.stored_blocks(), 2u);
+  const std::vector<uint32_t> ref2 = Reference(turn2, 20);
+  Generation g2 = Generate(Request(turn2, 20));
+  ASSERT_TRUE(g2.status.ok()) << g2.status.error_message();
+  EXPECT_EQ(g2.cached_tokens, 144u);  // blocks 0..6 from its own cache, 7..8 from the store
+  EXPECT_EQ(g2.tokens, ref2);
+
+  // (5) use_cache=false: everything recomputed, same tokens.
+  Generation g5 = Generate(Request(turn2, 20, /*use_cache=*/false));
+  ASSERT_TRUE(g5.status.ok()) << g5.status.error_message();
+  EXPECT_EQ(g5.cached_tokens, 0u);
+  EXPECT_EQ(g5.tokens, ref2);
+
+  // (3) A fresh decode worker (graceful SIGTERM, then restart) fetches from the store.
+  auto st = decode_->process().Signal(SIGTERM, absl::Seconds(10));
+  ASSERT_TRUE(st.has_value());
+  EXPECT_TRUE(WIFEXITED(*st) && WEXITSTATUS(*st) == 0) << decode_->log();
+  ASSERT_NO_FATAL_FAILURE(StartDecode());
+  Generation g3 = Generate(Request(turn2, 20));
+  ASSERT_TRUE(g3.status.ok()) << g3.status.error_message();
+  EXPECT_EQ(g3.cached_tokens, 144u);
+  EXPECT_EQ(g3.tokens, ref2);
+
+  // Graceful stop of the prefill worker too.
+  st = prefill_->process().Signal(SIGTERM, absl::Seconds(10));
+  ASSERT_TRUE(st.has_value());
+  EXPECT_TRUE(WIFEXITED(*st) && WEXITSTATUS(*st) == 0) << prefill_->log();
+}
+
+TEST_F(ServingIntegrationTest, DeadStoreDegradesToRecompute) {
+  ASSERT_NO_FATAL_FAILURE(StartAll());
+  const std::vector<uint32_t> warm = Prompt(64, 3);
+  v1::PrefillResponse p;
+  ASSERT_TRUE(Prefill(warm, &p).ok());
+  EXPECT_EQ(p.stored_blocks(), 4u);
+
+  // (4) SIGKILL the store: both workers keep serving, by recompute.
+  ASSERT_TRUE(store_->process().Signal(SIGKILL, absl::Seconds(5)).has_value());
+  const std::vector<uint32_t> prompt = Prompt(100, 4);
+  ASSERT_TRUE(Prefill(prompt, &p).ok());
+  EXPECT_EQ(p.cached_tokens(), 0u);
+  EXPECT_EQ(p.computed_tokens(), 96u);
+  EXPECT_EQ(p.stored_blocks(), 0u);
+  Generation g = Generate(Request(prompt, 20));
+  ASSERT_TRUE(g.status.ok()) << g.status.error_message();
+  EXPECT_EQ(g.cached_tokens, 0u);
+  EXPECT_EQ(g.tokens, Reference(prompt, 20));
+  // The blocks the store had are gone with it: recompute, same tokens.
+  Generation w = Generate(Request(warm, 10));
+  ASSERT_TRUE(w.status.ok()) << w.status.error_message();
+  EXPECT_EQ(w.cached_tokens, 0u);
+  EXPECT_EQ(w.tokens, Reference(warm, 10));
+  EXPECT_FALSE(PrefillInfo().store_connected());
+  EXPECT_FALSE(DecodeInfo().store_connected());
+  // (5) use_cache=false on top.
+  Generation u = Generate(Request(prompt, 20, /*use_cache=*/false));
+  ASSERT_TRUE(u.status.ok()) << u.status.error_message();
+  EXPECT_EQ(u.cached_tokens, 0u);
+  EXPECT_EQ(u.tokens, g.tokens);
+}
+
+TEST_F(ServingIntegrationTest, BadInputIsRejectedAndCancellationFreesMemory) {
+  ASSERT_NO_FATAL_FAILURE(StartAll());
+  // (6) Bad prompts: INVALID_ARGUMENT with a message, from both workers.
+  const std::vector<std::pair<std::vector<uint32_t>, std::string>> bad = {
+      {{}, "empty"}, {{5, 4096, 7}, "vocabulary"}, {Prompt(4097, 5), "context"}};
+  for (const auto& [tokens, needle] : bad) {
+    v1::PrefillResponse p;
+    grpc::Status s = Prefill(tokens, &p);
+    EXPECT_EQ(s.error_code(), grpc::StatusCode::INVALID_ARGUMENT) << needle;
+    EXPECT_NE(s.error_message().find(needle), std::string::npos) << s.error_message();
+    Generation g = Generate(Request(tokens, 4));
+    EXPECT_EQ(g.status.error_code(), grpc::StatusCode::INVALID_ARGUMENT) << needle;
+    EXPECT_NE(g.status.error_message().find(needle), std::string::npos) << g.status.error_message();
+  }
+  // Still serving.
+  const std::vector<uint32_t> ok = Prompt(40, 6);
+  v1::PrefillResponse p;
+  ASSERT_TRUE(Prefill(ok, &p).ok());
+  EXPECT_EQ(p.computed_tokens(), 32u);
+  Generation g = Generate(Request(ok, 8));
+  ASSERT_TRUE(g.status.ok()) << g.status.error_message();
+  EXPECT_EQ(g.tokens, Reference(ok, 8));
+
+  // (7) Cancel a long generation mid-stream.
+  {
+    grpc::ClientContext ctx;
+    Deadline(&ctx);
+    auto reader = decode_stub_->Generate(&ctx, Request(Prompt(50, 7), 3000));
+    v1::GenerateResponse resp;
+    size_t got = 0;
+    while (got < 5 && reader->Read(&resp)) got += resp.tokens_size();
+    ASSERT_GE(got, 5u);
+    EXPECT_EQ(DecodeInfo().active_requests(), 1u);
+    EXPECT_LT(DecodeInfo().free_pages(), DecodeInfo().total_pages());
+    ctx.TryCancel();
+    while (reader->Read(&resp)) {
+    }
+    EXPECT_EQ(reader->Finish().error_code(), grpc::StatusCode::CANCELLED);
+  }
+  ASSERT_TRUE(WaitFor([&] { return DecodeInfo().active_requests() == 0; }, absl::Seconds(10)));
+  v1::WorkerInfo info = DecodeInfo();
+  EXPECT_EQ(info.free_pages(), info.total_pages());  // cached blocks count as reclaimable
+  // And the worker still serves.
+  Generation again = Generate(Request(ok, 8));
+  ASSERT_TRUE(again.status.ok()) << again.status.error_message();
+  EXPECT_EQ(again.tokens, g.tokens);
+  EXPECT_EQ(again.cached_tokens, 32u);
+}
+
+}  // namespace
+}  // namespace kvtier

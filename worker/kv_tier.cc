@@ -1,0 +1,119 @@
+#include "worker/kv_tier.h"
+
+#include <algorithm>
+
+#include "common/logging.h"
+
+namespace kvtier::worker {
+
+KvTier::KvTier(engine::Engine* engine, StoreClient* store)
+    : engine_(engine),
+      store_(store),
+      namespace_(ComputeNamespace(engine->namespace_params())),
+      block_tokens_(static_cast<uint32_t>(engine->kv_layout().block_tokens)),
+      block_bytes_(engine->kv_layout().BlockBytes()) {}
+
+std::vector<BlockKey> KvTier::Keys(absl::Span<const int32_t> tokens) const {
+  // Token ids are validated non-negative by the callers; the key hashes them as u32.
+  absl::Span<const uint32_t> u(reinterpret_cast<const uint32_t*>(tokens.data()), tokens.size());
+  return ComputeBlockKeys(namespace_, u, block_tokens_);
+}
+
+void KvTier::LogFailure(const char* what, const absl::Status& status) {
+  ++stats_.failures;
+  // Once at warning level (a misconfiguration shows up without flooding the log), then debug.
+  if (!failure_logged_) {
+    spdlog::warn("store tier: {} failed, serving by recompute: {}", what, status.ToString());
+    failure_logged_ = true;
+  } else {
+    spdlog::debug("store tier: {} failed: {}", what, status.ToString());
+  }
+}
+
+void KvTier::EnsureStaging(size_t blocks) {
+  if (dst_.size() >= blocks) return;
+  staging_.resize(blocks * block_bytes_);
+  dst_.resize(blocks);
+  src_.resize(blocks);
+  for (size_t i = 0; i < blocks; ++i) {
+    dst_[i] = staging_.data() + i * block_bytes_;
+    src_[i] = dst_[i];
+  }
+}
+
+size_t KvTier::Lookup(absl::Span<const BlockKey> keys) {
+  if (store_ == nullptr || keys.empty()) return 0;
+  absl::StatusOr<size_t> n = store_->Lookup(namespace_, keys);
+  if (!n.ok()) {
+    LogFailure("lookup", n.status());
+    return 0;
+  }
+  return std::min(*n, keys.size());
+}
+
+size_t KvTier::FetchPrefix(absl::Span<const BlockKey> keys, absl::Span<const int32_t> pages) {
+  if (store_ == nullptr || keys.empty()) return 0;
+  KVTIER_CHECK(pages.size() >= keys.size(), "FetchPrefix: {} pages for {} keys", pages.size(),
+               keys.size());
+  size_t done = 0;
+  while (done < keys.size()) {
+    const size_t n = std::min(kMaxBlocksPerCall, keys.size() - done);
+    EnsureStaging(n);
+    absl::StatusOr<size_t> got = store_->Get(namespace_, keys.subspan(done, n),
+                                             absl::MakeSpan(dst_.data(), n), block_bytes_);
+    if (!got.ok()) {
+      LogFailure("get", got.status());
+      break;
+    }
+    const size_t m = std::min(*got, n);
+    if (m > 0) {
+      absl::Status st = engine_->ImportPages(
+          pages.subspan(done, m), absl::MakeConstSpan(staging_.data(), m * block_bytes_));
+      if (!st.ok()) {
+        LogFailure("import", st);
+        break;
+      }
+      done += m;
+      stats_.fetched_blocks += m;
+    }
+    if (m < n) break;
+  }
+  return done;
+}
+
+PutResult KvTier::StoreBlocks(absl::Span<const BlockKey> keys, absl::Span<const int32_t> pages) {
+  PutResult total;
+  KVTIER_CHECK(pages.size() == keys.size(), "StoreBlocks: {} pages for {} keys", pages.size(),
+               keys.size());
+  if (store_ == nullptr) {
+    total.skipped = static_cast<uint32_t>(keys.size());
+    stats_.skipped_blocks += keys.size();
+    return total;
+  }
+  for (size_t done = 0; done < keys.size();) {
+    const size_t n = std::min(kMaxBlocksPerCall, keys.size() - done);
+    EnsureStaging(n);
+    absl::Status st = engine_->ExportPages(pages.subspan(done, n),
+                                           absl::MakeSpan(staging_.data(), n * block_bytes_));
+    absl::StatusOr<PutResult> r;
+    if (st.ok()) {
+      r = store_->Put(namespace_, keys.subspan(done, n), absl::MakeConstSpan(src_.data(), n),
+                      block_bytes_);
+      if (!r.ok()) st = r.status();
+    }
+    if (!st.ok()) {
+      LogFailure("put", st);
+      total.skipped += static_cast<uint32_t>(n);
+    } else {
+      total.stored += r->stored;
+      total.present += r->present;
+      total.skipped += r->skipped;
+    }
+    done += n;
+  }
+  stats_.stored_blocks += total.stored;
+  stats_.skipped_blocks += total.skipped;
+  return total;
+}
+
+}  // namespace kvtier::worker

@@ -1,0 +1,35 @@
+#include "worker/request_checks.h"
+
+#include <algorithm>
+
+#include "absl/strings/str_cat.h"
+
+namespace kvtier::worker {
+
+int64_t MaxContext(const engine::ModelConfig& config) {
+  int64_t limit = config.max_position_embeddings;
+  if (config.sliding_window > 0) limit = std::min<int64_t>(limit, config.sliding_window);
+  return limit;
+}
+
+absl::StatusOr<std::vector<int32_t>> CheckPrompt(absl::Span<const uint32_t> tokens,
+                                                 const engine::ModelConfig& config) {
+  if (tokens.empty()) return absl::InvalidArgumentError("the prompt is empty");
+  const int64_t limit = MaxContext(config);
+  if (static_cast<int64_t>(tokens.size()) > limit) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "the prompt has ", tokens.size(), " tokens, more than the model's context of ", limit));
+  }
+  std::vector<int32_t> out(tokens.size());
+  for (size_t i = 0; i < tokens.size(); ++i) {
+    if (tokens[i] >= static_cast<uint32_t>(config.vocab_size)) {
+      return absl::InvalidArgumentError(absl::StrCat("token id ", tokens[i], " at position ", i,
+                                                     " is outside the vocabulary (vocab_size ",
+                                                     config.vocab_size, ")"));
+    }
+    out[i] = static_cast<int32_t>(tokens[i]);
+  }
+  return out;
+}
+
+}  // namespace kvtier::worker

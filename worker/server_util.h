@@ -1,0 +1,59 @@
+// Process plumbing shared by the worker binaries: stop signals, the ready file, the gRPC
+// server.
+//
+// Thread-safety: StopSignals must be created in main() before any other thread starts (the
+// signal mask is inherited); Wait() from one thread. The free functions are thread-safe.
+#ifndef KVTIER_WORKER_SERVER_UTIL_H_
+#define KVTIER_WORKER_SERVER_UTIL_H_
+
+#include <signal.h>
+
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "absl/status/statusor.h"
+#include "absl/strings/string_view.h"
+#include "engine/engine.h"
+#include "worker/kv_tier.h"
+#include "worker/worker_options.h"
+
+namespace grpc {
+class Server;
+class Service;
+}  // namespace grpc
+
+namespace kvtier::v1 {
+class WorkerInfo;
+}
+
+namespace kvtier::worker {
+
+// Blocks SIGTERM and SIGINT (so only Wait() receives them) and ignores SIGPIPE.
+class StopSignals {
+ public:
+  StopSignals();
+  // Waits for SIGTERM or SIGINT; returns the signal.
+  int Wait();
+
+ private:
+  sigset_t set_;
+};
+
+// Writes {"grpc_port":..,"pid":..} to `path` atomically (temp file + rename).
+absl::Status WriteReadyFile(const std::string& path, int grpc_port);
+
+// Starts a synchronous gRPC server on `listen` (host:port, port 0: any free port) with
+// `services`, and reports the port bound.
+absl::StatusOr<std::unique_ptr<grpc::Server>> StartGrpcServer(
+    const std::string& listen, const std::vector<grpc::Service*>& services, int* port);
+
+// Fills the fields of `info` that describe the worker rather than its load: role, model,
+// namespace_id, block_tokens, vocab_size, max_context, backend, total_pages, and
+// store_connected (which contacts the store nodes: at most one control call each).
+void FillWorkerInfo(absl::string_view role, const WorkerOptions& options,
+                    const engine::Engine& engine, const KvTier& tier, v1::WorkerInfo* info);
+
+}  // namespace kvtier::worker
+
+#endif  // KVTIER_WORKER_SERVER_UTIL_H_

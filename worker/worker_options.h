@@ -1,0 +1,95 @@
+// Options shared by the serving workers kvtier-prefill and kvtier-decode: a YAML file
+// (--config), overridden by command-line flags. docs/serving.md lists every field.
+//
+// Plain value types; thread-compatible.
+#ifndef KVTIER_WORKER_WORKER_OPTIONS_H_
+#define KVTIER_WORKER_WORKER_OPTIONS_H_
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "absl/status/statusor.h"
+#include "absl/strings/string_view.h"
+#include "engine/engine.h"
+#include "kvtier/store_client.h"
+
+namespace CLI {
+class App;
+}
+
+namespace kvtier::worker {
+
+struct WorkerOptions {
+  // Hugging Face model directory (config.json + safetensors). Required.
+  std::string model_dir;
+  // "cpu" or "cuda". Default: cpu.
+  std::string backend = "cpu";
+  // gRPC host:port (port 0: any free port). Default: 127.0.0.1:50061 (prefill),
+  // 127.0.0.1:50062 (decode).
+  std::string listen = "127.0.0.1:50061";
+  // Control-plane addresses of the store nodes; empty: no store tier (recompute only).
+  // Default: empty.
+  std::vector<std::string> stores;
+  // Deadline of each store control-plane call. Default: 2000 ms.
+  int64_t store_rpc_timeout_ms = 2000;
+  // How long a failed store node is skipped. Default: 1000 ms.
+  int64_t store_retry_after_ms = 1000;
+  // Memory of the engine's paged KV cache. Default: 256 MiB.
+  int64_t kv_cache_bytes = int64_t{256} << 20;
+  // Tokens per page and per stored block (the same for every worker of one model). Default: 16.
+  int block_tokens = 16;
+  // Most new tokens in one Forward call: the prefill chunk size. Default: 512.
+  int max_batch_tokens = 512;
+  // Most sequences in one Forward call (decode: most running sequences). Default: 64.
+  int max_batch_seqs = 64;
+  // CPU backend threads; 0 = all cores. Default: 0.
+  int threads = 0;
+  // Name reported in WorkerInfo. Default: the model directory's last component.
+  std::string model_name;
+  // Written (atomically) once serving: {"grpc_port":..,"pid":..}. Default: none.
+  std::string ready_file;
+  // spdlog level. Default: info.
+  std::string log_level = "info";
+  // Decode: most requests waiting for admission; more are refused (RESOURCE_EXHAUSTED).
+  // Default: 256.
+  int max_queued_requests = 256;
+  // Decode: max_tokens of a request that leaves it 0. Default: 256.
+  int default_max_tokens = 256;
+};
+
+// Defaults for "prefill" or "decode" (they differ in the listen port only).
+WorkerOptions DefaultWorkerOptions(absl::string_view role);
+
+// Reads a YAML file over `base`. Unknown keys are an error (a typo must not be silently
+// ignored). Byte sizes take units ("256MiB").
+absl::StatusOr<WorkerOptions> LoadWorkerOptions(const std::string& path, WorkerOptions base);
+
+// Checks every field (ranges, host:port syntax, model directory present) and fills
+// model_name. InvalidArgument naming the field otherwise.
+absl::Status FinalizeWorkerOptions(WorkerOptions* options);
+
+// The engine and store-client options these options describe.
+engine::EngineOptions ToEngineOptions(const WorkerOptions& options);
+StoreClientOptions ToStoreClientOptions(const WorkerOptions& options);
+
+// Command-line flags over a config file: Register() adds --config and one flag per field to
+// `app`; after parsing, Resolve() loads the config (if any) over the role's defaults, applies
+// the flags that were given, and finalizes.
+class WorkerFlags {
+ public:
+  explicit WorkerFlags(std::string role) : role_(std::move(role)) {}
+  void Register(CLI::App& app);
+  absl::StatusOr<WorkerOptions> Resolve() const;
+
+ private:
+  std::string role_;
+  const CLI::App* app_ = nullptr;
+  std::string config_path_;
+  WorkerOptions flags_;
+  std::string kv_cache_bytes_;
+};
+
+}  // namespace kvtier::worker
+
+#endif  // KVTIER_WORKER_WORKER_OPTIONS_H_

@@ -1,0 +1,85 @@
+#include "worker/worker_options.h"
+
+#include <unistd.h>
+
+#include <filesystem>
+#include <fstream>
+
+#include "CLI/CLI.hpp"
+#include "absl/strings/str_cat.h"
+#include "gtest/gtest.h"
+
+namespace kvtier::worker {
+namespace {
+
+class WorkerOptionsTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    dir_ = absl::StrCat(::testing::TempDir(), "/kvtier_worker_options_", getpid());
+    std::filesystem::create_directories(dir_ + "/model");
+    std::ofstream(dir_ + "/model/config.json") << "{}";
+  }
+  void TearDown() override { std::filesystem::remove_all(dir_); }
+  std::string Write(const std::string& yaml) {
+    const std::string p = dir_ + "/c.yaml";
+    std::ofstream(p) << yaml;
+    return p;
+  }
+  absl::StatusOr<WorkerOptions> Parse(std::vector<std::string> args) {
+    CLI::App app;
+    WorkerFlags flags("decode");
+    flags.Register(app);
+    std::vector<const char*> argv = {"kvtier-decode"};
+    for (auto& a : args) argv.push_back(a.c_str());
+    try {
+      app.parse(static_cast<int>(argv.size()), argv.data());
+    } catch (const CLI::Error& e) {
+      return absl::InvalidArgumentError(e.what());
+    }
+    return flags.Resolve();
+  }
+  std::string dir_;
+};
+
+TEST_F(WorkerOptionsTest, YamlThenFlagsOverride) {
+  const std::string cfg = Write(absl::StrCat("model_dir: ", dir_, "/model\n",
+                                             "stores: [127.0.0.1:7000, 127.0.0.1:7001]\n"
+                                             "kv_cache_bytes: 8MiB\nthreads: 2\n"
+                                             "max_batch_tokens: 128\n"));
+  auto o = Parse({"--config", cfg, "--threads", "1", "--listen", "0.0.0.0:0"});
+  ASSERT_TRUE(o.ok()) << o.status();
+  EXPECT_EQ(o->stores.size(), 2u);
+  EXPECT_EQ(o->kv_cache_bytes, 8 << 20);
+  EXPECT_EQ(o->threads, 1);
+  EXPECT_EQ(o->listen, "0.0.0.0:0");
+  EXPECT_EQ(o->max_batch_tokens, 128);
+  EXPECT_EQ(o->model_name, "model");
+  EXPECT_EQ(ToEngineOptions(*o).kv_cache_bytes, 8 << 20);
+}
+
+TEST_F(WorkerOptionsTest, RoleDefaults) {
+  auto o = Parse({"--model-dir", dir_ + "/model"});
+  ASSERT_TRUE(o.ok()) << o.status();
+  EXPECT_EQ(o->listen, "127.0.0.1:50062");
+  EXPECT_TRUE(o->stores.empty());
+  EXPECT_EQ(DefaultWorkerOptions("prefill").listen, "127.0.0.1:50061");
+}
+
+TEST_F(WorkerOptionsTest, ClearErrors) {
+  auto expect_error = [&](std::vector<std::string> args, const std::string& needle) {
+    auto o = Parse(std::move(args));
+    ASSERT_FALSE(o.ok());
+    EXPECT_NE(o.status().message().find(needle), std::string::npos) << o.status();
+  };
+  expect_error({}, "model_dir is required");
+  expect_error({"--model-dir", dir_}, "has no config.json");
+  expect_error({"--model-dir", dir_ + "/model", "--backend", "tpu"}, "backend");
+  expect_error({"--model-dir", dir_ + "/model", "--store", "nohost"}, "stores");
+  expect_error({"--model-dir", dir_ + "/model", "--kv-cache-bytes", "lots"}, "--kv-cache-bytes");
+  expect_error({"--model-dir", dir_ + "/model", "--max-batch-seqs", "600"}, "max_batch_seqs");
+  expect_error({"--model-dir", dir_ + "/model", "--log-level", "loud"}, "log_level");
+  expect_error({"--config", Write("modeldir: x\n")}, "unknown key 'modeldir'");
+}
+
+}  // namespace
+}  // namespace kvtier::worker
