@@ -367,11 +367,11 @@ void Router::RememberKeys(int w, const std::vector<uint32_t>& tokens) {
   for (const BlockKey& k : keys) decode_[w].keys->Touch(k);
 }
 
-void Router::MaybePrefill(const std::vector<uint32_t>& prompt, size_t cached_prefix_tokens) {
+uint32_t Router::MaybePrefill(const std::vector<uint32_t>& prompt, size_t cached_prefix_tokens) {
   if (prompt.size() < cached_prefix_tokens + static_cast<size_t>(options_.skip_prefill_below) ||
       prefill_stubs_.empty()) {
     prefill_skipped_->Increment();
-    return;
+    return 0;
   }
   int w = -1;
   {
@@ -382,7 +382,7 @@ void Router::MaybePrefill(const std::vector<uint32_t>& prompt, size_t cached_pre
     }
     if (w < 0) {
       prefill_skipped_->Increment();
-      return;
+      return 0;
     }
     ++prefill_[w].in_flight;
     prefill_[w].in_flight_gauge->Set(prefill_[w].in_flight);
@@ -409,12 +409,14 @@ void Router::MaybePrefill(const std::vector<uint32_t>& prompt, size_t cached_pre
     prefill_calls_ok_->Increment();
     spdlog::debug("prefill on {}: {} tokens, {} cached, {} computed", options_.prefill_workers[w],
                   resp.prompt_tokens(), resp.cached_tokens(), resp.computed_tokens());
+    return resp.computed_tokens();
   } else {
     // Not fatal: the decode worker computes what is missing.
     prefill_calls_failed_->Increment();
     spdlog::warn("prefill on {} failed ({}): decode recomputes", options_.prefill_workers[w],
                  st.error_message());
   }
+  return 0;
 }
 
 // ---- Generation ----
@@ -532,13 +534,16 @@ std::optional<ApiError> Router::RunPrompt(const std::vector<uint32_t>& prompt,
       return ServerError(503, "no decode worker is available");
     }
     tried.push_back(w);
-    if (params.cache && options_.cache) MaybePrefill(prompt, matched);
+    const uint32_t prefilled = params.cache && options_.cache ? MaybePrefill(prompt, matched) : 0;
     PromptResult r;
     bool emitted = false;
     std::vector<uint32_t> generated0;
     const grpc::Status st =
         GenerateOn(w, prompt, params, index_base, emit, &r, &emitted, client_gone, &generated0);
     ReleaseDecode(w);
+    // Blocks the prefill worker computed for this very request reach the decode worker
+    // through the store, but they were not cached for the client (usage.cached_tokens).
+    r.cached_tokens = std::max<int64_t>(0, r.cached_tokens - int64_t{prefilled});
     if (st.ok()) {
       if (params.cache && options_.cache) {
         std::vector<uint32_t> all = prompt;

@@ -116,7 +116,10 @@ class Router {
   grpc::Status GenerateOn(int w, const std::vector<uint32_t>& prompt, const GenParams& params,
                           int index_base, const EmitFn& emit, PromptResult* result, bool* emitted,
                           bool* client_gone, std::vector<uint32_t>* generated0);
-  void MaybePrefill(const std::vector<uint32_t>& prompt, size_t cached_prefix_tokens);
+  // Returns the prompt tokens the prefill worker computed for this request (0 when skipped or
+  // failed): the decode worker reports them as fetched, but for the client they were not
+  // cached.
+  uint32_t MaybePrefill(const std::vector<uint32_t>& prompt, size_t cached_prefix_tokens);
 
   // Picks a decode worker (not in `exclude`) and counts the request in flight there; -1 when
   // none is alive. Sets `matched_tokens` to its remembered prefix.
