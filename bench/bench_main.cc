@@ -8,11 +8,18 @@
 //                       [--kv-cache 40GiB] [--python python3] [--hf-script F] [--json]
 //       Prefill time and decode-step latency of the engine next to Hugging Face transformers
 //       on the same GPU and weights; see bench/engine_bench.h.
+//   kvtier-bench serve --url http://HOST:PORT [--conversations 8] [--turns 5]
+//                      [--system-prompt-tokens 200] [--user-tokens 40] [--max-tokens 32]
+//                      [--concurrency 4] [--model NAME] [--seed 1] [--json]
+//       Multi-turn chat replayed against a running router (OpenAI API, streaming): TTFT, time
+//       per output token, throughput and cache hit rate with the tier off and on in one run;
+//       see bench/serve_bench.h.
 #include <cstdio>
 #include <string>
 
 #include "CLI/CLI.hpp"
 #include "bench/engine_bench.h"
+#include "bench/serve_bench.h"
 #include "bench/store_bench.h"
 #include "common/parse_bytes.h"
 #include "spdlog/sinks/stdout_color_sinks.h"
@@ -91,6 +98,39 @@ int main(int argc, char** argv) {
       ->capture_default_str();
   engine->add_flag("--json", eb.json, "print one JSON object as the last stdout line");
 
+  kvtier::bench::ServeBenchOptions sb;
+  CLI::App* serve = app.add_subcommand(
+      "serve",
+      "multi-turn chat against a running router: TTFT, TPOT, throughput, cache hit rate, "
+      "tier off vs on");
+  serve->add_option("--url", sb.url, "the router, http://HOST:PORT")->required();
+  serve->add_option("--model", sb.model, "served model id; default: GET /v1/models");
+  serve->add_option("--conversations", sb.conversations, "conversations per phase")
+      ->check(CLI::Range(1, 100000))
+      ->capture_default_str();
+  serve->add_option("--turns", sb.turns, "turns per conversation")
+      ->check(CLI::Range(1, 1000))
+      ->capture_default_str();
+  serve
+      ->add_option("--system-prompt-tokens", sb.system_prompt_tokens,
+                   "approximate length of the shared system prompt (words)")
+      ->check(CLI::Range(0, 1000000))
+      ->capture_default_str();
+  serve->add_option("--user-tokens", sb.user_tokens, "approximate words per user turn")
+      ->check(CLI::Range(1, 1000000))
+      ->capture_default_str();
+  serve->add_option("--max-tokens", sb.max_tokens, "max_tokens per reply")
+      ->check(CLI::Range(1, 1000000))
+      ->capture_default_str();
+  serve->add_option("--concurrency", sb.concurrency, "conversations in flight at once")
+      ->check(CLI::Range(1, 4096))
+      ->capture_default_str();
+  serve->add_option("--seed", sb.seed, "seed of the user texts")->capture_default_str();
+  serve->add_option("--timeout", sb.timeout_s, "deadline of one request, seconds")
+      ->check(CLI::Range(1, 86400))
+      ->capture_default_str();
+  serve->add_flag("--json", sb.json, "print one JSON object as the last stdout line");
+
   // Hidden: one client process of `store --clients N`.
   kvtier::bench::StoreWorkerOptions wo;
   CLI::App* worker = app.add_subcommand("store-worker", "")->group("");
@@ -114,6 +154,7 @@ int main(int argc, char** argv) {
     return kvtier::bench::RunStoreBench(so);
   }
   if (*engine) return kvtier::bench::RunEngineBench(eb);
+  if (*serve) return kvtier::bench::RunServeBench(sb);
   if (*worker) return kvtier::bench::RunStoreWorker(wo);
   return 2;
 }
