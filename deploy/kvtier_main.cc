@@ -5,9 +5,13 @@
 //   kvtier store lookup --store HOST:PORT --namespace HEX (--tokens 1,2,... | KEYHEX...)
 //   kvtier store drop-namespace --store HOST:PORT --namespace HEX
 //   kvtier store demo   --store HOST:PORT             a multi-turn conversation's blocks
+//   kvtier up   [--config FILE]                       start a local cluster (deploy/cluster.h)
+//   kvtier down [--config FILE]                       stop it
+//   kvtier chat --url URL [--script FILE | --turns N]  a streamed multi-turn chat (deploy/chat.h)
 #include <grpcpp/grpcpp.h>
 
 #include <cstdio>
+#include <iostream>
 #include <numeric>
 #include <random>
 
@@ -21,6 +25,8 @@
 #include "common/logging.h"
 #include "common/parse_bytes.h"
 #include "common/synthetic_block.h"
+#include "deploy/chat.h"
+#include "deploy/cluster.h"
 #include "kvtier/store_client.h"
 #include "kvtier/v1/cachestore.grpc.pb.h"
 #include "spdlog/spdlog.h"
@@ -187,6 +193,30 @@ int Demo(const std::string& addr, int turns, uint32_t block_tokens, size_t block
   return 0;
 }
 
+int Up(const std::string& config_path, const std::string& run_dir, int router_port) {
+  auto config = deploy::LoadClusterConfig(config_path);
+  if (!config.ok()) return Fail(config.status());
+  if (!run_dir.empty()) config->run_dir = run_dir;
+  if (router_port >= 0) config->router_port = router_port;
+  auto state = deploy::StartCluster(*config, deploy::SelfBinDir(), std::cerr);
+  if (!state.ok()) return Fail(state.status());
+  std::fprintf(stderr, "cluster up: %zu processes, logs and state in %s (stop: kvtier down)\n",
+               state->processes.size(), state->run_dir.c_str());
+  std::printf("%s\n", state->endpoint.c_str());
+  return 0;
+}
+
+int Down(const std::string& config_path, const std::string& run_dir) {
+  auto config = deploy::LoadClusterConfig(config_path);
+  if (!config.ok()) return Fail(config.status());
+  if (!run_dir.empty()) config->run_dir = run_dir;
+  absl::Status s =
+      deploy::StopCluster(config->run_dir, absl::Seconds(config->stop_grace_s), std::cerr);
+  if (!s.ok()) return Fail(s);
+  std::fprintf(stderr, "cluster stopped\n");
+  return 0;
+}
+
 }  // namespace
 }  // namespace kvtier
 
@@ -220,9 +250,39 @@ int main(int argc, char** argv) {
   demo->add_option("--tokens-per-turn", tokens_per_turn, "tokens each turn adds");
   demo->add_option("--block-tokens", block_tokens, "tokens per block");
   demo->add_option("--block-bytes", bytes_text, "bytes per block");
+  std::string config_path, run_dir;
+  int router_port = -1;
+  CLI::App* up = app.add_subcommand("up", "start a local cluster in the background");
+  CLI::App* down = app.add_subcommand("down", "stop the local cluster");
+  for (CLI::App* sub : {up, down}) {
+    sub->add_option("--config", config_path, "cluster YAML (deploy/local/cluster.yaml)");
+    sub->add_option("--run-dir", run_dir, "overrides the config's run_dir");
+  }
+  up->add_option("--router-port", router_port, "overrides the config's router.port (0 = any)")
+      ->check(CLI::Range(0, 65535));
+  kvtier::deploy::ChatOptions chat_options;
+  bool no_cache = false;
+  CLI::App* chat = app.add_subcommand("chat", "a streamed multi-turn chat with a router");
+  chat->add_option("--url", chat_options.url, "router URL, e.g. http://127.0.0.1:8080")->required();
+  chat->add_option("--script", chat_options.script, "user messages, one per line");
+  chat->add_option("--turns", chat_options.turns, "turns from a built-in list (no stdin)");
+  chat->add_option("--max-tokens", chat_options.max_tokens, "max_tokens of each reply")
+      ->capture_default_str();
+  chat->add_option("--model", chat_options.model, "model id (default: the served one)");
+  chat->add_option("--temperature", chat_options.temperature, "0 = greedy")->capture_default_str();
+  chat->add_option("--system", chat_options.system, "system message ('' = none)");
+  chat->add_flag("--no-cache", no_cache, "send \"cache\": false (recompute everything)");
   CLI11_PARSE(app, argc, argv);
   spdlog::set_level(spdlog::level::warn);
 
+  if (*up) return kvtier::Up(config_path, run_dir, router_port);
+  if (*down) return kvtier::Down(config_path, run_dir);
+  if (*chat) {
+    chat_options.cache = !no_cache;
+    auto turns = kvtier::deploy::RunChat(chat_options, std::cin, std::cout);
+    if (!turns.ok()) return kvtier::Fail(turns.status());
+    return 0;
+  }
   if (*info) return kvtier::Info(addr);
   if (*stats) return kvtier::Stats(addr);
   if (*lookup) return kvtier::Lookup(addr, ns_hex, tokens, block_tokens, keys);

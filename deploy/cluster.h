@@ -1,0 +1,114 @@
+// A local kvtier cluster on one host: one kvtier-store, N kvtier-prefill and M kvtier-decode
+// workers and a kvtier-router, started in the background by `kvtier up` and stopped by
+// `kvtier down`. The cluster lives in a run directory that holds the generated model, the
+// processes' logs and ready files, the store's spill directory and the state file
+// (cluster.json: pids, ports, endpoint).
+//
+// Processes are started with posix_spawn (UCX, linked into the kvtier CLI, is not fork-safe),
+// each in its own session (POSIX_SPAWN_SETSID) so that they outlive `kvtier up`.
+//
+// Plain functions over value types; not meant for concurrent use on one run directory.
+#ifndef KVTIER_DEPLOY_CLUSTER_H_
+#define KVTIER_DEPLOY_CLUSTER_H_
+
+#include <sys/types.h>
+
+#include <cstdint>
+#include <optional>
+#include <ostream>
+#include <string>
+#include <vector>
+
+#include "absl/status/statusor.h"
+#include "absl/time/time.h"
+
+namespace kvtier::deploy {
+
+// deploy/local/cluster.yaml shows every field.
+struct ClusterConfig {
+  // Run directory (relative paths: to the current directory). Default: .kvtier-run.
+  std::string run_dir = ".kvtier-run";
+  // Model directory; generated with `kvtier-model init` when it holds no config.json.
+  // Default: <run_dir>/models/<model_shape>.
+  std::string model_dir;
+  // Preset shape and dtype of a generated model. Default: tiny, f32.
+  std::string model_shape = "tiny";
+  std::string model_dtype = "f32";
+  // Weight seed of a generated model. Default: 1.
+  uint64_t model_seed = 1;
+  // Served model id. Default: the model directory's last component.
+  std::string model_name;
+  // "cpu", "cuda" or "auto" (cuda when `nvidia-smi -L` lists a GPU). Default: cpu.
+  std::string backend = "cpu";
+  // Store: gRPC port (0: any free port), pool and slot sizes, spill capacity (0: spill off;
+  // the spill directory is <run_dir>/spill). Defaults: 0, 256MiB, 64KiB, 1GiB.
+  int store_port = 0;
+  std::string store_pool_bytes = "256MiB";
+  std::string store_slot_bytes = "64KiB";
+  std::string store_spill_capacity = "1GiB";
+  // Worker counts. Defaults: 1, 1.
+  int prefill_workers = 1;
+  int decode_workers = 1;
+  // Workers: CPU threads each (0 = all cores), paged KV cache, prefill chunk, first gRPC port
+  // (0: any free port; otherwise consecutive ports). Defaults: 1, 64MiB, 256, 0.
+  int worker_threads = 1;
+  std::string worker_kv_cache_bytes = "64MiB";
+  int worker_max_batch_tokens = 256;
+  int worker_base_port = 0;
+  // Router HTTP port (0: any free port). Default: 8080.
+  int router_port = 8080;
+  // Router: uncached prompt tokens below which prefill is skipped. Default: 16.
+  int router_skip_prefill_below = 16;
+  // Log level of every process. Default: info.
+  std::string log_level = "info";
+  // Bound on the start of the whole cluster, and the grace period between SIGTERM and SIGKILL.
+  // Defaults: 120 s, 10 s.
+  double ready_timeout_s = 120;
+  double stop_grace_s = 10;
+};
+
+// Reads a YAML config; an empty path gives the defaults. Unknown keys and bad values are
+// InvalidArgument naming the key.
+absl::StatusOr<ClusterConfig> LoadClusterConfig(const std::string& path);
+
+// One started process, as recorded in the state file.
+struct ClusterProcess {
+  std::string name;  // "store", "prefill-0", "decode-1", "router"
+  pid_t pid = -1;
+  int port = 0;  // gRPC port (router: HTTP port)
+  std::string log;
+};
+
+struct ClusterState {
+  std::string run_dir;   // absolute
+  std::string endpoint;  // http://127.0.0.1:PORT/v1
+  std::string model_name;
+  std::string backend;
+  std::vector<ClusterProcess> processes;  // in start order
+};
+
+// Path of the state file of a run directory.
+std::string StateFilePath(const std::string& run_dir);
+// The state file, nullopt if there is none.
+absl::StatusOr<std::optional<ClusterState>> ReadClusterState(const std::string& run_dir);
+// Whether `pid` exists and is not a zombie.
+bool ProcessAlive(pid_t pid);
+
+// Starts the cluster (generating the model first if needed), waits until every process wrote
+// its ready file and the router's /health is 200, and writes the state file. Progress lines go
+// to `log`. On failure every started process is stopped and the error carries the failing
+// process's log tail. FailedPrecondition if a cluster of this run directory is running.
+// `bin_dir` holds the kvtier-* binaries.
+absl::StatusOr<ClusterState> StartCluster(const ClusterConfig& config, const std::string& bin_dir,
+                                          std::ostream& log);
+
+// Stops the cluster of `run_dir`: SIGTERM to every live process (router first), SIGKILL to
+// those still alive after `grace`; removes the state file. NotFound if there is none.
+absl::Status StopCluster(const std::string& run_dir, absl::Duration grace, std::ostream& log);
+
+// The directory of the running executable (where the kvtier-* binaries are).
+std::string SelfBinDir();
+
+}  // namespace kvtier::deploy
+
+#endif  // KVTIER_DEPLOY_CLUSTER_H_
