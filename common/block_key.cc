@@ -1,45 +1,15 @@
 #include "common/block_key.h"
 
-#include <openssl/evp.h>
-
 #include "absl/strings/ascii.h"
 #include "absl/strings/escaping.h"
 #include "absl/strings/str_cat.h"
 #include "common/logging.h"
+#include "common/sha256.h"
 
 namespace kvtier {
 namespace {
 
 constexpr absl::string_view kNamespaceTag = "kvtier-namespace-v1";
-
-// SHA-256 through OpenSSL's EVP interface; one object per digest.
-class Sha256 {
- public:
-  Sha256() : ctx_(EVP_MD_CTX_new()) {
-    KVTIER_CHECK(ctx_ != nullptr && EVP_DigestInit_ex(ctx_, EVP_sha256(), nullptr) == 1,
-                 "OpenSSL SHA-256 init failed");
-  }
-  ~Sha256() { EVP_MD_CTX_free(ctx_); }
-  void Update(const void* data, size_t size) { EVP_DigestUpdate(ctx_, data, size); }
-  void UpdateU32(uint32_t v) {
-    uint8_t le[4] = {static_cast<uint8_t>(v), static_cast<uint8_t>(v >> 8),
-                     static_cast<uint8_t>(v >> 16), static_cast<uint8_t>(v >> 24)};
-    Update(le, sizeof(le));
-  }
-  void UpdateString(absl::string_view s) {
-    UpdateU32(static_cast<uint32_t>(s.size()));
-    Update(s.data(), s.size());
-  }
-  BlockKey Final() {
-    BlockKey out;
-    unsigned int len = 0;
-    EVP_DigestFinal_ex(ctx_, out.data(), &len);
-    return out;
-  }
-
- private:
-  EVP_MD_CTX* ctx_;
-};
 
 }  // namespace
 

@@ -1,7 +1,6 @@
 #include "engine/weights.h"
 
 #include <fcntl.h>
-#include <openssl/evp.h>
 #include <sys/stat.h>
 #include <unistd.h>
 #include <xxhash.h>
@@ -23,6 +22,7 @@
 #include "absl/strings/str_format.h"
 #include "absl/strings/str_join.h"
 #include "common/logging.h"
+#include "common/sha256.h"
 #include "common/status_macros.h"
 #include "nlohmann/json.hpp"
 
@@ -69,43 +69,6 @@ std::vector<TensorSpec> ExpectedTensors(const ModelConfig& c) {
 std::string ShapeString(const std::vector<int64_t>& shape) {
   return absl::StrCat("[", absl::StrJoin(shape, ", "), "]");
 }
-
-// SHA-256 through OpenSSL's EVP interface.
-class Sha256 {
- public:
-  Sha256() : ctx_(EVP_MD_CTX_new()) {
-    KVTIER_CHECK(ctx_ != nullptr && EVP_DigestInit_ex(ctx_, EVP_sha256(), nullptr) == 1,
-                 "OpenSSL SHA-256 init failed");
-  }
-  ~Sha256() { EVP_MD_CTX_free(ctx_); }
-  Sha256(const Sha256&) = delete;
-  Sha256& operator=(const Sha256&) = delete;
-
-  void Update(const void* data, size_t size) { EVP_DigestUpdate(ctx_, data, size); }
-  void UpdateU32(uint32_t v) {
-    uint8_t le[4];
-    for (int i = 0; i < 4; ++i) le[i] = static_cast<uint8_t>(v >> (8 * i));
-    Update(le, sizeof(le));
-  }
-  void UpdateI64(int64_t v) {
-    uint8_t le[8];
-    for (int i = 0; i < 8; ++i) le[i] = static_cast<uint8_t>(static_cast<uint64_t>(v) >> (8 * i));
-    Update(le, sizeof(le));
-  }
-  void UpdateString(absl::string_view s) {
-    UpdateU32(static_cast<uint32_t>(s.size()));
-    Update(s.data(), s.size());
-  }
-  BlockKey Final() {
-    BlockKey out;
-    unsigned int len = 0;
-    EVP_DigestFinal_ex(ctx_, out.data(), &len);
-    return out;
-  }
-
- private:
-  EVP_MD_CTX* ctx_;
-};
 
 int NumThreads(size_t work_items) {
   const unsigned hw = std::max(1u, std::thread::hardware_concurrency());
