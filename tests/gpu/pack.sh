@@ -2,18 +2,25 @@
 # Builds kvtier with CUDA here (nvcc, sm_90) and packs what the GPU machine needs into
 # .devcarry/kvtier-gpu.tar.xz: the binaries and the shared libraries they load that a stock
 # Ubuntu 24.04 + CUDA 13 image lacks (glibc, libstdc++ and CUDA's own libraries stay behind).
-# Then: device run with carry [".devcarry"] and `bash tests/gpu/run.sh [bench]`.
+# UCX's transport modules go to lib/ucx (run.sh points UCX_MODULE_DIR there).
+# Then: device run with carry [".devcarry"] and `bash tests/gpu/run.sh [steps]`.
+# KVTIER_PACK_BUILD names another CUDA build directory to pack from (default: build-gpu).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 ./deploy/install-deps.sh
 export PATH=/usr/local/cuda/bin:$PATH
-cmake -S . -B build-gpu -G Ninja -DCMAKE_BUILD_TYPE=Release -DKVTIER_CUDA=ON \
-  -DKVTIER_CUDA_ARCHS=90 >/dev/null
-cmake --build build-gpu -j "$(nproc)" --target kvtier-model kvtier-bench engine_cuda_test
+build=${KVTIER_PACK_BUILD:-build-gpu}
+bins=(kvtier-model kvtier-bench kvtier kvtier-store kvtier-prefill kvtier-decode kvtier-router)
+if [ ! -f "$build/CMakeCache.txt" ]; then
+  cmake -S . -B "$build" -G Ninja -DCMAKE_BUILD_TYPE=Release -DKVTIER_CUDA=ON \
+    -DKVTIER_CUDA_ARCHS=90 >/dev/null
+fi
+cmake --build "$build" -j "$(nproc)" --target "${bins[@]}" engine_cuda_test
 stage=$(mktemp -d)
-mkdir -p "$stage/bin" "$stage/lib"
-cp build-gpu/bin/kvtier-model build-gpu/bin/kvtier-bench build-gpu/tests/engine_cuda_test \
-  "$stage/bin/"
+mkdir -p "$stage/bin" "$stage/lib/ucx"
+for b in "${bins[@]}"; do cp "$build/bin/$b" "$stage/bin/"; done
+cp "$build/tests/engine_cuda_test" "$stage/bin/"
+cp -L /usr/lib/x86_64-linux-gnu/ucx/libuct_cma.so.0 "$stage/lib/ucx/"
 strip "$stage"/bin/*
 skip='^(libc|libm|libdl|librt|libpthread|libstdc\+\+|libgcc_s|ld-linux-x86-64|libcuda|libcudart|libcublas|libcublasLt|libnvidia.*)\.so'
 for b in "$stage"/bin/*; do

@@ -3,7 +3,9 @@
 #   bash tests/gpu/run.sh [tests] [hf] [tok] [bench]    (default: tests hf tok)
 # tests: the gpu-labelled GoogleTest binary; hf: tests/gpu/hf_compare.py against transformers;
 # tok: tests/gpu/hf_tokenizer_check.py (generated tokenizers against transformers' AutoTokenizer);
-# bench: kvtier-bench engine on a generated llama3-8b (16 GB of bf16 weights).
+# bench: kvtier-bench engine on a generated llama3-8b (16 GB of bf16 weights);
+# serve: a whole cluster (tests/gpu/cluster-llama3-8b.yaml) and kvtier-bench serve with a long
+# history, next to the pinned host-to-device copy bandwidth measured in the same run.
 # Logs go to $OUT (the device tool brings them back); a summary is printed last.
 set -u
 steps=("$@")
@@ -14,6 +16,7 @@ tar -xJf .devcarry/kvtier-gpu.tar.xz -C /tmp/kv
 cublas=$(python3 -c 'import nvidia.cublas, os; print(os.path.join(list(nvidia.cublas.__path__)[0], "lib"))' 2>/dev/null || true)
 export LD_LIBRARY_PATH=/tmp/kv/lib:/usr/local/cuda/lib64:${cublas}:${LD_LIBRARY_PATH:-}
 export PYTHONUNBUFFERED=1
+export UCX_MODULE_DIR=/tmp/kv/lib/ucx
 BIN=/tmp/kv/bin
 nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.sm --format=csv,noheader
 ldd $BIN/kvtier-model | grep -E 'not found|cublas|cudart' || true
@@ -39,6 +42,35 @@ for step in "${steps[@]}"; do
       rc=$?
       grep -vE '^\{' "$OUT/hf_tokenizer.log" | tail -15
       summary+=("hf tokenizer: rc=$rc")
+      ;;
+    serve)
+      python3 - >"$OUT/h2d.log" 2>&1 <<'PY'
+import statistics, time, torch
+x = torch.empty(1 << 30, dtype=torch.uint8).pin_memory()
+x.random_()
+y = torch.empty_like(x, device="cuda")
+ts = []
+for _ in range(6):
+    torch.cuda.synchronize(); t0 = time.perf_counter()
+    y.copy_(x, non_blocking=True); torch.cuda.synchronize()
+    ts.append(time.perf_counter() - t0)
+print(f"pinned H2D {x.numel() / statistics.median(ts[1:]) / 1e9:.1f} GB/s (1 GiB, median of 5)")
+PY
+      cat "$OUT/h2d.log"
+      cfg=tests/gpu/cluster-llama3-8b.yaml
+      url=$($BIN/kvtier up --config $cfg 2>"$OUT/up.log")
+      rc=$?
+      tail -8 "$OUT/up.log"
+      if [ $rc -eq 0 ]; then
+        $BIN/kvtier-bench serve --url "${url%/v1}" --conversations ${SERVE_CONVS:-3} --turns 2 --concurrency 1 \
+          --system-prompt-tokens ${SERVE_WORDS:-4000} --user-tokens 40 --max-tokens 16 --json \
+          >"$OUT/serve.log" 2>&1
+        rc=$?
+        sed -n 1,30p "$OUT/serve.log"
+      fi
+      $BIN/kvtier down --config $cfg >/dev/null 2>&1
+      tar -czf "$OUT/kvrun-logs.tgz" -C /tmp/kvrun --exclude=spill . 2>/dev/null
+      summary+=("serve: rc=$rc")
       ;;
     bench)
       t0=$(date +%s)
