@@ -8,9 +8,6 @@
 #include "common/logging.h"
 #include "decode/decode_service.h"
 #include "decode/scheduler.h"
-#include "engine/engine.h"
-#include "kvtier/store_client.h"
-#include "worker/kv_tier.h"
 #include "worker/server_util.h"
 #include "worker/worker_options.h"
 
@@ -29,48 +26,27 @@ int main(int argc, char** argv) {
   }
   kvtier::SetLogLevel(options->log_level);
 
-  auto engine =
-      kvtier::engine::Engine::Create(options->model_dir, kvtier::worker::ToEngineOptions(*options));
-  if (!engine.ok()) {
-    spdlog::error("cannot load the model: {}", engine.status().ToString());
+  absl::StatusOr<kvtier::worker::WorkerParts> parts = kvtier::worker::MakeWorkerParts(
+      *options, "blocks are reused only from this worker's own cache");
+  if (!parts.ok()) {
+    spdlog::error("{}", parts.status().ToString());
     return 1;
   }
-  std::unique_ptr<kvtier::StoreClient> store;
-  if (!options->stores.empty()) {
-    auto s = kvtier::StoreClient::Create(kvtier::worker::ToStoreClientOptions(*options));
-    if (!s.ok()) {
-      spdlog::error("store client: {}", s.status().ToString());
-      return 1;
-    }
-    store = std::move(*s);
-  } else {
-    spdlog::warn("no store configured: blocks are reused only from this worker's own cache");
-  }
-  kvtier::worker::KvTier tier(engine->get(), store.get());
 
   kvtier::decode::SchedulerOptions so;
   so.max_batch_tokens = options->max_batch_tokens;
   so.max_batch_seqs = options->max_batch_seqs;
   so.max_queued_requests = options->max_queued_requests;
-  kvtier::decode::Scheduler scheduler(engine->get(), &tier, so);
+  kvtier::decode::Scheduler scheduler(parts->engine.get(), parts->tier.get(), so);
   scheduler.Start();
 
-  kvtier::decode::DecodeService service(&scheduler, engine->get(), &tier, *options);
-  int port = 0;
-  auto server = kvtier::worker::StartGrpcServer(options->listen, {&service}, &port);
+  kvtier::decode::DecodeService service(&scheduler, parts->engine.get(), parts->tier.get(),
+                                        *options);
+  auto server = kvtier::worker::ServeWorker("kvtier-decode", *options, *parts, &service);
   if (!server.ok()) {
     spdlog::error("{}", server.status().ToString());
     return 1;
   }
-  if (!options->ready_file.empty()) {
-    if (absl::Status st = kvtier::worker::WriteReadyFile(options->ready_file, port); !st.ok()) {
-      spdlog::error("{}", st.ToString());
-      return 1;
-    }
-  }
-  spdlog::info("kvtier-decode serving {} on port {}: {} KV pages of {} tokens, {} store node(s)",
-               options->model_name, port, (*engine)->num_pages(), options->block_tokens,
-               options->stores.size());
 
   const int sig = signals.Wait();
   spdlog::info("signal {}: shutting down", sig);

@@ -6,10 +6,7 @@
 
 #include "CLI/CLI.hpp"
 #include "common/logging.h"
-#include "engine/engine.h"
-#include "kvtier/store_client.h"
 #include "prefill/prefill_service.h"
-#include "worker/kv_tier.h"
 #include "worker/server_util.h"
 #include "worker/worker_options.h"
 
@@ -28,40 +25,18 @@ int main(int argc, char** argv) {
   }
   kvtier::SetLogLevel(options->log_level);
 
-  auto engine =
-      kvtier::engine::Engine::Create(options->model_dir, kvtier::worker::ToEngineOptions(*options));
-  if (!engine.ok()) {
-    spdlog::error("cannot load the model: {}", engine.status().ToString());
+  absl::StatusOr<kvtier::worker::WorkerParts> parts = kvtier::worker::MakeWorkerParts(
+      *options, "Prefill computes nothing (decode workers recompute)");
+  if (!parts.ok()) {
+    spdlog::error("{}", parts.status().ToString());
     return 1;
   }
-  std::unique_ptr<kvtier::StoreClient> store;
-  if (!options->stores.empty()) {
-    auto s = kvtier::StoreClient::Create(kvtier::worker::ToStoreClientOptions(*options));
-    if (!s.ok()) {
-      spdlog::error("store client: {}", s.status().ToString());
-      return 1;
-    }
-    store = std::move(*s);
-  } else {
-    spdlog::warn("no store configured: Prefill computes nothing (decode workers recompute)");
-  }
-  kvtier::worker::KvTier tier(engine->get(), store.get());
-  kvtier::prefill::PrefillService service(engine->get(), &tier, *options);
-  int port = 0;
-  auto server = kvtier::worker::StartGrpcServer(options->listen, {&service}, &port);
+  kvtier::prefill::PrefillService service(parts->engine.get(), parts->tier.get(), *options);
+  auto server = kvtier::worker::ServeWorker("kvtier-prefill", *options, *parts, &service);
   if (!server.ok()) {
     spdlog::error("{}", server.status().ToString());
     return 1;
   }
-  if (!options->ready_file.empty()) {
-    if (absl::Status st = kvtier::worker::WriteReadyFile(options->ready_file, port); !st.ok()) {
-      spdlog::error("{}", st.ToString());
-      return 1;
-    }
-  }
-  spdlog::info("kvtier-prefill serving {} on port {}: {} KV pages of {} tokens, {} store node(s)",
-               options->model_name, port, (*engine)->num_pages(), options->block_tokens,
-               options->stores.size());
 
   const int sig = signals.Wait();
   spdlog::info("signal {}: shutting down", sig);

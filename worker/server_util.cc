@@ -7,7 +7,9 @@
 #include <fstream>
 
 #include "absl/strings/str_cat.h"
+#include "common/status_macros.h"
 #include "kvtier/v1/worker.pb.h"
+#include "spdlog/spdlog.h"
 #include "worker/request_checks.h"
 
 namespace kvtier::worker {
@@ -51,6 +53,47 @@ absl::StatusOr<std::unique_ptr<grpc::Server>> StartGrpcServer(
   if (server == nullptr || *port == 0) {
     return absl::UnavailableError(absl::StrCat("cannot listen on ", listen));
   }
+  return server;
+}
+
+absl::StatusOr<WorkerParts> MakeWorkerParts(const WorkerOptions& options,
+                                            absl::string_view no_store_note) {
+  WorkerParts parts;
+  absl::StatusOr<std::unique_ptr<engine::Engine>> engine =
+      engine::Engine::Create(options.model_dir, ToEngineOptions(options));
+  if (!engine.ok()) {
+    return absl::Status(engine.status().code(),
+                        absl::StrCat("cannot load the model: ", engine.status().message()));
+  }
+  parts.engine = std::move(*engine);
+  if (!options.stores.empty()) {
+    absl::StatusOr<std::unique_ptr<StoreClient>> store =
+        StoreClient::Create(ToStoreClientOptions(options));
+    if (!store.ok()) {
+      return absl::Status(store.status().code(),
+                          absl::StrCat("store client: ", store.status().message()));
+    }
+    parts.store = std::move(*store);
+  } else {
+    spdlog::warn("no store configured: {}", std::string(no_store_note));
+  }
+  parts.tier = std::make_unique<KvTier>(parts.engine.get(), parts.store.get());
+  return parts;
+}
+
+absl::StatusOr<std::unique_ptr<grpc::Server>> ServeWorker(absl::string_view binary,
+                                                          const WorkerOptions& options,
+                                                          const WorkerParts& parts,
+                                                          grpc::Service* service) {
+  int port = 0;
+  KVTIER_ASSIGN_OR_RETURN(std::unique_ptr<grpc::Server> server,
+                          StartGrpcServer(options.listen, {service}, &port));
+  if (!options.ready_file.empty()) {
+    KVTIER_RETURN_IF_ERROR(WriteReadyFile(options.ready_file, port));
+  }
+  spdlog::info("{} serving {} on port {}: {} KV pages of {} tokens, {} store node(s)",
+               std::string(binary), options.model_name, port, parts.engine->num_pages(),
+               options.block_tokens, options.stores.size());
   return server;
 }
 

@@ -15,6 +15,7 @@
 #include "absl/status/statusor.h"
 #include "absl/strings/string_view.h"
 #include "engine/engine.h"
+#include "kvtier/store_client.h"
 #include "worker/kv_tier.h"
 #include "worker/worker_options.h"
 
@@ -47,6 +48,27 @@ absl::Status WriteReadyFile(const std::string& path, int grpc_port);
 // `services`, and reports the port bound.
 absl::StatusOr<std::unique_ptr<grpc::Server>> StartGrpcServer(
     const std::string& listen, const std::vector<grpc::Service*>& services, int* port);
+
+// What every worker binary builds from its options: the engine, the store client (null when
+// no store is configured) and the tier between them. Members are declared in destruction
+// order: the tier goes before the store client and the engine it borrows.
+struct WorkerParts {
+  std::unique_ptr<engine::Engine> engine;
+  std::unique_ptr<StoreClient> store;
+  std::unique_ptr<KvTier> tier;
+};
+
+// Loads the model and prepares the store client. `no_store_note` is logged (warn) when no
+// store is configured, saying what that means for this role.
+absl::StatusOr<WorkerParts> MakeWorkerParts(const WorkerOptions& options,
+                                            absl::string_view no_store_note);
+
+// Starts the gRPC server with `service`, writes the ready file if configured, and logs that
+// `binary` is serving.
+absl::StatusOr<std::unique_ptr<grpc::Server>> ServeWorker(absl::string_view binary,
+                                                          const WorkerOptions& options,
+                                                          const WorkerParts& parts,
+                                                          grpc::Service* service);
 
 // Fills the fields of `info` that describe the worker rather than its load: role, model,
 // namespace_id, block_tokens, vocab_size, max_context, backend, total_pages, and
