@@ -98,7 +98,8 @@ class RouterIntegrationTest : public ::testing::Test {
     return args;
   }
 
-  void StartAll() {
+  // A store, a prefill worker, `decode_workers` decode workers (1 or 2) and the router.
+  void StartAll(int decode_workers = 1) {
     StoreProcessOptions so;
     so.pool_bytes = "16MiB";
     so.slot_bytes = "64KiB";
@@ -111,13 +112,20 @@ class RouterIntegrationTest : public ::testing::Test {
     auto d = ServerProcess::Start("kvtier-decode", WorkerArgs(), dir_, "decode");
     ASSERT_TRUE(d.ok()) << d.status();
     decode_ = std::make_unique<ServerProcess>(std::move(*d));
+    std::vector<std::string> decode_flags = {"--decode=" + decode_->address()};
+    if (decode_workers > 1) {
+      auto d2 = ServerProcess::Start("kvtier-decode", WorkerArgs(), dir_, "decode2");
+      ASSERT_TRUE(d2.ok()) << d2.status();
+      decode2_ = std::make_unique<ServerProcess>(std::move(*d2));
+      decode_flags.push_back("--decode=" + decode2_->address());
+    }
     // The router's ready file repeats its HTTP port as "grpc_port" for ServerProcess.
-    auto r = ServerProcess::Start(
-        "kvtier-router",
-        {"--model-dir=" + model_dir_, "--model-name=" + std::string(kModel), "--listen=127.0.0.1:0",
-         "--decode=" + decode_->address(), "--prefill=" + prefill_->address(),
-         "--skip-prefill-below=16", "--log-level=debug"},
-        dir_, "router");
+    std::vector<std::string> router_args = {
+        "--model-dir=" + model_dir_, "--model-name=" + std::string(kModel),
+        "--listen=127.0.0.1:0",      "--prefill=" + prefill_->address(),
+        "--skip-prefill-below=16",   "--log-level=debug"};
+    router_args.insert(router_args.end(), decode_flags.begin(), decode_flags.end());
+    auto r = ServerProcess::Start("kvtier-router", router_args, dir_, "router");
     ASSERT_TRUE(r.ok()) << r.status();
     router_ = std::make_unique<ServerProcess>(std::move(*r));
     client_ = std::make_unique<httplib::Client>("127.0.0.1", router_->grpc_port());
@@ -232,6 +240,7 @@ class RouterIntegrationTest : public ::testing::Test {
   std::unique_ptr<StoreProcess> store_;
   std::unique_ptr<ServerProcess> prefill_;
   std::unique_ptr<ServerProcess> decode_;
+  std::unique_ptr<ServerProcess> decode2_;
   std::unique_ptr<ServerProcess> router_;
   std::unique_ptr<httplib::Client> client_;
 };
@@ -411,6 +420,31 @@ TEST_F(RouterIntegrationTest, KilledStoreDegradesToRecompute) {
     EXPECT_EQ(cached.text, plain.text) << "turn " << turn;
     messages.push_back({{"role", "assistant"}, {"content", cached.text}});
   }
+}
+
+// A decode worker that dies before streaming anything costs the client nothing: the router
+// retries on the other worker. Killed right before the requests, the first worker still looks
+// alive to the router (its health refresh runs once a second), and ties in placement go to the
+// first worker, so the first request normally takes the retry path; either way every request
+// must succeed with the text of a recompute.
+TEST_F(RouterIntegrationTest, DeadDecodeWorkerIsRetriedOnAnother) {
+  ASSERT_NO_FATAL_FAILURE(StartAll(/*decode_workers=*/2));
+  json messages = json::array(
+      {{{"role", "system"}, {"content", kSystem}}, {{"role", "user"}, {"content", kUserTurns[0]}}});
+  ASSERT_TRUE(decode_->process().Signal(SIGKILL, absl::Seconds(5)).has_value());
+  std::vector<Answer> answers;
+  for (int i = 0; i < 3; ++i) answers.push_back(Chat(messages, true));
+  const Answer plain = Chat(messages, false);
+  ASSERT_EQ(plain.status, 200) << plain.body;
+  for (const Answer& a : answers) {
+    ASSERT_EQ(a.status, 200) << a.body;
+    EXPECT_EQ(a.text, plain.text);
+  }
+  httplib::Result metrics = client_->Get("/metrics");
+  ASSERT_TRUE(metrics);
+  const size_t at = metrics->body.find("\nkvtier_router_decode_retries_total ");
+  ASSERT_NE(at, std::string::npos);
+  std::cerr << "decode retries: " << metrics->body.substr(at + 1, 40) << "\n";
 }
 
 TEST_F(RouterIntegrationTest, BadRequestsAndServiceEndpoints) {
