@@ -470,20 +470,13 @@ void Scheduler::HandleToken(Active& a, Seq& s, int32_t token) {
              static_cast<int64_t>(s.seq.tokens.size()) >= max_context_) {
     reason = "length";
   }
-  StreamEvent e;
-  e.index = s.index;
-  if (!s.first_sent) {
-    e.first = true;
-    e.prompt_tokens = static_cast<uint32_t>(a.spec.prompt.size());
-    e.cached_tokens = static_cast<uint32_t>(a.cached_blocks * block_tokens_);
-    s.first_sent = true;
-  }
+  StreamEvent e = NextEvent(a, s);
   e.tokens.push_back(token);
   a.stream->Push(std::move(e));
   if (reason != nullptr) FinishSeq(a, s, reason);
 }
 
-void Scheduler::FinishSeq(Active& a, Seq& s, const char* reason) {
+StreamEvent Scheduler::NextEvent(const Active& a, Seq& s) const {
   StreamEvent e;
   e.index = s.index;
   if (!s.first_sent) {
@@ -492,6 +485,11 @@ void Scheduler::FinishSeq(Active& a, Seq& s, const char* reason) {
     e.cached_tokens = static_cast<uint32_t>(a.cached_blocks * block_tokens_);
     s.first_sent = true;
   }
+  return e;
+}
+
+void Scheduler::FinishSeq(Active& a, Seq& s, const char* reason) {
+  StreamEvent e = NextEvent(a, s);
   e.finish_reason = reason;
   a.stream->Push(std::move(e));
   s.finished = true;

@@ -161,6 +161,8 @@ class Scheduler {
   // Pages one request reserves: the prompt's shared full blocks plus n private tails.
   int PagesNeeded(int prompt_len, int max_tokens, int n, int* shared_blocks) const;
   void HandleToken(Active& a, Seq& s, int32_t token);
+  // The next event of completion `s`; the first one carries the prompt accounting.
+  StreamEvent NextEvent(const Active& a, Seq& s) const;
   void FinishSeq(Active& a, Seq& s, const char* reason);
   // Hands the blocks of `s` computed since the last call to the cache and the write batch.
   void CompleteBlocks(Active& a, Seq& s);
