@@ -61,21 +61,22 @@ inline absl::Status CublasErrorToStatus(cublasStatus_t err, const char* expr, co
 
 namespace kvtier::engine {
 
-// Device memory from cudaMalloc (256-byte aligned). Move-only.
-class DeviceBuffer {
+// Memory owned through a pair of CUDA allocation calls. Move-only.
+template <typename Alloc>
+class CudaMemory {
  public:
-  DeviceBuffer() = default;
-  static absl::StatusOr<DeviceBuffer> Allocate(size_t bytes) {
-    DeviceBuffer b;
+  CudaMemory() = default;
+  static absl::StatusOr<CudaMemory> Allocate(size_t bytes) {
+    CudaMemory b;
     if (bytes == 0) return b;
-    KVTIER_CUDA_RETURN_IF_ERROR(cudaMalloc(&b.ptr_, bytes));
+    KVTIER_CUDA_RETURN_IF_ERROR(Alloc::Allocate(&b.ptr_, bytes));
     b.bytes_ = bytes;
     return b;
   }
-  ~DeviceBuffer() { Reset(); }
-  DeviceBuffer(DeviceBuffer&& o) noexcept
+  ~CudaMemory() { Reset(); }
+  CudaMemory(CudaMemory&& o) noexcept
       : ptr_(std::exchange(o.ptr_, nullptr)), bytes_(std::exchange(o.bytes_, 0)) {}
-  DeviceBuffer& operator=(DeviceBuffer&& o) noexcept {
+  CudaMemory& operator=(CudaMemory&& o) noexcept {
     if (this != &o) {
       Reset();
       ptr_ = std::exchange(o.ptr_, nullptr);
@@ -83,11 +84,11 @@ class DeviceBuffer {
     }
     return *this;
   }
-  DeviceBuffer(const DeviceBuffer&) = delete;
-  DeviceBuffer& operator=(const DeviceBuffer&) = delete;
+  CudaMemory(const CudaMemory&) = delete;
+  CudaMemory& operator=(const CudaMemory&) = delete;
 
   void Reset() {
-    if (ptr_ != nullptr) cudaFree(ptr_);
+    if (ptr_ != nullptr) Alloc::Free(ptr_);
     ptr_ = nullptr;
     bytes_ = 0;
   }
@@ -103,47 +104,21 @@ class DeviceBuffer {
   size_t bytes_ = 0;
 };
 
-// Page-locked host memory from cudaHostAlloc. Move-only.
-class PinnedBuffer {
- public:
-  PinnedBuffer() = default;
-  static absl::StatusOr<PinnedBuffer> Allocate(size_t bytes) {
-    PinnedBuffer b;
-    if (bytes == 0) return b;
-    KVTIER_CUDA_RETURN_IF_ERROR(cudaHostAlloc(&b.ptr_, bytes, cudaHostAllocDefault));
-    b.bytes_ = bytes;
-    return b;
-  }
-  ~PinnedBuffer() { Reset(); }
-  PinnedBuffer(PinnedBuffer&& o) noexcept
-      : ptr_(std::exchange(o.ptr_, nullptr)), bytes_(std::exchange(o.bytes_, 0)) {}
-  PinnedBuffer& operator=(PinnedBuffer&& o) noexcept {
-    if (this != &o) {
-      Reset();
-      ptr_ = std::exchange(o.ptr_, nullptr);
-      bytes_ = std::exchange(o.bytes_, 0);
-    }
-    return *this;
-  }
-  PinnedBuffer(const PinnedBuffer&) = delete;
-  PinnedBuffer& operator=(const PinnedBuffer&) = delete;
-
-  void Reset() {
-    if (ptr_ != nullptr) cudaFreeHost(ptr_);
-    ptr_ = nullptr;
-    bytes_ = 0;
-  }
-  void* get() const { return ptr_; }
-  template <typename T>
-  T* as() const {
-    return static_cast<T*>(ptr_);
-  }
-  size_t bytes() const { return bytes_; }
-
- private:
-  void* ptr_ = nullptr;
-  size_t bytes_ = 0;
+struct DeviceAlloc {
+  static cudaError_t Allocate(void** p, size_t bytes) { return cudaMalloc(p, bytes); }
+  static void Free(void* p) { cudaFree(p); }
 };
+struct PinnedAlloc {
+  static cudaError_t Allocate(void** p, size_t bytes) {
+    return cudaHostAlloc(p, bytes, cudaHostAllocDefault);
+  }
+  static void Free(void* p) { cudaFreeHost(p); }
+};
+
+// Device memory from cudaMalloc (256-byte aligned).
+using DeviceBuffer = CudaMemory<DeviceAlloc>;
+// Page-locked host memory from cudaHostAlloc.
+using PinnedBuffer = CudaMemory<PinnedAlloc>;
 
 // A non-blocking stream (no implicit synchronization with the legacy default stream).
 class CudaStream {
