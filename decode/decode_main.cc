@@ -3,6 +3,7 @@
 #include <grpcpp/grpcpp.h>
 
 #include <cstdio>
+#include <memory>
 
 #include "CLI/CLI.hpp"
 #include "common/logging.h"
@@ -37,7 +38,20 @@ int main(int argc, char** argv) {
   so.max_batch_tokens = options->max_batch_tokens;
   so.max_batch_seqs = options->max_batch_seqs;
   so.max_queued_requests = options->max_queued_requests;
-  kvtier::decode::Scheduler scheduler(parts->engine.get(), parts->tier.get(), so);
+  so.keep_blocks = options->keep_blocks;
+  // Write-backs go through a client of their own on the scheduler's writer thread.
+  std::unique_ptr<kvtier::StoreClient> writer_store;
+  if (parts->store != nullptr) {
+    absl::StatusOr<std::unique_ptr<kvtier::StoreClient>> c =
+        kvtier::StoreClient::Create(kvtier::worker::ToStoreClientOptions(*options));
+    if (!c.ok()) {
+      spdlog::error("store client: {}", c.status().ToString());
+      return 1;
+    }
+    writer_store = std::move(*c);
+  }
+  kvtier::decode::Scheduler scheduler(parts->engine.get(), parts->tier.get(), so,
+                                      std::move(writer_store));
   scheduler.Start();
 
   kvtier::decode::DecodeService service(&scheduler, parts->engine.get(), parts->tier.get(),

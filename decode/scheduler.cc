@@ -83,6 +83,8 @@ struct Scheduler::Active {
   std::vector<Seq> seqs;
   int unfinished = 0;
   bool done = false;
+  bool wrote = false;         // handed blocks to write_keys_ in this step
+  uint64_t write_ticket = 0;  // of its last write-back (KvTier::written())
 };
 
 namespace {
@@ -93,7 +95,8 @@ absl::Span<const uint32_t> AsU32(absl::Span<const int32_t> t) {
 
 }  // namespace
 
-Scheduler::Scheduler(engine::Engine* engine, worker::KvTier* tier, SchedulerOptions options)
+Scheduler::Scheduler(engine::Engine* engine, worker::KvTier* tier, SchedulerOptions options,
+                     std::unique_ptr<StoreClient> writer_store)
     : engine_(engine),
       tier_(tier),
       options_(options),
@@ -114,6 +117,13 @@ Scheduler::Scheduler(engine::Engine* engine, worker::KvTier* tier, SchedulerOpti
   KVTIER_CHECK(options_.max_batch_tokens <= engine->options().max_batch_tokens &&
                    options_.max_batch_seqs <= engine->options().max_batch_seqs,
                "scheduler batch bounds exceed the engine's");
+  if (writer_store != nullptr && tier_->has_store()) {
+    tier_->EnableAsyncWrites(std::move(writer_store), options_.write_buffer_bytes, [this] {
+      absl::MutexLock lock(&mu_);
+      written_ = true;
+      cv_.Signal();
+    });
+  }
   PublishStats();
 }
 
@@ -135,6 +145,9 @@ void Scheduler::Stop() {
   } else {
     FailAll(absl::UnavailableError("the decode worker is shutting down"));
   }
+  // The loop is gone: this thread owns its state now.
+  tier_->StopAsyncWrites();
+  FinishWritten();
 }
 
 Scheduler::Stats Scheduler::stats() const {
@@ -217,9 +230,11 @@ void Scheduler::Loop() {
   while (true) {
     {
       absl::MutexLock lock(&mu_);
-      while (!stopping_ && running_.empty() && waiting_.empty()) cv_.Wait(&mu_);
+      while (!stopping_ && running_.empty() && waiting_.empty() && !written_) cv_.Wait(&mu_);
       if (stopping_) break;
+      written_ = false;
     }
+    FinishWritten();
     DropCancelled();
     const bool still_waiting = Admit();
     const bool ran = Step();
@@ -419,9 +434,11 @@ bool Scheduler::Step() {
   }
 
   if (!write_keys_.empty()) {
-    const PutResult r = tier_->StoreBlocks(write_keys_, write_pages_);
-    spdlog::debug("wrote {} blocks back: {} stored, {} present, {} skipped", write_keys_.size(),
-                  r.stored, r.present, r.skipped);
+    const uint64_t ticket = tier_->StoreBlocksAsync(write_keys_, write_pages_);
+    for (auto& a : running_) {
+      if (a->wrote) a->write_ticket = ticket;
+      a->wrote = false;
+    }
     write_keys_.clear();
     write_pages_.clear();
   }
@@ -454,6 +471,7 @@ void Scheduler::CompleteBlocks(Active& a, Seq& s) {
     if (cache_.Insert(key, page) && tier_->has_store()) {
       write_keys_.push_back(key);
       write_pages_.push_back(page);
+      a.wrote = true;
     }
   }
 }
@@ -520,6 +538,8 @@ void Scheduler::FinishRequest(Active& a, absl::Status status) {
   std::reverse(a.shared_pages.begin(), a.shared_pages.end());
   cache_.Release(a.shared_pages);
   a.shared_pages.clear();
+  // Pages written back were exported when their step ended: evicting them loses nothing.
+  if (!options_.keep_blocks) cache_.EvictAll();
   a.done = true;
   PublishStats();
   {
@@ -529,7 +549,21 @@ void Scheduler::FinishRequest(Active& a, absl::Status status) {
   if (!status.ok() && !absl::IsCancelled(status)) {
     spdlog::warn("request '{}' failed: {}", a.spec.request_id, status.ToString());
   }
+  if (status.ok() && a.write_ticket > tier_->written()) {
+    finishing_.push_back({a.stream, a.write_ticket});
+    return;
+  }
   a.stream->Finish(std::move(status));
+}
+
+void Scheduler::FinishWritten() {
+  if (finishing_.empty()) return;
+  const uint64_t written = tier_->written();
+  std::erase_if(finishing_, [&](Finishing& f) {
+    if (f.ticket > written) return false;
+    f.stream->Finish(absl::OkStatus());
+    return true;
+  });
 }
 
 void Scheduler::FailAll(const absl::Status& status) {

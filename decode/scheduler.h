@@ -14,7 +14,12 @@
 //   4. samples, streams each new token to its request's GenerationStream, finishes sequences
 //      on a stop token, max_tokens or the context limit;
 //   5. hands every block that filled to the BlockCache and writes them to the store in one
-//      batch.
+//      batch: exported now and stored by the KvTier's writer thread when the scheduler was
+//      given a writer store client (the loop never waits for store I/O), or stored in place.
+//
+// A request's stream finishes once the blocks it wrote are in the store (its tokens, the last
+// one and its finish_reason included, stream as soon as they are sampled), so a caller that
+// sees the end of a Generate can count on the store holding the whole history.
 //
 // Correctness: a page enters the BlockCache (and the store) only once all of its block's K/V
 // is computed; cached pages are shared read-only (a sequence writes only its own pages).
@@ -41,6 +46,7 @@
 #include "engine/generator.h"
 #include "engine/page_allocator.h"
 #include "engine/sampler.h"
+#include "kvtier/store_client.h"
 #include "worker/block_cache.h"
 #include "worker/kv_tier.h"
 
@@ -105,19 +111,30 @@ struct SchedulerOptions {
   int max_batch_seqs = 64;
   // Most requests waiting for admission; Submit refuses more. Default: 256.
   int max_queued_requests = 256;
+  // Keep finished requests' blocks in the engine's pages (the first tier) for later requests.
+  // false: evict them as soon as nobody uses them, so every request fetches its prefix from
+  // the store (for measuring the store path, or to keep pages for running requests).
+  // Default: true.
+  bool keep_blocks = true;
+  // Most bytes of blocks exported and waiting for the writer thread. Default: 512 MiB.
+  size_t write_buffer_bytes = size_t{512} << 20;
 };
 
 class Scheduler {
  public:
   // Borrows `engine` and `tier` (whose store may be null); both must outlive the scheduler.
-  Scheduler(engine::Engine* engine, worker::KvTier* tier, SchedulerOptions options);
+  // `writer_store`, a second client of the tier's stores, moves write-backs to a writer
+  // thread (KvTier::EnableAsyncWrites until Stop); null: the loop stores blocks itself.
+  Scheduler(engine::Engine* engine, worker::KvTier* tier, SchedulerOptions options,
+            std::unique_ptr<StoreClient> writer_store = nullptr);
   ~Scheduler();  // Stop()s.
   Scheduler(const Scheduler&) = delete;
   Scheduler& operator=(const Scheduler&) = delete;
 
   void Start();
   // Finishes every waiting and running request with Unavailable, refuses new ones, releases
-  // all pages and joins the loop thread. Idempotent.
+  // all pages, joins the loop thread, then waits for queued write-backs (bounded by the store
+  // client's timeouts) and finishes the requests that were waiting for them. Idempotent.
   void Stop();
 
   // Queues a request. InvalidArgument for a bad prompt or sampling parameters, or a prompt
@@ -168,6 +185,8 @@ class Scheduler {
   void CompleteBlocks(Active& a, Seq& s);
   void ReleaseSeq(Seq& s);
   void FinishRequest(Active& a, absl::Status status);
+  // Finishes the streams whose write-backs are done.
+  void FinishWritten();
   void FailAll(const absl::Status& status);
   void PublishStats();
 
@@ -185,6 +204,12 @@ class Scheduler {
   int running_seqs_ = 0;
   std::vector<BlockKey> write_keys_;  // blocks to store after this step
   std::vector<int32_t> write_pages_;
+  // Completed requests whose streams finish once tier_->written() reaches their ticket.
+  struct Finishing {
+    std::shared_ptr<GenerationStream> stream;
+    uint64_t ticket;
+  };
+  std::deque<Finishing> finishing_;
   std::vector<engine::SeqInput> inputs_;
   std::vector<std::pair<Active*, Seq*>> owners_;
   std::vector<float> logits_;
@@ -194,6 +219,7 @@ class Scheduler {
   absl::CondVar cv_;
   std::deque<Waiting> waiting_ ABSL_GUARDED_BY(mu_);
   bool stopping_ ABSL_GUARDED_BY(mu_) = false;
+  bool written_ ABSL_GUARDED_BY(mu_) = false;  // the writer finished a batch since last seen
   Stats stats_ ABSL_GUARDED_BY(mu_);
   std::thread thread_;
 };

@@ -331,6 +331,7 @@ absl::StatusOr<ClusterConfig> LoadClusterConfig(const std::string& path) {
       {"workers.kv_cache_bytes", Scalar(&c.worker_kv_cache_bytes)},
       {"workers.max_batch_tokens", Scalar(&c.worker_max_batch_tokens)},
       {"workers.base_port", Scalar(&c.worker_base_port)},
+      {"workers.keep_blocks", Scalar(&c.worker_keep_blocks)},
       {"router.port", Scalar(&c.router_port)},
       {"router.skip_prefill_below", Scalar(&c.router_skip_prefill_below)},
   };
@@ -489,15 +490,19 @@ absl::StatusOr<ClusterState> StartCluster(const ClusterConfig& c, const std::str
     for (int i = 0; i < n; ++i) {
       const std::string name = absl::StrCat(role == 0 ? "prefill-" : "decode-", i);
       const int index = role == 0 ? i : c.prefill_workers + i;
-      auto w =
-          start(name, role == 0 ? "kvtier-prefill" : "kvtier-decode",
-                {"--model-dir=" + model_dir, "--backend=" + state.backend,
-                 "--listen=127.0.0.1:" + PortArg(c.worker_base_port, index),
-                 "--store=" + store_addr, absl::StrCat("--threads=", c.worker_threads),
-                 "--kv-cache-bytes=" + c.worker_kv_cache_bytes,
-                 absl::StrCat("--max-batch-tokens=", c.worker_max_batch_tokens),
-                 absl::StrCat("--max-batch-seqs=", std::min(64, c.worker_max_batch_tokens - 1)),
-                 "--model-name=" + state.model_name});
+      std::vector<std::string> args = {
+          "--model-dir=" + model_dir,
+          "--backend=" + state.backend,
+          "--listen=127.0.0.1:" + PortArg(c.worker_base_port, index),
+          "--store=" + store_addr,
+          absl::StrCat("--threads=", c.worker_threads),
+          "--kv-cache-bytes=" + c.worker_kv_cache_bytes,
+          absl::StrCat("--max-batch-tokens=", c.worker_max_batch_tokens),
+          absl::StrCat("--max-batch-seqs=", std::min(64, c.worker_max_batch_tokens - 1)),
+          "--model-name=" + state.model_name};
+      if (role == 1)
+        args.push_back(c.worker_keep_blocks ? "--keep-blocks=true" : "--keep-blocks=false");
+      auto w = start(name, role == 0 ? "kvtier-prefill" : "kvtier-decode", args);
       if (!w.ok()) return cleanup(w.status());
       (role == 0 ? prefill : decode).push_back(*w);
     }

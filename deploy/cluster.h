@@ -55,6 +55,9 @@ struct ClusterConfig {
   std::string worker_kv_cache_bytes = "64MiB";
   int worker_max_batch_tokens = 256;
   int worker_base_port = 0;
+  // Decode workers keep finished requests' blocks in their own pages (false: the store is the
+  // only cache across requests). Default: true.
+  bool worker_keep_blocks = true;
   // Router HTTP port (0: any free port). Default: 8080.
   int router_port = 8080;
   // Router: uncached prompt tokens below which prefill is skipped. Default: 16.

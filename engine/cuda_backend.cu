@@ -115,6 +115,7 @@ class CudaEngine final : public Engine {
                          int32_t* next_tokens) override;
   absl::Status DoExportPages(absl::Span<const int32_t> pages, uint8_t* dst) override;
   absl::Status DoImportPages(absl::Span<const int32_t> pages, const uint8_t* src) override;
+  absl::StatusOr<HostBuffer> AllocateHostBuffer(size_t bytes) const override;
 
  private:
   struct LayerBuffers {
@@ -673,12 +674,46 @@ absl::Status CudaEngine::DoForward(absl::Span<const SeqInput> batch, float* logi
   return absl::OkStatus();
 }
 
+// Whether [p, p + bytes) is page-locked host memory (cudaHostAlloc or cudaHostRegister), which
+// the copy engine reads and writes directly.
+bool IsPinned(const void* p, size_t bytes) {
+  for (const void* q : {p, static_cast<const void*>(static_cast<const uint8_t*>(p) + bytes - 1)}) {
+    cudaPointerAttributes a{};
+    if (cudaPointerGetAttributes(&a, q) != cudaSuccess) {
+      (void)cudaGetLastError();
+      return false;
+    }
+    if (a.type != cudaMemoryTypeHost) return false;
+  }
+  return true;
+}
+
+void FreePinned(void* p) { (void)cudaFreeHost(p); }
+
+absl::StatusOr<HostBuffer> CudaEngine::AllocateHostBuffer(size_t bytes) const {
+  if (bytes == 0) return HostBuffer();
+  KVTIER_CUDA_RETURN_IF_ERROR(cudaSetDevice(device_));
+  void* p = nullptr;
+  KVTIER_CUDA_RETURN_IF_ERROR(cudaHostAlloc(&p, bytes, cudaHostAllocPortable));
+  return HostBuffer(p, bytes, FreePinned);
+}
+
 absl::Status CudaEngine::DoExportPages(absl::Span<const int32_t> pages, uint8_t* dst) {
   KVTIER_CUDA_RETURN_IF_ERROR(cudaSetDevice(device_));
   if (pages.empty()) return absl::OkStatus();
   cudaStream_t s = stream_.get();
   const KvLayout& kv = kv_layout();
   const size_t block = kv.BlockBytes(), layer_bytes = kv.LayerBytes();
+  if (IsPinned(dst, pages.size() * block)) {  // straight into the caller's buffer
+    for (size_t i = 0; i < pages.size(); ++i) {
+      const size_t page = static_cast<size_t>(pages[i]);
+      KVTIER_CUDA_RETURN_IF_ERROR(cudaMemcpy2DAsync(
+          dst + i * block, layer_bytes, kv_cache_.as<uint8_t>() + page * layer_bytes,
+          layer_stride_bytes_, layer_bytes, kv.num_layers, cudaMemcpyDeviceToHost, s));
+    }
+    KVTIER_CUDA_RETURN_IF_ERROR(cudaStreamSynchronize(s));
+    return absl::OkStatus();
+  }
   const size_t per_chunk = staging_half_bytes_ / block;
   const size_t n = pages.size();
   const size_t chunks = (n + per_chunk - 1) / per_chunk;
@@ -714,6 +749,16 @@ absl::Status CudaEngine::DoImportPages(absl::Span<const int32_t> pages, const ui
   cudaStream_t s = stream_.get();
   const KvLayout& kv = kv_layout();
   const size_t block = kv.BlockBytes(), layer_bytes = kv.LayerBytes();
+  if (IsPinned(src, pages.size() * block)) {  // straight from the caller's buffer
+    for (size_t i = 0; i < pages.size(); ++i) {
+      const size_t page = static_cast<size_t>(pages[i]);
+      KVTIER_CUDA_RETURN_IF_ERROR(cudaMemcpy2DAsync(
+          kv_cache_.as<uint8_t>() + page * layer_bytes, layer_stride_bytes_, src + i * block,
+          layer_bytes, layer_bytes, kv.num_layers, cudaMemcpyHostToDevice, s));
+    }
+    KVTIER_CUDA_RETURN_IF_ERROR(cudaStreamSynchronize(s));
+    return absl::OkStatus();
+  }
   const size_t per_chunk = staging_half_bytes_ / block;
   const size_t n = pages.size();
   const size_t chunks = (n + per_chunk - 1) / per_chunk;

@@ -1,5 +1,6 @@
 #include "engine/engine.h"
 
+#include <cstdlib>
 #include <utility>
 
 #include "absl/strings/str_cat.h"
@@ -155,6 +156,16 @@ absl::Status Engine::ImportPages(absl::Span<const int32_t> pages, absl::Span<con
   KVTIER_RETURN_IF_ERROR(ValidatePages(pages, src.size()));
   if (pages.empty()) return absl::OkStatus();
   return DoImportPages(pages, src.data());
+}
+
+absl::StatusOr<HostBuffer> Engine::AllocateHostBuffer(size_t bytes) const {
+  if (bytes == 0) return HostBuffer();
+  constexpr size_t kAlign = 4096;
+  void* p = std::aligned_alloc(kAlign, (bytes + kAlign - 1) / kAlign * kAlign);
+  if (p == nullptr) {
+    return absl::ResourceExhaustedError(absl::StrCat("cannot allocate ", bytes, " host bytes"));
+  }
+  return HostBuffer(p, bytes, std::free);
 }
 
 }  // namespace kvtier::engine

@@ -16,6 +16,7 @@
 #include <memory>
 #include <optional>
 #include <string>
+#include <utility>
 
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
@@ -46,6 +47,31 @@ struct KvLayout {
     return ((((size_t(layer) * 2 + kv) * num_kv_heads + head) * block_tokens + token) * head_dim) +
            dim;
   }
+};
+
+// Host memory for block payloads, as the backend copies to and from it fastest (see
+// Engine::AllocateHostBuffer). Move-only; frees itself. Safe to use from any thread.
+class HostBuffer {
+ public:
+  using Deleter = void (*)(void*);
+  HostBuffer() = default;
+  HostBuffer(void* data, size_t size, Deleter deleter)
+      : data_(static_cast<uint8_t*>(data), deleter), size_(size) {}
+  HostBuffer(HostBuffer&& o) noexcept : data_(std::move(o.data_)), size_(o.size_) { o.size_ = 0; }
+  HostBuffer& operator=(HostBuffer&& o) noexcept {
+    data_ = std::move(o.data_);
+    size_ = o.size_;
+    o.size_ = 0;
+    return *this;
+  }
+
+  uint8_t* data() const { return data_.get(); }
+  size_t size() const { return size_; }
+  absl::Span<uint8_t> span() const { return {data_.get(), size_}; }
+
+ private:
+  std::unique_ptr<uint8_t, Deleter> data_{nullptr, nullptr};
+  size_t size_ = 0;
 };
 
 enum class BackendKind { kCpu, kCuda };
@@ -117,6 +143,12 @@ class Engine {
   // kv_layout().BlockBytes() each). InvalidArgument for bad page ids or buffer sizes.
   absl::Status ExportPages(absl::Span<const int32_t> pages, absl::Span<uint8_t> dst);
   absl::Status ImportPages(absl::Span<const int32_t> pages, absl::Span<const uint8_t> src);
+
+  // `bytes` of host memory that ExportPages/ImportPages move fastest: page-locked on the CUDA
+  // backend (the copy engine reads and writes it directly, with no staging copy), 4 KiB-aligned
+  // ordinary memory on the CPU backend. Any thread; the buffer may outlive the engine only on
+  // the CPU backend.
+  virtual absl::StatusOr<HostBuffer> AllocateHostBuffer(size_t bytes) const;
 
  protected:
   Engine(ModelWeights weights, const EngineOptions& options, KvLayout layout, int num_pages);

@@ -30,15 +30,23 @@ void KvTier::LogFailure(const char* what, const absl::Status& status) {
   }
 }
 
-void KvTier::EnsureStaging(size_t blocks) {
-  if (dst_.size() >= blocks) return;
-  staging_.resize(blocks * block_bytes_);
+absl::Status KvTier::EnsureStaging(size_t blocks) {
+  if (dst_.size() >= blocks) return absl::OkStatus();
+  staging_ = engine::HostBuffer();  // free the old one first
+  absl::StatusOr<engine::HostBuffer> b = engine_->AllocateHostBuffer(blocks * block_bytes_);
+  if (!b.ok()) {
+    dst_.clear();
+    src_.clear();
+    return b.status();
+  }
+  staging_ = std::move(*b);
   dst_.resize(blocks);
   src_.resize(blocks);
   for (size_t i = 0; i < blocks; ++i) {
     dst_[i] = staging_.data() + i * block_bytes_;
     src_[i] = dst_[i];
   }
+  return absl::OkStatus();
 }
 
 size_t KvTier::Lookup(absl::Span<const BlockKey> keys) {
@@ -58,7 +66,10 @@ size_t KvTier::FetchPrefix(absl::Span<const BlockKey> keys, absl::Span<const int
   size_t done = 0;
   while (done < keys.size()) {
     const size_t n = std::min(kMaxBlocksPerCall, keys.size() - done);
-    EnsureStaging(n);
+    if (absl::Status st = EnsureStaging(n); !st.ok()) {
+      LogFailure("staging", st);
+      break;
+    }
     absl::StatusOr<size_t> got = store_->Get(namespace_, keys.subspan(done, n),
                                              absl::MakeSpan(dst_.data(), n), block_bytes_);
     if (!got.ok()) {
@@ -92,9 +103,9 @@ PutResult KvTier::StoreBlocks(absl::Span<const BlockKey> keys, absl::Span<const 
   }
   for (size_t done = 0; done < keys.size();) {
     const size_t n = std::min(kMaxBlocksPerCall, keys.size() - done);
-    EnsureStaging(n);
-    absl::Status st = engine_->ExportPages(pages.subspan(done, n),
-                                           absl::MakeSpan(staging_.data(), n * block_bytes_));
+    absl::Status st = EnsureStaging(n);
+    if (st.ok())
+      st = engine_->ExportPages(pages.subspan(done, n), staging_.span().first(n * block_bytes_));
     absl::StatusOr<PutResult> r;
     if (st.ok()) {
       r = store_->Put(namespace_, keys.subspan(done, n), absl::MakeConstSpan(src_.data(), n),
@@ -114,6 +125,66 @@ PutResult KvTier::StoreBlocks(absl::Span<const BlockKey> keys, absl::Span<const 
   stats_.stored_blocks += total.stored;
   stats_.skipped_blocks += total.skipped;
   return total;
+}
+
+void KvTier::EnableAsyncWrites(std::unique_ptr<StoreClient> writer_store, size_t buffer_bytes,
+                               std::function<void()> on_written) {
+  KVTIER_CHECK(store_ != nullptr && writer_store != nullptr && writer_ == nullptr,
+               "EnableAsyncWrites: needs a store and is called once");
+  const size_t batch = kMaxBlocksPerCall;
+  const int buffers = static_cast<int>(std::max<size_t>(2, buffer_bytes / (batch * block_bytes_)));
+  writer_ = std::make_unique<BlockWriter>(
+      std::move(writer_store), namespace_, block_bytes_, batch, buffers,
+      [this](size_t bytes) { return engine_->AllocateHostBuffer(bytes); }, std::move(on_written));
+}
+
+uint64_t KvTier::StoreBlocksAsync(absl::Span<const BlockKey> keys,
+                                  absl::Span<const int32_t> pages) {
+  if (writer_ == nullptr) {
+    StoreBlocks(keys, pages);
+    return 0;
+  }
+  KVTIER_CHECK(pages.size() == keys.size(), "StoreBlocksAsync: {} pages for {} keys", pages.size(),
+               keys.size());
+  uint64_t ticket = 0;
+  for (size_t done = 0; done < keys.size();) {
+    const size_t n = std::min(writer_->batch_blocks(), keys.size() - done);
+    absl::StatusOr<engine::HostBuffer> buffer = writer_->Acquire();
+    absl::Status st = buffer.status();
+    if (st.ok()) {
+      st = engine_->ExportPages(pages.subspan(done, n), buffer->span().first(n * block_bytes_));
+    }
+    if (st.ok()) {
+      auto k = keys.subspan(done, n);
+      ticket = writer_->Submit(std::move(*buffer), std::vector<BlockKey>(k.begin(), k.end()));
+    } else {
+      if (buffer.ok()) writer_->Return(std::move(*buffer));
+      LogFailure("export", st);
+      stats_.skipped_blocks += n;
+    }
+    done += n;
+  }
+  return ticket;
+}
+
+void KvTier::StopAsyncWrites() {
+  if (writer_ == nullptr) return;
+  writer_->Flush();
+  final_ticket_ = writer_->written();
+  const BlockWriter::Stats w = writer_->stats();
+  stats_.stored_blocks += w.stored_blocks;
+  stats_.skipped_blocks += w.skipped_blocks;
+  writer_.reset();
+}
+
+KvTier::Stats KvTier::stats() const {
+  Stats s = stats_;
+  if (writer_ != nullptr) {
+    const BlockWriter::Stats w = writer_->stats();
+    s.stored_blocks += w.stored_blocks;
+    s.skipped_blocks += w.skipped_blocks;
+  }
+  return s;
 }
 
 }  // namespace kvtier::worker

@@ -6,20 +6,30 @@
 // down, bad slot size, checksum mismatch, import failure) is reported as a miss or as skipped
 // blocks and logged, never as an error; the caller then computes the K/V itself.
 //
+// Host staging comes from Engine::AllocateHostBuffer (pinned on the CUDA backend), so the copy
+// engine moves blocks straight between the GPU pages and the buffers the store client fills.
+//
+// Writes are synchronous (StoreBlocks: the prefill worker returns once its blocks are
+// committed) or, after EnableAsyncWrites, handed to a BlockWriter thread (StoreBlocksAsync: the
+// decode loop exports and goes on; a ticket tells when the blocks are in the store).
+//
 // Ownership: borrows the engine and the store client (null: no store tier), which must outlive
-// it. Owns its staging buffers, which are reused across calls.
+// it. Owns its staging buffers, which are reused across calls, and the BlockWriter.
 // Thread-safety: thread-compatible; called only from the thread that drives the engine.
 #ifndef KVTIER_WORKER_KV_TIER_H_
 #define KVTIER_WORKER_KV_TIER_H_
 
 #include <cstddef>
 #include <cstdint>
+#include <functional>
+#include <memory>
 #include <vector>
 
 #include "absl/types/span.h"
 #include "common/block_key.h"
 #include "engine/engine.h"
 #include "kvtier/store_client.h"
+#include "worker/block_writer.h"
 
 namespace kvtier::worker {
 
@@ -53,6 +63,22 @@ class KvTier {
   // Exports pages[i] (whose block is completely computed) and stores it under keys[i].
   PutResult StoreBlocks(absl::Span<const BlockKey> keys, absl::Span<const int32_t> pages);
 
+  // Starts a BlockWriter thread with its own store client `writer_store` (a second client for
+  // the same stores), at most `buffer_bytes` of queued blocks; `on_written` runs on that thread
+  // after each batch. Requires has_store().
+  void EnableAsyncWrites(std::unique_ptr<StoreClient> writer_store, size_t buffer_bytes,
+                         std::function<void()> on_written);
+  bool async_writes() const { return writer_ != nullptr; }
+  // Exports pages[i] now and queues them for the writer thread; returns the ticket that
+  // written() reaches once they are stored (0: nothing was queued). Without async writes (or a
+  // store) this is StoreBlocks and returns 0. Waits only while the writer's buffers are full.
+  uint64_t StoreBlocksAsync(absl::Span<const BlockKey> keys, absl::Span<const int32_t> pages);
+  // Highest ticket whose blocks are stored (or skipped); any thread.
+  uint64_t written() const { return writer_ == nullptr ? final_ticket_ : writer_->written(); }
+  // Waits until every queued block is written, then stops the writer thread: later writes are
+  // synchronous. written() keeps its last value.
+  void StopAsyncWrites();
+
   // Totals since creation, for logs and tests.
   struct Stats {
     uint64_t fetched_blocks = 0;
@@ -60,11 +86,12 @@ class KvTier {
     uint64_t skipped_blocks = 0;
     uint64_t failures = 0;  // store or engine errors absorbed as misses
   };
-  const Stats& stats() const { return stats_; }
+  // Blocks of asynchronous writes count once written.
+  Stats stats() const;
 
  private:
   // Grows the staging buffer to `blocks` payloads and refreshes the pointer tables.
-  void EnsureStaging(size_t blocks);
+  absl::Status EnsureStaging(size_t blocks);
   void LogFailure(const char* what, const absl::Status& status);
 
   engine::Engine* engine_;
@@ -72,11 +99,13 @@ class KvTier {
   NamespaceId namespace_;
   uint32_t block_tokens_;
   size_t block_bytes_;
-  std::vector<uint8_t> staging_;
+  engine::HostBuffer staging_;
   std::vector<void*> dst_;
   std::vector<const void*> src_;
   Stats stats_;
   bool failure_logged_ = false;
+  uint64_t final_ticket_ = 0;            // written() once the writer is stopped
+  std::unique_ptr<BlockWriter> writer_;  // declared last: its thread stops first
 };
 
 }  // namespace kvtier::worker

@@ -95,6 +95,10 @@ absl::StatusOr<WorkerOptions> LoadWorkerOptions(const std::string& path, WorkerO
         c.max_queued_requests = v.as<int>();
       } else if (key == "default_max_tokens") {
         c.default_max_tokens = v.as<int>();
+      } else if (key == "keep_blocks") {
+        c.keep_blocks = v.as<bool>();
+      } else if (key == "store_copy_threads") {
+        c.store_copy_threads = v.as<int>();
       } else {
         return absl::InvalidArgumentError(
             absl::StrCat("config ", path, ": unknown key '", key, "'"));
@@ -129,6 +133,9 @@ absl::Status FinalizeWorkerOptions(WorkerOptions* o) {
   KVTIER_RETURN_IF_ERROR(Positive("max_batch_seqs", o->max_batch_seqs));
   KVTIER_RETURN_IF_ERROR(Positive("max_queued_requests", o->max_queued_requests));
   KVTIER_RETURN_IF_ERROR(Positive("default_max_tokens", o->default_max_tokens));
+  if (o->store_copy_threads < 0 || o->store_copy_threads > 64) {
+    return absl::InvalidArgumentError("store_copy_threads must be in [0, 64]");
+  }
   if (o->max_batch_seqs >= o->max_batch_tokens) {
     // Every running sequence's decode token goes into one Forward, and prefill chunks need
     // room next to them.
@@ -170,6 +177,7 @@ StoreClientOptions ToStoreClientOptions(const WorkerOptions& o) {
   s.stores = o.stores;
   s.rpc_timeout = absl::Milliseconds(o.store_rpc_timeout_ms);
   s.retry_after = absl::Milliseconds(o.store_retry_after_ms);
+  s.copy_threads = o.store_copy_threads;
   return s;
 }
 
@@ -196,6 +204,10 @@ void WorkerFlags::Register(CLI::App& app) {
                  "decode: most requests waiting for admission");
   app.add_option("--default-max-tokens", flags_.default_max_tokens,
                  "decode: max_tokens of requests that leave it 0");
+  app.add_option("--keep-blocks", flags_.keep_blocks,
+                 "decode: keep finished requests' blocks as a first tier (true|false)");
+  app.add_option("--store-copy-threads", flags_.store_copy_threads,
+                 "threads copying blocks to and from a same-host store (0: auto)");
 }
 
 absl::StatusOr<WorkerOptions> WorkerFlags::Resolve() const {
@@ -226,6 +238,8 @@ absl::StatusOr<WorkerOptions> WorkerFlags::Resolve() const {
   if (given("--log-level")) o.log_level = flags_.log_level;
   if (given("--max-queued-requests")) o.max_queued_requests = flags_.max_queued_requests;
   if (given("--default-max-tokens")) o.default_max_tokens = flags_.default_max_tokens;
+  if (given("--keep-blocks")) o.keep_blocks = flags_.keep_blocks;
+  if (given("--store-copy-threads")) o.store_copy_threads = flags_.store_copy_threads;
   KVTIER_RETURN_IF_ERROR(FinalizeWorkerOptions(&o));
   return o;
 }

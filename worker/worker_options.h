@@ -56,6 +56,12 @@ struct WorkerOptions {
   int max_queued_requests = 256;
   // Decode: max_tokens of a request that leaves it 0. Default: 256.
   int default_max_tokens = 256;
+  // Decode: keep finished requests' blocks in the engine's pages as a first tier (false: every
+  // request fetches its prefix from the store). Default: true.
+  bool keep_blocks = true;
+  // Threads copying blocks to and from a same-host store; 0: half the cores, at most 8.
+  // Default: 0.
+  int store_copy_threads = 0;
 };
 
 // Defaults for "prefill" or "decode" (they differ in the listen port only).

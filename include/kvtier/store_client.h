@@ -39,6 +39,9 @@ struct StoreClientOptions {
   // directly, hashing each chunk while it is in cache (one pass over memory instead of a UCX
   // copy plus a checksum pass). Off: always UCX put/get. Default: true.
   bool map_same_host_pool = true;
+  // Threads that copy and hash blocks on that same-host path when a batch is large (one core
+  // cannot reach the memory bandwidth); 0: half the cores, at most 8. Default: 0.
+  int copy_threads = 0;
   // After a node fails, it is skipped (its keys are misses) for this long. Default: 1 s.
   absl::Duration retry_after = absl::Seconds(1);
 };
