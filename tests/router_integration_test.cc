@@ -10,7 +10,10 @@
 #include <fstream>
 #include <iostream>
 #include <memory>
+#include <mutex>
 #include <string>
+#include <string_view>
+#include <thread>
 #include <vector>
 
 #include "absl/strings/str_cat.h"
@@ -51,6 +54,130 @@ struct Answer {
   int64_t completion_tokens = 0;
   int64_t cached_tokens = 0;
 };
+
+// A streaming request read on a thread of its own, so that the test can act (signal a process)
+// while the events arrive. The client's read timeout bounds the thread's life.
+class BackgroundStream {
+ public:
+  BackgroundStream(int port, const std::string& path, const json& request)
+      : thread_([this, port, path, body = request.dump()] { Run(port, path, body); }) {}
+  ~BackgroundStream() { thread_.join(); }
+
+  // Waits (bounded) until a chunk with text has arrived; false if none came.
+  bool WaitForText(absl::Duration timeout) {
+    auto has_text = [&] {
+      std::lock_guard<std::mutex> lock(mu_);
+      // Chat chunks are compact JSON; the first one of a choice has "content":"".
+      for (size_t at = body_.find(kContent); at != std::string::npos;
+           at = body_.find(kContent, at + 1)) {
+        if (at + kContent.size() < body_.size() && body_[at + kContent.size()] != '"') return true;
+      }
+      return false;
+    };
+    testing::WaitFor([&] { return has_text() || ended(); }, timeout);
+    return has_text();
+  }
+  // Waits (bounded) until the response has ended, complete or cut.
+  bool WaitForEnd(absl::Duration timeout) {
+    return testing::WaitFor([&] { return ended(); }, timeout);
+  }
+  bool ended() {
+    std::lock_guard<std::mutex> lock(mu_);
+    return ended_;
+  }
+  // Valid once ended: whether a whole HTTP response arrived, its status and body.
+  bool complete_response() {
+    std::lock_guard<std::mutex> lock(mu_);
+    return complete_response_;
+  }
+  int status() {
+    std::lock_guard<std::mutex> lock(mu_);
+    return status_;
+  }
+  std::string body() {
+    std::lock_guard<std::mutex> lock(mu_);
+    return body_;
+  }
+
+ private:
+  void Run(int port, const std::string& path, const std::string& body) {
+    httplib::Client client("127.0.0.1", port);
+    client.set_read_timeout(20, 0);
+    httplib::Request req;
+    req.method = "POST";
+    req.path = path;
+    req.body = body;
+    req.set_header("Content-Type", "application/json");
+    req.content_receiver = [this](const char* data, size_t n, uint64_t, uint64_t) {
+      std::lock_guard<std::mutex> lock(mu_);
+      body_.append(data, n);
+      return true;
+    };
+    httplib::Result res = client.send(req);
+    std::lock_guard<std::mutex> lock(mu_);
+    complete_response_ = static_cast<bool>(res);
+    status_ = res ? res->status : 0;
+    ended_ = true;
+  }
+
+  static constexpr std::string_view kContent = "\"content\":\"";
+
+  std::mutex mu_;
+  std::string body_;
+  bool ended_ = false;
+  bool complete_response_ = false;
+  int status_ = 0;
+  std::thread thread_;  // last: starts once the fields above exist
+};
+
+// How a chat stream ended: every event is one "data: " line; it is either complete (a
+// finish_reason, the usage chunk, then [DONE]) or ends with an error event and no [DONE].
+struct StreamEnd {
+  bool complete = false;
+  json error;  // the error event's body, or null
+  std::string text;
+  std::string finish_reason;
+  json usage;
+};
+
+StreamEnd ParseChatStream(const std::string& body) {
+  StreamEnd end;
+  std::vector<std::string> events = absl::StrSplit(body, "\n\n", absl::SkipEmpty());
+  for (size_t i = 0; i < events.size(); ++i) {
+    const std::string& e = events[i];
+    EXPECT_EQ(e.rfind("data: ", 0), 0u) << e;
+    const std::string data = e.substr(std::min<size_t>(6, e.size()));
+    const bool last = i + 1 == events.size();
+    if (data == "[DONE]") {
+      EXPECT_TRUE(last) << body;
+      EXPECT_FALSE(end.finish_reason.empty()) << body;
+      EXPECT_TRUE(end.usage.is_object()) << body;
+      end.complete = last && !end.finish_reason.empty();
+      continue;
+    }
+    json j = json::parse(data, nullptr, false);
+    EXPECT_FALSE(j.is_discarded()) << data;
+    if (j.is_discarded()) continue;
+    if (j.contains("error")) {
+      EXPECT_TRUE(last) << "an event after the error: " << body;
+      end.error = j;
+      continue;
+    }
+    if (j["choices"].empty()) {
+      end.usage = j["usage"];
+      continue;
+    }
+    const json& c = j["choices"][0];
+    if (c["delta"].contains("content")) end.text += c["delta"]["content"].get<std::string>();
+    if (!c["finish_reason"].is_null()) end.finish_reason = c["finish_reason"];
+  }
+  if (!end.error.is_null()) {
+    // An error ends the stream: nothing looks finished.
+    EXPECT_TRUE(end.finish_reason.empty()) << body;
+    EXPECT_FALSE(end.complete) << body;
+  }
+  return end;
+}
 
 class RouterIntegrationTest : public ::testing::Test {
  protected:
@@ -98,8 +225,9 @@ class RouterIntegrationTest : public ::testing::Test {
     return args;
   }
 
-  // A store, a prefill worker, `decode_workers` decode workers (1 or 2) and the router.
-  void StartAll(int decode_workers = 1) {
+  // A store, a prefill worker, `decode_workers` decode workers (1 or 2) and the router (with
+  // `router_flags` added to its command line).
+  void StartAll(int decode_workers = 1, const std::vector<std::string>& router_flags = {}) {
     StoreProcessOptions so;
     so.pool_bytes = "16MiB";
     so.slot_bytes = "64KiB";
@@ -125,6 +253,7 @@ class RouterIntegrationTest : public ::testing::Test {
         "--listen=127.0.0.1:0",      "--prefill=" + prefill_->address(),
         "--skip-prefill-below=16",   "--log-level=debug"};
     router_args.insert(router_args.end(), decode_flags.begin(), decode_flags.end());
+    router_args.insert(router_args.end(), router_flags.begin(), router_flags.end());
     auto r = ServerProcess::Start("kvtier-router", router_args, dir_, "router");
     ASSERT_TRUE(r.ok()) << r.status();
     router_ = std::make_unique<ServerProcess>(std::move(*r));
@@ -164,6 +293,15 @@ class RouterIntegrationTest : public ::testing::Test {
             {"max_tokens", max_tokens},
             {"temperature", 0},
             {"cache", cache}};
+  }
+
+  // A streaming chat request for thousands of tokens (seconds of work on the tiny model).
+  static json LongStream() {
+    json req = ChatRequest(json::array({{{"role", "user"}, {"content", "Tell a long story."}}}),
+                           true, 3500);
+    req["stream"] = true;
+    req["stream_options"] = {{"include_usage", true}};
+    return req;
   }
 
   Answer Chat(const json& messages, bool cache) {
@@ -523,6 +661,86 @@ TEST_F(RouterIntegrationTest, BadRequestsAndServiceEndpoints) {
       absl::Seconds(10)));
   expect_error("/v1/chat/completions", absl::StrCat(R"({"model":"tiny-chat",)", msgs, "}"), 503,
                "server_error");
+}
+
+// httplib refuses a body over --max-body-bytes with 413 before any handler runs; the router's
+// error handler gives it an OpenAI error body, and the router keeps serving.
+TEST_F(RouterIntegrationTest, OversizedBodyGets413AndTheRouterKeepsServing) {
+  ASSERT_NO_FATAL_FAILURE(StartAll(/*decode_workers=*/1, {"--max-body-bytes=4096"}));
+  const json big =
+      ChatRequest(json::array({{{"role", "user"}, {"content", std::string(8192, 'a')}}}), true);
+  httplib::Result res = Post("/v1/chat/completions", big.dump());
+  ASSERT_TRUE(res) << httplib::to_string(res.error());
+  EXPECT_EQ(res->status, 413) << res->body;
+  EXPECT_EQ(res->get_header_value("Content-Type"), "application/json");
+  json j = json::parse(res->body, nullptr, false);
+  ASSERT_FALSE(j.is_discarded()) << res->body;
+  EXPECT_EQ(j["error"]["type"], "invalid_request_error") << res->body;
+  EXPECT_TRUE(j["error"]["message"].is_string()) << res->body;
+  EXPECT_FALSE(j["error"]["message"].get<std::string>().empty());
+  EXPECT_TRUE(j["error"].contains("param") && j["error"].contains("code")) << res->body;
+  // A request under the limit right after it is served.
+  EXPECT_EQ(Chat(json::array({{{"role", "user"}, {"content", "hi"}}}), true).status, 200);
+  httplib::Result m = client_->Get("/metrics");
+  ASSERT_TRUE(m);
+  EXPECT_NE(m->body.find(
+                "kvtier_router_requests_total{endpoint=\"chat_completions\",status=\"413\"} 1\n"),
+            std::string::npos)
+      << m->body;
+}
+
+// SIGTERM to the only decode worker mid-stream: the worker ends its requests with UNAVAILABLE
+// and exits 0; the router has streamed text already, so it cannot retry: the stream ends with
+// an error event and no [DONE] (never a stream that looks finished). A request afterwards gets
+// 503 (docs/serving.md, "Failure behaviour").
+TEST_F(RouterIntegrationTest, DecodeWorkerSigtermMidStreamEndsTheStreamWithAnError) {
+  ASSERT_NO_FATAL_FAILURE(StartAll());
+  BackgroundStream stream(router_->grpc_port(), "/v1/chat/completions", LongStream());
+  ASSERT_TRUE(stream.WaitForText(absl::Seconds(10))) << stream.body();
+  const absl::Time signalled = absl::Now();
+  std::optional<int> st = decode_->process().Signal(SIGTERM, absl::Seconds(5));
+  ASSERT_TRUE(st.has_value()) << "the decode worker did not exit within 5 s of SIGTERM";
+  EXPECT_TRUE(WIFEXITED(*st) && WEXITSTATUS(*st) == 0) << *st;
+  std::cerr << "decode worker exited " << absl::Now() - signalled << " after SIGTERM\n";
+  ASSERT_TRUE(stream.WaitForEnd(absl::Seconds(5))) << "the stream did not end";
+  EXPECT_TRUE(stream.complete_response());
+  EXPECT_EQ(stream.status(), 200);
+  const StreamEnd end = ParseChatStream(stream.body());
+  ASSERT_FALSE(end.complete) << "the stream finished before SIGTERM; make it longer";
+  ASSERT_TRUE(end.error.is_object()) << stream.body();
+  EXPECT_EQ(end.error["error"]["type"], "server_error") << end.error;
+  EXPECT_NE(end.error["error"]["message"].get<std::string>().find("shutting down"),
+            std::string::npos)
+      << end.error;
+  EXPECT_FALSE(end.text.empty());
+  // No decode worker left: a clear 503, not a hang.
+  const Answer after = Chat(json::array({{{"role", "user"}, {"content", "hi"}}}), true);
+  EXPECT_EQ(after.status, 503) << after.body;
+  EXPECT_EQ(after.body["error"]["type"], "server_error") << after.body;
+}
+
+// SIGTERM to the router mid-stream: it cancels the generation, ends the stream with an error
+// event, closes the listener and exits 0 (docs/serving.md, "Router", "Failure behaviour").
+TEST_F(RouterIntegrationTest, RouterSigtermMidStreamEndsTheStreamAndExits) {
+  ASSERT_NO_FATAL_FAILURE(StartAll());
+  BackgroundStream stream(router_->grpc_port(), "/v1/chat/completions", LongStream());
+  ASSERT_TRUE(stream.WaitForText(absl::Seconds(10))) << stream.body();
+  const absl::Time signalled = absl::Now();
+  std::optional<int> st = router_->process().Signal(SIGTERM, absl::Seconds(5));
+  ASSERT_TRUE(st.has_value()) << "the router did not exit within 5 s of SIGTERM";
+  EXPECT_TRUE(WIFEXITED(*st) && WEXITSTATUS(*st) == 0) << *st;
+  std::cerr << "router exited " << absl::Now() - signalled << " after SIGTERM\n";
+  ASSERT_TRUE(stream.WaitForEnd(absl::Seconds(5))) << "the stream did not end";
+  const StreamEnd end = ParseChatStream(stream.body());
+  ASSERT_FALSE(end.complete) << "the stream finished before SIGTERM; make it longer";
+  ASSERT_TRUE(end.error.is_object()) << stream.body();
+  EXPECT_EQ(end.error["error"]["type"], "server_error") << end.error;
+  EXPECT_TRUE(stream.complete_response());
+  // The listener is closed.
+  httplib::Client c("127.0.0.1", router_->grpc_port());
+  c.set_connection_timeout(1, 0);
+  EXPECT_FALSE(c.Get("/health"));
+  router_.reset();  // already stopped
 }
 
 }  // namespace
