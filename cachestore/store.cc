@@ -6,18 +6,26 @@
 #include "absl/strings/str_cat.h"
 #include "common/checksum.h"
 #include "common/logging.h"
+#include "common/parallel.h"
 
 namespace kvtier::cachestore {
 namespace {
 
-// Commits at least this large verify their checksums on two threads.
+// A commit's checksums are verified by one thread per this many bytes, up to verify_threads_.
 constexpr uint64_t kParallelVerifyBytes = 4ull << 20;
 
 }  // namespace
 
 Store::Store(const StoreOptions& options, uint8_t* pool, SpillStore* spill,
              MetricsRegistry* metrics, Clock clock)
-    : options_(options), pool_(pool), spill_(spill), clock_(std::move(clock)) {
+    : options_(options),
+      verify_threads_(
+          options.verify_threads > 0
+              ? options.verify_threads
+              : static_cast<int>(std::clamp(std::thread::hardware_concurrency() / 2, 2u, 8u))),
+      pool_(pool),
+      spill_(spill),
+      clock_(std::move(clock)) {
   KVTIER_CHECK(options_.slot_bytes > 0 && options_.slot_count > 0, "empty pool");
   if (metrics == nullptr) {
     own_metrics_ = std::make_unique<MetricsRegistry>();
@@ -407,22 +415,15 @@ absl::StatusOr<CommitResult> Store::Commit(uint64_t reservation_id,
     for (Entry* e : r.entries) slots.emplace_back(SlotPtr(e->slot), e->size);
   }
   // Reading the slots needs no lock: they belong to this reservation until it is finished.
-  // A large batch is hashed by two threads: the writer waits on this call, so its core is free.
+  // A large batch is hashed by several threads: the writer waits on this call.
   std::vector<char> ok(slots.size());
-  auto verify = [&](size_t begin, size_t step) {
-    for (size_t i = begin; i < slots.size(); i += step) {
-      ok[i] = BlockChecksum(slots[i].first, slots[i].second) == checksums[i];
-    }
-  };
   uint64_t batch_bytes = 0;
   for (const auto& slot : slots) batch_bytes += slot.second;
-  if (slots.size() > 1 && batch_bytes >= kParallelVerifyBytes) {
-    std::thread helper(verify, 1, 2);
-    verify(0, 2);
-    helper.join();
-  } else {
-    verify(0, 1);
-  }
+  const int threads =
+      static_cast<int>(std::min<uint64_t>(verify_threads_, 1 + batch_bytes / kParallelVerifyBytes));
+  ParallelFor(slots.size(), threads, [&](size_t i) {
+    ok[i] = BlockChecksum(slots[i].first, slots[i].second) == checksums[i];
+  });
   absl::MutexLock lock(&mu_);
   auto it = reservations_.find(reservation_id);
   KVTIER_CHECK(it != reservations_.end(), "reservation {} vanished while committing",

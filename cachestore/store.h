@@ -47,6 +47,9 @@ struct StoreOptions {
   // Hits a block needs before eviction writes it to the spill tier (0: every block; a block
   // whose descendants are spilled is always spilled, so chains stay whole). Default: 0.
   uint32_t spill_min_hits = 0;
+  // Threads that verify a large commit's checksums (the committing writer waits on them);
+  // 0: half the cores, at least 2 and at most 8. Default: 0.
+  int verify_threads = 0;
 };
 
 enum class ReserveOutcome { kReserved, kPresent, kNoSpace };
@@ -189,6 +192,7 @@ class Store {
   uint8_t* SlotPtr(int64_t slot) const { return pool_ + slot * options_.slot_bytes; }
 
   const StoreOptions options_;
+  const int verify_threads_;
   uint8_t* const pool_;
   SpillStore* const spill_;
   std::unique_ptr<MetricsRegistry> own_metrics_;

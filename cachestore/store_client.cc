@@ -60,6 +60,11 @@ class StoreClient::Impl {
   absl::StatusOr<size_t> Get(const NamespaceId& ns, absl::Span<const BlockKey> keys,
                              absl::Span<void* const> buffers, size_t block_bytes);
   std::vector<StoreNodeInfo> Nodes();
+  absl::StatusOr<MappedPrefix> MapPrefix(const NamespaceId& ns, absl::Span<const BlockKey> keys,
+                                         size_t block_bytes);
+  size_t VerifyMapped(const MappedPrefix& m, size_t block_bytes) const;
+  void Unmap(MappedPrefix* m);
+  std::vector<MappedPool> MappedPools();
 
  private:
   struct Node {
@@ -411,6 +416,87 @@ absl::StatusOr<size_t> StoreClient::Impl::Get(const NamespaceId& ns,
   return prefix;
 }
 
+absl::StatusOr<MappedPrefix> StoreClient::Impl::MapPrefix(const NamespaceId& ns,
+                                                          absl::Span<const BlockKey> keys,
+                                                          size_t block_bytes) {
+  KVTIER_RETURN_IF_ERROR(CheckArgs(keys, keys.size(), block_bytes));
+  MappedPrefix m;
+  if (keys.empty()) return m;
+  absl::MutexLock lock(&mu_);
+  std::vector<Slice> slices = Partition(keys);
+  std::vector<v1::LookupResponse> resp(slices.size());
+  std::vector<uint32_t> hits(slices.size(), 0);
+  for (size_t n = 0; n < slices.size(); ++n) {
+    bool ok = false;
+    LookupNode(ns, keys, slices[n], /*lease=*/true, &resp[n], &ok);
+    if (!ok) continue;
+    hits[n] = resp[n].hit_count();
+    if (resp[n].blocks_size() != static_cast<int>(hits[n])) hits[n] = 0;  // malformed: ignore
+    if (resp[n].lease_id() != 0) m.leases.emplace_back(n, resp[n].lease_id());
+  }
+  m.stored = GlobalPrefix(keys.size(), slices, hits);
+  size_t prefix = m.stored;
+  // The prefix ends at the first block that is not in a mapped pool of the leased incarnation.
+  std::vector<const uint8_t*> where(prefix, nullptr);
+  for (size_t n = 0; n < slices.size(); ++n) {
+    Slice& s = slices[n];
+    if (hits[n] == 0 || s.index.empty() || s.index[0] >= prefix) continue;
+    const bool mapped = Connect(s.node, resp[n].incarnation()).ok() && s.node->mapped != nullptr;
+    for (size_t j = 0; j < hits[n] && s.index[j] < prefix; ++j) {
+      const v1::BlockLocation& b = resp[n].blocks(static_cast<int>(j));
+      if (!mapped || b.size() != block_bytes) {
+        prefix = s.index[j];
+        break;
+      }
+      where[s.index[j]] = s.node->mapped + b.offset();
+    }
+  }
+  m.blocks.assign(where.begin(), where.begin() + static_cast<ptrdiff_t>(prefix));
+  m.checksums.resize(prefix);
+  for (size_t n = 0; n < slices.size(); ++n) {
+    const Slice& s = slices[n];
+    for (size_t j = 0; j < hits[n] && j < s.index.size() && s.index[j] < prefix; ++j) {
+      m.checksums[s.index[j]] = resp[n].blocks(static_cast<int>(j)).checksum();
+    }
+  }
+  return m;
+}
+
+size_t StoreClient::Impl::VerifyMapped(const MappedPrefix& m, size_t block_bytes) const {
+  std::vector<char> ok(m.blocks.size());
+  ParallelFor(m.blocks.size(), CopyThreads(m.blocks.size(), block_bytes),
+              [&](size_t i) { ok[i] = BlockChecksum(m.blocks[i], block_bytes) == m.checksums[i]; });
+  for (size_t i = 0; i < ok.size(); ++i) {
+    if (!ok[i]) {
+      spdlog::warn("store block {} of a mapped prefix failed its checksum; treated as a miss", i);
+      return i;
+    }
+  }
+  return ok.size();
+}
+
+void StoreClient::Impl::Unmap(MappedPrefix* m) {
+  absl::MutexLock lock(&mu_);
+  for (const auto& [node, lease] : m->leases) ReleaseLease(nodes_[node].get(), lease);
+  *m = MappedPrefix();
+}
+
+std::vector<MappedPool> StoreClient::Impl::MappedPools() {
+  absl::MutexLock lock(&mu_);
+  std::vector<MappedPool> out;
+  for (auto& n : nodes_) {
+    if (!Available(n.get())) continue;
+    if (absl::Status st = Connect(n.get(), 0); !st.ok()) {
+      MarkDown(n.get(), st);
+      continue;
+    }
+    if (n->mapped != nullptr) {
+      out.push_back({n->mapped, static_cast<size_t>(n->info.slot_bytes() * n->info.slot_count())});
+    }
+  }
+  return out;
+}
+
 std::vector<StoreNodeInfo> StoreClient::Impl::Nodes() {
   absl::MutexLock lock(&mu_);
   std::vector<StoreNodeInfo> out;
@@ -464,5 +550,19 @@ absl::StatusOr<size_t> StoreClient::Get(const NamespaceId& ns, absl::Span<const 
 }
 
 std::vector<StoreNodeInfo> StoreClient::Nodes() { return impl_->Nodes(); }
+
+absl::StatusOr<MappedPrefix> StoreClient::MapPrefix(const NamespaceId& ns,
+                                                    absl::Span<const BlockKey> keys,
+                                                    size_t block_bytes) {
+  return impl_->MapPrefix(ns, keys, block_bytes);
+}
+
+size_t StoreClient::VerifyMapped(const MappedPrefix& m, size_t block_bytes) const {
+  return impl_->VerifyMapped(m, block_bytes);
+}
+
+void StoreClient::Unmap(MappedPrefix* m) { impl_->Unmap(m); }
+
+std::vector<MappedPool> StoreClient::MappedPools() { return impl_->MappedPools(); }
 
 }  // namespace kvtier

@@ -220,7 +220,8 @@ class CpuEngine final : public Engine {
   absl::Status DoForward(absl::Span<const SeqInput> batch, float* logits,
                          int32_t* next_tokens) override;
   absl::Status DoExportPages(absl::Span<const int32_t> pages, uint8_t* dst) override;
-  absl::Status DoImportPages(absl::Span<const int32_t> pages, const uint8_t* src) override;
+  absl::Status DoImportBlocks(absl::Span<const int32_t> pages,
+                              const uint8_t* const* blocks) override;
 
  private:
   struct Layer {
@@ -480,13 +481,14 @@ absl::Status CpuEngine::DoExportPages(absl::Span<const int32_t> pages, uint8_t* 
   return absl::OkStatus();
 }
 
-absl::Status CpuEngine::DoImportPages(absl::Span<const int32_t> pages, const uint8_t* src) {
+absl::Status CpuEngine::DoImportBlocks(absl::Span<const int32_t> pages,
+                                       const uint8_t* const* blocks) {
   const KvLayout& kvl = kv_layout();
   const size_t layer_bytes = kvl.LayerBytes();
   for (size_t i = 0; i < pages.size(); ++i) {
     for (int l = 0; l < kvl.num_layers; ++l) {
       std::memcpy(reinterpret_cast<uint8_t*>(kv_[l].data()) + pages[i] * layer_bytes,
-                  src + i * kvl.BlockBytes() + l * layer_bytes, layer_bytes);
+                  blocks[i] + l * layer_bytes, layer_bytes);
     }
   }
   return absl::OkStatus();

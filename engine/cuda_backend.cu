@@ -114,7 +114,10 @@ class CudaEngine final : public Engine {
   absl::Status DoForward(absl::Span<const SeqInput> batch, float* logits,
                          int32_t* next_tokens) override;
   absl::Status DoExportPages(absl::Span<const int32_t> pages, uint8_t* dst) override;
-  absl::Status DoImportPages(absl::Span<const int32_t> pages, const uint8_t* src) override;
+  absl::Status DoImportBlocks(absl::Span<const int32_t> pages,
+                              const uint8_t* const* blocks) override;
+  absl::Status RegisterHostMemory(const void* base, size_t bytes) override;
+  void UnregisterHostMemory(const void* base) override;
   absl::StatusOr<HostBuffer> AllocateHostBuffer(size_t bytes) const override;
 
  private:
@@ -743,43 +746,57 @@ absl::Status CudaEngine::DoExportPages(absl::Span<const int32_t> pages, uint8_t*
   return absl::OkStatus();
 }
 
-absl::Status CudaEngine::DoImportPages(absl::Span<const int32_t> pages, const uint8_t* src) {
+absl::Status CudaEngine::DoImportBlocks(absl::Span<const int32_t> pages,
+                                        const uint8_t* const* blocks) {
   KVTIER_CUDA_RETURN_IF_ERROR(cudaSetDevice(device_));
   if (pages.empty()) return absl::OkStatus();
   cudaStream_t s = stream_.get();
   const KvLayout& kv = kv_layout();
   const size_t block = kv.BlockBytes(), layer_bytes = kv.LayerBytes();
-  if (IsPinned(src, pages.size() * block)) {  // straight from the caller's buffer
-    for (size_t i = 0; i < pages.size(); ++i) {
-      const size_t page = static_cast<size_t>(pages[i]);
-      KVTIER_CUDA_RETURN_IF_ERROR(cudaMemcpy2DAsync(
-          kv_cache_.as<uint8_t>() + page * layer_bytes, layer_stride_bytes_, src + i * block,
-          layer_bytes, layer_bytes, kv.num_layers, cudaMemcpyHostToDevice, s));
-    }
+  uint8_t* cache = kv_cache_.as<uint8_t>();
+  const size_t n = pages.size();
+  auto upload = [&](size_t i, const uint8_t* src) {
+    return cudaMemcpy2DAsync(cache + static_cast<size_t>(pages[i]) * layer_bytes,
+                             layer_stride_bytes_, src, layer_bytes, layer_bytes, kv.num_layers,
+                             cudaMemcpyHostToDevice, s);
+  };
+  bool pinned = true;
+  for (size_t i = 0; i < n && pinned; ++i) pinned = IsPinned(blocks[i], block);
+  if (pinned) {  // straight from the caller's memory
+    for (size_t i = 0; i < n; ++i) KVTIER_CUDA_RETURN_IF_ERROR(upload(i, blocks[i]));
     KVTIER_CUDA_RETURN_IF_ERROR(cudaStreamSynchronize(s));
     return absl::OkStatus();
   }
+  // Pageable memory: through the two pinned staging halves, the host filling one while the
+  // copy engine drains the other.
   const size_t per_chunk = staging_half_bytes_ / block;
-  const size_t n = pages.size();
   const size_t chunks = (n + per_chunk - 1) / per_chunk;
   uint8_t* staging = staging_.as<uint8_t>();
-  uint8_t* cache = kv_cache_.as<uint8_t>();
   for (size_t c = 0; c < chunks; ++c) {
     const size_t first = c * per_chunk, count = std::min(per_chunk, n - first);
     uint8_t* half = staging + (c % 2) * staging_half_bytes_;
     // The copies of chunk c - 2 read this half: wait for them before refilling it.
     if (c >= 2) KVTIER_CUDA_RETURN_IF_ERROR(cudaEventSynchronize(staging_events_[c % 2].get()));
-    std::memcpy(half, src + first * block, count * block);
+    for (size_t i = 0; i < count; ++i) std::memcpy(half + i * block, blocks[first + i], block);
     for (size_t i = 0; i < count; ++i) {
-      const size_t page = static_cast<size_t>(pages[first + i]);
-      KVTIER_CUDA_RETURN_IF_ERROR(cudaMemcpy2DAsync(cache + page * layer_bytes, layer_stride_bytes_,
-                                                    half + i * block, layer_bytes, layer_bytes,
-                                                    kv.num_layers, cudaMemcpyHostToDevice, s));
+      KVTIER_CUDA_RETURN_IF_ERROR(upload(first + i, half + i * block));
     }
     KVTIER_CUDA_RETURN_IF_ERROR(cudaEventRecord(staging_events_[c % 2].get(), s));
   }
   KVTIER_CUDA_RETURN_IF_ERROR(cudaStreamSynchronize(s));
   return absl::OkStatus();
+}
+
+absl::Status CudaEngine::RegisterHostMemory(const void* base, size_t bytes) {
+  KVTIER_CUDA_RETURN_IF_ERROR(cudaSetDevice(device_));
+  KVTIER_CUDA_RETURN_IF_ERROR(
+      cudaHostRegister(const_cast<void*>(base), bytes, cudaHostRegisterPortable));
+  return absl::OkStatus();
+}
+
+void CudaEngine::UnregisterHostMemory(const void* base) {
+  (void)cudaSetDevice(device_);
+  if (cudaHostUnregister(const_cast<void*>(base)) != cudaSuccess) (void)cudaGetLastError();
 }
 
 }  // namespace

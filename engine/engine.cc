@@ -2,6 +2,7 @@
 
 #include <cstdlib>
 #include <utility>
+#include <vector>
 
 #include "absl/strings/str_cat.h"
 #include "common/status_macros.h"
@@ -155,8 +156,30 @@ absl::Status Engine::ExportPages(absl::Span<const int32_t> pages, absl::Span<uin
 absl::Status Engine::ImportPages(absl::Span<const int32_t> pages, absl::Span<const uint8_t> src) {
   KVTIER_RETURN_IF_ERROR(ValidatePages(pages, src.size()));
   if (pages.empty()) return absl::OkStatus();
-  return DoImportPages(pages, src.data());
+  std::vector<const uint8_t*> blocks(pages.size());
+  for (size_t i = 0; i < blocks.size(); ++i) blocks[i] = src.data() + i * layout_.BlockBytes();
+  return DoImportBlocks(pages, blocks.data());
 }
+
+absl::Status Engine::ImportBlocks(absl::Span<const int32_t> pages,
+                                  absl::Span<const uint8_t* const> blocks) {
+  if (blocks.size() != pages.size()) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("ImportBlocks: ", blocks.size(), " blocks for ", pages.size(), " pages"));
+  }
+  KVTIER_RETURN_IF_ERROR(ValidatePages(pages, pages.size() * layout_.BlockBytes()));
+  for (const uint8_t* b : blocks) {
+    if (b == nullptr) return absl::InvalidArgumentError("ImportBlocks: null block");
+  }
+  if (pages.empty()) return absl::OkStatus();
+  return DoImportBlocks(pages, blocks.data());
+}
+
+absl::Status Engine::RegisterHostMemory(const void* /*base*/, size_t /*bytes*/) {
+  return absl::OkStatus();
+}
+
+void Engine::UnregisterHostMemory(const void* /*base*/) {}
 
 absl::StatusOr<HostBuffer> Engine::AllocateHostBuffer(size_t bytes) const {
   if (bytes == 0) return HostBuffer();

@@ -143,12 +143,23 @@ class Engine {
   // kv_layout().BlockBytes() each). InvalidArgument for bad page ids or buffer sizes.
   absl::Status ExportPages(absl::Span<const int32_t> pages, absl::Span<uint8_t> dst);
   absl::Status ImportPages(absl::Span<const int32_t> pages, absl::Span<const uint8_t> src);
+  // As ImportPages, with the block of pages[i] read from blocks[i] (BlockBytes() each), e.g.
+  // straight from a same-host store's pool. InvalidArgument for bad page ids, a size mismatch
+  // or a null block.
+  absl::Status ImportBlocks(absl::Span<const int32_t> pages,
+                            absl::Span<const uint8_t* const> blocks);
 
   // `bytes` of host memory that ExportPages/ImportPages move fastest: page-locked on the CUDA
   // backend (the copy engine reads and writes it directly, with no staging copy), 4 KiB-aligned
   // ordinary memory on the CPU backend. Any thread; the buffer may outlive the engine only on
   // the CPU backend.
   virtual absl::StatusOr<HostBuffer> AllocateHostBuffer(size_t bytes) const;
+
+  // Page-locks [base, base + bytes), host memory this process mapped (a same-host store's
+  // pool), so that imports from it are one DMA with no staging copy (CUDA: cudaHostRegister).
+  // A no-op on the CPU backend. Call UnregisterHostMemory(base) before the memory is unmapped.
+  virtual absl::Status RegisterHostMemory(const void* base, size_t bytes);
+  virtual void UnregisterHostMemory(const void* base);
 
  protected:
   Engine(ModelWeights weights, const EngineOptions& options, KvLayout layout, int num_pages);
@@ -158,7 +169,9 @@ class Engine {
   virtual absl::Status DoForward(absl::Span<const SeqInput> batch, float* logits,
                                  int32_t* next_tokens) = 0;
   virtual absl::Status DoExportPages(absl::Span<const int32_t> pages, uint8_t* dst) = 0;
-  virtual absl::Status DoImportPages(absl::Span<const int32_t> pages, const uint8_t* src) = 0;
+  // blocks[i] is the block of pages[i].
+  virtual absl::Status DoImportBlocks(absl::Span<const int32_t> pages,
+                                      const uint8_t* const* blocks) = 0;
 
  private:
   absl::Status ValidateBatch(absl::Span<const SeqInput> batch) const;

@@ -1,7 +1,10 @@
 #include "worker/kv_tier.h"
 
 #include <algorithm>
+#include <thread>
 
+#include "absl/time/clock.h"
+#include "absl/time/time.h"
 #include "common/logging.h"
 
 namespace kvtier::worker {
@@ -12,6 +15,34 @@ KvTier::KvTier(engine::Engine* engine, StoreClient* store)
       namespace_(ComputeNamespace(engine->namespace_params())),
       block_tokens_(static_cast<uint32_t>(engine->kv_layout().block_tokens)),
       block_bytes_(engine->kv_layout().BlockBytes()) {}
+
+KvTier::~KvTier() {
+  for (const MappedPool& p : registered_) engine_->UnregisterHostMemory(p.base);
+}
+
+void KvTier::RegisterStorePools() {
+  if (store_ == nullptr) return;
+  std::vector<MappedPool> now = store_->MappedPools();
+  auto in = [](const std::vector<MappedPool>& v, const MappedPool& p) {
+    return std::any_of(v.begin(), v.end(),
+                       [&](const MappedPool& q) { return q.base == p.base && q.bytes == p.bytes; });
+  };
+  for (const MappedPool& p : registered_) {
+    if (!in(now, p)) engine_->UnregisterHostMemory(p.base);
+  }
+  for (const MappedPool& p : now) {
+    if (in(registered_, p)) continue;
+    const absl::Time start = absl::Now();
+    // On failure imports from the pool are staged (slower, still correct); not retried.
+    if (absl::Status st = engine_->RegisterHostMemory(p.base, p.bytes); !st.ok()) {
+      LogFailure("registering the store pool", st);
+    } else {
+      spdlog::info("store pool of {} MiB mapped and registered in {}", p.bytes >> 20,
+                   absl::FormatDuration(absl::Now() - start));
+    }
+  }
+  registered_ = std::move(now);
+}
 
 std::vector<BlockKey> KvTier::Keys(absl::Span<const int32_t> tokens) const {
   // Token ids are validated non-negative by the callers; the key hashes them as u32.
@@ -59,12 +90,46 @@ size_t KvTier::Lookup(absl::Span<const BlockKey> keys) {
   return std::min(*n, keys.size());
 }
 
+size_t KvTier::FetchMapped(absl::Span<const BlockKey> keys, absl::Span<const int32_t> pages,
+                           size_t* stored) {
+  *stored = keys.size();  // unknown: let Get look
+  RegisterStorePools();
+  if (registered_.empty()) return 0;
+  absl::StatusOr<MappedPrefix> m = store_->MapPrefix(namespace_, keys, block_bytes_);
+  if (!m.ok()) {
+    LogFailure("map", m.status());
+    return 0;
+  }
+  const size_t n = m->blocks.size();
+  size_t verified = 0;
+  absl::Status st;
+  if (n > 0) {
+    // The copy engine (or memcpy on the CPU) reads the leased blocks while other threads hash
+    // them; a block that fails its checksum ends the prefix, and what was imported past it is
+    // garbage the caller recomputes.
+    std::thread verifier([&] { verified = store_->VerifyMapped(*m, block_bytes_); });
+    st = engine_->ImportBlocks(pages.first(n), m->blocks);
+    verifier.join();
+  }
+  *stored = verified < n ? verified : m->stored;
+  store_->Unmap(&*m);
+  if (!st.ok()) {
+    LogFailure("import", st);
+    *stored = 0;
+    return 0;
+  }
+  stats_.fetched_blocks += verified;
+  return verified;
+}
+
 size_t KvTier::FetchPrefix(absl::Span<const BlockKey> keys, absl::Span<const int32_t> pages) {
   if (store_ == nullptr || keys.empty()) return 0;
   KVTIER_CHECK(pages.size() >= keys.size(), "FetchPrefix: {} pages for {} keys", pages.size(),
                keys.size());
-  size_t done = 0;
-  while (done < keys.size()) {
+  size_t stored = keys.size();
+  size_t done = FetchMapped(keys, pages, &stored);
+  // The rest, if stored, lives in stores that are not mapped: copy it through staging.
+  while (done < stored) {
     const size_t n = std::min(kMaxBlocksPerCall, keys.size() - done);
     if (absl::Status st = EnsureStaging(n); !st.ok()) {
       LogFailure("staging", st);

@@ -8,6 +8,9 @@
 //
 // Host staging comes from Engine::AllocateHostBuffer (pinned on the CUDA backend), so the copy
 // engine moves blocks straight between the GPU pages and the buffers the store client fills.
+// A same-host store's pool is read in place (DESIGN §5): the pool is registered with the
+// engine once (RegisterStorePools), fetched blocks are leased and imported straight from it
+// while other threads verify their checksums, with no host copy at all.
 //
 // Writes are synchronous (StoreBlocks: the prefill worker returns once its blocks are
 // committed) or, after EnableAsyncWrites, handed to a BlockWriter thread (StoreBlocksAsync: the
@@ -40,6 +43,7 @@ class KvTier {
   static constexpr size_t kMaxBlocksPerCall = 64;
 
   KvTier(engine::Engine* engine, StoreClient* store);
+  ~KvTier();  // unregisters the store pools
   KvTier(const KvTier&) = delete;
   KvTier& operator=(const KvTier&) = delete;
 
@@ -57,8 +61,13 @@ class KvTier {
 
   // Fetches the longest stored prefix of `keys` and imports block i into pages[i]; returns the
   // number of blocks imported (pages past it are untouched or hold garbage: recompute them).
-  // pages.size() must be >= keys.size().
+  // pages.size() must be >= keys.size(). Same-host pools are read in place.
   size_t FetchPrefix(absl::Span<const BlockKey> keys, absl::Span<const int32_t> pages);
+
+  // Registers the pools of same-host stores with the engine (connecting to the stores), and
+  // unregisters pools that went away. FetchPrefix calls it too; call it at start-up to pay
+  // the registration (page-locking the pool) before the first request.
+  void RegisterStorePools();
 
   // Exports pages[i] (whose block is completely computed) and stores it under keys[i].
   PutResult StoreBlocks(absl::Span<const BlockKey> keys, absl::Span<const int32_t> pages);
@@ -90,6 +99,9 @@ class KvTier {
   Stats stats() const;
 
  private:
+  // FetchPrefix from mapped pools: returns the blocks imported; *stored: leading keys stored.
+  size_t FetchMapped(absl::Span<const BlockKey> keys, absl::Span<const int32_t> pages,
+                     size_t* stored);
   // Grows the staging buffer to `blocks` payloads and refreshes the pointer tables.
   absl::Status EnsureStaging(size_t blocks);
   void LogFailure(const char* what, const absl::Status& status);
@@ -104,6 +116,7 @@ class KvTier {
   std::vector<const void*> src_;
   Stats stats_;
   bool failure_logged_ = false;
+  std::vector<MappedPool> registered_;   // pools registered with the engine
   uint64_t final_ticket_ = 0;            // written() once the writer is stopped
   std::unique_ptr<BlockWriter> writer_;  // declared last: its thread stops first
 };

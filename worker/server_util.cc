@@ -78,6 +78,8 @@ absl::StatusOr<WorkerParts> MakeWorkerParts(const WorkerOptions& options,
     spdlog::warn("no store configured: {}", std::string(no_store_note));
   }
   parts.tier = std::make_unique<KvTier>(parts.engine.get(), parts.store.get());
+  // Page-lock a same-host store's pool now rather than on the first request.
+  parts.tier->RegisterStorePools();
   return parts;
 }
 

@@ -19,6 +19,7 @@
 #include <cstdint>
 #include <memory>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "absl/status/statusor.h"
@@ -50,6 +51,26 @@ struct PutResult {
   uint32_t stored = 0;   // written and committed now
   uint32_t present = 0;  // already stored (or being stored by another writer)
   uint32_t skipped = 0;  // not stored: no space, node down, transfer or checksum failure
+};
+
+// Blocks of same-host stores read in place (StoreClient::MapPrefix): pinned by leases until
+// Unmap, so their bytes neither move nor change meanwhile.
+struct MappedPrefix {
+  // In this process's address space (a store's pool, mapped), one per block of the prefix.
+  std::vector<const uint8_t*> blocks;
+  // The xxh3-64 of each block as committed; check before use (VerifyMapped).
+  std::vector<uint64_t> checksums;
+  // Leading keys stored anywhere (>= blocks.size(): the rest lives in stores that are not
+  // mapped, and Get can fetch it).
+  size_t stored = 0;
+  // Which leases to release: (node index, lease id).
+  std::vector<std::pair<size_t, uint64_t>> leases;
+};
+
+// A store pool mapped into this process: [base, base + bytes).
+struct MappedPool {
+  const uint8_t* base = nullptr;
+  size_t bytes = 0;
 };
 
 // Per-node view, for tools and tests.
@@ -89,6 +110,23 @@ class StoreClient {
 
   // Contacts every node (connecting if needed) and reports what it knows.
   std::vector<StoreNodeInfo> Nodes();
+
+  // Same-host zero-copy reads (DESIGN §5): the longest stored prefix of `keys` whose blocks
+  // are all in pools mapped into this process, leased and not copied. The caller reads them
+  // (e.g. the GPU's copy engine, after registering MappedPools() with CUDA), checks them with
+  // VerifyMapped, and must Unmap. Node failures shorten the prefix; errors only for bad
+  // arguments. Do not call other methods of this client between MapPrefix and Unmap: a
+  // reconnection would unmap the pool.
+  absl::StatusOr<MappedPrefix> MapPrefix(const NamespaceId& ns, absl::Span<const BlockKey> keys,
+                                         size_t block_bytes);
+  // Number of leading blocks of `m` whose bytes match their checksums (hashed on up to
+  // copy_threads threads). Thread-safe: may run while another thread reads the same blocks.
+  size_t VerifyMapped(const MappedPrefix& m, size_t block_bytes) const;
+  // Releases the leases of `m` and clears it.
+  void Unmap(MappedPrefix* m);
+  // The pools of the stores this client reaches through shared memory (connecting to every
+  // available node first). A pool's mapping changes when its store restarts.
+  std::vector<MappedPool> MappedPools();
 
   class Impl;
 

@@ -20,6 +20,8 @@ stage=$(mktemp -d)
 mkdir -p "$stage/bin" "$stage/lib/ucx"
 for b in "${bins[@]}"; do cp "$build/bin/$b" "$stage/bin/"; done
 cp "$build/tests/engine_cuda_test" "$stage/bin/"
+# The store benchmark's anchors (run.sh store), with the UCX and Redis libraries they load.
+cp /usr/bin/redis-server /usr/bin/redis-cli /usr/bin/redis-benchmark /usr/bin/ucx_perftest "$stage/bin/"
 cp -L /usr/lib/x86_64-linux-gnu/ucx/libuct_cma.so.0 "$stage/lib/ucx/"
 strip "$stage"/bin/*
 skip='^(libc|libm|libdl|librt|libpthread|libstdc\+\+|libgcc_s|ld-linux-x86-64|libcuda|libcudart|libcublas|libcublasLt|libnvidia.*)\.so'

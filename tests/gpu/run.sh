@@ -5,7 +5,10 @@
 # tok: tests/gpu/hf_tokenizer_check.py (generated tokenizers against transformers' AutoTokenizer);
 # bench: kvtier-bench engine on a generated llama3-8b (16 GB of bf16 weights);
 # serve: a whole cluster (tests/gpu/cluster-llama3-8b.yaml) and kvtier-bench serve with a long
-# history, next to the pinned host-to-device copy bandwidth measured in the same run.
+# history, next to the pinned host-to-device copy bandwidth measured in the same run; twice:
+# decode keeping finished blocks in its GPU pages (first tier), then with keep_blocks: false
+# (every turn's history comes from the store through host memory);
+# store: kvtier-bench store (shm 1 and 2 clients, tcp) on this many-core host.
 # Logs go to $OUT (the device tool brings them back); a summary is printed last.
 set -u
 steps=("$@")
@@ -18,6 +21,7 @@ export LD_LIBRARY_PATH=/tmp/kv/lib:/usr/local/cuda/lib64:${cublas}:${LD_LIBRARY_
 export PYTHONUNBUFFERED=1
 export UCX_MODULE_DIR=/tmp/kv/lib/ucx
 BIN=/tmp/kv/bin
+export PATH=$BIN:$PATH  # redis-server, redis-benchmark, ucx_perftest for the store anchors
 nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.sm --format=csv,noheader
 ldd $BIN/kvtier-model | grep -E 'not found|cublas|cudart' || true
 summary=()
@@ -57,20 +61,36 @@ for _ in range(6):
 print(f"pinned H2D {x.numel() / statistics.median(ts[1:]) / 1e9:.1f} GB/s (1 GiB, median of 5)")
 PY
       cat "$OUT/h2d.log"
-      cfg=tests/gpu/cluster-llama3-8b.yaml
-      url=$($BIN/kvtier up --config $cfg 2>"$OUT/up.log")
-      rc=$?
-      tail -8 "$OUT/up.log"
-      if [ $rc -eq 0 ]; then
-        $BIN/kvtier-bench serve --url "${url%/v1}" --conversations ${SERVE_CONVS:-3} --turns 2 --concurrency 1 \
-          --system-prompt-tokens ${SERVE_WORDS:-4000} --user-tokens 40 --max-tokens 16 --json \
-          >"$OUT/serve.log" 2>&1
+      for keep in ${SERVE_KEEP:-true false}; do
+        cfg=/tmp/cluster-keep-$keep.yaml
+        sed "s/^  keep_blocks: .*/  keep_blocks: $keep/" tests/gpu/cluster-llama3-8b.yaml >$cfg
+        url=$($BIN/kvtier up --config $cfg 2>"$OUT/up-$keep.log")
         rc=$?
-        sed -n 1,30p "$OUT/serve.log"
-      fi
-      $BIN/kvtier down --config $cfg >/dev/null 2>&1
-      tar -czf "$OUT/kvrun-logs.tgz" -C /tmp/kvrun --exclude=spill . 2>/dev/null
-      summary+=("serve: rc=$rc")
+        tail -8 "$OUT/up-$keep.log"
+        if [ $rc -eq 0 ]; then
+          echo "== serve, decode keep_blocks: $keep"
+          $BIN/kvtier-bench serve --url "${url%/v1}" --conversations ${SERVE_CONVS:-8} --turns 2 \
+            --concurrency 1 --system-prompt-tokens ${SERVE_WORDS:-4000} --user-tokens 40 \
+            --max-tokens 16 --json >"$OUT/serve-$keep.log" 2>&1
+          rc=$?
+          sed -n 1,30p "$OUT/serve-$keep.log"
+        fi
+        $BIN/kvtier down --config $cfg >/dev/null 2>&1
+        tar -czf "$OUT/kvrun-logs-$keep.tgz" -C /tmp/kvrun --exclude=spill . 2>/dev/null
+        rm -rf /tmp/kvrun
+        summary+=("serve keep_blocks=$keep: rc=$rc")
+      done
+      ;;
+    store)
+      nproc
+      for args in "" "--clients 2" "--clients 4" "--transport tcp"; do
+        echo "== kvtier-bench store $args"
+        $BIN/kvtier-bench store $args ${STORE_ARGS:-} --json >"$OUT/store.log" 2>&1
+        rc=$?
+        grep -vE '^\{' "$OUT/store.log" | tail -22
+        tail -1 "$OUT/store.log" >>"$OUT/store-json.log"
+        summary+=("store $args: rc=$rc")
+      done
       ;;
     bench)
       t0=$(date +%s)
