@@ -1,46 +1,23 @@
 #include "decode/scheduler.h"
 
-#include <unistd.h>
-
-#include <filesystem>
 #include <map>
 #include <memory>
 #include <random>
 #include <string>
 #include <vector>
 
-#include "absl/strings/str_cat.h"
 #include "engine/generator.h"
-#include "engine/weights.h"
+#include "engine/test_util.h"
 #include "gtest/gtest.h"
 
 namespace kvtier::decode {
 namespace {
 
-std::string& ModelPath() {
-  static auto* path = new std::string();
-  return *path;
-}
-
-class ModelDirCleanup : public ::testing::Environment {
- public:
-  void TearDown() override {
-    if (!ModelPath().empty()) std::filesystem::remove_all(ModelPath());
-  }
-};
-::testing::Environment* const kCleanup = ::testing::AddGlobalTestEnvironment(new ModelDirCleanup);
+using ::kvtier::testing::RandomModelDir;
 
 // The tiny model (fp32), written once per process.
 const std::string& ModelDir() {
-  std::string& dir = ModelPath();
-  if (dir.empty()) {
-    dir = absl::StrCat(::testing::TempDir(), "/kvtier_scheduler_tiny_", ::getpid());
-    std::filesystem::remove_all(dir);
-    const absl::Status st =
-        engine::WriteRandomModel(*engine::PresetConfig("tiny"), 11, engine::DType::kF32, dir);
-    EXPECT_TRUE(st.ok()) << st;
-  }
-  return dir;
+  return RandomModelDir("scheduler_tiny", *engine::PresetConfig("tiny"), 11, engine::DType::kF32);
 }
 
 std::vector<int32_t> Prompt(size_t n, uint64_t seed) {

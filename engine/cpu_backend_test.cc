@@ -1,41 +1,33 @@
 // Tests of the fp32 CPU backend: its ops against naive double-precision formulas, the whole
 // model against a naive double-precision forward pass, and above all bit-determinism across
 // batching, prefill chunking, page import and thread counts.
-#include <unistd.h>
-
 #include <cmath>
 #include <cstring>
-#include <filesystem>
-#include <map>
 #include <memory>
 #include <random>
 #include <string>
 #include <vector>
 
-#include "absl/strings/str_cat.h"
 #include "engine/backends.h"
 #include "engine/cpu_ops.h"
 #include "engine/engine.h"
 #include "engine/rope.h"
 #include "engine/sampler.h"
+#include "engine/test_util.h"
 #include "engine/weights.h"
 #include "gtest/gtest.h"
 
 namespace kvtier::engine {
 namespace {
 
+using ::kvtier::testing::RandomModelDir;
+using ::kvtier::testing::RandomTokens;
+
 std::vector<float> RandomFloats(size_t n, uint64_t seed, float scale = 1.0f) {
   std::mt19937_64 rng(seed);
   std::normal_distribution<float> dist(0.0f, scale);
   std::vector<float> out(n);
   for (float& v : out) v = dist(rng);
-  return out;
-}
-
-std::vector<int32_t> RandomTokens(size_t n, uint64_t seed, int vocab) {
-  std::mt19937_64 rng(seed);
-  std::vector<int32_t> out(n);
-  for (int32_t& t : out) t = static_cast<int32_t>(rng() % static_cast<uint64_t>(vocab));
   return out;
 }
 
@@ -200,31 +192,9 @@ struct ModelCase {
 
 void PrintTo(const ModelCase& c, std::ostream* os) { *os << c.name; }
 
-std::map<std::string, std::string>& ModelDirs() {
-  static auto* dirs = new std::map<std::string, std::string>();
-  return *dirs;
-}
-
-// Removes the models written by this process at exit.
-class ModelDirCleanup : public ::testing::Environment {
- public:
-  void TearDown() override {
-    for (const auto& [name, dir] : ModelDirs()) std::filesystem::remove_all(dir);
-  }
-};
-::testing::Environment* const kCleanup = ::testing::AddGlobalTestEnvironment(new ModelDirCleanup);
-
-// Writes each model once per process.
+// Each model is written once per process.
 const std::string& ModelDir(const ModelCase& c) {
-  std::map<std::string, std::string>& dirs = ModelDirs();
-  auto it = dirs.find(c.name);
-  if (it != dirs.end()) return it->second;
-  const std::string dir =
-      absl::StrCat(::testing::TempDir(), "/kvtier_cpu_backend_", c.name, "_", ::getpid());
-  std::filesystem::remove_all(dir);
-  const absl::Status st = WriteRandomModel(*PresetConfig(c.preset), 7, c.dtype, dir);
-  EXPECT_TRUE(st.ok()) << st;
-  return dirs.emplace(c.name, dir).first->second;
+  return RandomModelDir("cpu_backend_" + c.name, *PresetConfig(c.preset), 7, c.dtype);
 }
 
 EngineOptions SmallOptions() {

@@ -30,6 +30,7 @@
 #include "engine/model_config.h"
 #include "engine/rope.h"
 #include "engine/safetensors.h"
+#include "engine/test_util.h"
 #include "engine/weights.h"
 #include "gtest/gtest.h"
 
@@ -37,6 +38,9 @@ namespace kvtier::engine {
 namespace {
 
 using cuda::bf16;
+using ::kvtier::testing::RandomModelDir;
+using ::kvtier::testing::RandomTokens;
+using ::kvtier::testing::ScopedTempDir;
 
 bool HasCudaDevice() {
   static const bool has = [] {
@@ -73,13 +77,6 @@ std::vector<float> RandomNormal(size_t n, uint64_t seed, float scale = 1.0f) {
       v = dist(rng);
     } while (v == 0.0f);  // never zeros
   }
-  return out;
-}
-
-std::vector<int32_t> RandomTokens(size_t n, uint64_t seed, int vocab) {
-  std::mt19937_64 rng(seed);
-  std::vector<int32_t> out(n);
-  for (int32_t& t : out) t = static_cast<int32_t>(rng() % static_cast<uint64_t>(vocab));
   return out;
 }
 
@@ -859,15 +856,7 @@ ModelConfig ConfigFor(const std::string& name) {
 
 // Writes each model once per process.
 const std::string& ModelDir(const std::string& name) {
-  static auto* dirs = new std::map<std::string, std::string>();
-  auto it = dirs->find(name);
-  if (it != dirs->end()) return it->second;
-  const std::string dir =
-      absl::StrCat(::testing::TempDir(), "/kvtier_cuda_backend_", name, "_", ::getpid());
-  std::filesystem::remove_all(dir);
-  const absl::Status st = WriteRandomModel(ConfigFor(name), 7, DType::kBF16, dir);
-  EXPECT_TRUE(st.ok()) << st;
-  return dirs->emplace(name, dir).first->second;
+  return RandomModelDir("cuda_backend_" + name, ConfigFor(name), 7, DType::kBF16);
 }
 
 struct EngineArgs {
@@ -1469,9 +1458,8 @@ TEST(CudaEngineMiscTest, RejectsUnsupportedShapes) {
   SKIP_WITHOUT_CUDA();
   ModelConfig c = *PresetConfig("tiny");
   c.head_dim = 96;
-  const std::string dir =
-      absl::StrCat(::testing::TempDir(), "/kvtier_cuda_backend_hd96_", ::getpid());
-  std::filesystem::remove_all(dir);
+  const ScopedTempDir temp("cuda_backend_hd96");
+  const std::string& dir = temp.path();
   ASSERT_TRUE(WriteRandomModel(c, 7, DType::kBF16, dir).ok());
   EngineOptions o;
   o.backend = BackendKind::kCuda;
@@ -1481,7 +1469,6 @@ TEST(CudaEngineMiscTest, RejectsUnsupportedShapes) {
   o.kv_cache_bytes = 1024;
   EXPECT_EQ(Engine::Create(ModelDir("tiny"), o).status().code(),
             absl::StatusCode::kInvalidArgument);
-  std::filesystem::remove_all(dir);
 }
 
 }  // namespace

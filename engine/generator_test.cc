@@ -1,44 +1,21 @@
 #include "engine/generator.h"
 
-#include <unistd.h>
-
-#include <filesystem>
 #include <memory>
-#include <random>
 #include <string>
 #include <vector>
 
-#include "absl/strings/str_cat.h"
-#include "engine/weights.h"
+#include "engine/test_util.h"
 #include "gtest/gtest.h"
 
 namespace kvtier::engine {
 namespace {
 
-std::string& TinyModelPath() {
-  static auto* path = new std::string();
-  return *path;
-}
-
-// Removes the model written by this process at exit.
-class ModelDirCleanup : public ::testing::Environment {
- public:
-  void TearDown() override {
-    if (!TinyModelPath().empty()) std::filesystem::remove_all(TinyModelPath());
-  }
-};
-::testing::Environment* const kCleanup = ::testing::AddGlobalTestEnvironment(new ModelDirCleanup);
+using ::kvtier::testing::RandomModelDir;
+using ::kvtier::testing::RandomTokens;
 
 // The tiny model, written once per process.
 const std::string& TinyModelDir() {
-  std::string& dir = TinyModelPath();
-  if (dir.empty()) {
-    dir = absl::StrCat(::testing::TempDir(), "/kvtier_generator_tiny_", ::getpid());
-    std::filesystem::remove_all(dir);
-    const absl::Status st = WriteRandomModel(*PresetConfig("tiny"), 11, DType::kF32, dir);
-    EXPECT_TRUE(st.ok()) << st;
-  }
-  return dir;
+  return RandomModelDir("generator_tiny", *PresetConfig("tiny"), 11, DType::kF32);
 }
 
 class GeneratorTest : public ::testing::Test {
@@ -55,10 +32,7 @@ class GeneratorTest : public ::testing::Test {
     return e.ok() ? std::move(*e) : nullptr;
   }
   static std::vector<int32_t> Prompt(size_t n, uint64_t seed) {
-    std::mt19937_64 rng(seed);
-    std::vector<int32_t> out(n);
-    for (int32_t& t : out) t = static_cast<int32_t>(rng() % 4096);
-    return out;
+    return RandomTokens(n, seed, 4096);
   }
   std::vector<int32_t> Run(Engine& engine, PageAllocator& allocator,
                            const std::vector<int32_t>& prompt, const SamplingParams& p) {

@@ -1,13 +1,11 @@
 #include "engine/model_config.h"
 
-#include <unistd.h>
-
-#include <filesystem>
 #include <fstream>
 #include <string>
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_replace.h"
+#include "engine/test_util.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
 #include "nlohmann/json.hpp"
@@ -15,6 +13,7 @@
 namespace kvtier::engine {
 namespace {
 
+using ::kvtier::testing::ScopedTempDir;
 using ::testing::HasSubstr;
 
 // meta-llama/Llama-3.1-8B config.json.
@@ -517,8 +516,8 @@ TEST(ModelConfigTest, Presets) {
 }
 
 TEST(ModelConfigTest, LoadFromDirectory) {
-  const std::string dir = absl::StrCat(::testing::TempDir(), "/model_config_test_", ::getpid());
-  std::filesystem::create_directories(dir);
+  const ScopedTempDir temp("model_config_test");
+  const std::string& dir = temp.path();
   EXPECT_EQ(ModelConfig::Load(dir).status().code(), absl::StatusCode::kNotFound);
   {
     std::ofstream out(dir + "/config.json");
@@ -534,7 +533,6 @@ TEST(ModelConfigTest, LoadFromDirectory) {
   c = ModelConfig::Load(dir);
   EXPECT_EQ(c.status().code(), absl::StatusCode::kInvalidArgument);
   EXPECT_THAT(std::string(c.status().message()), HasSubstr(dir));
-  std::filesystem::remove_all(dir);
 }
 
 }  // namespace

@@ -1,23 +1,24 @@
 #include "engine/safetensors.h"
 
-#include <unistd.h>
-
 #include <cmath>
 #include <cstring>
 #include <filesystem>
-#include <fstream>
 #include <limits>
 #include <random>
 #include <string>
 #include <vector>
 
 #include "absl/strings/str_cat.h"
+#include "engine/test_util.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
 
 namespace kvtier::engine {
 namespace {
 
+using ::kvtier::testing::ReadFile;
+using ::kvtier::testing::TempDirTest;
+using ::kvtier::testing::WriteFile;
 using ::testing::HasSubstr;
 
 uint32_t Bits(float f) {
@@ -30,32 +31,6 @@ float FromBits(uint32_t u) {
   std::memcpy(&f, &u, 4);
   return f;
 }
-
-// A directory of its own under the test temp dir, removed at the end.
-class TempDirTest : public ::testing::Test {
- protected:
-  void SetUp() override {
-    const auto* info = ::testing::UnitTest::GetInstance()->current_test_info();
-    dir_ = absl::StrCat(::testing::TempDir(), "/kvtier_", info->test_suite_name(), "_",
-                        info->name(), "_", ::getpid());
-    std::filesystem::remove_all(dir_);
-    std::filesystem::create_directories(dir_);
-  }
-  void TearDown() override { std::filesystem::remove_all(dir_); }
-
-  std::string Path(const std::string& name) const { return dir_ + "/" + name; }
-
-  void WriteFile(const std::string& name, const std::string& bytes) const {
-    std::ofstream out(Path(name), std::ios::binary | std::ios::trunc);
-    out.write(bytes.data(), static_cast<std::streamsize>(bytes.size()));
-  }
-  std::string ReadFile(const std::string& name) const {
-    std::ifstream in(Path(name), std::ios::binary);
-    return std::string(std::istreambuf_iterator<char>(in), {});
-  }
-
-  std::string dir_;
-};
 
 // A safetensors file from a header text and data bytes; `header_len` overrides the length.
 std::string MakeFile(const std::string& header, const std::string& data,
@@ -212,7 +187,7 @@ TEST_F(SafetensorsFileTest, WriteReadRoundTrip) {
 
   // No temp file left behind; the header is padded to 8 bytes.
   EXPECT_EQ(std::distance(std::filesystem::directory_iterator(dir_), {}), 1);
-  const std::string raw = ReadFile("m.safetensors");
+  const std::string raw = ReadFile(Path("m.safetensors"));
   uint64_t header_len = 0;
   for (int i = 0; i < 8; ++i) header_len |= uint64_t{static_cast<uint8_t>(raw[i])} << (8 * i);
   EXPECT_EQ(header_len % 8, 0u);
@@ -294,7 +269,8 @@ TEST_F(SafetensorsFileTest, ReadsHandWrittenFile) {
   std::string padded = header;
   padded.append((8 - padded.size() % 8) % 8, ' ');
   const uint16_t data[2] = {FloatToF16(1.0f), FloatToF16(-1.0f)};
-  WriteFile("h.safetensors", MakeFile(padded, std::string(reinterpret_cast<const char*>(data), 4)));
+  WriteFile(Path("h.safetensors"),
+            MakeFile(padded, std::string(reinterpret_cast<const char*>(data), 4)));
   absl::StatusOr<std::unique_ptr<SafetensorsFile>> f = SafetensorsFile::Open(Path("h.safetensors"));
   ASSERT_TRUE(f.ok()) << f.status();
   const TensorView* w = (*f)->Find("w");
@@ -350,7 +326,7 @@ TEST_F(SafetensorsFileTest, MalformedFilesAreInvalidArgument) {
   };
   for (const Case& c : cases) {
     SCOPED_TRACE(c.what);
-    WriteFile("bad.safetensors", c.bytes);
+    WriteFile(Path("bad.safetensors"), c.bytes);
     absl::StatusOr<std::unique_ptr<SafetensorsFile>> f =
         SafetensorsFile::Open(Path("bad.safetensors"));
     ASSERT_FALSE(f.ok());
@@ -368,11 +344,11 @@ TEST_F(SafetensorsFileTest, TruncatedAndCorruptedFilesNeverCrash) {
   ASSERT_TRUE(w.Add("a", DType::kF32, {4, 4}, v.data(), 64).ok());
   ASSERT_TRUE(w.Add("b", DType::kBF16, {8}, v.data(), 16).ok());
   ASSERT_TRUE(w.Write(Path("good.safetensors")).ok());
-  const std::string good = ReadFile("good.safetensors");
+  const std::string good = ReadFile(Path("good.safetensors"));
 
   // Every proper prefix is refused.
   for (size_t len = 0; len < good.size(); ++len) {
-    WriteFile("t.safetensors", good.substr(0, len));
+    WriteFile(Path("t.safetensors"), good.substr(0, len));
     absl::StatusOr<std::unique_ptr<SafetensorsFile>> f =
         SafetensorsFile::Open(Path("t.safetensors"));
     ASSERT_EQ(f.status().code(), absl::StatusCode::kInvalidArgument) << len;
@@ -386,7 +362,7 @@ TEST_F(SafetensorsFileTest, TruncatedAndCorruptedFilesNeverCrash) {
     for (int k = 0; k < flips; ++k) {
       bad[rng() % bad.size()] = static_cast<char>(rng());
     }
-    WriteFile("c.safetensors", bad);
+    WriteFile(Path("c.safetensors"), bad);
     absl::StatusOr<std::unique_ptr<SafetensorsFile>> f =
         SafetensorsFile::Open(Path("c.safetensors"));
     if (!f.ok()) continue;
@@ -422,7 +398,7 @@ class CheckpointTest : public TempDirTest {
       absl::StrAppend(&map, i ? "," : "", "\"x", i, "\": \"model-0000", i < 3 ? 1 : 2,
                       "-of-00002.safetensors\"");
     }
-    WriteFile("model.safetensors.index.json",
+    WriteFile(Path("model.safetensors.index.json"),
               absl::StrCat(R"({"metadata": {"total_size": 126}, "weight_map": {)", map, "}}"));
   }
 };
@@ -466,22 +442,23 @@ TEST_F(CheckpointTest, Errors) {
   EXPECT_EQ(CheckpointReader::Open(Path("nonexistent")).status().code(),
             absl::StatusCode::kNotFound);
 
-  WriteFile("model.safetensors.index.json", "{ nope");
+  WriteFile(Path("model.safetensors.index.json"), "{ nope");
   EXPECT_EQ(CheckpointReader::Open(dir_).status().code(), absl::StatusCode::kInvalidArgument);
-  WriteFile("model.safetensors.index.json", R"({"metadata": {}})");
+  WriteFile(Path("model.safetensors.index.json"), R"({"metadata": {}})");
   EXPECT_EQ(CheckpointReader::Open(dir_).status().code(), absl::StatusCode::kInvalidArgument);
-  WriteFile("model.safetensors.index.json", R"({"weight_map": {"x0": 3}})");
+  WriteFile(Path("model.safetensors.index.json"), R"({"weight_map": {"x0": 3}})");
   EXPECT_EQ(CheckpointReader::Open(dir_).status().code(), absl::StatusCode::kInvalidArgument);
-  WriteFile("model.safetensors.index.json", R"({"weight_map": {"x0": "../etc/passwd"}})");
+  WriteFile(Path("model.safetensors.index.json"), R"({"weight_map": {"x0": "../etc/passwd"}})");
   EXPECT_EQ(CheckpointReader::Open(dir_).status().code(), absl::StatusCode::kInvalidArgument);
-  WriteFile("model.safetensors.index.json", R"({"weight_map": {"x0": "absent.safetensors"}})");
+  WriteFile(Path("model.safetensors.index.json"),
+            R"({"weight_map": {"x0": "absent.safetensors"}})");
   absl::StatusOr<CheckpointReader> r = CheckpointReader::Open(dir_);
   EXPECT_EQ(r.status().code(), absl::StatusCode::kInvalidArgument);
   EXPECT_THAT(std::string(r.status().message()), HasSubstr("absent.safetensors"));
 
   // A tensor mapped to a shard that lacks it.
   WriteSharded();
-  WriteFile("model.safetensors.index.json",
+  WriteFile(Path("model.safetensors.index.json"),
             R"({"weight_map": {"x0": "model-00002-of-00002.safetensors"}})");
   r = CheckpointReader::Open(dir_);
   EXPECT_EQ(r.status().code(), absl::StatusCode::kInvalidArgument);
@@ -489,7 +466,7 @@ TEST_F(CheckpointTest, Errors) {
 
   // A malformed shard.
   WriteSharded();
-  WriteFile("model-00002-of-00002.safetensors", "garbage!garbage!");
+  WriteFile(Path("model-00002-of-00002.safetensors"), "garbage!garbage!");
   r = CheckpointReader::Open(dir_);
   EXPECT_EQ(r.status().code(), absl::StatusCode::kInvalidArgument);
   EXPECT_THAT(std::string(r.status().message()), HasSubstr("model-00002-of-00002"));

@@ -1,19 +1,15 @@
 #include "engine/tokenizer.h"
 
-#include <unistd.h>
-
 #include <algorithm>
-#include <filesystem>
-#include <fstream>
 #include <random>
 #include <string>
 #include <thread>
 #include <utility>
 #include <vector>
 
-#include "absl/strings/str_cat.h"
 #include "engine/chat_template.h"
 #include "engine/model_config.h"
+#include "engine/test_util.h"
 #include "engine/tokenizer_writer.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
@@ -22,6 +18,8 @@
 namespace kvtier::engine {
 namespace {
 
+using ::kvtier::testing::ReadFile;
+using ::kvtier::testing::TempDirTest;
 using ::testing::ElementsAre;
 using ::testing::HasSubstr;
 using ::testing::Not;
@@ -509,24 +507,9 @@ TEST(TokenizerStreamDecoderTest, MatchesDecodeOnValidText) {
 
 // ---- Generated tokenizers (tokenizer_writer.h) -----------------------------------------------
 
-class TokenizerWriterTest : public ::testing::Test {
+class TokenizerWriterTest : public TempDirTest {
  protected:
-  void SetUp() override {
-    const auto* info = ::testing::UnitTest::GetInstance()->current_test_info();
-    dir_ = absl::StrCat(::testing::TempDir(), "/kvtier_", info->test_suite_name(), "_",
-                        info->name(), "_", ::getpid());
-    std::filesystem::remove_all(dir_);
-    std::filesystem::create_directories(dir_);
-  }
-  void TearDown() override { std::filesystem::remove_all(dir_); }
-
-  static std::string ReadFile(const std::string& path) {
-    std::ifstream in(path, std::ios::binary);
-    return std::string(std::istreambuf_iterator<char>(in), {});
-  }
   static ModelConfig Tiny() { return *PresetConfig("tiny"); }
-
-  std::string dir_;
 };
 
 TEST_F(TokenizerWriterTest, SpecialIdsAreTheLastIds) {
