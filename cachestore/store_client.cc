@@ -63,7 +63,7 @@ class StoreClient::Impl {
   absl::StatusOr<MappedPrefix> MapPrefix(const NamespaceId& ns, absl::Span<const BlockKey> keys,
                                          size_t block_bytes);
   size_t VerifyMapped(const MappedPrefix& m, size_t block_bytes) const;
-  void Unmap(MappedPrefix* m);
+  bool Unmap(MappedPrefix* m);
   std::vector<MappedPool> MappedPools();
 
  private:
@@ -181,13 +181,15 @@ class StoreClient::Impl {
     return prefix;
   }
 
-  void ReleaseLease(Node* n, uint64_t lease_id) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
-    if (lease_id == 0) return;
+  // Whether the lease was still held.
+  bool ReleaseLease(Node* n, uint64_t lease_id) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
+    if (lease_id == 0) return true;
     v1::ReleaseRequest req;
     req.set_lease_id(lease_id);
     v1::ReleaseResponse resp;
     grpc::Status s = n->stub->Release(Ctx().get(), req, &resp);
     if (!s.ok()) spdlog::debug("release on {}: {}", n->address, s.error_message());
+    return s.ok();
   }
 
   const StoreClientOptions options_;
@@ -475,10 +477,12 @@ size_t StoreClient::Impl::VerifyMapped(const MappedPrefix& m, size_t block_bytes
   return ok.size();
 }
 
-void StoreClient::Impl::Unmap(MappedPrefix* m) {
+bool StoreClient::Impl::Unmap(MappedPrefix* m) {
   absl::MutexLock lock(&mu_);
-  for (const auto& [node, lease] : m->leases) ReleaseLease(nodes_[node].get(), lease);
+  bool held = true;
+  for (const auto& [node, lease] : m->leases) held &= ReleaseLease(nodes_[node].get(), lease);
   *m = MappedPrefix();
+  return held;
 }
 
 std::vector<MappedPool> StoreClient::Impl::MappedPools() {
@@ -561,7 +565,7 @@ size_t StoreClient::VerifyMapped(const MappedPrefix& m, size_t block_bytes) cons
   return impl_->VerifyMapped(m, block_bytes);
 }
 
-void StoreClient::Unmap(MappedPrefix* m) { impl_->Unmap(m); }
+bool StoreClient::Unmap(MappedPrefix* m) { return impl_->Unmap(m); }
 
 std::vector<MappedPool> StoreClient::MappedPools() { return impl_->MappedPools(); }
 

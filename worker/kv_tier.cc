@@ -112,9 +112,9 @@ size_t KvTier::FetchMapped(absl::Span<const BlockKey> keys, absl::Span<const int
     verifier.join();
   }
   *stored = verified < n ? verified : m->stored;
-  store_->Unmap(&*m);
+  if (!store_->Unmap(&*m)) st = absl::AbortedError("a lease expired while its blocks were read");
   if (!st.ok()) {
-    LogFailure("import", st);
+    LogFailure("mapped fetch", st);
     *stored = 0;
     return 0;
   }

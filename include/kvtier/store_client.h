@@ -122,8 +122,10 @@ class StoreClient {
   // Number of leading blocks of `m` whose bytes match their checksums (hashed on up to
   // copy_threads threads). Thread-safe: may run while another thread reads the same blocks.
   size_t VerifyMapped(const MappedPrefix& m, size_t block_bytes) const;
-  // Releases the leases of `m` and clears it.
-  void Unmap(MappedPrefix* m);
+  // Releases the leases of `m` and clears it. Returns false when a lease had expired (or its
+  // store could not confirm it): the blocks may have been reused while read, so whatever was
+  // read from them must be dropped.
+  bool Unmap(MappedPrefix* m);
   // The pools of the stores this client reaches through shared memory (connecting to every
   // available node first). A pool's mapping changes when its store restarts.
   std::vector<MappedPool> MappedPools();
