@@ -639,6 +639,29 @@ TEST_F(CpuBackendValidationTest, ExportImportArguments) {
   EXPECT_TRUE(Export(*engine_, {1}) == Export(*engine_, {50}));
 }
 
+TEST_F(CpuBackendValidationTest, ImportBlocksReadsEachBlockFromItsOwnPointer) {
+  const size_t block = engine_->kv_layout().BlockBytes();
+  // Two blocks in separate, differently aligned buffers, imported in reverse page order.
+  std::vector<uint8_t> a(block), b(block + 3);
+  ASSERT_TRUE(engine_->ExportPages({1}, absl::MakeSpan(a)).ok());
+  ASSERT_TRUE(engine_->ExportPages({2}, absl::MakeSpan(b.data() + 3, block)).ok());
+  const std::vector<const uint8_t*> blocks = {a.data(), b.data() + 3};
+  ASSERT_TRUE(engine_->ImportBlocks({60, 59}, blocks).ok());
+  EXPECT_TRUE(Export(*engine_, {1}) == Export(*engine_, {60}));
+  EXPECT_TRUE(Export(*engine_, {2}) == Export(*engine_, {59}));
+
+  const std::vector<uint8_t> pages_before = Export(*engine_, Range(0, engine_->num_pages()));
+  EXPECT_EQ(engine_->ImportBlocks({3}, blocks).code(), absl::StatusCode::kInvalidArgument);
+  const std::vector<const uint8_t*> with_null = {a.data(), nullptr};
+  EXPECT_EQ(engine_->ImportBlocks({3, 4}, with_null).code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(engine_->ImportBlocks({3, engine_->num_pages()}, blocks).code(),
+            absl::StatusCode::kInvalidArgument);
+  EXPECT_TRUE(pages_before == Export(*engine_, Range(0, engine_->num_pages())));
+  // Registering host memory is a no-op on the CPU backend, and pinned-or-not changes nothing.
+  EXPECT_TRUE(engine_->RegisterHostMemory(a.data(), a.size()).ok());
+  engine_->UnregisterHostMemory(a.data());
+}
+
 TEST_F(CpuBackendValidationTest, CacheSmallerThanOneBlock) {
   EngineOptions opts;
   opts.kv_cache_bytes = static_cast<int64_t>(engine_->kv_layout().BlockBytes()) - 1;

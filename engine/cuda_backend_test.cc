@@ -12,6 +12,7 @@
 #include <cmath>
 #include <cstdint>
 #include <cstdio>
+#include <cstdlib>
 #include <cstring>
 #include <filesystem>
 #include <map>
@@ -1418,6 +1419,51 @@ TEST(CudaEngineMiscTest, ExportImportRoundTrip) {
   EXPECT_TRUE(std::all_of(zeros.begin(), zeros.end(), [](uint8_t x) { return x == 0; }));
   EXPECT_EQ(e->kv_layout().dtype_name, "bf16");
   EXPECT_EQ(e->kv_layout().dtype_bytes, 2);
+}
+
+// The direct paths: export into and import from pinned memory (AllocateHostBuffer), and import
+// of scattered blocks from memory registered with RegisterHostMemory (as a mapped store pool
+// is), against the staged path from pageable memory.
+TEST(CudaEngineMiscTest, PinnedAndRegisteredMemoryMoveBlocksDirectly) {
+  SKIP_WITHOUT_CUDA();
+  std::unique_ptr<Engine> e = MakeEngine("tiny", EngineArgs{});
+  ASSERT_NE(e, nullptr);
+  const size_t block = e->kv_layout().BlockBytes();
+  PagePool pool(e->num_pages(), 14);
+  const int n = 40;
+  const std::vector<int32_t> pages = pool.Take(n), again = pool.Take(n), third = pool.Take(n);
+  std::vector<uint8_t> data(size_t(n) * block);
+  std::mt19937_64 rng(15);
+  for (uint8_t& x : data) x = static_cast<uint8_t>(rng());
+  ASSERT_TRUE(e->ImportPages(pages, data).ok());  // pageable: staged
+
+  absl::StatusOr<HostBuffer> pinned = e->AllocateHostBuffer(data.size());
+  ASSERT_TRUE(pinned.ok()) << pinned.status();
+  ASSERT_TRUE(e->ExportPages(pages, pinned->span()).ok());
+  EXPECT_EQ(0, std::memcmp(pinned->data(), data.data(), data.size()));
+  ASSERT_TRUE(e->ImportPages(again, pinned->span()).ok());
+  std::vector<uint8_t> back(data.size());
+  ASSERT_TRUE(e->ExportPages(again, absl::MakeSpan(back)).ok());
+  EXPECT_TRUE(back == data);
+
+  // A registered region holding the blocks in reverse order, imported block by block.
+  const size_t region_bytes = data.size() + 4096;
+  void* region = std::aligned_alloc(4096, region_bytes);
+  ASSERT_NE(region, nullptr);
+  uint8_t* r = static_cast<uint8_t*>(region);
+  std::vector<const uint8_t*> blocks(n);
+  for (int i = 0; i < n; ++i) {
+    uint8_t* slot = r + size_t(n - 1 - i) * block;
+    std::memcpy(slot, data.data() + size_t(i) * block, block);
+    blocks[i] = slot;
+  }
+  ASSERT_TRUE(e->RegisterHostMemory(region, region_bytes).ok());
+  ASSERT_TRUE(e->ImportBlocks(third, blocks).ok());  // pages created zeroed
+  e->UnregisterHostMemory(region);
+  std::free(region);
+  std::fill(back.begin(), back.end(), 0);
+  ASSERT_TRUE(e->ExportPages(third, absl::MakeSpan(back)).ok());
+  EXPECT_TRUE(back == data);
 }
 
 // Long context (tiny-llama3, 8192 positions): a chunked prefill, whose last chunk computes the
