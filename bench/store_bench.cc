@@ -9,7 +9,6 @@
 #include <cmath>
 #include <cstdio>
 #include <cstring>
-#include <fstream>
 #include <functional>
 #include <memory>
 #include <optional>
@@ -32,11 +31,14 @@
 #include "kvtier/store_client.h"
 #include "nlohmann/json.hpp"
 #include "spdlog/spdlog.h"
+#include "tests/process.h"
 
 namespace kvtier::bench {
 namespace {
 
 using json = nlohmann::json;
+using ::kvtier::testing::StoreProcess;
+using ::kvtier::testing::StoreProcessOptions;
 
 constexpr char kShmTls[] = "posix,sysv,cma,self";
 constexpr char kTcpTls[] = "tcp,self";
@@ -369,7 +371,7 @@ class Clients {
                  std::to_string(o.get_batches)};
       so.pipe_stdin = true;
       so.pipe_stdout = true;  // stderr: ours
-      KVTIER_ASSIGN_OR_RETURN(auto w, Subprocess::Spawn(so));
+      KVTIER_ASSIGN_OR_RETURN(ChildProcess w, ChildProcess::Spawn(so));
       c->workers_.push_back(std::move(w));
     }
     const absl::Time deadline = absl::Now() + kWorkerReadyTimeout;
@@ -391,7 +393,7 @@ class Clients {
 
   // On an error path: no goodbyes, the workers are terminated at once.
   ~Clients() {
-    for (auto& w : workers_) w->Terminate(absl::Seconds(2));
+    for (auto& w : workers_) w.Terminate(absl::Seconds(2));
   }
 
   // What the (first) client learned about the store.
@@ -406,7 +408,7 @@ class Clients {
       return std::vector<PhaseResult>{r};
     }
     const std::string line = ToJson(cmd).dump();
-    for (auto& w : workers_) KVTIER_RETURN_IF_ERROR(w->WriteLine(line));
+    for (auto& w : workers_) KVTIER_RETURN_IF_ERROR(w.WriteLine(line));
     const absl::Time deadline = absl::Now() + timeout;
     std::vector<PhaseResult> out;
     for (size_t i = 0; i < workers_.size(); ++i) {
@@ -428,11 +430,11 @@ class Clients {
   void Close() {
     runner_.reset();
     for (auto& w : workers_) {
-      (void)w->WriteLine(ToJson(PhaseCommand{"quit"}).dump());
-      w->CloseStdin();
+      (void)w.WriteLine(ToJson(PhaseCommand{"quit"}).dump());
+      w.CloseStdin();
     }
     for (auto& w : workers_) {
-      if (!w->Wait(absl::Now() + absl::Seconds(10)).has_value()) w->Terminate(absl::Seconds(2));
+      if (!w.Wait(absl::Seconds(10)).has_value()) w.Terminate(absl::Seconds(2));
     }
     workers_.clear();
   }
@@ -441,12 +443,12 @@ class Clients {
   Clients() = default;
 
   absl::StatusOr<json> ReadJson(size_t i, absl::Time deadline) {
-    auto line = workers_[i]->ReadLine(deadline);
+    auto line = workers_[i].ReadLine(deadline);
     if (!line.ok()) {
       std::string why(line.status().message());
-      if (!workers_[i]->Running()) {
+      if (!workers_[i].Running()) {
         why += absl::StrCat(" (worker ", i, " ended with ",
-                            DescribeWaitStatus(workers_[i]->Terminate()), "; see its stderr)");
+                            DescribeWaitStatus(workers_[i].Terminate()), "; see its stderr)");
       }
       return absl::Status(line.status().code(), why);
     }
@@ -458,7 +460,7 @@ class Clients {
   }
 
   std::unique_ptr<ClientRunner> runner_;
-  std::vector<std::unique_ptr<Subprocess>> workers_;
+  std::vector<ChildProcess> workers_;
   StoreNodeInfo node_;
 };
 
@@ -492,59 +494,21 @@ Aggregate Combine(const std::vector<PhaseResult>& rs) {
 // ---------------------------------------------------------------------------------------------
 // Stores started by the benchmark.
 
-struct StoreProcess {
-  std::unique_ptr<Subprocess> process;
-  std::string address;
-  std::string log_path;
-};
-
+// kvtier-store from the benchmark's own directory, its log and ready file in `dir`, without a
+// metrics endpoint; stopped with SIGTERM (then SIGKILL) when dropped. StoreProcess::AwaitReady
+// waits for it, so several stores start at once.
 absl::StatusOr<StoreProcess> SpawnStore(const std::string& exe_dir, const std::string& dir,
                                         const std::string& name, uint64_t pool_bytes,
                                         uint64_t slot_bytes) {
-  StoreProcess s;
-  s.log_path = absl::StrCat(dir, "/", name, ".log");
-  SpawnOptions so;
-  so.argv = {exe_dir + "/kvtier-store",
-             "--listen",
-             "127.0.0.1:0",
-             "--metrics-listen",
-             "off",
-             "--pool-bytes",
-             std::to_string(pool_bytes),
-             "--slot-bytes",
-             std::to_string(slot_bytes),
-             "--ready-file",
-             absl::StrCat(dir, "/", name, ".ready.json")};
-  so.stdout_path = s.log_path;
-  so.stderr_path = "&1";
-  KVTIER_ASSIGN_OR_RETURN(s.process, Subprocess::Spawn(so));
-  return s;
-}
-
-// Waits (bounded) for the store's ready file and fills in its address.
-absl::Status AwaitStore(const std::string& dir, const std::string& name, StoreProcess* s) {
-  const std::string ready = absl::StrCat(dir, "/", name, ".ready.json");
-  const absl::Time deadline = absl::Now() + kStoreStartTimeout;
-  while (true) {
-    if (std::ifstream f(ready); f) {
-      json j = json::parse(f, nullptr, /*allow_exceptions=*/false);
-      if (j.is_object() && j.contains("grpc_port")) {
-        s->address = absl::StrCat("127.0.0.1:", j.at("grpc_port").get<int>());
-        return absl::OkStatus();
-      }
-    }
-    if (!s->process->Running()) {
-      return absl::FailedPreconditionError(absl::StrCat(
-          name, " (kvtier-store) exited during start-up (",
-          DescribeWaitStatus(s->process->Terminate()), "); its log:\n", FileTail(s->log_path)));
-    }
-    if (absl::Now() > deadline) {
-      return absl::DeadlineExceededError(absl::StrCat(
-          name, " (kvtier-store) did not become ready within ",
-          absl::FormatDuration(kStoreStartTimeout), "; its log:\n", FileTail(s->log_path)));
-    }
-    absl::SleepFor(absl::Milliseconds(20));
-  }
+  StoreProcessOptions so;
+  so.bin_dir = exe_dir;
+  so.name = name;
+  so.metrics = false;
+  so.pool_bytes = std::to_string(pool_bytes);
+  so.slot_bytes = std::to_string(slot_bytes);
+  so.start_timeout = kStoreStartTimeout;
+  so.stop_grace = absl::Seconds(5);
+  return StoreProcess::Spawn(dir, so);
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -629,7 +593,7 @@ absl::StatusOr<double> MeasureUcxPerftest(const std::string& dir, uint64_t block
   server.argv = {"ucx_perftest", "-p", std::to_string(port)};
   server.stdout_path = dir + "/ucx_perftest_server.log";
   server.stderr_path = "&1";
-  KVTIER_ASSIGN_OR_RETURN(auto srv, Subprocess::Spawn(server));
+  KVTIER_ASSIGN_OR_RETURN(ChildProcess srv, ChildProcess::Spawn(server));
   SpawnOptions client;
   client.argv = {"ucx_perftest", "127.0.0.1",           "-p", std::to_string(port),
                  "-t",           "ucp_put_bw",          "-s", std::to_string(block_bytes),
@@ -646,12 +610,12 @@ absl::StatusOr<double> MeasureUcxPerftest(const std::string& dir, uint64_t block
       std::vector<absl::string_view> f = absl::StrSplit(line, ' ', absl::SkipWhitespace());
       double mib_s = 0;
       if (f.size() >= 6 && absl::SimpleAtod(f[5], &mib_s) && mib_s > 0) {
-        srv->Terminate(absl::Seconds(2));
+        srv.Terminate(absl::Seconds(2));
         return mib_s * 1048576.0 / 1e9;
       }
     }
     const bool refused = absl::StrContains(r.output, "Connection refused");
-    if (!refused || absl::Now() > deadline || !srv->Running()) {
+    if (!refused || absl::Now() > deadline || !srv.Running()) {
       return absl::InternalError(absl::StrCat(
           "ucx_perftest client ", r.timed_out ? "timed out" : DescribeWaitStatus(r.wait_status),
           " without a Final line:\n", Tail(r.output), "\nserver log:\n",
@@ -685,7 +649,7 @@ absl::StatusOr<RedisStats> MeasureRedis(const std::string& dir, uint64_t block_b
       "no",           "--daemonize", "no", "--logfile", ""};
   server.stdout_path = log;
   server.stderr_path = "&1";
-  KVTIER_ASSIGN_OR_RETURN(auto srv, Subprocess::Spawn(server));
+  KVTIER_ASSIGN_OR_RETURN(ChildProcess srv, ChildProcess::Spawn(server));
   SpawnOptions ping;
   ping.argv = {"redis-cli", "-h", "127.0.0.1", "-p", p, "ping"};
   ping.stderr_path = "&1";
@@ -693,7 +657,7 @@ absl::StatusOr<RedisStats> MeasureRedis(const std::string& dir, uint64_t block_b
   while (true) {
     KVTIER_ASSIGN_OR_RETURN(CommandResult r, RunCommand(ping, absl::Seconds(3)));
     if (r.ok() && absl::StrContains(r.output, "PONG")) break;
-    if (!srv->Running() || absl::Now() > deadline) {
+    if (!srv.Running() || absl::Now() > deadline) {
       return absl::UnavailableError(
           absl::StrCat("redis-server did not answer PING; its log:\n", FileTail(log, 2000)));
     }
@@ -723,7 +687,7 @@ absl::StatusOr<RedisStats> MeasureRedis(const std::string& dir, uint64_t block_b
                 "--csv",
                 "-q"};
   KVTIER_ASSIGN_OR_RETURN(CommandResult r, RunCommand(bench, absl::Seconds(300)));
-  srv->Terminate(absl::Seconds(5));
+  srv.Terminate(absl::Seconds(5));
   if (!r.ok()) {
     return absl::InternalError(absl::StrCat(
         "redis-benchmark ", r.timed_out ? "timed out" : DescribeWaitStatus(r.wait_status), ":\n",
@@ -844,10 +808,10 @@ absl::StatusOr<StoreResults> MeasureStore(const StoreBenchOptions& o, const std:
     KVTIER_ASSIGN_OR_RETURN(
         lookup_store, SpawnStore(exe_dir, dir, "lookup-store", kLookupPoolSlots * kLookupBlockBytes,
                                  kLookupBlockBytes));
-    KVTIER_RETURN_IF_ERROR(AwaitStore(dir, "store", &main_store));
-    KVTIER_RETURN_IF_ERROR(AwaitStore(dir, "lookup-store", &lookup_store));
-    store_addr = main_store.address;
-    lookup_addr = lookup_store.address;
+    KVTIER_RETURN_IF_ERROR(main_store.AwaitReady());
+    KVTIER_RETURN_IF_ERROR(lookup_store.AwaitReady());
+    store_addr = main_store.address();
+    lookup_addr = lookup_store.address();
   }
 
   // Clients: in-process for one, worker processes (posix_spawn of ourselves) otherwise.
@@ -929,11 +893,11 @@ absl::StatusOr<StoreResults> MeasureStore(const StoreBenchOptions& o, const std:
 
   // Done with the stores: take them down now, so they compete with no anchor.
   for (StoreProcess* s : {&main_store, &lookup_store}) {
-    if (s->process == nullptr) continue;
-    const int st = s->process->Terminate(absl::Seconds(10));
+    if (s->process().pid() <= 0) continue;  // not started
+    const int st = s->process().Terminate(absl::Seconds(10));
     if (!WIFEXITED(st) || WEXITSTATUS(st) != 0) {
-      warn(absl::StrCat("kvtier-store ", s->address, " ended with ", DescribeWaitStatus(st),
-                        "; log tail:\n", FileTail(s->log_path, 1500)));
+      warn(absl::StrCat("kvtier-store ", s->address(), " ended with ", DescribeWaitStatus(st),
+                        "; log tail:\n", FileTail(s->log_path(), 1500)));
     }
   }
   return res;

@@ -25,6 +25,7 @@ namespace kvtier {
 namespace {
 
 using testing::ChildProcess;
+using testing::FreeTcpPort;
 using testing::MakeTempDir;
 using testing::StoreProcess;
 using testing::StoreProcessOptions;
@@ -248,23 +249,12 @@ TEST_P(StoreIntegrationTest, StoreKilledAndRestartedServesSpilledBlocks) {
   EXPECT_EQ(*lost, 0u);
 }
 
-// A free TCP port on loopback (bound and released; good enough for a test).
-int FreePort() {
-  int fd = socket(AF_INET, SOCK_STREAM, 0);
-  sockaddr_in addr{};
-  addr.sin_family = AF_INET;
-  addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-  bind(fd, reinterpret_cast<sockaddr*>(&addr), sizeof(addr));
-  socklen_t len = sizeof(addr);
-  getsockname(fd, reinterpret_cast<sockaddr*>(&addr), &len);
-  close(fd);
-  return ntohs(addr.sin_port);
-}
-
 TEST_P(StoreIntegrationTest, GracefulRestartOnTheSamePortKeepsClientAndBlocks) {
   StoreProcessOptions o;
   o.spill_dir = dir_ + "/spill";
-  o.grpc_port = FreePort();
+  absl::StatusOr<int> port = FreeTcpPort();
+  ASSERT_TRUE(port.ok()) << port.status();
+  o.grpc_port = *port;
   StoreProcess store = StartStore(o);
   auto client = Client(store);
   std::vector<BlockKey> keys = TestKeys(50, 4);
