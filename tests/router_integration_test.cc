@@ -304,6 +304,29 @@ class RouterIntegrationTest : public ::testing::Test {
     return req;
   }
 
+  // Streams LongStream() in the background and sends SIGTERM to `victim` once text has
+  // arrived. Expects `victim` to exit 0 within 5 s, and the stream (a whole HTTP response) to
+  // end within 5 s more with an error event: neither complete nor cut off.
+  StreamEnd SigtermMidStream(ServerProcess& victim, const std::string& what) {
+    BackgroundStream stream(router_->grpc_port(), "/v1/chat/completions", LongStream());
+    EXPECT_TRUE(stream.WaitForText(absl::Seconds(10))) << stream.body();
+    const absl::Time signalled = absl::Now();
+    std::optional<int> st = victim.process().Signal(SIGTERM, absl::Seconds(5));
+    EXPECT_TRUE(st.has_value()) << what << " did not exit within 5 s of SIGTERM";
+    EXPECT_TRUE(st.has_value() && WIFEXITED(*st) && WEXITSTATUS(*st) == 0) << st.value_or(-1);
+    std::cerr << what << " exited " << absl::Now() - signalled << " after SIGTERM\n";
+    EXPECT_TRUE(stream.WaitForEnd(absl::Seconds(5))) << "the stream did not end";
+    EXPECT_TRUE(stream.complete_response());
+    EXPECT_EQ(stream.status(), 200);
+    StreamEnd end = ParseChatStream(stream.body());
+    EXPECT_FALSE(end.complete) << "the stream finished before SIGTERM; make it longer";
+    EXPECT_TRUE(end.error.is_object()) << stream.body();
+    if (end.error.is_object()) {
+      EXPECT_EQ(end.error["error"]["type"], "server_error") << end.error;
+    }
+    return end;
+  }
+
   Answer Chat(const json& messages, bool cache) {
     return Send("/v1/chat/completions", ChatRequest(messages, cache));
   }
@@ -695,20 +718,8 @@ TEST_F(RouterIntegrationTest, OversizedBodyGets413AndTheRouterKeepsServing) {
 // 503 (docs/serving.md, "Failure behaviour").
 TEST_F(RouterIntegrationTest, DecodeWorkerSigtermMidStreamEndsTheStreamWithAnError) {
   ASSERT_NO_FATAL_FAILURE(StartAll());
-  BackgroundStream stream(router_->grpc_port(), "/v1/chat/completions", LongStream());
-  ASSERT_TRUE(stream.WaitForText(absl::Seconds(10))) << stream.body();
-  const absl::Time signalled = absl::Now();
-  std::optional<int> st = decode_->process().Signal(SIGTERM, absl::Seconds(5));
-  ASSERT_TRUE(st.has_value()) << "the decode worker did not exit within 5 s of SIGTERM";
-  EXPECT_TRUE(WIFEXITED(*st) && WEXITSTATUS(*st) == 0) << *st;
-  std::cerr << "decode worker exited " << absl::Now() - signalled << " after SIGTERM\n";
-  ASSERT_TRUE(stream.WaitForEnd(absl::Seconds(5))) << "the stream did not end";
-  EXPECT_TRUE(stream.complete_response());
-  EXPECT_EQ(stream.status(), 200);
-  const StreamEnd end = ParseChatStream(stream.body());
-  ASSERT_FALSE(end.complete) << "the stream finished before SIGTERM; make it longer";
-  ASSERT_TRUE(end.error.is_object()) << stream.body();
-  EXPECT_EQ(end.error["error"]["type"], "server_error") << end.error;
+  const StreamEnd end = SigtermMidStream(*decode_, "the decode worker");
+  ASSERT_FALSE(HasFailure());
   EXPECT_NE(end.error["error"]["message"].get<std::string>().find("shutting down"),
             std::string::npos)
       << end.error;
@@ -723,19 +734,8 @@ TEST_F(RouterIntegrationTest, DecodeWorkerSigtermMidStreamEndsTheStreamWithAnErr
 // event, closes the listener and exits 0 (docs/serving.md, "Router", "Failure behaviour").
 TEST_F(RouterIntegrationTest, RouterSigtermMidStreamEndsTheStreamAndExits) {
   ASSERT_NO_FATAL_FAILURE(StartAll());
-  BackgroundStream stream(router_->grpc_port(), "/v1/chat/completions", LongStream());
-  ASSERT_TRUE(stream.WaitForText(absl::Seconds(10))) << stream.body();
-  const absl::Time signalled = absl::Now();
-  std::optional<int> st = router_->process().Signal(SIGTERM, absl::Seconds(5));
-  ASSERT_TRUE(st.has_value()) << "the router did not exit within 5 s of SIGTERM";
-  EXPECT_TRUE(WIFEXITED(*st) && WEXITSTATUS(*st) == 0) << *st;
-  std::cerr << "router exited " << absl::Now() - signalled << " after SIGTERM\n";
-  ASSERT_TRUE(stream.WaitForEnd(absl::Seconds(5))) << "the stream did not end";
-  const StreamEnd end = ParseChatStream(stream.body());
-  ASSERT_FALSE(end.complete) << "the stream finished before SIGTERM; make it longer";
-  ASSERT_TRUE(end.error.is_object()) << stream.body();
-  EXPECT_EQ(end.error["error"]["type"], "server_error") << end.error;
-  EXPECT_TRUE(stream.complete_response());
+  SigtermMidStream(*router_, "the router");
+  ASSERT_FALSE(HasFailure());
   // The listener is closed.
   httplib::Client c("127.0.0.1", router_->grpc_port());
   c.set_connection_timeout(1, 0);
