@@ -169,6 +169,22 @@ class StoreClient::Impl {
   void LookupNode(const NamespaceId& ns, absl::Span<const BlockKey> keys, Slice& s, bool lease,
                   v1::LookupResponse* resp, bool* ok) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
 
+  // A leasing lookup on every node of `slices`: (*resp)[n] is node n's answer and (*hits)[n]
+  // how many of its slice's keys it holds, 0 when it failed or answered malformed.
+  void LeasedLookup(const NamespaceId& ns, absl::Span<const BlockKey> keys,
+                    std::vector<Slice>& slices, std::vector<v1::LookupResponse>* resp,
+                    std::vector<uint32_t>* hits) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
+    resp->assign(slices.size(), v1::LookupResponse());
+    hits->assign(slices.size(), 0);
+    for (size_t n = 0; n < slices.size(); ++n) {
+      bool ok = false;
+      LookupNode(ns, keys, slices[n], /*lease=*/true, &(*resp)[n], &ok);
+      if (!ok) continue;
+      const uint32_t h = (*resp)[n].hit_count();
+      if ((*resp)[n].blocks_size() == static_cast<int>(h)) (*hits)[n] = h;  // else malformed
+    }
+  }
+
   // Length of the global prefix given each node's present count for its slice.
   static size_t GlobalPrefix(size_t n_keys, const std::vector<Slice>& slices,
                              const std::vector<uint32_t>& node_hits) {
@@ -351,15 +367,9 @@ absl::StatusOr<size_t> StoreClient::Impl::Get(const NamespaceId& ns,
   if (keys.empty()) return 0;
   absl::MutexLock lock(&mu_);
   std::vector<Slice> slices = Partition(keys);
-  std::vector<v1::LookupResponse> resp(slices.size());
-  std::vector<uint32_t> hits(slices.size(), 0);
-  for (size_t n = 0; n < slices.size(); ++n) {
-    bool ok = false;
-    LookupNode(ns, keys, slices[n], /*lease=*/true, &resp[n], &ok);
-    if (!ok) continue;
-    hits[n] = resp[n].hit_count();
-    if (resp[n].blocks_size() != static_cast<int>(hits[n])) hits[n] = 0;  // malformed: ignore
-  }
+  std::vector<v1::LookupResponse> resp;
+  std::vector<uint32_t> hits;
+  LeasedLookup(ns, keys, slices, &resp, &hits);
   size_t prefix = GlobalPrefix(keys.size(), slices, hits);
 
   // Move the bytes of the prefix, node by node; a failure shortens the prefix.
@@ -426,14 +436,10 @@ absl::StatusOr<MappedPrefix> StoreClient::Impl::MapPrefix(const NamespaceId& ns,
   if (keys.empty()) return m;
   absl::MutexLock lock(&mu_);
   std::vector<Slice> slices = Partition(keys);
-  std::vector<v1::LookupResponse> resp(slices.size());
-  std::vector<uint32_t> hits(slices.size(), 0);
+  std::vector<v1::LookupResponse> resp;
+  std::vector<uint32_t> hits;
+  LeasedLookup(ns, keys, slices, &resp, &hits);
   for (size_t n = 0; n < slices.size(); ++n) {
-    bool ok = false;
-    LookupNode(ns, keys, slices[n], /*lease=*/true, &resp[n], &ok);
-    if (!ok) continue;
-    hits[n] = resp[n].hit_count();
-    if (resp[n].blocks_size() != static_cast<int>(hits[n])) hits[n] = 0;  // malformed: ignore
     if (resp[n].lease_id() != 0) m.leases.emplace_back(n, resp[n].lease_id());
   }
   m.stored = GlobalPrefix(keys.size(), slices, hits);

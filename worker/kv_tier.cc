@@ -236,9 +236,7 @@ void KvTier::StopAsyncWrites() {
   if (writer_ == nullptr) return;
   writer_->Flush();
   final_ticket_ = writer_->written();
-  const BlockWriter::Stats w = writer_->stats();
-  stats_.stored_blocks += w.stored_blocks;
-  stats_.skipped_blocks += w.skipped_blocks;
+  stats_ = stats();  // the writer's blocks, before it goes
   writer_.reset();
 }
 
