@@ -16,7 +16,7 @@ KvLayout MakeKvLayout(const ModelConfig& config, int block_tokens, const std::st
 absl::StatusOr<std::unique_ptr<Engine>> CreateCpuEngine(ModelWeights weights,
                                                         const EngineOptions& options);
 
-// bf16 CUDA backend (engine/cuda_backend.cu). Unimplemented in builds without CUDA.
+// bf16 CUDA backend (engine/cuda/cuda_backend.cu). Unimplemented in builds without CUDA.
 absl::StatusOr<std::unique_ptr<Engine>> CreateCudaEngine(ModelWeights weights,
                                                          const EngineOptions& options);
 

@@ -1,6 +1,7 @@
 // The bf16 CUDA backend (CreateCudaEngine): weights and the paged KV cache in bf16 on one
 // device, fp32 accumulation everywhere, an fp32 residual stream, cuBLAS GEMMs and the kernels
-// of cuda_kernels.cu; decode steps replay CUDA graphs. docs/engine-cuda.md has the design.
+// of engine/cuda/ (elementwise, prefill and decode attention); decode steps replay CUDA graphs.
+// docs/engine-cuda.md has the design.
 //
 // A CudaEngine is driven by one thread at a time (Engine's contract). It owns one stream; every
 // call selects the engine's device, enqueues its work on that stream and synchronizes before
@@ -21,8 +22,11 @@
 #include "absl/strings/str_cat.h"
 #include "common/status_macros.h"
 #include "engine/backends.h"
-#include "engine/cuda_kernels.cuh"
-#include "engine/cuda_util.h"
+#include "engine/cuda/cuda_util.h"
+#include "engine/cuda/decode_attention.cuh"
+#include "engine/cuda/elementwise.cuh"
+#include "engine/cuda/layout.cuh"
+#include "engine/cuda/prefill_attention.cuh"
 #include "engine/engine.h"
 #include "engine/rope.h"
 #include "engine/safetensors.h"

@@ -1,12 +1,12 @@
 // CUDA / cuBLAS helpers for the CUDA backend: error codes turned into absl::Status, and
 // move-only RAII owners of device memory, pinned host memory, streams, events, graphs and
-// cuBLAS handles (DESIGN §6).
+// cuBLAS handles (docs/engine-cuda.md).
 //
 // Each owner frees its resource in its destructor on whichever device is current then; the
 // owner of several resources (CudaEngine) selects its device before they are destroyed.
 // None of these types is safe for concurrent use; each is owned by one thread at a time.
-#ifndef KVTIER_ENGINE_CUDA_UTIL_H_
-#define KVTIER_ENGINE_CUDA_UTIL_H_
+#ifndef KVTIER_ENGINE_CUDA_CUDA_UTIL_H_
+#define KVTIER_ENGINE_CUDA_CUDA_UTIL_H_
 
 #include <cublas_v2.h>
 #include <cuda_runtime.h>
@@ -240,4 +240,4 @@ class CublasHandle {
 
 }  // namespace kvtier::engine
 
-#endif  // KVTIER_ENGINE_CUDA_UTIL_H_
+#endif  // KVTIER_ENGINE_CUDA_CUDA_UTIL_H_

@@ -1,7 +1,8 @@
-// Tests of the bf16 CUDA backend (label gpu). Kernel tests run each launcher of
-// cuda_kernels.cuh on random inputs against a straightforward CPU computation in double, with
-// outputs and unused cache memory poisoned with NaN first, so a row never written or a key read
-// past a sequence's end shows up. Engine tests compare the CUDA engine with the fp32 CPU
+// Tests of the bf16 CUDA backend (label gpu). Kernel tests run each launcher of engine/cuda/
+// (elementwise.cuh, prefill_attention.cuh and every variant of prefill_variants.cuh,
+// decode_attention.cuh) on random inputs against a straightforward CPU computation in double,
+// with outputs and unused cache memory poisoned with NaN first, so a row never written or a key
+// read past a sequence's end shows up. Engine tests compare the CUDA engine with the fp32 CPU
 // backend and with itself (prefill vs decode, imported prefixes, CUDA graphs vs eager,
 // batching). Every test skips when no CUDA device is present. Errors are printed so that the
 // log shows the margins.
@@ -21,12 +22,17 @@
 #include <ostream>
 #include <random>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "absl/strings/str_cat.h"
 #include "engine/backends.h"
-#include "engine/cuda_kernels.cuh"
-#include "engine/cuda_util.h"
+#include "engine/cuda/cuda_util.h"
+#include "engine/cuda/decode_attention.cuh"
+#include "engine/cuda/elementwise.cuh"
+#include "engine/cuda/layout.cuh"
+#include "engine/cuda/prefill_attention.cuh"
+#include "engine/cuda/prefill_variants.cuh"
 #include "engine/engine.h"
 #include "engine/model_config.h"
 #include "engine/rope.h"
@@ -452,6 +458,59 @@ TEST(CudaKernelsTest, QkvRopeKvWrite) {
 }
 
 // ---------------------------------------------------------------------------------------------
+// The prefill variant table and the launchers' argument checks (no device needed: every call
+// here is rejected before it reaches the CUDA runtime, or touches none).
+
+TEST(CudaPrefillVariantsTest, AvailabilityAndRejectedLaunches) {
+  // Serving's variants (one q head per CTA) serve every GQA ratio; so does variant 0.
+  for (int D : {64, 128}) {
+    for (auto [h, kv] : {std::pair{32, 8}, {28, 4}, {12, 4}, {7, 7}, {14, 2}, {16, 1}}) {
+      SCOPED_TRACE(absl::StrCat("head_dim ", D, " heads ", h, " kv heads ", kv));
+      EXPECT_TRUE(cuda::PrefillVariantAvailable(cuda::DefaultPrefillVariant(D), D, h, kv));
+      EXPECT_TRUE(cuda::PrefillVariantAvailable(0, D, h, kv));
+    }
+  }
+  // Which ids exist per head_dim (Llama-3-8B's GQA ratio 4).
+  std::vector<int> hd64, hd128;
+  for (int v = -1; v <= cuda::kNumPrefillVariants; ++v) {
+    if (cuda::PrefillVariantAvailable(v, 64, 32, 8)) hd64.push_back(v);
+    if (cuda::PrefillVariantAvailable(v, 128, 32, 8)) hd128.push_back(v);
+  }
+  EXPECT_EQ(hd64, (std::vector<int>{0, 1}));
+  EXPECT_EQ(hd128, (std::vector<int>{0, 1, 2, 3, 4, 5, 6}));
+  // Variant 4 gives a CTA two q heads of a KV group: an odd GQA ratio cannot use it.
+  EXPECT_FALSE(cuda::PrefillVariantAvailable(4, 128, 28, 4));
+  // No kernel for head_dim 96; a GQA shape that is not one.
+  EXPECT_FALSE(cuda::PrefillVariantAvailable(0, 96, 32, 8));
+  EXPECT_FALSE(cuda::PrefillVariantAvailable(0, 128, 30, 8));
+  EXPECT_FALSE(cuda::PrefillVariantAvailable(0, 128, 32, 0));
+
+  cuda::KvCacheView view;
+  view.num_kv_heads = 4;
+  view.block_tokens = 16;
+  view.head_dim = 128;
+  cuda::PrefillVariantInfo info;
+  EXPECT_EQ(cuda::GetPrefillVariantInfo(2, 64, &info), cudaErrorInvalidValue);
+  EXPECT_EQ(cuda::LaunchPrefillAttentionVariant(4, nullptr, nullptr, nullptr, nullptr, 1, 28, view,
+                                                nullptr, 0),
+            cudaErrorInvalidValue);
+  EXPECT_EQ(cuda::LaunchPrefillAttentionVariant(cuda::kNumPrefillVariants, nullptr, nullptr,
+                                                nullptr, nullptr, 1, 32, view, nullptr, 0),
+            cudaErrorInvalidValue);
+  EXPECT_EQ(
+      cuda::LaunchPrefillAttention(nullptr, nullptr, nullptr, nullptr, 70000, 32, view, nullptr, 0),
+      cudaErrorInvalidValue);
+  view.head_dim = 96;
+  EXPECT_EQ(
+      cuda::LaunchPrefillAttention(nullptr, nullptr, nullptr, nullptr, 1, 32, view, nullptr, 0),
+      cudaErrorInvalidValue);
+  // Nothing to do is not an error.
+  EXPECT_EQ(
+      cuda::LaunchPrefillAttention(nullptr, nullptr, nullptr, nullptr, 0, 32, view, nullptr, 0),
+      cudaSuccess);
+}
+
+// ---------------------------------------------------------------------------------------------
 // Attention kernels over a NaN-poisoned paged cache.
 
 struct AttnCase {
@@ -612,15 +671,17 @@ TEST_P(CudaAttentionTest, PrefillMatchesReference) {
   int32_t* pt_d = a.Put(f.page_table);
   cuda::SeqInfo* info_d = a.Put(f.info);
   cuda::PrefillWorkItem* work_d = a.Put(work);
-  uint16_t* out_d = a.Alloc<uint16_t>(size_t(f.rows) * H * D);
+  const size_t out_n = size_t(f.rows) * H * D;
+  uint16_t* out_d = a.Alloc<uint16_t>(out_n);
   ASSERT_TRUE(a.ok());
   // Every kernel variant (-1: LaunchPrefillAttention, i.e. the default variant).
+  std::vector<uint16_t> serving_out;
   for (int variant = -1; variant < cuda::kNumPrefillVariants; ++variant) {
     if (variant >= 0 && !cuda::PrefillVariantAvailable(variant, D, H, c.num_kv_heads)) {
       continue;
     }
     SCOPED_TRACE(absl::StrCat("variant ", variant));
-    ASSERT_CUDA(cudaMemset(out_d, 0xFF, size_t(f.rows) * H * D * sizeof(uint16_t)));
+    ASSERT_CUDA(cudaMemset(out_d, 0xFF, out_n * sizeof(uint16_t)));
     if (variant < 0) {
       ASSERT_CUDA(cuda::LaunchPrefillAttention(AsBf16(q_d), info_d, pt_d, work_d,
                                                static_cast<int>(work.size()), H, f.View(cache_d),
@@ -631,7 +692,13 @@ TEST_P(CudaAttentionTest, PrefillMatchesReference) {
                                                       f.View(cache_d), AsBf16(out_d), 0));
     }
     ASSERT_CUDA(cudaDeviceSynchronize());
-    const std::vector<float> out = FromBf16(Get(out_d, size_t(f.rows) * H * D));
+    const std::vector<uint16_t> raw = Get(out_d, out_n);
+    // The variant DefaultPrefillVariant names is the kernel serving runs: the same bits.
+    if (variant < 0) serving_out = raw;
+    if (variant == cuda::DefaultPrefillVariant(D)) {
+      EXPECT_EQ(raw, serving_out);
+    }
+    const std::vector<float> out = FromBf16(raw);
     for (size_t s = 0; s < shapes.size(); ++s) {
       const auto& sq = f.seqs[s];
       const float* g = &out[size_t(sq.q_row) * H * D];
