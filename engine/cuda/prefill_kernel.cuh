@@ -406,7 +406,7 @@ struct PrefillVariant {
 };
 
 template <class C>
-struct PrefillConfigured {
+struct PrefillVariantOf {
   static constexpr bool kExists = true;
   using Cfg = C;
 };
@@ -414,50 +414,50 @@ struct PrefillConfigured {
 // Variant 0, the first kernel: two stages, prefetch before the wait, exact softmax.
 template <>
 struct PrefillVariant<64, 0>
-    : PrefillConfigured<PrefillCfg<64, 4, 2, 64, true, 2, 128, 1, 2, 64,
-                                   PrefillPipeline::kPrefetchFirst, PrefillSoftmax::kExact>> {
+    : PrefillVariantOf<PrefillCfg<64, 4, 2, 64, true, 2, 128, 1, 2, 64,
+                                  PrefillPipeline::kPrefetchFirst, PrefillSoftmax::kExact>> {
   static constexpr const char* kName = "m128n64 w4x32 q:regs st2 (original)";
 };
 template <>
 struct PrefillVariant<128, 0>
-    : PrefillConfigured<PrefillCfg<128, 4, 2, 32, false, 2, 128, 1, 2, 32,
-                                   PrefillPipeline::kPrefetchFirst, PrefillSoftmax::kExact>> {
+    : PrefillVariantOf<PrefillCfg<128, 4, 2, 32, false, 2, 128, 1, 2, 32,
+                                  PrefillPipeline::kPrefetchFirst, PrefillSoftmax::kExact>> {
   static constexpr const char* kName = "m128n32 w4x32 q:smem st2 (original)";
 };
 // Variants 1 to 6: the ring pipeline and the fast softmax.
 template <>
-struct PrefillVariant<64, 1> : PrefillConfigured<PrefillCfg<64, 4, 2, 64, true, 3, 128, 1, 2>> {
+struct PrefillVariant<64, 1> : PrefillVariantOf<PrefillCfg<64, 4, 2, 64, true, 3, 128, 1, 2>> {
   static constexpr const char* kName = "m128n64 w4x32 q:regs st3 (lean loop)";
 };
 // FlashAttention-2's sm80/sm90 hd128 CTA (kBlockM 128, kBlockN 64, 4 warps), S in two 32-key
 // steps (255 registers without spills).
 template <>
 struct PrefillVariant<128, 1>
-    : PrefillConfigured<PrefillCfg<128, 4, 2, 64, false, 2, 128, 1, 2, 32>> {
+    : PrefillVariantOf<PrefillCfg<128, 4, 2, 64, false, 2, 128, 1, 2, 32>> {
   static constexpr const char* kName = "m128n64(2x32) w4x32 q:smem st2";
 };
 template <>
-struct PrefillVariant<128, 2> : PrefillConfigured<PrefillCfg<128, 8, 1, 64, true, 3, 128, 1, 1>> {
+struct PrefillVariant<128, 2> : PrefillVariantOf<PrefillCfg<128, 8, 1, 64, true, 3, 128, 1, 1>> {
   static constexpr const char* kName = "m128n64 w8x16 q:regs st3";
 };
 template <>
-struct PrefillVariant<128, 3> : PrefillConfigured<PrefillCfg<128, 4, 1, 64, true, 2, 64, 1, 2>> {
+struct PrefillVariant<128, 3> : PrefillVariantOf<PrefillCfg<128, 4, 1, 64, true, 2, 64, 1, 2>> {
   static constexpr const char* kName = "m64n64 w4x16 q:regs st2";
 };
 // 2 q heads of a KV group per CTA: half the K/V fill traffic per FLOP.
 template <>
 struct PrefillVariant<128, 4>
-    : PrefillConfigured<PrefillCfg<128, 8, 2, 64, false, 2, 128, 2, 1, 32>> {
+    : PrefillVariantOf<PrefillCfg<128, 8, 2, 64, false, 2, 128, 2, 1, 32>> {
   static constexpr const char* kName = "gqa2 m128n64(2x32) w8x32 q:smem st2";
 };
-// The original shape with the lean loop (isolates the loop changes).
+// Variant 0's hd-128 shape with the lean loop (isolates the loop changes).
 template <>
-struct PrefillVariant<128, 5> : PrefillConfigured<PrefillCfg<128, 4, 2, 32, false, 3, 128, 1, 2>> {
+struct PrefillVariant<128, 5> : PrefillVariantOf<PrefillCfg<128, 4, 2, 32, false, 3, 128, 1, 2>> {
   static constexpr const char* kName = "m128n32 w4x32 q:smem st3";
 };
 // FlashAttention-2's shape with a full 64-key S (spills a few registers).
 template <>
-struct PrefillVariant<128, 6> : PrefillConfigured<PrefillCfg<128, 4, 2, 64, false, 2, 128, 1, 2>> {
+struct PrefillVariant<128, 6> : PrefillVariantOf<PrefillCfg<128, 4, 2, 64, false, 2, 128, 1, 2>> {
   static constexpr const char* kName = "m128n64 w4x32 q:smem st2 (spills)";
 };
 
