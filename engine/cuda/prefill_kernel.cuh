@@ -302,8 +302,9 @@ __global__ void __launch_bounds__(C::kThreads, C::kMinBlocks)
         }
       }
       // Only steps reaching past the warp's first row hold masked keys (this includes every
-      // step with keys >= kv_len, which are zero-filled). Key > query position  <=>
-      // nb * 8 + (e & 1) > lim + 8 * (e >> 1), lim = row_pos - kc0 - 2t (row_pos: row g's).
+      // step with keys >= kv_len, which are zero-filled). Score (nb, e) of m16 tile mt has
+      // key > query position  <=>  nb * 8 + (e & 1) > lim + 8 * (e >> 1), where lim is the
+      // position of the thread's row g of the tile minus (kc0 + 2t).
       const bool need_mask = kc0 + kCN - 1 > warp_pos0;
       if constexpr (C::kSoftmax == PrefillSoftmax::kExact) {
 #pragma unroll
