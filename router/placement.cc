@@ -23,6 +23,24 @@ size_t KeyLru::MatchPrefix(absl::Span<const BlockKey> keys) const {
   return n;
 }
 
+const std::vector<BlockKey>& PromptKeys::Get(const NamespaceId& ns, uint32_t block_tokens) {
+  auto [it, inserted] = keys_.try_emplace({ns, block_tokens});
+  if (inserted) it->second = ComputeBlockKeys(ns, prompt_, block_tokens);
+  return it->second;
+}
+
+std::vector<BlockKey> PromptKeys::Extend(const NamespaceId& ns, uint32_t block_tokens,
+                                         absl::Span<const uint32_t> generated) {
+  std::vector<BlockKey> keys = Get(ns, block_tokens);
+  std::vector<uint32_t> tail(prompt_.begin() + keys.size() * block_tokens, prompt_.end());
+  tail.insert(tail.end(), generated.begin(), generated.end());
+  // The chain goes on from the last key as it starts from the namespace.
+  const std::vector<BlockKey> more =
+      ComputeBlockKeys(keys.empty() ? ns : keys.back(), tail, block_tokens);
+  keys.insert(keys.end(), more.begin(), more.end());
+  return keys;
+}
+
 int PickWorker(absl::Span<const PlacementCandidate> candidates) {
   int best = -1;
   for (size_t i = 0; i < candidates.size(); ++i) {

@@ -1,15 +1,19 @@
-// Decode-worker placement by prefix affinity (DESIGN §4 step 4): the router remembers, per
-// decode worker, a bounded LRU set of the block keys it sent there, and prefers the worker
-// holding the longest prefix of a request's keys (its own first-tier cache likely still has
-// them); ties go to the worker with the fewest requests in flight.
+// Decode-worker placement by prefix affinity (docs/serving.md, "Placement"): the router
+// remembers, per decode worker, a bounded LRU set of the block keys it sent there, and prefers
+// the worker holding the longest prefix of a request's keys (its own first-tier cache likely
+// still has them); ties go to the worker with the fewest requests in flight. PromptKeys computes
+// a request's keys once per namespace and extends them with the generated tokens.
 //
-// Not thread-safe: the router guards it with its own mutex.
+// Value types, not thread-safe: the WorkerPool guards its KeyLrus with its own mutex; a
+// PromptKeys belongs to one request.
 #ifndef KVTIER_ROUTER_PLACEMENT_H_
 #define KVTIER_ROUTER_PLACEMENT_H_
 
 #include <cstddef>
+#include <cstdint>
 #include <list>
-#include <string>
+#include <map>
+#include <utility>
 #include <vector>
 
 #include "absl/container/flat_hash_map.h"
@@ -38,6 +42,25 @@ class KeyLru {
 struct PlacementCandidate {
   size_t matched_blocks = 0;  // leading blocks of the request the worker likely holds
   int in_flight = 0;          // requests the router has running there
+};
+
+// The block keys (docs/block-key.md) of one prompt's full blocks, computed on first use for each
+// (namespace, block size) and kept for the request's life.
+class PromptKeys {
+ public:
+  // Borrows `prompt`, which must outlive this.
+  explicit PromptKeys(absl::Span<const uint32_t> prompt) : prompt_(prompt) {}
+
+  // The keys of the prompt's full blocks. The reference stays valid for this object's life.
+  const std::vector<BlockKey>& Get(const NamespaceId& ns, uint32_t block_tokens);
+  // The keys of the full blocks of the prompt followed by `generated`: Get's keys, then the
+  // chain continued from the last of them over the prompt's partial block and `generated`.
+  std::vector<BlockKey> Extend(const NamespaceId& ns, uint32_t block_tokens,
+                               absl::Span<const uint32_t> generated);
+
+ private:
+  absl::Span<const uint32_t> prompt_;
+  std::map<std::pair<NamespaceId, uint32_t>, std::vector<BlockKey>> keys_;
 };
 
 // The index of the winner: the longest match, then the fewest in flight, then the first.

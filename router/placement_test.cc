@@ -1,5 +1,6 @@
 #include "router/placement.h"
 
+#include <numeric>
 #include <vector>
 
 #include "gtest/gtest.h"
@@ -49,6 +50,45 @@ TEST(PlacementTest, LruIsBounded) {
   EXPECT_TRUE(lru.Contains(Key(4)));
   for (uint8_t i = 10; i < 100; ++i) lru.Touch(Key(i));
   EXPECT_EQ(lru.size(), 3u);
+}
+
+std::vector<uint32_t> Iota(size_t n, uint32_t first) {
+  std::vector<uint32_t> v(n);
+  std::iota(v.begin(), v.end(), first);
+  return v;
+}
+
+TEST(PromptKeysTest, KeysPerNamespaceAreTheBlockKeysComputedOnce) {
+  const NamespaceId a = Key(1);
+  const NamespaceId b = Key(2);
+  const std::vector<uint32_t> prompt = Iota(10, 100);
+  PromptKeys keys(prompt);
+  const std::vector<BlockKey>& ka = keys.Get(a, 4);
+  EXPECT_EQ(ka, ComputeBlockKeys(a, prompt, 4));
+  EXPECT_EQ(ka.size(), 2u);
+  EXPECT_EQ(keys.Get(b, 4), ComputeBlockKeys(b, prompt, 4));
+  EXPECT_EQ(keys.Get(a, 5), ComputeBlockKeys(a, prompt, 5));
+  EXPECT_NE(keys.Get(a, 4), keys.Get(b, 4));
+  EXPECT_EQ(&keys.Get(a, 4), &ka);  // the same vector: not computed again
+}
+
+TEST(PromptKeysTest, ExtendContinuesTheChainOverThePartialBlockAndTheGeneratedTokens) {
+  const NamespaceId ns = Key(7);
+  const std::vector<uint32_t> prompt = Iota(10, 100);  // two full blocks of 4, two tokens over
+  const std::vector<uint32_t> generated = Iota(9, 500);
+  std::vector<uint32_t> all = prompt;
+  all.insert(all.end(), generated.begin(), generated.end());  // 19 tokens: four full blocks
+  PromptKeys keys(prompt);
+  const std::vector<BlockKey> extended = keys.Extend(ns, 4, generated);
+  EXPECT_EQ(extended, ComputeBlockKeys(ns, all, 4));
+  EXPECT_EQ(extended.size(), 4u);
+  EXPECT_TRUE(keys.Extend(ns, 16, Iota(5, 1)).empty());  // 15 tokens: no full block
+  // A prompt with no full block of its own.
+  const std::vector<uint32_t> short_prompt = Iota(3, 100);
+  PromptKeys short_keys(short_prompt);
+  std::vector<uint32_t> short_all = short_prompt;
+  short_all.insert(short_all.end(), generated.begin(), generated.end());
+  EXPECT_EQ(short_keys.Extend(ns, 4, generated), ComputeBlockKeys(ns, short_all, 4));
 }
 
 }  // namespace

@@ -1,6 +1,5 @@
 #include "router/router.h"
 
-#include <grpcpp/grpcpp.h>
 #include <httplib.h>
 
 #include <algorithm>
@@ -12,49 +11,10 @@
 #include "absl/strings/str_format.h"
 #include "absl/time/clock.h"
 #include "common/logging.h"
-#include "router/stop_matcher.h"
+#include "router/grpc_worker_client.h"
 
 namespace kvtier::router {
 namespace {
-
-using Clock = std::chrono::steady_clock;
-
-double SecondsSince(Clock::time_point t) {
-  return std::chrono::duration<double>(Clock::now() - t).count();
-}
-
-std::chrono::system_clock::time_point DeadlineIn(int64_t ms) {
-  return std::chrono::system_clock::now() + std::chrono::milliseconds(ms);
-}
-
-// Failures after which another decode worker may succeed.
-bool Retriable(grpc::StatusCode code) {
-  switch (code) {
-    case grpc::StatusCode::UNAVAILABLE:
-    case grpc::StatusCode::RESOURCE_EXHAUSTED:
-    case grpc::StatusCode::INTERNAL:
-    case grpc::StatusCode::UNKNOWN:
-    case grpc::StatusCode::ABORTED:
-    case grpc::StatusCode::CANCELLED:
-      return true;
-    default:
-      return false;
-  }
-}
-
-ApiError FromGrpc(const grpc::Status& s) {
-  const std::string msg = absl::StrCat("decode worker: ", s.error_message());
-  switch (s.error_code()) {
-    case grpc::StatusCode::INVALID_ARGUMENT:
-      return InvalidRequest(msg);
-    case grpc::StatusCode::UNAVAILABLE:
-    case grpc::StatusCode::RESOURCE_EXHAUSTED:
-    case grpc::StatusCode::DEADLINE_EXCEEDED:
-      return ServerError(503, msg);
-    default:
-      return ServerError(500, msg);
-  }
-}
 
 std::vector<std::string> SplitHostPort(const std::string& hp) {
   const size_t colon = hp.rfind(':');
@@ -68,6 +28,14 @@ const char* EndpointLabel(const std::string& path) {
   if (path == "/health") return "health";
   if (path == "/metrics") return "metrics";
   return "other";
+}
+
+std::vector<std::unique_ptr<WorkerClient>> GrpcClients(WorkerRole role,
+                                                       const std::vector<std::string>& addresses) {
+  std::vector<std::unique_ptr<WorkerClient>> clients;
+  for (const std::string& a : addresses)
+    clients.push_back(std::make_unique<GrpcWorkerClient>(role, a));
+  return clients;
 }
 
 }  // namespace
@@ -99,72 +67,26 @@ absl::StatusOr<std::unique_ptr<Router>> Router::Create(RouterOptions options) {
     if (!f.ok()) return f.status();
     r->chat_format_ = *f;
   }
+  // The chat end-of-turn and eos ids: sent to the workers, never shown as text.
+  std::vector<int32_t> stop_token_ids = r->tokenizer_->eos_ids();
   if (r->chat_format_.has_value()) {
     absl::StatusOr<std::vector<int32_t>> ids =
         engine::ChatStopTokenIds(*r->chat_format_, *r->tokenizer_);
     if (!ids.ok()) return ids.status();
-    r->stop_token_ids_ = *ids;
-  } else {
-    r->stop_token_ids_ = r->tokenizer_->eos_ids();
+    stop_token_ids = *std::move(ids);
   }
-  r->stop_token_set_.insert(r->stop_token_ids_.begin(), r->stop_token_ids_.end());
-
-  MetricsRegistry& m = r->metrics_;
-  r->prompt_tokens_total_ =
-      m.AddCounter("kvtier_router_prompt_tokens_total", "Prompt tokens of finished requests");
-  r->completion_tokens_total_ =
-      m.AddCounter("kvtier_router_completion_tokens_total", "Generated tokens");
-  r->cached_tokens_total_ = m.AddCounter("kvtier_router_cached_tokens_total",
-                                         "Prompt tokens whose K/V came from the cache tier");
-  r->prefill_calls_ok_ =
-      m.AddCounter("kvtier_router_prefill_calls_total", "Prefill calls", {{"result", "ok"}});
-  r->prefill_calls_failed_ =
-      m.AddCounter("kvtier_router_prefill_calls_total", "Prefill calls", {{"result", "error"}});
-  r->prefill_skipped_ =
-      m.AddCounter("kvtier_router_prefill_calls_total", "Prefill calls", {{"result", "skipped"}});
-  r->retries_total_ = m.AddCounter("kvtier_router_decode_retries_total",
-                                   "Generations retried on another decode worker");
-  r->ttft_seconds_ =
-      m.AddHistogram("kvtier_router_time_to_first_token_seconds",
-                     "Request start to first generated token", LatencyBucketsSeconds());
-  r->latency_seconds_ =
-      m.AddHistogram("kvtier_router_request_duration_seconds",
-                     "End-to-end latency of generation requests", LatencyBucketsSeconds());
-
-  grpc::ChannelArguments args;
-  // Reconnect quickly after a worker restart.
-  args.SetInt(GRPC_ARG_INITIAL_RECONNECT_BACKOFF_MS, 100);
-  args.SetInt(GRPC_ARG_MIN_RECONNECT_BACKOFF_MS, 100);
-  args.SetInt(GRPC_ARG_MAX_RECONNECT_BACKOFF_MS, 1000);
-  absl::MutexLock lock(&r->mu_);
-  for (const std::string& a : o.decode_workers) {
-    r->decode_stubs_.push_back(v1::DecodeWorker::NewStub(
-        grpc::CreateCustomChannel(a, grpc::InsecureChannelCredentials(), args)));
-    WorkerState s;
-    s.keys = std::make_unique<KeyLru>(static_cast<size_t>(o.affinity_keys_per_worker));
-    const MetricLabels labels = {{"worker", a}, {"role", "decode"}};
-    s.in_flight_gauge =
-        m.AddGauge("kvtier_router_worker_in_flight", "Requests in flight per worker", labels);
-    s.up_gauge = m.AddGauge("kvtier_router_worker_up", "Whether the worker answers", labels);
-    r->decode_.push_back(std::move(s));
-  }
-  for (const std::string& a : o.prefill_workers) {
-    r->prefill_stubs_.push_back(v1::PrefillWorker::NewStub(
-        grpc::CreateCustomChannel(a, grpc::InsecureChannelCredentials(), args)));
-    WorkerState s;
-    const MetricLabels labels = {{"worker", a}, {"role", "prefill"}};
-    s.in_flight_gauge =
-        m.AddGauge("kvtier_router_worker_in_flight", "Requests in flight per worker", labels);
-    s.up_gauge = m.AddGauge("kvtier_router_worker_up", "Whether the worker answers", labels);
-    r->prefill_.push_back(std::move(s));
-  }
+  r->pool_ = std::make_unique<WorkerPool>(o, GrpcClients(WorkerRole::kDecode, o.decode_workers),
+                                          GrpcClients(WorkerRole::kPrefill, o.prefill_workers),
+                                          &r->metrics_);
+  r->generation_ = std::make_unique<Generation>(o, &*r->tokenizer_, std::move(stop_token_ids),
+                                                r->pool_.get(), &r->metrics_);
   return r;
 }
 
 Router::~Router() { Stop(); }
 
 absl::StatusOr<int> Router::Start() {
-  RefreshWorkers();
+  pool_->Refresh();
   server_ = std::make_unique<httplib::Server>();
   const size_t threads = static_cast<size_t>(options_.http_threads);
   server_->new_task_queue = [threads] { return new httplib::ThreadPool(threads); };
@@ -181,7 +103,7 @@ absl::StatusOr<int> Router::Start() {
   }
   port_ = port;
   listen_thread_ = std::thread([this] { server_->listen_after_bind(); });
-  refresh_thread_ = std::thread([this] { RefreshLoop(); });
+  pool_->Start();
   started_ = true;
   return port_;
 }
@@ -189,387 +111,9 @@ absl::StatusOr<int> Router::Start() {
 void Router::Stop() {
   if (!started_ || stopped_) return;
   stopped_ = true;
-  {
-    absl::MutexLock lock(&mu_);
-    stopping_ = true;
-    for (grpc::ClientContext* ctx : active_calls_) ctx->TryCancel();
-  }
+  pool_->Stop();    // cancels the worker calls in flight: their requests end with errors
   server_->stop();  // closes the listener; waits for the handler threads
   if (listen_thread_.joinable()) listen_thread_.join();
-  {
-    absl::MutexLock lock(&refresh_mu_);
-    refresh_stop_ = true;
-  }
-  if (refresh_thread_.joinable()) refresh_thread_.join();
-}
-
-bool Router::Register(grpc::ClientContext* ctx) {
-  absl::MutexLock lock(&mu_);
-  if (stopping_) return false;
-  active_calls_.insert(ctx);
-  return true;
-}
-
-void Router::Unregister(grpc::ClientContext* ctx) {
-  absl::MutexLock lock(&mu_);
-  active_calls_.erase(ctx);
-}
-
-// ---- Workers ----
-
-void Router::RefreshWorkers() {
-  auto ask = [&](auto* stub, v1::WorkerInfo* info) {
-    grpc::ClientContext ctx;
-    ctx.set_deadline(DeadlineIn(options_.health_timeout_ms));
-    return stub->GetWorkerInfo(&ctx, v1::WorkerInfoRequest(), info).ok();
-  };
-  for (size_t i = 0; i < decode_stubs_.size(); ++i) {
-    v1::WorkerInfo info;
-    const bool ok = ask(decode_stubs_[i].get(), &info);
-    absl::MutexLock lock(&mu_);
-    WorkerState& s = decode_[i];
-    if (ok) {
-      absl::StatusOr<NamespaceId> ns = KeyFromBytes(info.namespace_id(), "namespace_id");
-      std::optional<NamespaceId> new_ns;
-      if (ns.ok()) new_ns = *ns;
-      // A worker that was down or changed namespace lost (or cannot use) what it held.
-      if (!s.alive || new_ns != s.ns || info.block_tokens() != s.info.block_tokens()) {
-        s.keys = std::make_unique<KeyLru>(static_cast<size_t>(options_.affinity_keys_per_worker));
-      }
-      if (!s.alive) spdlog::info("decode worker {} is up", options_.decode_workers[i]);
-      s.ns = new_ns;
-      s.info = std::move(info);
-    } else if (s.alive) {
-      spdlog::warn("decode worker {} does not answer", options_.decode_workers[i]);
-    }
-    s.alive = ok;
-    s.up_gauge->Set(ok ? 1 : 0);
-  }
-  for (size_t i = 0; i < prefill_stubs_.size(); ++i) {
-    v1::WorkerInfo info;
-    const bool ok = ask(prefill_stubs_[i].get(), &info);
-    absl::MutexLock lock(&mu_);
-    WorkerState& s = prefill_[i];
-    if (ok) s.info = std::move(info);
-    if (ok != s.alive) {
-      spdlog::info("prefill worker {} is {}", options_.prefill_workers[i], ok ? "up" : "down");
-    }
-    s.alive = ok;
-    s.up_gauge->Set(ok ? 1 : 0);
-  }
-}
-
-void Router::RefreshLoop() {
-  for (;;) {
-    {
-      absl::MutexLock lock(&refresh_mu_);
-      auto stop = [this]() ABSL_EXCLUSIVE_LOCKS_REQUIRED(refresh_mu_) { return refresh_stop_; };
-      if (refresh_mu_.AwaitWithTimeout(absl::Condition(&stop), absl::Seconds(1))) return;
-    }
-    RefreshWorkers();
-  }
-}
-
-int64_t Router::MaxContext() {
-  absl::MutexLock lock(&mu_);
-  int64_t ctx = 0;
-  for (const WorkerState& s : decode_) {
-    if (!s.alive || s.info.max_context() == 0) continue;
-    ctx = ctx == 0 ? s.info.max_context() : std::min<int64_t>(ctx, s.info.max_context());
-  }
-  return ctx;
-}
-
-int Router::AcquireDecode(const std::vector<uint32_t>& prompt, const std::vector<int>& exclude,
-                          size_t* matched_tokens) {
-  // Keys are computed outside the lock, once per (namespace, block size).
-  struct Snapshot {
-    int w;
-    NamespaceId ns;
-    uint32_t block_tokens;
-  };
-  std::vector<Snapshot> snaps;
-  {
-    absl::MutexLock lock(&mu_);
-    for (size_t i = 0; i < decode_.size(); ++i) {
-      const WorkerState& s = decode_[i];
-      if (!s.alive ||
-          std::find(exclude.begin(), exclude.end(), static_cast<int>(i)) != exclude.end()) {
-        continue;
-      }
-      if (s.ns.has_value() && s.info.block_tokens() > 0) {
-        snaps.push_back({static_cast<int>(i), *s.ns, s.info.block_tokens()});
-      }
-    }
-  }
-  std::vector<std::pair<Snapshot, std::vector<BlockKey>>> keys;
-  for (const Snapshot& s : snaps) {
-    bool found = false;
-    for (auto& [k, v] : keys) {
-      if (k.ns == s.ns && k.block_tokens == s.block_tokens) {
-        keys.push_back({s, v});
-        found = true;
-        break;
-      }
-    }
-    if (!found) keys.push_back({s, ComputeBlockKeys(s.ns, prompt, s.block_tokens)});
-  }
-  absl::MutexLock lock(&mu_);
-  std::vector<PlacementCandidate> cands;
-  std::vector<int> index;
-  std::vector<uint32_t> block_tokens;
-  for (size_t i = 0; i < decode_.size(); ++i) {
-    WorkerState& s = decode_[i];
-    if (!s.alive ||
-        std::find(exclude.begin(), exclude.end(), static_cast<int>(i)) != exclude.end()) {
-      continue;
-    }
-    PlacementCandidate c;
-    c.in_flight = s.in_flight;
-    uint32_t bt = 0;
-    for (const auto& [k, v] : keys) {
-      if (k.w == static_cast<int>(i)) {
-        c.matched_blocks = s.keys->MatchPrefix(v);
-        bt = k.block_tokens;
-      }
-    }
-    cands.push_back(c);
-    index.push_back(static_cast<int>(i));
-    block_tokens.push_back(bt);
-  }
-  const int pick = PickWorker(cands);
-  if (pick < 0) return -1;
-  const int w = index[pick];
-  *matched_tokens = cands[pick].matched_blocks * block_tokens[pick];
-  ++decode_[w].in_flight;
-  decode_[w].in_flight_gauge->Set(decode_[w].in_flight);
-  return w;
-}
-
-void Router::ReleaseDecode(int w) {
-  absl::MutexLock lock(&mu_);
-  --decode_[w].in_flight;
-  decode_[w].in_flight_gauge->Set(decode_[w].in_flight);
-}
-
-void Router::RememberKeys(int w, const std::vector<uint32_t>& tokens) {
-  std::optional<NamespaceId> ns;
-  uint32_t bt = 0;
-  {
-    absl::MutexLock lock(&mu_);
-    ns = decode_[w].ns;
-    bt = decode_[w].info.block_tokens();
-  }
-  if (!ns.has_value() || bt == 0) return;
-  const std::vector<BlockKey> keys = ComputeBlockKeys(*ns, tokens, bt);
-  absl::MutexLock lock(&mu_);
-  if (decode_[w].ns != ns) return;
-  for (const BlockKey& k : keys) decode_[w].keys->Touch(k);
-}
-
-uint32_t Router::MaybePrefill(const std::vector<uint32_t>& prompt, size_t cached_prefix_tokens) {
-  if (prompt.size() < cached_prefix_tokens + static_cast<size_t>(options_.skip_prefill_below) ||
-      prefill_stubs_.empty()) {
-    prefill_skipped_->Increment();
-    return 0;
-  }
-  int w = -1;
-  {
-    absl::MutexLock lock(&mu_);
-    for (size_t i = 0; i < prefill_.size(); ++i) {
-      if (!prefill_[i].alive) continue;
-      if (w < 0 || prefill_[i].in_flight < prefill_[w].in_flight) w = static_cast<int>(i);
-    }
-    if (w < 0) {
-      prefill_skipped_->Increment();
-      return 0;
-    }
-    ++prefill_[w].in_flight;
-    prefill_[w].in_flight_gauge->Set(prefill_[w].in_flight);
-  }
-  grpc::ClientContext ctx;
-  ctx.set_deadline(DeadlineIn(options_.request_timeout_ms));
-  v1::PrefillRequest req;
-  req.set_request_id(absl::StrFormat("prefill-%016x-%d", id_salt_, next_id_.fetch_add(1)));
-  req.mutable_tokens()->Add(prompt.begin(), prompt.end());
-  v1::PrefillResponse resp;
-  grpc::Status st;
-  if (Register(&ctx)) {
-    st = prefill_stubs_[w]->Prefill(&ctx, req, &resp);
-    Unregister(&ctx);
-  } else {
-    st = grpc::Status(grpc::StatusCode::CANCELLED, "router stopping");
-  }
-  {
-    absl::MutexLock lock(&mu_);
-    --prefill_[w].in_flight;
-    prefill_[w].in_flight_gauge->Set(prefill_[w].in_flight);
-  }
-  if (st.ok()) {
-    prefill_calls_ok_->Increment();
-    spdlog::debug("prefill on {}: {} tokens, {} cached, {} computed", options_.prefill_workers[w],
-                  resp.prompt_tokens(), resp.cached_tokens(), resp.computed_tokens());
-    return resp.computed_tokens();
-  } else {
-    // Not fatal: the decode worker computes what is missing.
-    prefill_calls_failed_->Increment();
-    spdlog::warn("prefill on {} failed ({}): decode recomputes", options_.prefill_workers[w],
-                 st.error_message());
-  }
-  return 0;
-}
-
-// ---- Generation ----
-
-grpc::Status Router::GenerateOn(int w, const std::vector<uint32_t>& prompt, const GenParams& params,
-                                int index_base, const EmitFn& emit, PromptResult* result,
-                                bool* emitted, bool* client_gone,
-                                std::vector<uint32_t>* generated0) {
-  v1::GenerateRequest req;
-  req.set_request_id(absl::StrFormat("gen-%016x-%d", id_salt_, next_id_.fetch_add(1)));
-  req.mutable_tokens()->Add(prompt.begin(), prompt.end());
-  v1::SamplingParams* sp = req.mutable_sampling();
-  sp->set_temperature(params.temperature);
-  sp->set_top_k(params.top_k);
-  sp->set_top_p(params.top_p);
-  sp->set_seed(params.seed);
-  sp->set_max_tokens(params.max_tokens);
-  for (int32_t id : stop_token_ids_) sp->add_stop_token_ids(static_cast<uint32_t>(id));
-  req.set_use_cache(params.cache);
-  req.set_n(params.n);
-
-  struct ChoiceState {
-    engine::StreamDecoder decoder;
-    StopMatcher matcher;
-    bool done = false;
-  };
-  std::vector<ChoiceState> choices;
-  choices.reserve(params.n);
-  for (uint32_t i = 0; i < params.n; ++i) {
-    choices.push_back(
-        {engine::StreamDecoder(&*tokenizer_, /*skip_special=*/true), StopMatcher(params.stop)});
-  }
-  size_t open = params.n;
-  bool cancelled_by_us = false;
-
-  grpc::ClientContext ctx;
-  ctx.set_deadline(DeadlineIn(options_.request_timeout_ms));
-  if (!Register(&ctx)) return grpc::Status(grpc::StatusCode::CANCELLED, "router stopping");
-  std::unique_ptr<grpc::ClientReader<v1::GenerateResponse>> reader =
-      decode_stubs_[w]->Generate(&ctx, req);
-  v1::GenerateResponse resp;
-  auto send = [&](int index, const std::string& text, const std::string& finish) {
-    if (text.empty() && finish.empty()) return;
-    *emitted = true;
-    if (!*client_gone && !emit(index_base + index, text, finish)) {
-      *client_gone = true;
-      cancelled_by_us = true;
-      ctx.TryCancel();
-    }
-  };
-  bool first = true;
-  while (reader->Read(&resp)) {
-    if (first) {
-      result->prompt_tokens = resp.prompt_tokens();
-      result->cached_tokens = resp.cached_tokens();
-      first = false;
-    }
-    if (resp.index() >= params.n) continue;
-    ChoiceState& c = choices[resp.index()];
-    if (c.done) continue;
-    for (uint32_t t : resp.tokens()) {
-      if (c.done) break;
-      ++result->completion_tokens;
-      if (resp.index() == 0) generated0->push_back(t);
-      if (stop_token_set_.contains(static_cast<int32_t>(t))) continue;  // never shown
-      std::string text = c.matcher.Push(c.decoder.Push(static_cast<int32_t>(t)));
-      if (c.matcher.stopped()) {
-        c.done = true;
-        --open;
-        send(resp.index(), text, "stop");
-      } else {
-        send(resp.index(), text, "");
-      }
-    }
-    if (!c.done && !resp.finish_reason().empty()) {
-      std::string text = c.matcher.Push(c.decoder.Flush());
-      if (!c.matcher.stopped()) text += c.matcher.Flush();
-      c.done = true;
-      --open;
-      send(resp.index(), text, c.matcher.stopped() ? "stop" : resp.finish_reason());
-    }
-    if (open == 0 && !cancelled_by_us) {
-      // Every choice ended (a stop sequence ends a choice before the worker knows): free the
-      // worker's request now.
-      cancelled_by_us = true;
-      ctx.TryCancel();
-    }
-    if (*client_gone) break;
-  }
-  if (cancelled_by_us) {
-    while (reader->Read(&resp)) {
-    }
-  }
-  grpc::Status st = reader->Finish();
-  Unregister(&ctx);
-  if (cancelled_by_us && open == 0) return grpc::Status::OK;
-  if (*client_gone) return grpc::Status::OK;
-  if (st.ok() && open != 0) {
-    return grpc::Status(grpc::StatusCode::INTERNAL, "the stream ended before every completion");
-  }
-  return st;
-}
-
-std::optional<ApiError> Router::RunPrompt(const std::vector<uint32_t>& prompt,
-                                          const GenParams& params, int index_base,
-                                          const EmitFn& emit, PromptResult* result,
-                                          bool* client_gone) {
-  std::vector<int> tried;
-  std::optional<ApiError> last_error;
-  for (int attempt = 0; attempt < 2; ++attempt) {
-    size_t matched = 0;
-    const int w = AcquireDecode(prompt, tried, &matched);
-    if (w < 0) {
-      if (last_error.has_value()) return last_error;
-      return ServerError(503, "no decode worker is available");
-    }
-    tried.push_back(w);
-    const uint32_t prefilled = params.cache && options_.cache ? MaybePrefill(prompt, matched) : 0;
-    PromptResult r;
-    bool emitted = false;
-    std::vector<uint32_t> generated0;
-    const grpc::Status st =
-        GenerateOn(w, prompt, params, index_base, emit, &r, &emitted, client_gone, &generated0);
-    ReleaseDecode(w);
-    // Blocks the prefill worker computed for this very request reach the decode worker
-    // through the store, but they were not cached for the client (usage.cached_tokens).
-    r.cached_tokens = std::max<int64_t>(0, r.cached_tokens - int64_t{prefilled});
-    if (st.ok()) {
-      if (params.cache && options_.cache) {
-        std::vector<uint32_t> all = prompt;
-        all.insert(all.end(), generated0.begin(), generated0.end());
-        RememberKeys(w, all);
-      }
-      *result = r;
-      return std::nullopt;
-    }
-    {
-      absl::MutexLock lock(&mu_);
-      if (stopping_) return ServerError(503, "the router is shutting down");
-    }
-    spdlog::warn("generate on {} failed ({}: {}){}", options_.decode_workers[w],
-                 static_cast<int>(st.error_code()), st.error_message(),
-                 emitted ? "" : ", nothing streamed yet");
-    last_error = FromGrpc(st);
-    if (emitted || !Retriable(st.error_code()) || attempt == 1) return last_error;
-    if (st.error_code() == grpc::StatusCode::UNAVAILABLE) {
-      absl::MutexLock lock(&mu_);
-      decode_[w].alive = false;  // until the next refresh says otherwise
-      decode_[w].up_gauge->Set(0);
-    }
-    retries_total_->Increment();
-  }
-  return last_error;
 }
 
 std::optional<ApiError> Router::Tokenize(const ApiRequest& request,
@@ -622,7 +166,7 @@ void Router::SendError(const ApiError& error, httplib::Response& res) {
 void Router::RegisterRoutes() {
   httplib::Server& s = *server_;
   auto guard = [this](auto fn) {
-    // No exception leaves a handler (DESIGN §6): the adapter answers 500.
+    // No exception leaves a handler (docs/serving.md, "HTTP API"): the adapter answers 500.
     return [this, fn](const httplib::Request& req, httplib::Response& res) {
       try {
         fn(req, res);
@@ -698,13 +242,9 @@ void Router::RegisterRoutes() {
 }
 
 void Router::HandleHealth(httplib::Response& res) {
-  int alive = 0;
-  {
-    absl::MutexLock lock(&mu_);
-    for (const WorkerState& s : decode_) alive += s.alive ? 1 : 0;
-  }
-  if (alive > 0) {
-    res.set_content(absl::StrCat("{\"status\":\"ok\",\"decode_workers_up\":", alive, "}"),
+  const int up = pool_->DecodeWorkersUp();
+  if (up > 0) {
+    res.set_content(absl::StrCat("{\"status\":\"ok\",\"decode_workers_up\":", up, "}"),
                     "application/json");
   } else {
     SendError(ServerError(503, "no decode worker answers"), res);
@@ -713,11 +253,11 @@ void Router::HandleHealth(httplib::Response& res) {
 
 void Router::HandleGenerate(Endpoint endpoint, const httplib::Request& http_req,
                             httplib::Response& res) {
-  const Clock::time_point start = Clock::now();
+  auto gen = std::make_shared<GenerationRequest>();
+  gen->start = std::chrono::steady_clock::now();
   ApiError error;
-  std::optional<ApiRequest> parsed = ParseRequest(endpoint, http_req.body, &error);
-  if (!parsed.has_value()) return SendError(error, res);
-  auto request = std::make_shared<const ApiRequest>(std::move(*parsed));
+  std::optional<ApiRequest> request = ParseRequest(endpoint, http_req.body, &error);
+  if (!request.has_value()) return SendError(error, res);
   if (request->model != options_.model_name) {
     ApiError e = InvalidRequest(
         absl::StrCat("the model '", request->model, "' does not exist (this server serves '",
@@ -727,15 +267,14 @@ void Router::HandleGenerate(Endpoint endpoint, const httplib::Request& http_req,
     e.code = "model_not_found";
     return SendError(e, res);
   }
-  auto prompts = std::make_shared<std::vector<std::vector<uint32_t>>>();
-  if (std::optional<ApiError> e = Tokenize(*request, prompts.get())) return SendError(*e, res);
+  if (std::optional<ApiError> e = Tokenize(*request, &gen->prompts)) return SendError(*e, res);
 
-  const int64_t context = MaxContext();
+  const int64_t context = pool_->MaxContext();
   if (context == 0) return SendError(ServerError(503, "no decode worker is available"), res);
   const int64_t prompt_limit =
       options_.max_prompt_tokens > 0 ? std::min(options_.max_prompt_tokens, context) : context;
   int64_t max_tokens = request->max_tokens.value_or(options_.default_max_tokens);
-  for (const std::vector<uint32_t>& p : *prompts) {
+  for (const std::vector<uint32_t>& p : gen->prompts) {
     const int64_t len = static_cast<int64_t>(p.size());
     if (len > prompt_limit || (len >= context)) {
       return SendError(
@@ -760,133 +299,90 @@ void Router::HandleGenerate(Endpoint endpoint, const httplib::Request& http_req,
     }
   }
 
-  GenParams params;
-  params.max_tokens = static_cast<uint32_t>(max_tokens);
-  params.temperature = request->temperature;
-  params.top_p = request->top_p;
-  params.top_k = request->top_k;
-  params.seed = request->seed.value_or(next_id_.fetch_add(1) ^ id_salt_);
-  params.n = static_cast<uint32_t>(request->n);
-  params.cache = request->cache && options_.cache;
-  params.stop = request->stop;
-
-  const std::string id =
-      absl::StrFormat("%s-%016x%08x", endpoint == Endpoint::kChat ? "chatcmpl" : "cmpl", id_salt_,
-                      static_cast<uint32_t>(next_id_.fetch_add(1)));
+  gen->max_tokens = static_cast<uint32_t>(max_tokens);
+  gen->temperature = request->temperature;
+  gen->top_p = request->top_p;
+  gen->top_k = request->top_k;
+  gen->seed = request->seed.value_or(next_id_.fetch_add(1) ^ id_salt_);
+  gen->n = static_cast<uint32_t>(request->n);
+  gen->cache = request->cache && options_.cache;
+  gen->stop = request->stop;
+  gen->id = absl::StrFormat("%s-%016x%08x", endpoint == Endpoint::kChat ? "chatcmpl" : "cmpl",
+                            id_salt_, static_cast<uint32_t>(next_id_.fetch_add(1)));
   const std::string& model = options_.model_name;
-
-  // Runs every prompt; `emit` sees every piece of text. Shared by both response kinds.
-  auto run = [this, prompts, params, start](const EmitFn& emit, Usage* usage,
-                                            bool* client_gone) -> std::optional<ApiError> {
-    bool first_token = true;
-    EmitFn timed = [&](int index, const std::string& text, const std::string& finish) {
-      if (first_token) {
-        first_token = false;
-        ttft_seconds_->Observe(SecondsSince(start));
-      }
-      return emit(index, text, finish);
-    };
-    for (size_t p = 0; p < prompts->size(); ++p) {
-      PromptResult r;
-      std::optional<ApiError> e;
-      if (params.max_tokens == 0) {
-        // The workers read 0 as "their default": answer an empty completion here.
-        for (uint32_t i = 0; i < params.n; ++i) {
-          if (!timed(static_cast<int>(p * params.n + i), "", "length")) *client_gone = true;
-        }
-        r.prompt_tokens = static_cast<int64_t>((*prompts)[p].size());
-      } else {
-        e = RunPrompt((*prompts)[p], params, static_cast<int>(p * params.n), timed, &r,
-                      client_gone);
-      }
-      usage->prompt_tokens += r.prompt_tokens;
-      usage->completion_tokens += r.completion_tokens;
-      usage->cached_tokens += r.cached_tokens;
-      prompt_tokens_total_->Increment(static_cast<double>(r.prompt_tokens));
-      completion_tokens_total_->Increment(static_cast<double>(r.completion_tokens));
-      cached_tokens_total_->Increment(static_cast<double>(r.cached_tokens));
-      if (e.has_value() || *client_gone) return e;
-    }
-    latency_seconds_->Observe(SecondsSince(start));
-    return std::nullopt;
-  };
+  const int num_choices = static_cast<int>(gen->prompts.size() * gen->n);
 
   if (!request->stream) {
-    std::vector<Choice> choices(prompts->size() * params.n);
+    std::vector<Choice> choices(num_choices);
     for (size_t i = 0; i < choices.size(); ++i) choices[i].index = static_cast<int>(i);
-    Usage usage;
-    bool client_gone = false;
-    std::optional<ApiError> e = run(
-        [&](int index, const std::string& text, const std::string& finish) {
+    const GenerationResult r =
+        generation_->Run(*gen, [&](int index, const std::string& text, const std::string& finish) {
           choices[index].text += text;
           if (!finish.empty()) choices[index].finish_reason = finish;
           return true;
-        },
-        &usage, &client_gone);
-    if (e.has_value()) return SendError(*e, res);
-    res.set_content(ResponseBody(endpoint, id, created_, model, choices, usage),
+        });
+    if (r.error.has_value()) return SendError(*r.error, res);
+    res.set_content(ResponseBody(endpoint, gen->id, created_, model, choices, r.usage),
                     "application/json");
     return;
   }
 
   const bool include_usage = request->include_usage;
-  const int num_choices = static_cast<int>(prompts->size() * params.n);
   res.set_header("Cache-Control", "no-cache");
-  res.set_chunked_content_provider("text/event-stream", [this, endpoint, id, model, include_usage,
-                                                         num_choices,
-                                                         run](size_t, httplib::DataSink& sink) {
-    auto write = [&sink](const std::string& s) {
-      return sink.is_writable() && sink.write(s.data(), s.size());
-    };
-    try {
-      bool ok = true;
-      if (endpoint == Endpoint::kChat) {
-        for (int i = 0; i < num_choices && ok; ++i) {
-          ok = write(SseEvent(ChunkJson(endpoint, id, created_, model, i, true, "", "")));
+  res.set_chunked_content_provider(
+      "text/event-stream",
+      [this, endpoint, gen, model, include_usage, num_choices](size_t, httplib::DataSink& sink) {
+        const std::string& id = gen->id;
+        auto write = [&sink](const std::string& s) {
+          return sink.is_writable() && sink.write(s.data(), s.size());
+        };
+        try {
+          bool ok = true;
+          if (endpoint == Endpoint::kChat) {
+            for (int i = 0; i < num_choices && ok; ++i) {
+              ok = write(SseEvent(ChunkJson(endpoint, id, created_, model, i, true, "", "")));
+            }
+          }
+          GenerationResult r;
+          r.client_gone = !ok;
+          if (ok) {
+            r = generation_->Run(
+                *gen, [&](int index, const std::string& text, const std::string& finish) {
+                  if (!text.empty()) {
+                    if (!write(SseEvent(
+                            ChunkJson(endpoint, id, created_, model, index, false, text, "")))) {
+                      return false;
+                    }
+                  }
+                  if (!finish.empty()) {
+                    return write(SseEvent(
+                        ChunkJson(endpoint, id, created_, model, index, false, "", finish)));
+                  }
+                  return true;
+                });
+          }
+          if (r.client_gone) {
+            spdlog::debug("{}: the client went away; the generation was cancelled", id);
+            return false;
+          }
+          if (r.error.has_value()) {
+            write(SseEvent(ErrorBody(*r.error)));
+            sink.done();
+            return true;
+          }
+          if (include_usage) {
+            write(SseEvent(UsageChunkJson(endpoint, id, created_, model, r.usage)));
+          }
+          write(SseDone());
+          sink.done();
+          return true;
+        } catch (const std::exception& ex) {
+          spdlog::error("{}: {}", id, ex.what());
+          write(SseEvent(ErrorBody(ServerError(500, "internal error"))));
+          sink.done();
+          return true;
         }
-      }
-      Usage usage;
-      bool client_gone = !ok;
-      std::optional<ApiError> e;
-      if (ok) {
-        e = run(
-            [&](int index, const std::string& text, const std::string& finish) {
-              if (!text.empty()) {
-                if (!write(SseEvent(
-                        ChunkJson(endpoint, id, created_, model, index, false, text, "")))) {
-                  return false;
-                }
-              }
-              if (!finish.empty()) {
-                return write(
-                    SseEvent(ChunkJson(endpoint, id, created_, model, index, false, "", finish)));
-              }
-              return true;
-            },
-            &usage, &client_gone);
-      }
-      if (client_gone) {
-        spdlog::debug("{}: the client went away; the generation was cancelled", id);
-        return false;
-      }
-      if (e.has_value()) {
-        write(SseEvent(ErrorBody(*e)));
-        sink.done();
-        return true;
-      }
-      if (include_usage) {
-        write(SseEvent(UsageChunkJson(endpoint, id, created_, model, usage)));
-      }
-      write(SseDone());
-      sink.done();
-      return true;
-    } catch (const std::exception& ex) {
-      spdlog::error("{}: {}", id, ex.what());
-      write(SseEvent(ErrorBody(ServerError(500, "internal error"))));
-      sink.done();
-      return true;
-    }
-  });
+      });
 }
 
 }  // namespace kvtier::router

@@ -1,0 +1,120 @@
+// Generation of one HTTP request's completions (docs/serving.md, "Router"): for each prompt,
+// pick a decode worker (WorkerPool), have a prefill worker compute the prompt's blocks first
+// when enough of it is uncached, stream Generate and turn the tokens into text incrementally
+// (engine::StreamDecoder, StopMatcher, stop tokens never shown), retry once on another decode
+// worker when the first fails before any text was emitted, and remember the sequence's block
+// keys on the worker on success. Usage counts what the decode worker reported, less the tokens
+// prefill computed for this very request (they were not cached for the client).
+//
+// Talks to the workers only through WorkerClient (router/worker_client.h). Borrows the tokenizer
+// and the pool, which must outlive it; owns the generation counters and histograms (in the
+// caller's MetricsRegistry). Thread-safe: Run is called by many request threads at once and
+// blocks its caller.
+#ifndef KVTIER_ROUTER_GENERATION_H_
+#define KVTIER_ROUTER_GENERATION_H_
+
+#include <chrono>
+#include <cstdint>
+#include <functional>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "absl/container/flat_hash_set.h"
+#include "absl/status/status.h"
+#include "common/metrics.h"
+#include "engine/tokenizer.h"
+#include "router/openai_api.h"
+#include "router/placement.h"
+#include "router/router_options.h"
+#include "router/worker_client.h"
+#include "router/worker_pool.h"
+
+namespace kvtier::router {
+
+// One request's prompts and what to generate from each.
+struct GenerationRequest {
+  // The response id; the worker calls' request ids derive from it. Default: "".
+  std::string id;
+  // When the HTTP request arrived (for the time to the first token). Default: now.
+  std::chrono::steady_clock::time_point start = std::chrono::steady_clock::now();
+  // Token ids of each prompt; choice index = prompt × n + i. Default: none.
+  std::vector<std::vector<uint32_t>> prompts;
+  // Most tokens per choice (0: every choice is empty, finish_reason "length"). Default: 0.
+  uint32_t max_tokens = 0;
+  // Default: 1.
+  float temperature = 1.0f;
+  // Default: 1.
+  float top_p = 1.0f;
+  // Default: 0 (off).
+  int32_t top_k = 0;
+  // Default: 0.
+  uint64_t seed = 0;
+  // Choices per prompt. Default: 1.
+  uint32_t n = 1;
+  // Use the cache tier (prefill calls, use_cache, remembered keys). Default: true.
+  bool cache = true;
+  // Stop sequences. Default: none.
+  std::vector<std::string> stop;
+};
+
+// Called for each piece of a choice's text, in order; `finish_reason` is non-empty on its last
+// call. Returns false when the client is gone.
+using EmitFn =
+    std::function<bool(int index, const std::string& text, const std::string& finish_reason)>;
+
+struct GenerationResult {
+  Usage usage;
+  // `emit` returned false: the generation was cancelled.
+  bool client_gone = false;
+  // Why the request failed (what was emitted before stands).
+  std::optional<ApiError> error;
+};
+
+class Generation {
+ public:
+  // Uses options.skip_prefill_below and options.request_timeout_ms. `stop_token_ids` are sent to
+  // the decode workers and never shown as text.
+  Generation(const RouterOptions& options, const engine::Tokenizer* tokenizer,
+             std::vector<int32_t> stop_token_ids, WorkerPool* pool, MetricsRegistry* metrics);
+
+  // Runs the prompts in order, emitting every piece of text; stops at the first error or when
+  // the client is gone.
+  GenerationResult Run(const GenerationRequest& request, const EmitFn& emit);
+
+ private:
+  // The prompt `prompt_index` of `request`, retried once on another decode worker.
+  std::optional<ApiError> RunPrompt(const GenerationRequest& request, size_t prompt_index,
+                                    const EmitFn& emit, Usage* usage, bool* client_gone);
+  // Prefill on the least-loaded live prefill worker when at least skip_prefill_below tokens
+  // of the prompt are uncached. Returns the prompt tokens it computed (0 when skipped or
+  // failed).
+  uint32_t MaybePrefill(const std::string& request_id, const std::vector<uint32_t>& prompt,
+                        size_t cached_prefix_tokens);
+  // One Generate call. `emitted` tells whether any text reached `emit`; `generated0` gets the
+  // tokens of choice 0.
+  absl::Status GenerateOn(WorkerClient& worker, const GenerationRequest& request,
+                          size_t prompt_index, const EmitFn& emit, Usage* usage, bool* emitted,
+                          bool* client_gone, std::vector<uint32_t>* generated0);
+
+  const int64_t skip_prefill_below_;
+  const absl::Duration request_timeout_;
+  const engine::Tokenizer* const tokenizer_;
+  const std::vector<int32_t> stop_token_ids_;
+  const absl::flat_hash_set<int32_t> stop_token_set_;
+  WorkerPool* const pool_;
+
+  Counter* const prompt_tokens_total_;
+  Counter* const completion_tokens_total_;
+  Counter* const cached_tokens_total_;
+  Counter* const prefill_calls_ok_;
+  Counter* const prefill_calls_failed_;
+  Counter* const prefill_skipped_;
+  Counter* const retries_total_;
+  Histogram* const ttft_seconds_;
+  Histogram* const latency_seconds_;
+};
+
+}  // namespace kvtier::router
+
+#endif  // KVTIER_ROUTER_GENERATION_H_

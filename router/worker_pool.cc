@@ -1,0 +1,226 @@
+#include "router/worker_pool.h"
+
+#include <algorithm>
+#include <utility>
+
+#include "common/logging.h"
+
+namespace kvtier::router {
+namespace {
+
+constexpr absl::Duration kRefreshInterval = absl::Seconds(1);
+
+bool Contains(absl::Span<const int> v, int x) {
+  return std::find(v.begin(), v.end(), x) != v.end();
+}
+
+}  // namespace
+
+WorkerPool::WorkerPool(const RouterOptions& options,
+                       std::vector<std::unique_ptr<WorkerClient>> decode,
+                       std::vector<std::unique_ptr<WorkerClient>> prefill, MetricsRegistry* metrics)
+    : keys_per_worker_(static_cast<size_t>(options.affinity_keys_per_worker)),
+      health_timeout_(absl::Milliseconds(options.health_timeout_ms)) {
+  clients_[static_cast<int>(WorkerRole::kDecode)] = std::move(decode);
+  clients_[static_cast<int>(WorkerRole::kPrefill)] = std::move(prefill);
+  absl::MutexLock lock(&mu_);
+  for (WorkerRole role : {WorkerRole::kDecode, WorkerRole::kPrefill}) {
+    for (const std::unique_ptr<WorkerClient>& c : clients(role)) {
+      State s;
+      if (role == WorkerRole::kDecode) s.keys.emplace(keys_per_worker_);
+      const MetricLabels labels = {{"worker", c->address()}, {"role", RoleName(role)}};
+      s.in_flight_gauge = metrics->AddGauge("kvtier_router_worker_in_flight",
+                                            "Requests in flight per worker", labels);
+      s.up_gauge =
+          metrics->AddGauge("kvtier_router_worker_up", "Whether the worker answers", labels);
+      states(role).push_back(std::move(s));
+    }
+  }
+}
+
+WorkerPool::~WorkerPool() { Stop(); }
+
+void WorkerPool::Start() {
+  refresh_thread_ = std::thread([this] { RefreshLoop(); });
+}
+
+void WorkerPool::Stop() {
+  {
+    absl::MutexLock lock(&mu_);
+    stopping_ = true;
+  }
+  for (WorkerRole role : {WorkerRole::kDecode, WorkerRole::kPrefill}) {
+    for (const std::unique_ptr<WorkerClient>& c : clients(role)) c->CancelAll();
+  }
+  if (refresh_thread_.joinable()) refresh_thread_.join();
+}
+
+bool WorkerPool::stopping() const {
+  absl::MutexLock lock(&mu_);
+  return stopping_;
+}
+
+void WorkerPool::RefreshLoop() {
+  for (;;) {
+    {
+      absl::MutexLock lock(&mu_);
+      if (mu_.AwaitWithTimeout(absl::Condition(&stopping_), kRefreshInterval)) return;
+    }
+    Refresh();
+  }
+}
+
+void WorkerPool::Refresh() {
+  for (WorkerRole role : {WorkerRole::kDecode, WorkerRole::kPrefill}) {
+    for (size_t i = 0; i < clients(role).size(); ++i) {
+      absl::StatusOr<v1::WorkerInfo> info = clients(role)[i]->GetWorkerInfo(health_timeout_);
+      absl::MutexLock lock(&mu_);
+      if (stopping_) return;  // the calls are being cancelled: not an answer of the worker
+      State& s = states(role)[i];
+      const bool ok = info.ok();
+      if (ok) {
+        absl::StatusOr<NamespaceId> ns = KeyFromBytes(info->namespace_id(), "namespace_id");
+        std::optional<NamespaceId> new_ns;
+        if (ns.ok()) new_ns = *ns;
+        // A worker that was down or changed namespace lost (or cannot use) what it held.
+        if (s.keys.has_value() &&
+            (!s.alive || new_ns != s.ns || info->block_tokens() != s.info.block_tokens())) {
+          s.keys.emplace(keys_per_worker_);
+        }
+        s.ns = new_ns;
+        s.info = *std::move(info);
+      }
+      if (ok && !s.alive) {
+        spdlog::info("{} worker {} is up", RoleName(role), clients(role)[i]->address());
+      } else if (!ok && s.alive) {
+        spdlog::warn("{} worker {} does not answer ({})", RoleName(role),
+                     clients(role)[i]->address(), info.status().ToString());
+      }
+      s.alive = ok;
+      s.up_gauge->Set(ok ? 1 : 0);
+    }
+  }
+}
+
+std::optional<WorkerPool::Lease> WorkerPool::AcquireDecode(PromptKeys& prompt,
+                                                           absl::Span<const int> exclude) {
+  // The keys are computed outside the lock, once per (namespace, block size) of the request.
+  struct Candidate {
+    int index;
+    NamespaceId ns;
+    uint32_t block_tokens;
+    const std::vector<BlockKey>* keys = nullptr;
+  };
+  std::vector<Candidate> keyed;
+  {
+    absl::MutexLock lock(&mu_);
+    const std::vector<State>& ss = states(WorkerRole::kDecode);
+    for (size_t i = 0; i < ss.size(); ++i) {
+      if (ss[i].alive && !Contains(exclude, static_cast<int>(i)) && ss[i].ns.has_value() &&
+          ss[i].info.block_tokens() > 0) {
+        keyed.push_back({static_cast<int>(i), *ss[i].ns, ss[i].info.block_tokens()});
+      }
+    }
+  }
+  for (Candidate& c : keyed) c.keys = &prompt.Get(c.ns, c.block_tokens);
+
+  absl::MutexLock lock(&mu_);
+  std::vector<State>& ss = states(WorkerRole::kDecode);
+  std::vector<PlacementCandidate> cands;
+  std::vector<int> index;
+  std::vector<uint32_t> block_tokens;
+  for (size_t i = 0; i < ss.size(); ++i) {
+    if (!ss[i].alive || Contains(exclude, static_cast<int>(i))) continue;
+    PlacementCandidate c;
+    c.in_flight = ss[i].in_flight;
+    uint32_t bt = 0;
+    for (const Candidate& k : keyed) {
+      if (k.index == static_cast<int>(i)) {
+        c.matched_blocks = ss[i].keys->MatchPrefix(*k.keys);
+        bt = k.block_tokens;
+      }
+    }
+    cands.push_back(c);
+    index.push_back(static_cast<int>(i));
+    block_tokens.push_back(bt);
+  }
+  const int pick = PickWorker(cands);
+  if (pick < 0) return std::nullopt;
+  const int w = index[pick];
+  ss[w].in_flight_gauge->Set(++ss[w].in_flight);
+  return Lease(this, WorkerRole::kDecode, w, cands[pick].matched_blocks * block_tokens[pick]);
+}
+
+std::optional<WorkerPool::Lease> WorkerPool::AcquirePrefill() {
+  absl::MutexLock lock(&mu_);
+  std::vector<State>& ss = states(WorkerRole::kPrefill);
+  int w = -1;
+  for (size_t i = 0; i < ss.size(); ++i) {
+    if (!ss[i].alive) continue;
+    if (w < 0 || ss[i].in_flight < ss[w].in_flight) w = static_cast<int>(i);
+  }
+  if (w < 0) return std::nullopt;
+  ss[w].in_flight_gauge->Set(++ss[w].in_flight);
+  return Lease(this, WorkerRole::kPrefill, w, 0);
+}
+
+void WorkerPool::Release(WorkerRole role, int index) {
+  absl::MutexLock lock(&mu_);
+  State& s = states(role)[index];
+  s.in_flight_gauge->Set(--s.in_flight);
+}
+
+void WorkerPool::Remember(int index, PromptKeys& prompt, absl::Span<const uint32_t> generated) {
+  std::optional<NamespaceId> ns;
+  uint32_t bt = 0;
+  {
+    absl::MutexLock lock(&mu_);
+    const State& s = states(WorkerRole::kDecode)[index];
+    ns = s.ns;
+    bt = s.info.block_tokens();
+  }
+  if (!ns.has_value() || bt == 0) return;
+  const std::vector<BlockKey> keys = prompt.Extend(*ns, bt, generated);
+  absl::MutexLock lock(&mu_);
+  State& s = states(WorkerRole::kDecode)[index];
+  if (s.ns != ns || s.info.block_tokens() != bt) return;
+  for (const BlockKey& k : keys) s.keys->Touch(k);
+}
+
+void WorkerPool::MarkDown(int index) {
+  absl::MutexLock lock(&mu_);
+  State& s = states(WorkerRole::kDecode)[index];
+  s.alive = false;
+  s.up_gauge->Set(0);
+}
+
+int WorkerPool::DecodeWorkersUp() const {
+  absl::MutexLock lock(&mu_);
+  int up = 0;
+  for (const State& s : states(WorkerRole::kDecode)) up += s.alive ? 1 : 0;
+  return up;
+}
+
+int64_t WorkerPool::MaxContext() const {
+  absl::MutexLock lock(&mu_);
+  int64_t ctx = 0;
+  for (const State& s : states(WorkerRole::kDecode)) {
+    if (!s.alive || s.info.max_context() == 0) continue;
+    ctx = ctx == 0 ? s.info.max_context() : std::min<int64_t>(ctx, s.info.max_context());
+  }
+  return ctx;
+}
+
+WorkerPool::Lease::Lease(Lease&& other) noexcept
+    : pool_(std::exchange(other.pool_, nullptr)),
+      role_(other.role_),
+      index_(other.index_),
+      matched_tokens_(other.matched_tokens_) {}
+
+WorkerPool::Lease::~Lease() {
+  if (pool_ != nullptr) pool_->Release(role_, index_);
+}
+
+WorkerClient& WorkerPool::Lease::client() const { return *pool_->clients(role_)[index_]; }
+
+}  // namespace kvtier::router

@@ -1,0 +1,131 @@
+// The router's workers (docs/serving.md, "Placement"): each worker's state from its last
+// GetWorkerInfo (refreshed once a second on a thread of the pool's own), the requests the router
+// has in flight on it, and for decode workers the block keys sent there (KeyLru); placement of a
+// request on a decode worker (PickWorker over the remembered prefixes) and of a prefill call on
+// the least-loaded prefill worker. A worker that was down or reports a new namespace or block
+// size starts with no remembered keys.
+//
+// Owns the WorkerClients and the per-worker gauges kvtier_router_worker_in_flight and
+// kvtier_router_worker_up (in the caller's MetricsRegistry, which must outlive the pool).
+// Thread-safe: every method may be called from any thread (Start and Stop from the owner's).
+#ifndef KVTIER_ROUTER_WORKER_POOL_H_
+#define KVTIER_ROUTER_WORKER_POOL_H_
+
+#include <cstddef>
+#include <cstdint>
+#include <memory>
+#include <optional>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "absl/base/thread_annotations.h"
+#include "absl/synchronization/mutex.h"
+#include "absl/types/span.h"
+#include "common/block_key.h"
+#include "common/metrics.h"
+#include "router/placement.h"
+#include "router/router_options.h"
+#include "router/worker_client.h"
+
+namespace kvtier::router {
+
+class WorkerPool {
+ public:
+  // Uses options.affinity_keys_per_worker and options.health_timeout_ms. Every worker starts
+  // down until a Refresh hears from it.
+  WorkerPool(const RouterOptions& options, std::vector<std::unique_ptr<WorkerClient>> decode,
+             std::vector<std::unique_ptr<WorkerClient>> prefill, MetricsRegistry* metrics);
+  ~WorkerPool();  // Stop()s.
+  WorkerPool(const WorkerPool&) = delete;
+  WorkerPool& operator=(const WorkerPool&) = delete;
+
+  // Asks every worker for its info once (blocking) and updates its state.
+  void Refresh();
+  // Starts the thread that Refreshes once a second.
+  void Start();
+  // Cancels every worker call in flight (later ones fail with Cancelled) and ends the refresh
+  // thread; the states stay as they are. Idempotent.
+  void Stop();
+  bool stopping() const;
+
+  // A worker counted in flight from its Acquire until the lease is destroyed. Move-only.
+  class Lease {
+   public:
+    Lease(Lease&& other) noexcept;
+    Lease& operator=(Lease&&) = delete;
+    ~Lease();
+
+    int index() const { return index_; }
+    WorkerClient& client() const;
+    const std::string& address() const { return client().address(); }
+    // Decode leases: the leading prompt tokens the worker likely holds (remembered keys).
+    size_t matched_tokens() const { return matched_tokens_; }
+
+   private:
+    friend class WorkerPool;
+    Lease(WorkerPool* pool, WorkerRole role, int index, size_t matched_tokens)
+        : pool_(pool), role_(role), index_(index), matched_tokens_(matched_tokens) {}
+
+    WorkerPool* pool_;  // null once moved from
+    WorkerRole role_;
+    int index_;
+    size_t matched_tokens_;
+  };
+
+  // The live decode worker, not in `exclude`, holding the longest remembered prefix of
+  // `prompt`'s keys, then with the fewest requests in flight, then the first; nullopt when none
+  // is live.
+  std::optional<Lease> AcquireDecode(PromptKeys& prompt, absl::Span<const int> exclude);
+  // The live prefill worker with the fewest requests in flight; nullopt when none is live.
+  std::optional<Lease> AcquirePrefill();
+
+  // Remembers the keys of the prompt followed by `generated` as held by decode worker `index`
+  // (unless its namespace changed meanwhile).
+  void Remember(int index, PromptKeys& prompt, absl::Span<const uint32_t> generated);
+  // Marks decode worker `index` down until a Refresh hears from it again.
+  void MarkDown(int index);
+
+  // Decode workers that answered their last GetWorkerInfo.
+  int DecodeWorkersUp() const;
+  // The smallest max_context of the live decode workers; 0 when none is live.
+  int64_t MaxContext() const;
+
+ private:
+  struct State {
+    bool alive = false;
+    v1::WorkerInfo info;
+    std::optional<NamespaceId> ns;  // from info.namespace_id
+    int in_flight = 0;
+    std::optional<KeyLru> keys;  // decode workers
+    Gauge* in_flight_gauge = nullptr;
+    Gauge* up_gauge = nullptr;
+  };
+
+  // The clients are fixed at construction; the states (one per client) are under mu_.
+  const std::vector<std::unique_ptr<WorkerClient>>& clients(WorkerRole role) const {
+    return clients_[static_cast<int>(role)];
+  }
+  std::vector<State>& states(WorkerRole role) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
+    return states_[static_cast<int>(role)];
+  }
+  const std::vector<State>& states(WorkerRole role) const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
+    return states_[static_cast<int>(role)];
+  }
+  void Release(WorkerRole role, int index);
+  void RefreshLoop();
+
+  const size_t keys_per_worker_;
+  const absl::Duration health_timeout_;
+  std::vector<std::unique_ptr<WorkerClient>> clients_[2];  // by WorkerRole
+
+  mutable absl::Mutex mu_;
+  std::vector<State> states_[2] ABSL_GUARDED_BY(mu_);  // by WorkerRole
+  bool stopping_ ABSL_GUARDED_BY(mu_) = false;
+
+  std::thread refresh_thread_;
+};
+
+}  // namespace kvtier::router
+
+#endif  // KVTIER_ROUTER_WORKER_POOL_H_
