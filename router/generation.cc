@@ -43,6 +43,11 @@ ApiError ToApiError(const absl::Status& s) {
   }
 }
 
+// The request id of the worker calls for prompt `p`.
+std::string CallId(const GenerationRequest& request, size_t p) {
+  return absl::StrCat(request.id, "-", p);
+}
+
 }  // namespace
 
 Generation::Generation(const RouterOptions& options, const engine::Tokenizer* tokenizer,
@@ -115,7 +120,6 @@ GenerationResult Generation::Run(const GenerationRequest& request, const EmitFn&
 std::optional<ApiError> Generation::RunPrompt(const GenerationRequest& request, size_t prompt_index,
                                               const EmitFn& emit, Usage* usage, bool* client_gone) {
   const std::vector<uint32_t>& prompt = request.prompts[prompt_index];
-  const std::string id = absl::StrCat(request.id, "-", prompt_index);
   PromptKeys keys(prompt);  // computed once for placement and for remembering
   std::vector<int> tried;
   std::optional<ApiError> last_error;
@@ -128,13 +132,14 @@ std::optional<ApiError> Generation::RunPrompt(const GenerationRequest& request, 
     const int w = lease->index();
     tried.push_back(w);
     const uint32_t prefilled =
-        request.cache ? MaybePrefill(id, prompt, lease->matched_tokens()) : 0;
+        request.cache ? MaybePrefill(CallId(request, prompt_index), prompt, lease->matched_tokens())
+                      : 0;
     Usage u;
     bool emitted = false;
     std::vector<uint32_t> generated0;
-    const absl::Status st = GenerateOn(lease->client(), request, prompt_index, emit, &u, &emitted,
-                                       client_gone, &generated0);
-    const std::string address = lease->address();
+    WorkerClient& worker = lease->client();  // owned by the pool
+    const absl::Status st =
+        GenerateOn(worker, request, prompt_index, emit, &u, &emitted, client_gone, &generated0);
     lease.reset();
     // Blocks the prefill worker computed for this very request reach the decode worker
     // through the store, but they were not cached for the client (usage.cached_tokens).
@@ -145,7 +150,7 @@ std::optional<ApiError> Generation::RunPrompt(const GenerationRequest& request, 
       return std::nullopt;
     }
     if (pool_->stopping()) return ServerError(503, "the router is shutting down");
-    spdlog::warn("generate on {} failed ({}){}", address, st.ToString(),
+    spdlog::warn("generate on {} failed ({}){}", worker.address(), st.ToString(),
                  emitted ? "" : ", nothing streamed yet");
     last_error = ToApiError(st);
     if (emitted || !Retriable(st.code()) || attempt == 1) return last_error;
@@ -190,7 +195,7 @@ absl::Status Generation::GenerateOn(WorkerClient& worker, const GenerationReques
   const std::vector<uint32_t>& prompt = request.prompts[prompt_index];
   const int index_base = static_cast<int>(prompt_index * request.n);
   v1::GenerateRequest req;
-  req.set_request_id(absl::StrCat(request.id, "-", prompt_index));
+  req.set_request_id(CallId(request, prompt_index));
   req.mutable_tokens()->Add(prompt.begin(), prompt.end());
   v1::SamplingParams* sp = req.mutable_sampling();
   sp->set_temperature(request.temperature);
