@@ -156,6 +156,11 @@ TEST_F(WorkerPoolTest, ANamespaceOrBlockSizeChangeForgetsTheKeys) {
   fleet_.decode[1]->set_info(WorkerInfoFor(WorkerRole::kDecode, Namespace(2), 2 * kBlock, 128));
   pool().Refresh();
   EXPECT_EQ(Pick(prompt), std::make_pair(0, size_t{0}));
+
+  // Back to the first namespace: what was sent there before the change is forgotten too.
+  fleet_.decode[1]->set_info(WorkerInfoFor(WorkerRole::kDecode, Namespace(1), kBlock, 128));
+  pool().Refresh();
+  EXPECT_EQ(Pick(prompt), std::make_pair(0, size_t{0}));
 }
 
 TEST_F(WorkerPoolTest, TheContextIsTheSmallestOfTheLiveDecodeWorkers) {
