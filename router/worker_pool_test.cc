@@ -142,24 +142,29 @@ TEST_F(WorkerPoolTest, MarkDownLastsUntilTheNextRefresh) {
 
 TEST_F(WorkerPoolTest, ANamespaceOrBlockSizeChangeForgetsTheKeys) {
   const std::vector<uint32_t> prompt = Tokens(20, 100);
+  auto answer = [&](uint8_t ns, uint32_t block_tokens) {
+    fleet_.decode[1]->set_info(
+        WorkerInfoFor(WorkerRole::kDecode, Namespace(ns), block_tokens, 128));
+    pool().Refresh();
+  };
   Remember(1, prompt);
-  pool().Refresh();  // same answer: the keys stay
+  pool().Refresh();  // the same answer: the keys stay
   ASSERT_EQ(Pick(prompt), std::make_pair(1, size_t{20}));
 
-  fleet_.decode[1]->set_info(WorkerInfoFor(WorkerRole::kDecode, Namespace(2), kBlock, 128));
-  pool().Refresh();
+  // Another namespace and back: what was sent there before is forgotten.
+  answer(2, kBlock);
   EXPECT_EQ(Pick(prompt), std::make_pair(0, size_t{0}));
+  answer(1, kBlock);
+  EXPECT_EQ(Pick(prompt), std::make_pair(0, size_t{0}));
+
   // Keys remembered under the new namespace are matched under it.
   Remember(1, prompt);
   EXPECT_EQ(Pick(prompt), std::make_pair(1, size_t{20}));
 
-  fleet_.decode[1]->set_info(WorkerInfoFor(WorkerRole::kDecode, Namespace(2), 2 * kBlock, 128));
-  pool().Refresh();
+  // Another block size and back.
+  answer(1, 2 * kBlock);
   EXPECT_EQ(Pick(prompt), std::make_pair(0, size_t{0}));
-
-  // Back to the first namespace: what was sent there before the change is forgotten too.
-  fleet_.decode[1]->set_info(WorkerInfoFor(WorkerRole::kDecode, Namespace(1), kBlock, 128));
-  pool().Refresh();
+  answer(1, kBlock);
   EXPECT_EQ(Pick(prompt), std::make_pair(0, size_t{0}));
 }
 
