@@ -157,7 +157,7 @@ TEST_F(WorkerPoolTest, ANamespaceOrBlockSizeChangeForgetsTheKeys) {
   answer(1, kBlock);
   EXPECT_EQ(Pick(prompt), std::make_pair(0, size_t{0}));
 
-  // Keys remembered under the new namespace are matched under it.
+  // Keys remembered after the change are matched.
   Remember(1, prompt);
   EXPECT_EQ(Pick(prompt), std::make_pair(1, size_t{20}));
 
