@@ -5,6 +5,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "common/logging.h"
+#include "router/placement.h"
 #include "router/stop_matcher.h"
 
 namespace kvtier::router {

@@ -25,7 +25,6 @@
 #include "common/metrics.h"
 #include "engine/tokenizer.h"
 #include "router/openai_api.h"
-#include "router/placement.h"
 #include "router/router_options.h"
 #include "router/worker_client.h"
 #include "router/worker_pool.h"
