@@ -16,7 +16,7 @@
 
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
-#include "common/block_key.h"
+#include "kvtier/block_key.h"
 
 namespace rocksdb {
 class DB;

@@ -12,10 +12,10 @@
 #include <vector>
 
 #include "absl/status/status.h"
-#include "common/block_key.h"
 #include "common/checksum.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
+#include "kvtier/block_key.h"
 #include "rocksdb/db.h"
 #include "rocksdb/options.h"
 

@@ -26,8 +26,8 @@
 #include "absl/time/time.h"
 #include "absl/types/span.h"
 #include "cachestore/spill_store.h"
-#include "common/block_key.h"
 #include "common/metrics.h"
+#include "kvtier/block_key.h"
 
 namespace kvtier::cachestore {
 

@@ -1,4 +1,4 @@
-#include "common/block_key.h"
+#include "kvtier/block_key.h"
 
 #include "absl/strings/ascii.h"
 #include "absl/strings/escaping.h"

@@ -11,8 +11,8 @@
 #include <cstdint>
 
 #include "absl/strings/string_view.h"
-#include "common/block_key.h"
 #include "common/logging.h"
+#include "kvtier/block_key.h"
 
 namespace kvtier {
 

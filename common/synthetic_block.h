@@ -6,7 +6,7 @@
 #include <cstddef>
 #include <cstdint>
 
-#include "common/block_key.h"
+#include "kvtier/block_key.h"
 
 namespace kvtier {
 

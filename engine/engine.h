@@ -21,9 +21,9 @@
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
 #include "absl/types/span.h"
-#include "common/block_key.h"
 #include "engine/model_config.h"
 #include "engine/weights.h"
+#include "kvtier/block_key.h"
 
 namespace kvtier::engine {
 

@@ -28,7 +28,6 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
 #include "absl/strings/str_split.h"
-#include "common/block_key.h"
 #include "common/logging.h"
 #include "common/parse_bytes.h"
 #include "common/status_macros.h"
@@ -40,6 +39,7 @@
 #include "engine/tokenizer.h"
 #include "engine/tokenizer_writer.h"
 #include "engine/weights.h"
+#include "kvtier/block_key.h"
 #include "nlohmann/json.hpp"
 
 namespace kvtier::engine {

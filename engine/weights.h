@@ -16,9 +16,9 @@
 #include <vector>
 
 #include "absl/status/statusor.h"
-#include "common/block_key.h"
 #include "engine/model_config.h"
 #include "engine/safetensors.h"
+#include "kvtier/block_key.h"
 
 namespace kvtier::engine {
 

@@ -16,8 +16,8 @@
 
 #include "absl/base/thread_annotations.h"
 #include "absl/synchronization/mutex.h"
-#include "common/block_key.h"
 #include "common/metrics.h"
+#include "kvtier/block_key.h"
 #include "router/router_options.h"
 #include "router/worker_client.h"
 #include "router/worker_pool.h"

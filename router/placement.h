@@ -18,7 +18,7 @@
 
 #include "absl/container/flat_hash_map.h"
 #include "absl/types/span.h"
-#include "common/block_key.h"
+#include "kvtier/block_key.h"
 
 namespace kvtier::router {
 

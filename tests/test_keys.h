@@ -6,7 +6,7 @@
 #include <cstdint>
 #include <vector>
 
-#include "common/block_key.h"
+#include "kvtier/block_key.h"
 
 namespace kvtier::testing {
 

@@ -25,8 +25,8 @@
 #include "absl/container/flat_hash_map.h"
 #include "absl/status/statusor.h"
 #include "absl/types/span.h"
-#include "common/block_key.h"
 #include "engine/page_allocator.h"
+#include "kvtier/block_key.h"
 
 namespace kvtier::worker {
 

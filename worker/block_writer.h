@@ -28,8 +28,8 @@
 #include "absl/base/thread_annotations.h"
 #include "absl/status/statusor.h"
 #include "absl/synchronization/mutex.h"
-#include "common/block_key.h"
 #include "engine/engine.h"
+#include "kvtier/block_key.h"
 #include "kvtier/store_client.h"
 
 namespace kvtier::worker {

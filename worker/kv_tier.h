@@ -29,8 +29,8 @@
 #include <vector>
 
 #include "absl/types/span.h"
-#include "common/block_key.h"
 #include "engine/engine.h"
+#include "kvtier/block_key.h"
 #include "kvtier/store_client.h"
 #include "worker/block_writer.h"
 

@@ -25,7 +25,7 @@
 #include "absl/status/statusor.h"
 #include "absl/time/time.h"
 #include "absl/types/span.h"
-#include "common/block_key.h"
+#include "kvtier/block_key.h"
 
 namespace kvtier {
 

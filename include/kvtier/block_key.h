@@ -1,8 +1,10 @@
-// Block keys and namespaces (DESIGN §2, byte-for-byte in docs/block-key.md).
+// Block keys and namespaces: the content addresses of stored K/V blocks, defined byte for byte
+// in docs/block-key.md. Part of the client API (include/kvtier/); implemented in
+// common/block_key.cc (library kvtier_common).
 //
-// All functions are pure and thread-safe.
-#ifndef KVTIER_COMMON_BLOCK_KEY_H_
-#define KVTIER_COMMON_BLOCK_KEY_H_
+// Value types only, nothing owned. All functions are pure and thread-safe.
+#ifndef KVTIER_BLOCK_KEY_H_
+#define KVTIER_BLOCK_KEY_H_
 
 #include <array>
 #include <cstdint>
@@ -25,12 +27,14 @@ using NamespaceId = BlockKey;
 // different namespaces.
 struct NamespaceParams {
   // SHA-256 over the model's architecture fields and weights (computed by engine/).
+  // Default: all zero.
   BlockKey model_fingerprint{};
-  // KV element type, e.g. "bf16", "fp16", "fp32".
+  // KV element type, e.g. "bf16", "fp16", "fp32". Default: "bf16".
   std::string kv_dtype = "bf16";
   // Tokens per block. Default: 16.
   uint32_t block_tokens = 16;
-  // Version of the payload layout of DESIGN §2. Default: 1.
+  // Version of the block payload layout (docs/engine.md, "KV pages are block payloads").
+  // Default: 1.
   uint32_t layout_version = 1;
   // Optional per-tenant salt; empty means shared. Default: empty.
   std::string tenant_salt;
@@ -59,4 +63,4 @@ inline absl::string_view KeyBytes(const BlockKey& key) {
 
 }  // namespace kvtier
 
-#endif  // KVTIER_COMMON_BLOCK_KEY_H_
+#endif  // KVTIER_BLOCK_KEY_H_
