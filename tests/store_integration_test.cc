@@ -282,6 +282,46 @@ TEST_P(StoreIntegrationTest, GracefulRestartOnTheSamePortKeepsClientAndBlocks) {
   }
 }
 
+TEST_P(StoreIntegrationTest, MappedPrefixReadsInPlaceAndHoldsItsLeaseUntilReleased) {
+  StoreProcessOptions o;
+  o.lease_timeout_ms = 300;
+  StoreProcess store = StartStore(o);
+  auto client = Client(store);
+  std::vector<BlockKey> keys = TestKeys(80, 4);
+  Blocks b(keys, kBlock);
+  ASSERT_EQ(client->Put(TestNamespace(), keys, b.src, kBlock)->stored, 4u);
+  const bool shm = tls_ == "sm,self";
+  {
+    absl::StatusOr<MappedPrefix> m = client->MapPrefix(TestNamespace(), keys, kBlock);
+    ASSERT_TRUE(m.ok()) << m.status();
+    EXPECT_EQ(m->stored(), 4u);
+    // Shared memory: the store's own slots, in this process; TCP: nothing is mapped.
+    ASSERT_EQ(m->size(), shm ? 4u : 0u);
+    EXPECT_EQ(m->Verify(), m->size());
+    for (size_t i = 0; i < m->size(); ++i) {
+      EXPECT_TRUE(IsSyntheticBlock(keys[i], m->blocks()[i], kBlock)) << i;
+    }
+    EXPECT_EQ(Stats(store).active_leases(), 1u);
+  }  // the handle's destruction releases the lease
+  EXPECT_EQ(Stats(store).active_leases(), 0u);
+
+  // Moved, the lease is released once, by its last owner.
+  absl::StatusOr<MappedPrefix> m = client->MapPrefix(TestNamespace(), keys, kBlock);
+  ASSERT_TRUE(m.ok()) << m.status();
+  MappedPrefix owner = std::move(*m);
+  m = MappedPrefix();
+  EXPECT_EQ(Stats(store).active_leases(), 1u);
+  EXPECT_TRUE(owner.Release());
+  EXPECT_EQ(owner.size(), 0u);
+  EXPECT_EQ(Stats(store).active_leases(), 0u);
+
+  // A lease the store dropped by timeout before its release is reported.
+  m = client->MapPrefix(TestNamespace(), keys, kBlock);
+  ASSERT_TRUE(m.ok()) << m.status();
+  ASSERT_TRUE(WaitFor([&] { return Stats(store).expired_leases() == 1; }, absl::Seconds(10)));
+  EXPECT_FALSE(m->Release());
+}
+
 TEST_P(StoreIntegrationTest, TwoStoresShareTheKeysAndADeadOneCostsOnlyMisses) {
   const std::string base = dir_;
   dir_ = base + "/a";

@@ -1,6 +1,6 @@
 // BlockWriter: writes exported blocks to the store on its own thread, so the thread that drives
 // the engine hands blocks over and goes on computing instead of waiting for store I/O (the
-// decode worker writes back every block that fills, DESIGN §4.3).
+// decode worker writes back every block that fills, docs/serving.md, "Decode scheduler").
 //
 // The producer takes a free host buffer (Acquire), exports pages into it and queues it with
 // the blocks' keys (Submit), which returns a ticket. The writer thread stores queued batches in

@@ -100,19 +100,19 @@ size_t KvTier::FetchMapped(absl::Span<const BlockKey> keys, absl::Span<const int
     LogFailure("map", m.status());
     return 0;
   }
-  const size_t n = m->blocks.size();
+  const size_t n = m->size();
   size_t verified = 0;
   absl::Status st;
   if (n > 0) {
     // The copy engine (or memcpy on the CPU) reads the leased blocks while other threads hash
     // them; a block that fails its checksum ends the prefix, and what was imported past it is
     // garbage the caller recomputes.
-    std::thread verifier([&] { verified = store_->VerifyMapped(*m, block_bytes_); });
-    st = engine_->ImportBlocks(pages.first(n), m->blocks);
+    std::thread verifier([&] { verified = m->Verify(); });
+    st = engine_->ImportBlocks(pages.first(n), m->blocks());
     verifier.join();
   }
-  *stored = verified < n ? verified : m->stored;
-  if (!store_->Unmap(&*m)) st = absl::AbortedError("a lease expired while its blocks were read");
+  *stored = verified < n ? verified : m->stored();
+  if (!m->Release()) st = absl::AbortedError("a lease expired while its blocks were read");
   if (!st.ok()) {
     LogFailure("mapped fetch", st);
     *stored = 0;

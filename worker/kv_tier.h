@@ -1,16 +1,18 @@
 // KvTier: the bridge between an Engine's KV pages and the store tier (StoreClient).
 //
-// A page of the engine is exactly a block payload (DESIGN §2), so fetching is StoreClient::Get
-// into host staging buffers then Engine::ImportPages, and storing is Engine::ExportPages then
-// StoreClient::Put. The cache is an optimisation: every failure of the tier (no store, store
-// down, bad slot size, checksum mismatch, import failure) is reported as a miss or as skipped
-// blocks and logged, never as an error; the caller then computes the K/V itself.
+// A page of the engine is exactly a block payload (docs/engine.md, "KV pages are block
+// payloads"), so fetching is StoreClient::Get into host staging buffers then
+// Engine::ImportPages, and storing is Engine::ExportPages then StoreClient::Put. The cache is an
+// optimisation: every failure of the tier (no store, store down, bad slot size, checksum mismatch,
+// import failure) is reported as a miss or as skipped blocks and logged, never as an error; the
+// caller then computes the K/V itself.
 //
 // Host staging comes from Engine::AllocateHostBuffer (pinned on the CUDA backend), so the copy
 // engine moves blocks straight between the GPU pages and the buffers the store client fills.
-// A same-host store's pool is read in place (DESIGN §5): the pool is registered with the
-// engine once (RegisterStorePools), fetched blocks are leased and imported straight from it
-// while other threads verify their checksums, with no host copy at all.
+// A same-host store's pool is read in place (docs/serving.md, "Decode scheduler"): the pool is
+// registered with the engine once (RegisterStorePools), fetched blocks are leased
+// (StoreClient::MapPrefix) and imported straight from it while another thread verifies their
+// checksums, with no host copy at all.
 //
 // Writes are synchronous (StoreBlocks: the prefill worker returns once its blocks are
 // committed) or, after EnableAsyncWrites, handed to a BlockWriter thread (StoreBlocksAsync: the

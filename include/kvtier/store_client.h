@@ -1,17 +1,22 @@
-// kvtier store client: stores and fetches KV blocks in one or more kvtier-store nodes.
+// kvtier store client: stores and fetches KV blocks in one or more kvtier-store nodes
+// (docs/store-protocol.md).
 //
-// Keys are placed on nodes by rendezvous hashing over the configured stores. Control calls go
-// over gRPC (one per node per operation); bytes move with UCX one-sided put/get straight
-// between the caller's buffers and the store's registered pool (one flush per node per
-// batch); a store on the same host is mapped (ucp_rkey_ptr) and copied to directly. Every fetched
-// block is checked against its xxh3-64 checksum before it is reported.
+// StoreClient is an interface (as LevelDB's DB): StoreClient::Create makes the real client, and
+// tests of the layers above it use an in-memory fake (cachestore/fake_store_client.h). The real
+// client places keys on nodes by rendezvous hashing over the configured stores. Control calls go
+// over gRPC (one per node per operation); bytes move with UCX one-sided put/get straight between
+// the caller's buffers and the store's registered pool (one flush per node per batch); a store
+// on the same host is mapped (ucp_rkey_ptr) and copied to directly. Every fetched block is
+// checked against its xxh3-64 checksum before it is reported.
 //
 // Failure model: the cache is an optimisation. A node that is down, restarted or slow costs
 // misses (Get/Lookup report a shorter prefix; Put reports blocks as skipped), never an error
 // and never wrong bytes. Errors are returned only for bad arguments.
 //
-// Thread-safety: safe for concurrent use without external synchronization; operations are
-// serialized internally (one UCX worker). Use one client per thread for parallel transfers.
+// Ownership: a MappedPrefix borrows the client that made it, which must outlive it.
+// Thread-safety: a StoreClient is safe for concurrent use without external synchronization;
+// the real client serializes its operations internally (one UCX worker), so use one client per
+// thread for parallel transfers. MappedPrefix: see its comment.
 #ifndef KVTIER_STORE_CLIENT_H_
 #define KVTIER_STORE_CLIENT_H_
 
@@ -19,9 +24,9 @@
 #include <cstdint>
 #include <memory>
 #include <string>
-#include <utility>
 #include <vector>
 
+#include "absl/functional/any_invocable.h"
 #include "absl/status/statusor.h"
 #include "absl/time/time.h"
 #include "absl/types/span.h"
@@ -30,7 +35,7 @@
 namespace kvtier {
 
 struct StoreClientOptions {
-  // Control-plane addresses of the store nodes, "host:port". At least one.
+  // Control-plane addresses of the store nodes, "host:port". At least one. Default: none.
   std::vector<std::string> stores;
   // Deadline of each control-plane call. Default: 2 s.
   absl::Duration rpc_timeout = absl::Seconds(2);
@@ -53,20 +58,6 @@ struct PutResult {
   uint32_t skipped = 0;  // not stored: no space, node down, transfer or checksum failure
 };
 
-// Blocks of same-host stores read in place (StoreClient::MapPrefix): pinned by leases until
-// Unmap, so their bytes neither move nor change meanwhile.
-struct MappedPrefix {
-  // In this process's address space (a store's pool, mapped), one per block of the prefix.
-  std::vector<const uint8_t*> blocks;
-  // The xxh3-64 of each block as committed; check before use (VerifyMapped).
-  std::vector<uint64_t> checksums;
-  // Leading keys stored anywhere (>= blocks.size(): the rest lives in stores that are not
-  // mapped, and Get can fetch it).
-  size_t stored = 0;
-  // Which leases to release: (node index, lease id).
-  std::vector<std::pair<size_t, uint64_t>> leases;
-};
-
 // A store pool mapped into this process: [base, base + bytes).
 struct MappedPool {
   const uint8_t* base = nullptr;
@@ -87,54 +78,96 @@ struct StoreNodeInfo {
   bool pool_mapped = false;  // same-host pool copied to directly
 };
 
+// Blocks of same-host stores read in place (StoreClient::MapPrefix), pinned by leases while the
+// handle holds them, so their bytes neither move nor change meanwhile (as RocksDB's
+// PinnableSlice pins a block). The leases are released by Release() or, at the latest, by the
+// destructor. Move-only.
+//
+// Thread-safety: the accessors and Verify() may run on several threads at once (e.g. one
+// thread imports the blocks while another verifies them); Release(), assignment and
+// destruction need exclusive access.
+class MappedPrefix {
+ public:
+  // Releases the leases; returns whether every one was still held.
+  using ReleaseFn = absl::AnyInvocable<bool()>;
+
+  // An empty prefix: nothing leased.
+  MappedPrefix() = default;
+  // For StoreClient implementations: blocks[i] (block_bytes each) was committed with checksum
+  // checksums[i]; `stored` leading keys are stored anywhere (>= blocks.size()); Verify hashes on
+  // up to `verify_threads` threads; `release` (may be empty: nothing leased) is called once.
+  MappedPrefix(std::vector<const uint8_t*> blocks, std::vector<uint64_t> checksums, size_t stored,
+               size_t block_bytes, int verify_threads, ReleaseFn release);
+  ~MappedPrefix();  // Release()s
+  MappedPrefix(MappedPrefix&& other) noexcept;
+  MappedPrefix& operator=(MappedPrefix&& other) noexcept;
+  MappedPrefix(const MappedPrefix&) = delete;
+  MappedPrefix& operator=(const MappedPrefix&) = delete;
+
+  // In this process's address space (a store's pool, mapped), one per block of the prefix.
+  absl::Span<const uint8_t* const> blocks() const { return blocks_; }
+  size_t size() const { return blocks_.size(); }
+  // Leading keys stored anywhere (>= size(): the rest lives in stores that are not mapped, and
+  // StoreClient::Get can fetch it).
+  size_t stored() const { return stored_; }
+
+  // Number of leading blocks whose bytes match their checksums. Check before using the bytes.
+  size_t Verify() const;
+  // Releases the leases and empties the handle. Returns false when a lease had expired (or its
+  // store could not confirm it): the blocks may have been reused while read, so whatever was
+  // read from them must be dropped. True for an empty handle.
+  bool Release();
+
+ private:
+  std::vector<const uint8_t*> blocks_;
+  std::vector<uint64_t> checksums_;
+  size_t stored_ = 0;
+  size_t block_bytes_ = 0;
+  int verify_threads_ = 1;
+  ReleaseFn release_;
+};
+
 class StoreClient {
  public:
-  // Validates the options and prepares connections; nodes are contacted lazily, so a store
-  // that is down at start-up is not an error.
+  // The real client. Validates the options and prepares connections; nodes are contacted
+  // lazily, so a store that is down at start-up is not an error.
   static absl::StatusOr<std::unique_ptr<StoreClient>> Create(const StoreClientOptions& options);
-  ~StoreClient();
+  virtual ~StoreClient() = default;
   StoreClient(const StoreClient&) = delete;
   StoreClient& operator=(const StoreClient&) = delete;
 
   // Number of leading `keys` (consecutive blocks of one prefix) stored anywhere. Moves no data.
-  absl::StatusOr<size_t> Lookup(const NamespaceId& ns, absl::Span<const BlockKey> keys);
+  virtual absl::StatusOr<size_t> Lookup(const NamespaceId& ns, absl::Span<const BlockKey> keys) = 0;
 
   // Stores blocks[i] (block_bytes each) under keys[i]. Keys already present are not rewritten.
-  absl::StatusOr<PutResult> Put(const NamespaceId& ns, absl::Span<const BlockKey> keys,
-                                absl::Span<const void* const> blocks, size_t block_bytes);
+  virtual absl::StatusOr<PutResult> Put(const NamespaceId& ns, absl::Span<const BlockKey> keys,
+                                        absl::Span<const void* const> blocks,
+                                        size_t block_bytes) = 0;
 
   // Fetches the longest stored prefix of `keys` into buffers[0..n) and returns n. Blocks are
   // pinned only while they are copied, and released before returning.
-  absl::StatusOr<size_t> Get(const NamespaceId& ns, absl::Span<const BlockKey> keys,
-                             absl::Span<void* const> buffers, size_t block_bytes);
+  virtual absl::StatusOr<size_t> Get(const NamespaceId& ns, absl::Span<const BlockKey> keys,
+                                     absl::Span<void* const> buffers, size_t block_bytes) = 0;
 
   // Contacts every node (connecting if needed) and reports what it knows.
-  std::vector<StoreNodeInfo> Nodes();
+  virtual std::vector<StoreNodeInfo> Nodes() = 0;
 
-  // Same-host zero-copy reads (DESIGN §5): the longest stored prefix of `keys` whose blocks
-  // are all in pools mapped into this process, leased and not copied. The caller reads them
-  // (e.g. the GPU's copy engine, after registering MappedPools() with CUDA), checks them with
-  // VerifyMapped, and must Unmap. Node failures shorten the prefix; errors only for bad
-  // arguments. Do not call other methods of this client between MapPrefix and Unmap: a
-  // reconnection would unmap the pool.
-  absl::StatusOr<MappedPrefix> MapPrefix(const NamespaceId& ns, absl::Span<const BlockKey> keys,
-                                         size_t block_bytes);
-  // Number of leading blocks of `m` whose bytes match their checksums (hashed on up to
-  // copy_threads threads). Thread-safe: may run while another thread reads the same blocks.
-  size_t VerifyMapped(const MappedPrefix& m, size_t block_bytes) const;
-  // Releases the leases of `m` and clears it. Returns false when a lease had expired (or its
-  // store could not confirm it): the blocks may have been reused while read, so whatever was
-  // read from them must be dropped.
-  bool Unmap(MappedPrefix* m);
+  // Same-host zero-copy reads (docs/serving.md, "Decode scheduler"): the longest stored prefix
+  // of `keys` whose blocks are all in pools mapped into this process, leased and not copied.
+  // The caller reads them (e.g. the GPU's copy engine, after registering MappedPools() with
+  // CUDA), checks them with Verify and releases the handle. Node failures shorten the prefix;
+  // errors only for bad arguments. Do not call other methods of this client while the handle
+  // holds blocks: a reconnection would unmap the pool.
+  virtual absl::StatusOr<MappedPrefix> MapPrefix(const NamespaceId& ns,
+                                                 absl::Span<const BlockKey> keys,
+                                                 size_t block_bytes) = 0;
+
   // The pools of the stores this client reaches through shared memory (connecting to every
   // available node first). A pool's mapping changes when its store restarts.
-  std::vector<MappedPool> MappedPools();
+  virtual std::vector<MappedPool> MappedPools() = 0;
 
-  class Impl;
-
- private:
-  explicit StoreClient(std::unique_ptr<Impl> impl);
-  std::unique_ptr<Impl> impl_;
+ protected:
+  StoreClient() = default;
 };
 
 }  // namespace kvtier

@@ -1,0 +1,253 @@
+#include "cachestore/store_node.h"
+
+#include <grpcpp/grpcpp.h>
+
+#include <algorithm>
+#include <utility>
+
+#include "absl/strings/str_cat.h"
+#include "cachestore/grpc_status.h"
+#include "common/checksum.h"
+#include "common/logging.h"
+#include "common/parallel.h"
+#include "common/status_macros.h"
+
+namespace kvtier {
+
+namespace {
+
+// What a store that has not answered GetInfo yet is assumed to accept per call.
+constexpr size_t kDefaultMaxBatchKeys = 4096;
+
+}  // namespace
+
+int CopyThreads(int max_threads, size_t blocks, size_t block_bytes) {
+  return static_cast<int>(
+      std::min<size_t>(std::max(max_threads, 1), blocks * block_bytes / (size_t{8} << 20) + 1));
+}
+
+StoreNode::StoreNode(std::string address, transport::UcxWorker* worker,
+                     const StoreClientOptions& options, int copy_threads)
+    : address_(std::move(address)),
+      worker_(worker),
+      options_(options),
+      copy_threads_(copy_threads) {
+  grpc::ChannelArguments args;
+  args.SetMaxReceiveMessageSize(16 << 20);
+  stub_ = v1::CacheStore::NewStub(
+      grpc::CreateCustomChannel(address_, grpc::InsecureChannelCredentials(), args));
+}
+
+StoreNode::~StoreNode() = default;
+
+bool StoreNode::available() const { return absl::Now() >= down_until_; }
+
+size_t StoreNode::max_batch_keys() const {
+  return info_.max_batch_keys() ? info_.max_batch_keys() : kDefaultMaxBatchKeys;
+}
+
+std::unique_ptr<grpc::ClientContext> StoreNode::Context() const {
+  auto ctx = std::make_unique<grpc::ClientContext>();
+  ctx->set_deadline(absl::ToChronoTime(absl::Now() + options_.rpc_timeout));
+  return ctx;
+}
+
+void StoreNode::Disconnect() {
+  // The old connection, if any, may point at a dead or replaced process: close it forcibly.
+  if (ep_ != nullptr) ep_->MarkFailed();
+  mapped_ = nullptr;
+  rkey_.reset();
+  ep_.reset();
+}
+
+void StoreNode::MarkDown(const absl::Status& why) {
+  spdlog::warn("store {} unavailable for {}: {}", address_,
+               absl::FormatDuration(options_.retry_after), why.ToString());
+  Disconnect();
+  down_until_ = absl::Now() + options_.retry_after;
+}
+
+absl::Status StoreNode::Failed(absl::Status status) {
+  if (absl::IsInvalidArgument(status)) {
+    spdlog::error("store {} rejected a request: {}", address_, std::string(status.message()));
+  } else {
+    MarkDown(status);
+  }
+  return status;
+}
+
+absl::Status StoreNode::DoConnect(uint64_t incarnation) {
+  if (ep_ != nullptr && !ep_->failed() &&
+      (incarnation == 0 || incarnation == info_.incarnation())) {
+    return absl::OkStatus();
+  }
+  Disconnect();
+  v1::GetInfoResponse info;
+  KVTIER_RETURN_IF_ERROR(FromGrpc(stub_->GetInfo(Context().get(), v1::GetInfoRequest(), &info)));
+  if (incarnation != 0 && info.incarnation() != incarnation) {
+    return absl::UnavailableError("store restarted during the operation");
+  }
+  KVTIER_ASSIGN_OR_RETURN(ep_, transport::Endpoint::Connect(worker_, info.ucx_worker_address()));
+  KVTIER_ASSIGN_OR_RETURN(rkey_, ep_->UnpackRkey(info.pool_rkey()));
+  if (options_.map_same_host_pool) {
+    mapped_ = static_cast<uint8_t*>(rkey_->LocalPointer(info.pool_base_address()));
+  }
+  info_ = std::move(info);
+  spdlog::debug("connected to store {} (incarnation {:x})", address_, info_.incarnation());
+  return absl::OkStatus();
+}
+
+absl::Status StoreNode::ConnectTo(uint64_t incarnation) {
+  if (!available()) return absl::UnavailableError(absl::StrCat("store ", address_, " is down"));
+  absl::Status st = DoConnect(incarnation);
+  if (!st.ok()) MarkDown(st);
+  return st;
+}
+
+absl::Status StoreNode::Connect() { return ConnectTo(0); }
+
+StoreNodeInfo StoreNode::Describe() {
+  StoreNodeInfo out;
+  out.address = address_;
+  out.connected = DoConnect(0).ok();
+  if (out.connected) {
+    out.incarnation = info_.incarnation();
+    out.slot_bytes = info_.slot_bytes();
+    out.slot_count = info_.slot_count();
+    out.ucx_memory_types.assign(info_.ucx_memory_types().begin(), info_.ucx_memory_types().end());
+    out.cuda_memory_supported = info_.cuda_memory_supported();
+    out.spill_enabled = info_.spill_enabled();
+    out.ucx_lanes = ep_->Describe();
+    out.pool_mapped = mapped_ != nullptr;
+  }
+  return out;
+}
+
+MappedPool StoreNode::Pool() {
+  if (!Connect().ok() || mapped_ == nullptr) return {};
+  return {mapped_, static_cast<size_t>(info_.slot_bytes() * info_.slot_count())};
+}
+
+absl::StatusOr<v1::LookupResponse> StoreNode::Lookup(const NamespaceId& ns,
+                                                     absl::Span<const BlockKey> keys, bool lease) {
+  if (!available()) return absl::UnavailableError(absl::StrCat("store ", address_, " is down"));
+  keys = keys.first(std::min(keys.size(), max_batch_keys()));
+  v1::LookupRequest req;
+  req.set_namespace_id(std::string(KeyBytes(ns)));
+  for (const BlockKey& k : keys) req.add_keys(std::string(KeyBytes(k)));
+  req.set_lease(lease);
+  v1::LookupResponse resp;
+  absl::Status st = FromGrpc(stub_->Lookup(Context().get(), req, &resp));
+  if (st.ok() && (resp.hit_count() > keys.size() ||
+                  (lease && resp.blocks_size() != static_cast<int>(resp.hit_count())))) {
+    st = absl::InternalError("malformed lookup response");
+  }
+  if (!st.ok()) return Failed(st);
+  return resp;
+}
+
+absl::StatusOr<v1::ReserveResponse> StoreNode::Reserve(const NamespaceId& ns,
+                                                       const BlockKey* parent,
+                                                       absl::Span<const BlockKey> keys,
+                                                       size_t block_bytes) {
+  v1::ReserveRequest req;
+  req.set_namespace_id(std::string(KeyBytes(ns)));
+  if (parent != nullptr) req.set_parent_key(std::string(KeyBytes(*parent)));
+  for (const BlockKey& k : keys) req.add_keys(std::string(KeyBytes(k)));
+  req.set_block_bytes(block_bytes);
+  v1::ReserveResponse resp;
+  absl::Status st = FromGrpc(stub_->Reserve(Context().get(), req, &resp));
+  const int n = static_cast<int>(keys.size());
+  if (st.ok() && (resp.outcomes_size() != n || resp.offsets_size() != n)) {
+    st = absl::InternalError("malformed reserve response");
+  }
+  if (!st.ok()) return Failed(st);
+  return resp;
+}
+
+absl::StatusOr<v1::CommitResponse> StoreNode::Commit(uint64_t reservation_id,
+                                                     absl::Span<const uint64_t> checksums) {
+  v1::CommitRequest req;
+  req.set_reservation_id(reservation_id);
+  for (uint64_t sum : checksums) req.add_checksums(sum);
+  v1::CommitResponse resp;
+  absl::Status st = FromGrpc(stub_->Commit(Context().get(), req, &resp));
+  if (!st.ok()) return Failed(st);
+  if (resp.rejected_keys_size() > 0) {
+    spdlog::warn("store {} rejected {} blocks on checksum", address_, resp.rejected_keys_size());
+  }
+  return resp;
+}
+
+void StoreNode::Abort(uint64_t reservation_id) {
+  v1::AbortRequest req;
+  req.set_reservation_id(reservation_id);
+  v1::AbortResponse resp;
+  (void)stub_->Abort(Context().get(), req, &resp);  // else the reservation times out
+}
+
+bool StoreNode::Release(uint64_t lease_id) {
+  if (lease_id == 0) return true;
+  v1::ReleaseRequest req;
+  req.set_lease_id(lease_id);
+  v1::ReleaseResponse resp;
+  grpc::Status s = stub_->Release(Context().get(), req, &resp);
+  if (!s.ok()) spdlog::debug("release on {}: {}", address_, s.error_message());
+  return s.ok();
+}
+
+absl::StatusOr<std::vector<uint64_t>> StoreNode::Write(uint64_t incarnation,
+                                                       absl::Span<const void* const> blocks,
+                                                       absl::Span<const uint64_t> offsets,
+                                                       size_t block_bytes) {
+  KVTIER_RETURN_IF_ERROR(ConnectTo(incarnation));
+  std::vector<uint64_t> sums(blocks.size());
+  if (mapped_ != nullptr) {  // same host: hash, stream the copy
+    ParallelFor(blocks.size(), CopyThreads(copy_threads_, blocks.size(), block_bytes),
+                [&](size_t i) {
+                  sums[i] = ChecksumAndStreamCopy(mapped_ + offsets[i], blocks[i], block_bytes);
+                });
+    return sums;
+  }
+  std::vector<transport::RmaOp> ops(blocks.size());
+  for (size_t i = 0; i < blocks.size(); ++i) {
+    sums[i] = BlockChecksum(blocks[i], block_bytes);
+    ops[i] = {const_cast<void*>(blocks[i]), info_.pool_base_address() + offsets[i], block_bytes};
+  }
+  if (absl::Status st = ep_->PutBatch(*rkey_, ops, TransferDeadline()); !st.ok()) {
+    MarkDown(st);
+    return st;
+  }
+  return sums;
+}
+
+absl::StatusOr<std::vector<uint64_t>> StoreNode::Read(uint64_t incarnation,
+                                                      absl::Span<const uint64_t> offsets,
+                                                      absl::Span<void* const> buffers,
+                                                      size_t block_bytes) {
+  KVTIER_RETURN_IF_ERROR(ConnectTo(incarnation));
+  std::vector<uint64_t> sums(buffers.size());
+  if (mapped_ != nullptr) {  // same host: copy, hash while in cache
+    ParallelFor(buffers.size(), CopyThreads(copy_threads_, buffers.size(), block_bytes),
+                [&](size_t i) {
+                  sums[i] = CopyAndChecksum(buffers[i], mapped_ + offsets[i], block_bytes);
+                });
+    return sums;
+  }
+  std::vector<transport::RmaOp> ops(buffers.size());
+  for (size_t i = 0; i < buffers.size(); ++i) {
+    ops[i] = {buffers[i], info_.pool_base_address() + offsets[i], block_bytes};
+  }
+  if (absl::Status st = ep_->GetBatch(*rkey_, ops, TransferDeadline()); !st.ok()) {
+    MarkDown(st);
+    return st;
+  }
+  for (size_t i = 0; i < buffers.size(); ++i) sums[i] = BlockChecksum(buffers[i], block_bytes);
+  return sums;
+}
+
+const uint8_t* StoreNode::MappedBase(uint64_t incarnation) {
+  return ConnectTo(incarnation).ok() ? mapped_ : nullptr;
+}
+
+}  // namespace kvtier

@@ -1,0 +1,125 @@
+// StoreNode: the store client's view of one kvtier-store node (docs/store-protocol.md): its
+// control-plane calls (GetInfo, Lookup, Reserve, Commit, Abort, Release) and its data plane,
+// with one write path and one read path that hide how bytes move. A same-host store's pool is
+// mapped into this process (ucp_rkey_ptr) and copied to and from with memcpy, hashing each
+// block while it is in cache; any other store is reached with UCX put/get (one flush per batch)
+// and hashed in a separate pass. Either way the caller gets the checksum of every block moved.
+//
+// A node connects lazily and reconnects when the store's incarnation changes, so bytes are
+// never moved to or from a restarted store's predecessor. A failed call or transfer marks the
+// node down: it is skipped (its calls fail at once) for StoreClientOptions::retry_after. An
+// INVALID_ARGUMENT answer is the caller's error, not the node's, and does not mark it down;
+// nor do failed Release and Abort calls (best effort: the store's reaper frees what they miss).
+//
+// Ownership: owns the gRPC stub and the data-plane state of one incarnation (UCX endpoint, pool
+// rkey, and the mapping of a same-host pool, which the rkey owns: pointers into it die with
+// the connection). Borrows the client's UCX worker, which must outlive it.
+// Thread-safety: thread-compatible. The owning client serializes every call (the UCX worker is
+// shared); pointers from MappedBase() may be read by any thread until the next call.
+#ifndef KVTIER_CACHESTORE_STORE_NODE_H_
+#define KVTIER_CACHESTORE_STORE_NODE_H_
+
+#include <cstddef>
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "absl/time/time.h"
+#include "absl/types/span.h"
+#include "kvtier/block_key.h"
+#include "kvtier/store_client.h"
+#include "kvtier/v1/cachestore.grpc.pb.h"
+#include "transport/ucx.h"
+
+namespace kvtier {
+
+// Threads for copying or hashing `blocks` blocks of `block_bytes` in memory: one per 8 MiB, up
+// to `max_threads` (a thread costs tens of microseconds to start).
+int CopyThreads(int max_threads, size_t blocks, size_t block_bytes);
+
+class StoreNode {
+ public:
+  // `copy_threads`: most threads of one copy on the mapped path.
+  StoreNode(std::string address, transport::UcxWorker* worker, const StoreClientOptions& options,
+            int copy_threads);
+  ~StoreNode();
+  StoreNode(const StoreNode&) = delete;
+  StoreNode& operator=(const StoreNode&) = delete;
+
+  const std::string& address() const { return address_; }
+  // False while the node is skipped after a failure.
+  bool available() const;
+  // Connects the data plane to the store's current incarnation unless it is connected.
+  absl::Status Connect();
+  // From the last GetInfo (0 before the first connection).
+  uint64_t slot_bytes() const { return info_.slot_bytes(); }
+  // Most keys one Lookup or Reserve may name (4096 before the first connection).
+  size_t max_batch_keys() const;
+  // Connects (without marking the node down on failure) and describes it.
+  StoreNodeInfo Describe();
+  // The pool mapped into this process, connecting first; base null when it is not mapped.
+  MappedPool Pool();
+
+  // Longest present prefix of `keys` (at most max_batch_keys() of them are sent: the rest
+  // counts as missing). With `lease`, the answer names each hit's slot and pins them; a
+  // malformed answer is a node failure.
+  absl::StatusOr<v1::LookupResponse> Lookup(const NamespaceId& ns, absl::Span<const BlockKey> keys,
+                                            bool lease);
+  // Reserves slots for `keys` (at most max_batch_keys()), whose first one's parent is `parent`
+  // (null: none).
+  absl::StatusOr<v1::ReserveResponse> Reserve(const NamespaceId& ns, const BlockKey* parent,
+                                              absl::Span<const BlockKey> keys, size_t block_bytes);
+  // Commits a reservation with the checksum of each reserved block, in order.
+  absl::StatusOr<v1::CommitResponse> Commit(uint64_t reservation_id,
+                                            absl::Span<const uint64_t> checksums);
+  void Abort(uint64_t reservation_id);
+  // Whether the lease was still held (0: nothing leased, true).
+  bool Release(uint64_t lease_id);
+
+  // The one write path: copies blocks[i] (block_bytes each) into the slot at offsets[i] of the
+  // pool of `incarnation` (the store's answer that granted the slots; reconnecting if needed)
+  // and returns each block's checksum as written.
+  absl::StatusOr<std::vector<uint64_t>> Write(uint64_t incarnation,
+                                              absl::Span<const void* const> blocks,
+                                              absl::Span<const uint64_t> offsets,
+                                              size_t block_bytes);
+  // The one read path: copies the slots at offsets[i] of the pool of `incarnation` into
+  // buffers[i] and returns the checksum of each block as read (to compare with the lookup's).
+  absl::StatusOr<std::vector<uint64_t>> Read(uint64_t incarnation,
+                                             absl::Span<const uint64_t> offsets,
+                                             absl::Span<void* const> buffers, size_t block_bytes);
+  // In-place reads: the base in this process of the pool of `incarnation` (slot at offset o is
+  // base + o), or null when that pool is not mapped or cannot be reached.
+  const uint8_t* MappedBase(uint64_t incarnation);
+
+ private:
+  // Makes sure the data plane matches `incarnation` (0: whatever is current).
+  absl::Status ConnectTo(uint64_t incarnation);
+  absl::Status DoConnect(uint64_t incarnation);
+  // Drops the data-plane state and skips the node for retry_after.
+  void MarkDown(const absl::Status& why);
+  void Disconnect();
+  // The node's answer to a failed call: marked down unless the store rejected the arguments.
+  absl::Status Failed(absl::Status status);
+  std::unique_ptr<grpc::ClientContext> Context() const;
+  absl::Time TransferDeadline() const { return absl::Now() + options_.transfer_timeout; }
+
+  const std::string address_;
+  transport::UcxWorker* const worker_;
+  const StoreClientOptions options_;
+  const int copy_threads_;
+  std::unique_ptr<v1::CacheStore::Stub> stub_;
+  // Data-plane connection, valid for one store incarnation (info_.incarnation()).
+  std::unique_ptr<transport::Endpoint> ep_;
+  std::unique_ptr<transport::RemoteKey> rkey_;
+  uint8_t* mapped_ = nullptr;  // the pool's base in this process (same host), owned by rkey_
+  v1::GetInfoResponse info_;
+  absl::Time down_until_ = absl::InfinitePast();
+};
+
+}  // namespace kvtier
+
+#endif  // KVTIER_CACHESTORE_STORE_NODE_H_
