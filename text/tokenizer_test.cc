@@ -244,6 +244,14 @@ TEST(TokenizerTest, Qwen2AndGpt2PreTokenization) {
   EXPECT_THAT(Pieces(Make(gpt2), "Hello"), ElementsAre(" Hello"));
 }
 
+TEST(TokenizerTest, SplitOnAStringPattern) {
+  Spec spec;
+  spec.pre_tokenizer["pretokenizers"][0]["pattern"] = {{"String", "."}};
+  spec.pre_tokenizer["pretokenizers"][0]["behavior"] = "Removed";
+  // A literal ".", not the regex "." (which would remove everything).
+  EXPECT_THAT(Pieces(Make(spec), "a.b.c"), ElementsAre("a", "b", "c"));
+}
+
 TEST(TokenizerTest, NfcNormalizer) {
   Spec spec;
   spec.normalizer = {{"type", "NFC"}};
