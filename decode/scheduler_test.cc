@@ -7,7 +7,7 @@
 #include <vector>
 
 #include "engine/generator.h"
-#include "engine/test_util.h"
+#include "engine/testing/test_util.h"
 #include "gtest/gtest.h"
 
 namespace kvtier::decode {

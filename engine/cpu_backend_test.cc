@@ -13,7 +13,7 @@
 #include "engine/engine.h"
 #include "engine/rope.h"
 #include "engine/sampler.h"
-#include "engine/test_util.h"
+#include "engine/testing/test_util.h"
 #include "engine/weights.h"
 #include "gtest/gtest.h"
 

@@ -4,7 +4,7 @@
 #include <string>
 #include <vector>
 
-#include "engine/test_util.h"
+#include "engine/testing/test_util.h"
 #include "gtest/gtest.h"
 
 namespace kvtier::engine {

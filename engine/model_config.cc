@@ -531,7 +531,7 @@ absl::StatusOr<ModelConfig> PresetConfig(absl::string_view name) {
   tiny.rms_norm_eps = 1e-5f;
   tiny.rope_theta = 10000.0f;
   tiny.tie_word_embeddings = false;
-  // The special tokens kvtier-model init writes (engine/tokenizer_writer.h): the last ids.
+  // The special tokens kvtier-model init writes (engine/testing/tokenizer_writer.h): the last ids.
   tiny.bos_token_id = 4091;           // <|begin_of_text|>
   tiny.eos_token_ids = {4092, 4095};  // <|end_of_text|>, <|eot_id|>
   tiny.torch_dtype = "bfloat16";

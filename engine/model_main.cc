@@ -31,19 +31,22 @@
 #include "common/logging.h"
 #include "common/parse_bytes.h"
 #include "common/status_macros.h"
-#include "engine/chat_template.h"
 #include "engine/engine.h"
 #include "engine/generator.h"
 #include "engine/model_config.h"
 #include "engine/safetensors.h"
-#include "engine/tokenizer.h"
-#include "engine/tokenizer_writer.h"
+#include "engine/testing/model_writer.h"
+#include "engine/testing/tokenizer_writer.h"
 #include "engine/weights.h"
 #include "kvtier/block_key.h"
 #include "nlohmann/json.hpp"
+#include "text/chat_template.h"
+#include "text/tokenizer.h"
 
 namespace kvtier::engine {
 namespace {
+
+using text::ChatFormat;
 
 struct PromptFlags {
   std::string ids;     // "1,2,3"
@@ -107,12 +110,13 @@ absl::StatusOr<std::unique_ptr<Engine>> MakeEngine(const std::string& model,
 absl::Status RunInit(const std::string& shape, uint64_t seed, const std::string& dtype_name,
                      int shards, const std::string& chat_format, const std::string& out) {
   KVTIER_ASSIGN_OR_RETURN(ModelConfig cfg, PresetConfig(shape));
-  ChatFormat format = DefaultChatFormat(cfg);
+  ChatFormat format = testing::DefaultChatFormat(cfg);
   if (!chat_format.empty()) {
-    KVTIER_ASSIGN_OR_RETURN(format, ParseChatFormat(chat_format));
+    KVTIER_ASSIGN_OR_RETURN(format, text::ParseChatFormat(chat_format));
   }
   // config.json names the special tokens the tokenizer holds.
-  KVTIER_ASSIGN_OR_RETURN(SpecialTokenIds special, TokenizerSpecialIds(format, cfg.vocab_size));
+  KVTIER_ASSIGN_OR_RETURN(testing::SpecialTokenIds special,
+                          testing::TokenizerSpecialIds(format, cfg.vocab_size));
   cfg.bos_token_id = special.bos_id;
   cfg.eos_token_ids.assign(special.eos_ids.begin(), special.eos_ids.end());
   std::string upper = dtype_name;
@@ -121,11 +125,12 @@ absl::Status RunInit(const std::string& shape, uint64_t seed, const std::string&
   cfg.torch_dtype = dtype == DType::kBF16  ? "bfloat16"
                     : dtype == DType::kF16 ? "float16"
                                            : "float32";
-  KVTIER_RETURN_IF_ERROR(WriteRandomModel(cfg, seed, dtype, out, shards));
-  KVTIER_ASSIGN_OR_RETURN(special, WriteTokenizer(cfg, format, out));
+  KVTIER_RETURN_IF_ERROR(testing::WriteRandomModel(cfg, seed, dtype, out, shards));
+  KVTIER_ASSIGN_OR_RETURN(special, testing::WriteTokenizer(cfg, format, out));
   std::printf("wrote %s: %s, %.3fB parameters, %s, seed %llu, %s chat format\n", out.c_str(),
               cfg.ArchitectureName().c_str(), cfg.ParamCount() / 1e9, DTypeName(dtype),
-              static_cast<unsigned long long>(seed), std::string(ChatFormatName(format)).c_str());
+              static_cast<unsigned long long>(seed),
+              std::string(text::ChatFormatName(format)).c_str());
   return absl::OkStatus();
 }
 
@@ -222,12 +227,12 @@ absl::Status RunDumpKv(Engine& engine, const std::vector<int32_t>& prompt,
 
 absl::Status RunTokenize(const std::string& model, const std::string& text,
                          const std::string& chat_json, bool json) {
-  KVTIER_ASSIGN_OR_RETURN(Tokenizer tok, Tokenizer::Load(model));
+  KVTIER_ASSIGN_OR_RETURN(text::Tokenizer tok, text::Tokenizer::Load(model));
   std::string input = text;
   if (!chat_json.empty()) {
     nlohmann::json j = nlohmann::json::parse(chat_json, nullptr, /*allow_exceptions=*/false);
     if (!j.is_array()) return absl::InvalidArgumentError("--chat-json must be a JSON list");
-    std::vector<ChatMessage> messages;
+    std::vector<text::ChatMessage> messages;
     for (const auto& m : j) {
       if (!m.is_object() || !m.contains("role") || !m.contains("content") ||
           !m["role"].is_string() || !m["content"].is_string()) {
@@ -235,8 +240,9 @@ absl::Status RunTokenize(const std::string& model, const std::string& text,
       }
       messages.push_back({m["role"].get<std::string>(), m["content"].get<std::string>()});
     }
-    KVTIER_ASSIGN_OR_RETURN(ChatFormat format, DetectChatFormat(tok.chat_template()));
-    KVTIER_ASSIGN_OR_RETURN(input, RenderChat(format, messages, /*add_generation_prompt=*/true));
+    KVTIER_ASSIGN_OR_RETURN(ChatFormat format, text::DetectChatFormat(tok.chat_template()));
+    KVTIER_ASSIGN_OR_RETURN(input,
+                            text::RenderChat(format, messages, /*add_generation_prompt=*/true));
   }
   KVTIER_ASSIGN_OR_RETURN(std::vector<int32_t> ids, tok.Encode(input, /*allow_special=*/true));
   if (json) {

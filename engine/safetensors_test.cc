@@ -9,7 +9,7 @@
 #include <vector>
 
 #include "absl/strings/str_cat.h"
-#include "engine/test_util.h"
+#include "engine/testing/test_util.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
 

@@ -22,6 +22,19 @@
 
 namespace kvtier::engine {
 
+// What a tensor is in the architecture (the random-model writer initializes each kind its own
+// way, docs/engine.md).
+enum class TensorRole { kEmbed, kNorm, kLinear, kBias, kLmHead };
+
+struct TensorSpec {
+  std::string name;
+  std::vector<int64_t> shape;
+  TensorRole role;
+};
+
+// Every tensor the architecture of `config` needs, in the order of a Hugging Face checkpoint.
+std::vector<TensorSpec> ExpectedTensors(const ModelConfig& config);
+
 struct LayerWeights {
   const TensorView* input_norm = nullptr;
   const TensorView* q_proj = nullptr;
@@ -65,14 +78,6 @@ class ModelWeights {
   const TensorView* lm_head_ = nullptr;
   std::vector<LayerWeights> layers_;
 };
-
-// Writes a complete model directory in Hugging Face format: config.json,
-// generation_config.json and random weights in `dtype` (model.safetensors, or `shards` files
-// with model.safetensors.index.json when shards > 1). Same (config, seed, dtype) → same bytes.
-// Weights are scaled so the random model has well-separated logits (greedy decoding is stable
-// under small numeric differences); see docs/engine.md.
-absl::Status WriteRandomModel(const ModelConfig& config, uint64_t seed, DType dtype,
-                              const std::string& model_dir, int shards = 1);
 
 }  // namespace kvtier::engine
 

@@ -7,6 +7,7 @@
 #include "common/logging.h"
 #include "router/placement.h"
 #include "router/stop_matcher.h"
+#include "text/stream_decoder.h"
 
 namespace kvtier::router {
 namespace {
@@ -51,7 +52,7 @@ std::string CallId(const GenerationRequest& request, size_t p) {
 
 }  // namespace
 
-Generation::Generation(const RouterOptions& options, const engine::Tokenizer* tokenizer,
+Generation::Generation(const RouterOptions& options, const text::Tokenizer* tokenizer,
                        std::vector<int32_t> stop_token_ids, WorkerPool* pool,
                        MetricsRegistry* metrics)
     : skip_prefill_below_(options.skip_prefill_below),
@@ -209,7 +210,7 @@ absl::Status Generation::GenerateOn(WorkerClient& worker, const GenerationReques
   req.set_n(request.n);
 
   struct ChoiceState {
-    engine::StreamDecoder decoder;
+    text::StreamDecoder decoder;
     StopMatcher matcher;
     bool done = false;
   };
@@ -217,7 +218,7 @@ absl::Status Generation::GenerateOn(WorkerClient& worker, const GenerationReques
   choices.reserve(request.n);
   for (uint32_t i = 0; i < request.n; ++i) {
     choices.push_back(
-        {engine::StreamDecoder(tokenizer_, /*skip_special=*/true), StopMatcher(request.stop)});
+        {text::StreamDecoder(tokenizer_, /*skip_special=*/true), StopMatcher(request.stop)});
   }
   size_t open = request.n;
   bool cancelled_by_us = false;

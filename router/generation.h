@@ -1,7 +1,7 @@
 // Generation of one HTTP request's completions (docs/serving.md, "Router"): for each prompt,
 // pick a decode worker (WorkerPool), have a prefill worker compute the prompt's blocks first
 // when enough of it is uncached, stream Generate and turn the tokens into text incrementally
-// (engine::StreamDecoder, StopMatcher, stop tokens never shown), retry once on another decode
+// (text::StreamDecoder, StopMatcher, stop tokens never shown), retry once on another decode
 // worker when the first fails before any text was emitted, and remember the sequence's block
 // keys on the worker on success. Usage counts what the decode worker reported, less the tokens
 // prefill computed for this very request (they were not cached for the client).
@@ -23,11 +23,11 @@
 #include "absl/container/flat_hash_set.h"
 #include "absl/status/status.h"
 #include "common/metrics.h"
-#include "engine/tokenizer.h"
 #include "router/openai_api.h"
 #include "router/router_options.h"
 #include "router/worker_client.h"
 #include "router/worker_pool.h"
+#include "text/tokenizer.h"
 
 namespace kvtier::router {
 
@@ -74,7 +74,7 @@ class Generation {
  public:
   // Uses options.skip_prefill_below and options.request_timeout_ms. `stop_token_ids` are sent to
   // the decode workers and never shown as text.
-  Generation(const RouterOptions& options, const engine::Tokenizer* tokenizer,
+  Generation(const RouterOptions& options, const text::Tokenizer* tokenizer,
              std::vector<int32_t> stop_token_ids, WorkerPool* pool, MetricsRegistry* metrics);
 
   // Runs the prompts in order, emitting every piece of text; stops at the first error or when
@@ -98,7 +98,7 @@ class Generation {
 
   const int64_t skip_prefill_below_;
   const absl::Duration request_timeout_;
-  const engine::Tokenizer* const tokenizer_;
+  const text::Tokenizer* const tokenizer_;
   const std::vector<int32_t> stop_token_ids_;
   const absl::flat_hash_set<int32_t> stop_token_set_;
   WorkerPool* const pool_;

@@ -10,10 +10,11 @@
 
 #include "absl/synchronization/mutex.h"
 #include "absl/synchronization/notification.h"
-#include "engine/test_util.h"
-#include "engine/tokenizer_writer.h"
+#include "engine/testing/test_util.h"
+#include "engine/testing/tokenizer_writer.h"
 #include "gtest/gtest.h"
 #include "router/fake_worker_client.h"
+#include "text/tokenizer.h"
 
 namespace kvtier::router {
 namespace {
@@ -64,12 +65,12 @@ class GenerationTest : public ::testing::Test {
  protected:
   static void SetUpTestSuite() {
     dir_ = new testing::ScopedTempDir("generation_test");
-    absl::StatusOr<engine::SpecialTokenIds> ids = engine::WriteTokenizer(
-        *engine::PresetConfig("tiny"), engine::ChatFormat::kLlama3, dir_->path());
+    absl::StatusOr<testing::SpecialTokenIds> ids = testing::WriteTokenizer(
+        *engine::PresetConfig("tiny"), text::ChatFormat::kLlama3, dir_->path());
     ASSERT_TRUE(ids.ok()) << ids.status();
-    absl::StatusOr<engine::Tokenizer> tok = engine::Tokenizer::Load(dir_->path());
+    absl::StatusOr<text::Tokenizer> tok = text::Tokenizer::Load(dir_->path());
     ASSERT_TRUE(tok.ok()) << tok.status();
-    tokenizer_ = new engine::Tokenizer(*std::move(tok));
+    tokenizer_ = new text::Tokenizer(*std::move(tok));
     eot_ = static_cast<uint32_t>(*tokenizer_->TokenId("<|eot_id|>"));
   }
   static void TearDownTestSuite() {
@@ -142,7 +143,7 @@ class GenerationTest : public ::testing::Test {
   FakeWorkerClient& prefill() { return *fleet_.prefill[0]; }
 
   static testing::ScopedTempDir* dir_;
-  static engine::Tokenizer* tokenizer_;
+  static text::Tokenizer* tokenizer_;
   static uint32_t eot_;
 
   MetricsRegistry metrics_;
@@ -151,7 +152,7 @@ class GenerationTest : public ::testing::Test {
 };
 
 testing::ScopedTempDir* GenerationTest::dir_ = nullptr;
-engine::Tokenizer* GenerationTest::tokenizer_ = nullptr;
+text::Tokenizer* GenerationTest::tokenizer_ = nullptr;
 uint32_t GenerationTest::eot_ = 0;
 
 TEST_F(GenerationTest, StreamsTheTextAndSendsTheRequestAsked) {

@@ -139,7 +139,7 @@ void ParseMessages(const Json* m, ApiRequest* req, Reader* r) {
       r->Fail(absl::StrCat("'", param, ".role' is required and must be a string"), param + ".role");
       return;
     }
-    engine::ChatMessage out;
+    text::ChatMessage out;
     out.role = role->get<std::string>();
     if (out.role != "system" && out.role != "user" && out.role != "assistant") {
       r->Fail(absl::StrCat("'", param, ".role' must be system, user or assistant, got '", out.role,

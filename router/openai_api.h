@@ -11,7 +11,7 @@
 #include <vector>
 
 #include "absl/strings/string_view.h"
-#include "engine/chat_template.h"
+#include "text/chat_template.h"
 
 namespace kvtier::router {
 
@@ -42,10 +42,10 @@ struct Prompt {
 struct ApiRequest {
   Endpoint endpoint = Endpoint::kCompletions;
   std::string model;
-  std::vector<Prompt> prompts;                // completions: one or more
-  std::vector<engine::ChatMessage> messages;  // chat
-  std::optional<int64_t> max_tokens;          // max_tokens / max_completion_tokens, >= 0
-  float temperature = 1.0f;                   // OpenAI's default
+  std::vector<Prompt> prompts;              // completions: one or more
+  std::vector<text::ChatMessage> messages;  // chat
+  std::optional<int64_t> max_tokens;        // max_tokens / max_completion_tokens, >= 0
+  float temperature = 1.0f;                 // OpenAI's default
   float top_p = 1.0f;
   int32_t top_k = 0;  // extension; 0 = off
   std::optional<uint64_t> seed;

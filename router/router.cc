@@ -49,11 +49,11 @@ Router::Router(RouterOptions options)
 absl::StatusOr<std::unique_ptr<Router>> Router::Create(RouterOptions options) {
   std::unique_ptr<Router> r(new Router(std::move(options)));
   const RouterOptions& o = r->options_;
-  absl::StatusOr<engine::Tokenizer> tok = engine::Tokenizer::Load(o.model_dir);
+  absl::StatusOr<text::Tokenizer> tok = text::Tokenizer::Load(o.model_dir);
   if (!tok.ok()) return tok.status();
   r->tokenizer_.emplace(std::move(*tok));
   if (o.chat_format == "auto") {
-    absl::StatusOr<engine::ChatFormat> f = engine::DetectChatFormat(r->tokenizer_->chat_template());
+    absl::StatusOr<text::ChatFormat> f = text::DetectChatFormat(r->tokenizer_->chat_template());
     if (f.ok()) {
       r->chat_format_ = *f;
     } else {
@@ -63,7 +63,7 @@ absl::StatusOr<std::unique_ptr<Router>> Router::Create(RouterOptions options) {
           o.model_dir, std::string(f.status().message()));
     }
   } else {
-    absl::StatusOr<engine::ChatFormat> f = engine::ParseChatFormat(o.chat_format);
+    absl::StatusOr<text::ChatFormat> f = text::ParseChatFormat(o.chat_format);
     if (!f.ok()) return f.status();
     r->chat_format_ = *f;
   }
@@ -71,7 +71,7 @@ absl::StatusOr<std::unique_ptr<Router>> Router::Create(RouterOptions options) {
   std::vector<int32_t> stop_token_ids = r->tokenizer_->eos_ids();
   if (r->chat_format_.has_value()) {
     absl::StatusOr<std::vector<int32_t>> ids =
-        engine::ChatStopTokenIds(*r->chat_format_, *r->tokenizer_);
+        text::ChatStopTokenIds(*r->chat_format_, *r->tokenizer_);
     if (!ids.ok()) return ids.status();
     stop_token_ids = *std::move(ids);
   }
@@ -125,7 +125,7 @@ std::optional<ApiError> Router::Tokenize(const ApiRequest& request,
     if (!chat_format_.has_value()) {
       return ServerError(500, "the served model has no chat template; use /v1/completions");
     }
-    absl::StatusOr<std::string> text = engine::RenderChat(*chat_format_, request.messages, true);
+    absl::StatusOr<std::string> text = text::RenderChat(*chat_format_, request.messages, true);
     if (!text.ok()) return InvalidRequest(std::string(text.status().message()), "messages");
     // The rendered template spells its special tokens out, so it is encoded with special
     // tokens allowed (see docs/serving.md: special-token text inside user content is matched

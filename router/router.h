@@ -24,12 +24,12 @@
 
 #include "absl/status/statusor.h"
 #include "common/metrics.h"
-#include "engine/chat_template.h"
-#include "engine/tokenizer.h"
 #include "router/generation.h"
 #include "router/openai_api.h"
 #include "router/router_options.h"
 #include "router/worker_pool.h"
+#include "text/chat_template.h"
+#include "text/tokenizer.h"
 
 namespace httplib {
 class Server;
@@ -69,8 +69,8 @@ class Router {
                                    std::vector<std::vector<uint32_t>>* prompts) const;
 
   const RouterOptions options_;
-  std::optional<engine::Tokenizer> tokenizer_;
-  std::optional<engine::ChatFormat> chat_format_;
+  std::optional<text::Tokenizer> tokenizer_;
+  std::optional<text::ChatFormat> chat_format_;
   const int64_t created_;  // Unix seconds, for "created" fields
   const uint64_t id_salt_;
   std::atomic<uint64_t> next_id_{0};

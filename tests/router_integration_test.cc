@@ -19,12 +19,12 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_split.h"
 #include "engine/model_config.h"
-#include "engine/tokenizer.h"
-#include "engine/tokenizer_writer.h"
-#include "engine/weights.h"
+#include "engine/testing/model_writer.h"
+#include "engine/testing/tokenizer_writer.h"
 #include "gtest/gtest.h"
 #include "nlohmann/json.hpp"
 #include "tests/process.h"
+#include "text/tokenizer.h"
 
 namespace kvtier {
 namespace {
@@ -186,11 +186,12 @@ class RouterIntegrationTest : public ::testing::Test {
     dir_ = MakeTempDir("router_" + name);
     model_dir_ = dir_ + "/model";
     const engine::ModelConfig config = *engine::PresetConfig("tiny");
-    absl::Status st = engine::WriteRandomModel(config, kModelSeed, engine::DType::kF32, model_dir_);
+    absl::Status st =
+        testing::WriteRandomModel(config, kModelSeed, engine::DType::kF32, model_dir_);
     ASSERT_TRUE(st.ok()) << st;
-    auto ids = engine::WriteTokenizer(config, engine::ChatFormat::kLlama3, model_dir_);
+    auto ids = testing::WriteTokenizer(config, text::ChatFormat::kLlama3, model_dir_);
     ASSERT_TRUE(ids.ok()) << ids.status();
-    auto tok = engine::Tokenizer::Load(model_dir_);
+    auto tok = text::Tokenizer::Load(model_dir_);
     ASSERT_TRUE(tok.ok()) << tok.status();
     tokenizer_.emplace(std::move(*tok));
   }
@@ -397,7 +398,7 @@ class RouterIntegrationTest : public ::testing::Test {
 
   std::string dir_;
   std::string model_dir_;
-  std::optional<engine::Tokenizer> tokenizer_;
+  std::optional<text::Tokenizer> tokenizer_;
   std::unique_ptr<StoreProcess> store_;
   std::unique_ptr<ServerProcess> prefill_;
   std::unique_ptr<ServerProcess> decode_;

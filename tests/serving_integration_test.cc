@@ -19,7 +19,7 @@
 #include "absl/strings/str_cat.h"
 #include "engine/engine.h"
 #include "engine/generator.h"
-#include "engine/weights.h"
+#include "engine/testing/model_writer.h"
 #include "gtest/gtest.h"
 #include "kvtier/v1/worker.grpc.pb.h"
 #include "tests/process.h"
@@ -61,8 +61,8 @@ class ServingIntegrationTest : public ::testing::Test {
     std::string name = ::testing::UnitTest::GetInstance()->current_test_info()->name();
     dir_ = MakeTempDir("serving_" + name);
     model_dir_ = dir_ + "/model";
-    const absl::Status st = engine::WriteRandomModel(*engine::PresetConfig("tiny"), kModelSeed,
-                                                     engine::DType::kF32, model_dir_);
+    const absl::Status st = testing::WriteRandomModel(*engine::PresetConfig("tiny"), kModelSeed,
+                                                      engine::DType::kF32, model_dir_);
     ASSERT_TRUE(st.ok()) << st;
     engine::EngineOptions eo;
     eo.kv_cache_bytes = int64_t{16} << 20;

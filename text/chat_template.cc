@@ -1,12 +1,13 @@
-#include "engine/chat_template.h"
+#include "text/chat_template.h"
 
 #include <algorithm>
 
 #include "absl/status/status.h"
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
+#include "text/utf8.h"
 
-namespace kvtier::engine {
+namespace kvtier::text {
 namespace {
 
 // Meta-Llama-3-8B-Instruct's tokenizer_config.json "chat_template".
@@ -33,57 +34,19 @@ bool IsPythonSpace(char32_t c) {
          c == 0x205F || c == 0x3000;
 }
 
-// Decodes the well-formed code point starting at s[i] (length in *len), or returns -1.
-int32_t DecodeAt(absl::string_view s, size_t i, int* len) {
-  const auto b0 = static_cast<uint8_t>(s[i]);
-  int n;
-  char32_t c;
-  if (b0 < 0x80) {
-    *len = 1;
-    return b0;
-  } else if ((b0 & 0xE0) == 0xC0) {
-    n = 2;
-    c = b0 & 0x1F;
-  } else if ((b0 & 0xF0) == 0xE0) {
-    n = 3;
-    c = b0 & 0x0F;
-  } else if ((b0 & 0xF8) == 0xF0) {
-    n = 4;
-    c = b0 & 0x07;
-  } else {
-    return -1;
-  }
-  if (i + n > s.size()) return -1;
-  for (int k = 1; k < n; ++k) {
-    const auto b = static_cast<uint8_t>(s[i + k]);
-    if ((b & 0xC0) != 0x80) return -1;
-    c = (c << 6) | (b & 0x3F);
-  }
-  *len = n;
-  return static_cast<int32_t>(c);
-}
-
 // Jinja's `trim`: Python's str.strip() (Unicode whitespace at both ends).
 absl::string_view PythonStrip(absl::string_view s) {
-  size_t begin = 0;
-  while (begin < s.size()) {
-    int len = 0;
-    const int32_t c = DecodeAt(s, begin, &len);
-    if (c < 0 || !IsPythonSpace(static_cast<char32_t>(c))) break;
-    begin += len;
+  while (!s.empty()) {
+    const Utf8Char c = DecodeUtf8(s);
+    if (!c.valid || !IsPythonSpace(c.code_point)) break;
+    s.remove_prefix(c.length);
   }
-  size_t end = s.size();
-  while (end > begin) {
-    size_t start = end - 1;
-    while (start > begin && (static_cast<uint8_t>(s[start]) & 0xC0) == 0x80 && end - start < 4) {
-      --start;
-    }
-    int len = 0;
-    const int32_t c = DecodeAt(s, start, &len);
-    if (c < 0 || start + len != end || !IsPythonSpace(static_cast<char32_t>(c))) break;
-    end = start;
+  while (!s.empty()) {
+    const Utf8Char c = DecodeUtf8Before(s, s.size());
+    if (!c.valid || !IsPythonSpace(c.code_point)) break;
+    s.remove_suffix(c.length);
   }
-  return s.substr(begin, end - begin);
+  return s;
 }
 
 absl::Status CheckRoles(absl::Span<const ChatMessage> messages) {
@@ -170,4 +133,4 @@ absl::StatusOr<std::vector<int32_t>> ChatStopTokenIds(ChatFormat format,
   return ids;
 }
 
-}  // namespace kvtier::engine
+}  // namespace kvtier::text

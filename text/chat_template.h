@@ -10,9 +10,10 @@
 //    Qwen2's default system message "You are a helpful assistant." when the first message is not
 //    a system message; the generation prompt is "<|im_start|>assistant\n".
 //
-// Free functions over value types; thread-safe.
-#ifndef KVTIER_ENGINE_CHAT_TEMPLATE_H_
-#define KVTIER_ENGINE_CHAT_TEMPLATE_H_
+// See docs/engine.md, "Tokenizer and chat templates". Free functions over value types;
+// thread-safe.
+#ifndef KVTIER_TEXT_CHAT_TEMPLATE_H_
+#define KVTIER_TEXT_CHAT_TEMPLATE_H_
 
 #include <cstdint>
 #include <string>
@@ -21,9 +22,9 @@
 #include "absl/status/statusor.h"
 #include "absl/strings/string_view.h"
 #include "absl/types/span.h"
-#include "engine/tokenizer.h"
+#include "text/tokenizer.h"
 
-namespace kvtier::engine {
+namespace kvtier::text {
 
 enum class ChatFormat { kLlama3, kChatML };
 
@@ -58,6 +59,6 @@ absl::string_view ChatEndOfTurnToken(ChatFormat format);
 absl::StatusOr<std::vector<int32_t>> ChatStopTokenIds(ChatFormat format,
                                                       const Tokenizer& tokenizer);
 
-}  // namespace kvtier::engine
+}  // namespace kvtier::text
 
-#endif  // KVTIER_ENGINE_CHAT_TEMPLATE_H_
+#endif  // KVTIER_TEXT_CHAT_TEMPLATE_H_

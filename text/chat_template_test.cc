@@ -1,4 +1,4 @@
-#include "engine/chat_template.h"
+#include "text/chat_template.h"
 
 #include <string>
 #include <vector>
@@ -6,7 +6,7 @@
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
 
-namespace kvtier::engine {
+namespace kvtier::text {
 namespace {
 
 using ::testing::HasSubstr;
@@ -87,4 +87,4 @@ TEST(ChatTemplateTest, DetectAndParseFormats) {
 }
 
 }  // namespace
-}  // namespace kvtier::engine
+}  // namespace kvtier::text

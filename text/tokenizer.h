@@ -1,13 +1,15 @@
 // Byte-level BPE tokenizer reading Hugging Face `tokenizer.json` files, as shipped with
-// Llama-3 and Qwen2 (and GPT-2-style tokenizers): added/special tokens, the NFC normalizer,
-// regex Split / ByteLevel pre-tokenizers (PCRE2, Unicode mode), BPE with merge ranks and
-// `ignore_merges`, and the ByteLevel decoder. See docs/engine.md, "Tokenizer and chat templates".
+// Llama-3 and Qwen2 (and GPT-2-style tokenizers): this file parses tokenizer.json and
+// tokenizer_config.json, matches added/special tokens and runs the pipeline of the other text/
+// parts: the NFC normalizer (text/utf8.h), the pre-tokenizer (text/pre_tokenizer.h), BPE and
+// the ByteLevel decoder (text/bpe.h). See docs/engine.md, "Tokenizer and chat templates";
+// text/stream_decoder.h turns ids into text for streaming.
 //
-// Tokenizer is move-only and immutable after loading except for an internal, mutex-guarded
-// cache of encoded words: it is safe for concurrent use without external synchronization.
-// StreamDecoder is one per output stream and not thread-safe.
-#ifndef KVTIER_ENGINE_TOKENIZER_H_
-#define KVTIER_ENGINE_TOKENIZER_H_
+// Tokenizer is move-only and owns all its parts; it is immutable after loading except for the
+// BPE's internal, mutex-guarded cache of encoded words: it is safe for concurrent use from any
+// thread without external synchronization.
+#ifndef KVTIER_TEXT_TOKENIZER_H_
+#define KVTIER_TEXT_TOKENIZER_H_
 
 #include <cstdint>
 #include <memory>
@@ -19,29 +21,7 @@
 #include "absl/strings/string_view.h"
 #include "absl/types/span.h"
 
-namespace kvtier::engine {
-
-// The split regexes of the published tokenizers (tokenizer.json pre_tokenizer patterns).
-// Llama-3: digits in groups of up to three. Qwen2: single digits. GPT-2: the pattern the
-// ByteLevel pre-tokenizer applies itself when `use_regex` is true.
-inline constexpr absl::string_view kLlama3SplitPattern =
-    R"((?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*)"
-    R"(|\s*[\r\n]+|\s+(?!\S)|\s+)";
-inline constexpr absl::string_view kQwen2SplitPattern =
-    R"((?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*)"
-    R"(|\s*[\r\n]+|\s+(?!\S)|\s+)";
-inline constexpr absl::string_view kGpt2SplitPattern =
-    R"('s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+)";
-
-// GPT-2's byte-to-unicode table: every byte maps to one printable character (the printable
-// Latin-1 bytes to themselves, the others to U+0100..U+0143: space is "Ġ", newline "Ċ").
-// Returns the UTF-8 text of the mapped characters.
-std::string ByteLevelEncode(absl::string_view bytes);
-// The inverse: nullopt when `text` holds a character outside the table (or is not UTF-8).
-std::optional<std::string> ByteLevelDecode(absl::string_view text);
-// The id GPT-2/Llama-3/Qwen2 vocabularies give the single-byte token of `byte` (0..255): its
-// position in the table's order ('!' = 0, ..., 'Ġ' = 220).
-int ByteTokenRank(uint8_t byte);
+namespace kvtier::text {
 
 // One entry of tokenizer.json's "added_tokens".
 struct AddedToken {
@@ -84,7 +64,8 @@ class Tokenizer {
   absl::StatusOr<std::vector<int32_t>> EncodeWithSpecialTokens(absl::string_view text) const;
   // The bytes of `ids` concatenated (added tokens as their text). Unknown ids are skipped, as
   // HF does; with `skip_special`, special tokens too. The result is raw bytes: it may hold
-  // invalid or incomplete UTF-8 (HF would substitute U+FFFD); use StreamDecoder for text.
+  // invalid or incomplete UTF-8 (HF would substitute U+FFFD); use StreamDecoder
+  // (text/stream_decoder.h) or Utf8Lossy (text/utf8.h) for text.
   std::string Decode(absl::Span<const int32_t> ids, bool skip_special = false) const;
   // The normalized, pre-tokenized pieces (raw bytes, before byte-level mapping) of a text
   // with no added tokens in it. For tests and for the tokenizer trainer.
@@ -114,35 +95,10 @@ class Tokenizer {
   explicit Tokenizer(std::unique_ptr<Impl> impl);
   // Decoded bytes of one id, or nullptr when the id is unknown or skipped.
   const std::string* TokenBytes(int32_t id, bool skip_special) const;
-  friend class StreamDecoder;
 
   std::unique_ptr<Impl> impl_;
 };
 
-// Turns a stream of token ids into UTF-8 text for streaming output (SSE): each Push returns
-// only complete characters and holds back the bytes of a character split across tokens.
-// Bytes that can never form a valid character become U+FFFD (one per maximal invalid
-// subsequence, as Python/Rust lossy decoding does). Borrows the tokenizer, which must outlive
-// it. Not thread-safe.
-class StreamDecoder {
- public:
-  explicit StreamDecoder(const Tokenizer* tokenizer, bool skip_special = false);
+}  // namespace kvtier::text
 
-  // Appends the token's bytes and returns the text that is now complete ("" possibly).
-  std::string Push(int32_t id);
-  // Ends the stream: returns held-back bytes (an incomplete character becomes U+FFFD).
-  std::string Flush();
-
- private:
-  const Tokenizer* tokenizer_;
-  bool skip_special_;
-  std::string pending_;
-};
-
-// `bytes` with every invalid UTF-8 sequence replaced by U+FFFD (maximal subparts, as Python's
-// errors="replace" and Rust's from_utf8_lossy do).
-std::string Utf8Lossy(absl::string_view bytes);
-
-}  // namespace kvtier::engine
-
-#endif  // KVTIER_ENGINE_TOKENIZER_H_
+#endif  // KVTIER_TEXT_TOKENIZER_H_

@@ -1,4 +1,4 @@
-#include "engine/tokenizer.h"
+#include "text/tokenizer.h"
 
 #include <algorithm>
 #include <random>
@@ -7,19 +7,17 @@
 #include <utility>
 #include <vector>
 
-#include "engine/chat_template.h"
-#include "engine/model_config.h"
-#include "engine/test_util.h"
-#include "engine/tokenizer_writer.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
 #include "nlohmann/json.hpp"
+#include "text/bpe.h"
+#include "text/pre_tokenizer.h"
+#include "text/stream_decoder.h"
+#include "text/utf8.h"
 
-namespace kvtier::engine {
+namespace kvtier::text {
 namespace {
 
-using ::kvtier::testing::ReadFile;
-using ::kvtier::testing::TempDirTest;
 using ::testing::ElementsAre;
 using ::testing::HasSubstr;
 using ::testing::Not;
@@ -140,35 +138,6 @@ std::vector<std::string> Pieces(const Tokenizer& t, absl::string_view text) {
   return p.ok() ? *p : std::vector<std::string>{};
 }
 
-// ---- Byte-level mapping ---------------------------------------------------------------------
-
-TEST(TokenizerByteLevelTest, Gpt2Mapping) {
-  EXPECT_EQ(ByteLevelEncode(" "), "Ġ");
-  EXPECT_EQ(ByteLevelEncode("\n"), "Ċ");
-  EXPECT_EQ(ByteLevelEncode("\t"), "ĉ");
-  EXPECT_EQ(ByteLevelEncode("a!~"), "a!~");
-  EXPECT_EQ(ByteLevelEncode(" world"), "Ġworld");
-  EXPECT_EQ(ByteLevelEncode("\xc3\xa9"), "Ã©");  // "é" as two byte characters
-  EXPECT_EQ(ByteTokenRank('!'), 0);
-  EXPECT_EQ(ByteTokenRank(' '), 220);  // GPT-2's id of "Ġ"
-  EXPECT_EQ(ByteTokenRank('\n'), 198);
-  std::string all;
-  for (int b = 0; b < 256; ++b) all.push_back(static_cast<char>(b));
-  EXPECT_EQ(ByteLevelDecode(ByteLevelEncode(all)), all);
-  EXPECT_EQ(ByteLevelDecode("a b"), std::nullopt);  // a real space is not a byte character
-  EXPECT_EQ(ByteLevelDecode("\xff"), std::nullopt);
-}
-
-TEST(TokenizerByteLevelTest, Utf8Lossy) {
-  EXPECT_EQ(Utf8Lossy("abc"), "abc");
-  EXPECT_EQ(Utf8Lossy("a\xff"
-                      "b"),
-            "a\uFFFD"
-            "b");
-  EXPECT_EQ(Utf8Lossy("\xe6\x97"), "\uFFFD");  // truncated 3-byte sequence: one U+FFFD
-  EXPECT_EQ(Utf8Lossy("\xed\xa0\x80"), "\uFFFD\uFFFD\uFFFD");  // a surrogate: three
-}
-
 // ---- Encoding --------------------------------------------------------------------------------
 
 TEST(TokenizerTest, KnownMergesGiveExactIds) {
@@ -188,20 +157,6 @@ TEST(TokenizerTest, KnownMergesGiveExactIds) {
   EXPECT_EQ(t.IdToken(-1), std::nullopt);
 }
 
-TEST(TokenizerTest, MergeRanksDecideTheOrder) {
-  Spec bc_first;
-  bc_first.merges = {{"b", "c"}, {"a", "b"}};  // 256 "bc", 257 "ab"
-  EXPECT_THAT(Enc(Make(bc_first), "abc"), ElementsAre(B('a'), 256));
-  Spec ab_first;
-  ab_first.merges = {{"a", "b"}, {"b", "c"}};  // 256 "ab", 257 "bc"
-  EXPECT_THAT(Enc(Make(ab_first), "abc"), ElementsAre(256, B('c')));
-  // Equal ranks resolve leftmost first: "aaa" -> "aa" "a".
-  Spec aa;
-  aa.merges = {{"a", "a"}};
-  EXPECT_THAT(Enc(Make(aa), "aaa"), ElementsAre(256, B('a')));
-  EXPECT_THAT(Enc(Make(aa), "aaaa"), ElementsAre(256, 256));
-}
-
 TEST(TokenizerTest, MergesAsPairsEqualMergesAsStrings) {
   Spec strings = HelloWorldSpec();
   Spec pairs = HelloWorldSpec();
@@ -210,29 +165,8 @@ TEST(TokenizerTest, MergesAsPairsEqualMergesAsStrings) {
   EXPECT_EQ(Enc(Make(strings), text), Enc(Make(pairs), text));
 }
 
-TEST(TokenizerTest, IgnoreMergesEmitsWholeWords) {
-  Spec spec;
-  spec.extra = {"xyz"};  // id 256, no merge leads to it
-  EXPECT_THAT(Enc(Make(spec), "xyz"), ElementsAre(B('x'), B('y'), B('z')));
-  spec.ignore_merges = true;
-  EXPECT_THAT(Enc(Make(spec), "xyz"), ElementsAre(256));
-  EXPECT_THAT(Enc(Make(spec), "xyzz"), ElementsAre(B('x'), B('y'), B('z'), B('z')));
-}
-
-TEST(TokenizerTest, Llama3PreTokenization) {
-  Tokenizer t = Make(Spec{});
-  // The published pattern: contraction alternatives first, an optional non-letter before a
-  // letter run, digits in groups of up to three, " " alone before a digit (\s+(?!\S) cannot end
-  // before "1", so \s+ takes the single space), and newline runs together.
-  EXPECT_THAT(Pieces(t, "Hello world's 12345 test\n\n"),
-              ElementsAre("Hello", " world", "'s", " ", "123", "45", " test", "\n\n"));
-  EXPECT_THAT(Pieces(t, "I'M  fine!!\n  ok"),
-              ElementsAre("I", "'M", " ", " fine", "!!\n", " ", " ok"));
-  EXPECT_THAT(Pieces(t, "1234567"), ElementsAre("123", "456", "7"));
-  EXPECT_THAT(Pieces(t, "日本語 text"), ElementsAre("日本語", " text"));
-}
-
-TEST(TokenizerTest, Qwen2AndGpt2PreTokenization) {
+TEST(TokenizerTest, PreTokenizerStepsFromJson) {
+  // Each pre_tokenizer type and field of tokenizer.json becomes its step (text/pre_tokenizer.h).
   Spec qwen;
   qwen.pre_tokenizer = PreTokenizer(kQwen2SplitPattern);
   EXPECT_THAT(Pieces(Make(qwen), "x 12345"), ElementsAre("x", " ", "1", "2", "3", "4", "5"));
@@ -242,14 +176,19 @@ TEST(TokenizerTest, Qwen2AndGpt2PreTokenization) {
               ElementsAre("Hello", " world", "'s", " 12345", " ", " x"));
   gpt2.pre_tokenizer["add_prefix_space"] = true;
   EXPECT_THAT(Pieces(Make(gpt2), "Hello"), ElementsAre(" Hello"));
-}
-
-TEST(TokenizerTest, SplitOnAStringPattern) {
-  Spec spec;
-  spec.pre_tokenizer["pretokenizers"][0]["pattern"] = {{"String", "."}};
-  spec.pre_tokenizer["pretokenizers"][0]["behavior"] = "Removed";
-  // A literal ".", not the regex "." (which would remove everything).
-  EXPECT_THAT(Pieces(Make(spec), "a.b.c"), ElementsAre("a", "b", "c"));
+  gpt2.pre_tokenizer.erase("add_prefix_space");  // HF's default: true
+  EXPECT_THAT(Pieces(Make(gpt2), "Hello"), ElementsAre(" Hello"));
+  Spec steps;
+  steps.pre_tokenizer = {
+      {"type", "Sequence"},
+      {"pretokenizers",
+       Json::array({{{"type", "Split"},
+                     {"pattern", {{"String", "-"}}},
+                     {"behavior", "MergedWithNext"},
+                     {"invert", false}},
+                    {{"type", "Digits"}, {"individual_digits", true}},
+                    {{"type", "ByteLevel"}, {"add_prefix_space", false}, {"use_regex", false}}})}};
+  EXPECT_THAT(Pieces(Make(steps), "a-b12"), ElementsAre("a", "-b", "1", "2"));
 }
 
 TEST(TokenizerTest, NfcNormalizer) {
@@ -422,6 +361,21 @@ TEST(TokenizerErrorTest, MalformedAndUnsupportedFiles) {
   j["pre_tokenizer"]["pretokenizers"][0]["pattern"]["Regex"] = "(unclosed";
   EXPECT_EQ(code(j.dump()), absl::StatusCode::kInvalidArgument);
   j = json;
+  j["pre_tokenizer"]["pretokenizers"][0]["behavior"] = "Sideways";
+  EXPECT_EQ(code(j.dump()), absl::StatusCode::kInvalidArgument);
+  j = json;
+  j["pre_tokenizer"]["pretokenizers"][0]["pattern"] = {{"String", ""}};
+  EXPECT_EQ(code(j.dump()), absl::StatusCode::kInvalidArgument);
+  j = json;
+  j["pre_tokenizer"]["pretokenizers"][0]["pattern"] = {{"Neither", "x"}};
+  EXPECT_EQ(code(j.dump()), absl::StatusCode::kInvalidArgument);
+  j = json;
+  j["pre_tokenizer"]["pretokenizers"][0]["invert"] = true;
+  EXPECT_EQ(code(j.dump()), absl::StatusCode::kUnimplemented);
+  j = json;
+  j["model"]["unk_token"] = "<nope>";
+  EXPECT_EQ(code(j.dump()), absl::StatusCode::kInvalidArgument);
+  j = json;
   j["decoder"] = nullptr;
   EXPECT_EQ(code(j.dump()), absl::StatusCode::kUnimplemented);
   j = json;
@@ -472,190 +426,5 @@ TEST(TokenizerErrorTest, LoadNeedsTokenizerJson) {
   EXPECT_EQ(t.status().code(), absl::StatusCode::kNotFound);
 }
 
-// ---- StreamDecoder ---------------------------------------------------------------------------
-
-TEST(TokenizerStreamDecoderTest, HoldsBackSplitCharacters) {
-  Tokenizer t = Make(HelloWorldSpec());
-  StreamDecoder d(&t);
-  // "é" (C3 A9) arrives as two byte tokens.
-  EXPECT_EQ(d.Push(259), "hello");
-  EXPECT_EQ(d.Push(B('\xc3')), "");
-  EXPECT_EQ(d.Push(B('\xa9')), "\xc3\xa9");
-  // A 4-byte emoji over four tokens.
-  const std::string emoji = "\xF0\x9F\x98\x80";
-  std::string out;
-  for (size_t i = 0; i < emoji.size(); ++i) {
-    const std::string piece = d.Push(B(emoji[i]));
-    if (i + 1 < emoji.size()) {
-      EXPECT_EQ(piece, "");
-    }
-    out += piece;
-  }
-  EXPECT_EQ(out, emoji);
-  // An impossible byte is replaced at once; a cut character at the end by Flush.
-  EXPECT_EQ(d.Push(B('\xff')), "\uFFFD");
-  EXPECT_EQ(d.Push(B('\xe6')), "");
-  EXPECT_EQ(d.Push(B('a')),
-            "\uFFFD"
-            "a");
-  EXPECT_EQ(d.Push(B('\xe6')), "");
-  EXPECT_EQ(d.Flush(), "\uFFFD");
-  EXPECT_EQ(d.Flush(), "");
-}
-
-TEST(TokenizerStreamDecoderTest, MatchesDecodeOnValidText) {
-  Tokenizer t = Make(HelloWorldSpec());
-  const std::string text = "hello 日本語 world \xF0\x9F\x98\x80<|eot_id|>!";
-  StreamDecoder d(&t, /*skip_special=*/true);
-  std::string streamed;
-  for (int32_t id : Enc(t, text)) streamed += d.Push(id);
-  streamed += d.Flush();
-  EXPECT_EQ(streamed, "hello 日本語 world \xF0\x9F\x98\x80!");
-}
-
-// ---- Generated tokenizers (tokenizer_writer.h) -----------------------------------------------
-
-class TokenizerWriterTest : public TempDirTest {
- protected:
-  static ModelConfig Tiny() { return *PresetConfig("tiny"); }
-};
-
-TEST_F(TokenizerWriterTest, SpecialIdsAreTheLastIds) {
-  absl::StatusOr<SpecialTokenIds> l = TokenizerSpecialIds(ChatFormat::kLlama3, 4096);
-  ASSERT_TRUE(l.ok());
-  EXPECT_EQ(l->bos_id, 4091);
-  EXPECT_THAT(l->eos_ids, ElementsAre(4092, 4095));
-  EXPECT_EQ(l->pad_id, -1);
-  absl::StatusOr<SpecialTokenIds> c = TokenizerSpecialIds(ChatFormat::kChatML, 4096);
-  ASSERT_TRUE(c.ok());
-  EXPECT_EQ(c->bos_id, 4093);
-  EXPECT_THAT(c->eos_ids, ElementsAre(4095, 4093));
-  EXPECT_EQ(c->pad_id, 4093);
-  EXPECT_EQ(TokenizerSpecialIds(ChatFormat::kLlama3, 260).status().code(),
-            absl::StatusCode::kInvalidArgument);
-  EXPECT_EQ(DefaultChatFormat(*PresetConfig("tiny-qwen2")), ChatFormat::kChatML);
-  EXPECT_EQ(DefaultChatFormat(Tiny()), ChatFormat::kLlama3);
-}
-
-TEST_F(TokenizerWriterTest, Llama3WriteLoadRoundTrip) {
-  absl::StatusOr<SpecialTokenIds> ids = WriteTokenizer(Tiny(), ChatFormat::kLlama3, dir_);
-  ASSERT_TRUE(ids.ok()) << ids.status();
-  absl::StatusOr<Tokenizer> t = Tokenizer::Load(dir_);
-  ASSERT_TRUE(t.ok()) << t.status();
-  EXPECT_EQ(t->vocab_size(), 4096);
-  EXPECT_EQ(t->TokenId("<|begin_of_text|>"), 4091);
-  EXPECT_EQ(t->TokenId("<|end_of_text|>"), 4092);
-  EXPECT_EQ(t->TokenId("<|start_header_id|>"), 4093);
-  EXPECT_EQ(t->TokenId("<|end_header_id|>"), 4094);
-  EXPECT_EQ(t->TokenId("<|eot_id|>"), 4095);
-  EXPECT_EQ(t->bos_id(), ids->bos_id);
-  EXPECT_THAT(t->eos_ids(), ElementsAre(4095));
-  EXPECT_THAT(t->special_ids(), ElementsAre(4091, 4092, 4093, 4094, 4095));
-  EXPECT_EQ(DetectChatFormat(t->chat_template()).value(), ChatFormat::kLlama3);
-  for (int32_t id = 0; id < 4091; ++id) ASSERT_TRUE(t->IdToken(id).has_value()) << id;
-
-  // The rendered chat encodes with the special tokens in place, starting with bos.
-  const std::vector<ChatMessage> chat = {{"system", "Be brief."}, {"user", "Hello, cat!"}};
-  const std::string prompt = RenderChat(ChatFormat::kLlama3, chat, true).value();
-  const std::vector<int32_t> prompt_ids = Enc(*t, prompt);
-  ASSERT_GE(prompt_ids.size(), 3u);
-  EXPECT_EQ(prompt_ids[0], 4091);
-  EXPECT_EQ(prompt_ids[1], 4093);
-  EXPECT_EQ(t->Decode(prompt_ids), prompt);
-  EXPECT_THAT(ChatStopTokenIds(ChatFormat::kLlama3, *t).value(), ElementsAre(4095));
-  // HF `encode` adds bos through the TemplateProcessing post-processor.
-  EXPECT_THAT(t->EncodeWithSpecialTokens("a").value(), ElementsAre(4091, B('a')));
-
-  for (const std::string s : {"hello world", "12345 \xF0\x9F\x98\x80 \xff\xfe", "  \n\n x"}) {
-    EXPECT_EQ(t->Decode(Enc(*t, s)), s);
-  }
-}
-
-TEST_F(TokenizerWriterTest, ChatMLWriteLoadRoundTrip) {
-  ModelConfig config = *PresetConfig("tiny-qwen2");
-  absl::StatusOr<SpecialTokenIds> ids = WriteTokenizer(config, ChatFormat::kChatML, dir_);
-  ASSERT_TRUE(ids.ok()) << ids.status();
-  absl::StatusOr<Tokenizer> t = Tokenizer::Load(dir_);
-  ASSERT_TRUE(t.ok()) << t.status();
-  EXPECT_EQ(t->vocab_size(), 4096);
-  EXPECT_EQ(t->TokenId("<|endoftext|>"), 4093);
-  EXPECT_EQ(t->TokenId("<|im_start|>"), 4094);
-  EXPECT_EQ(t->TokenId("<|im_end|>"), 4095);
-  EXPECT_EQ(t->bos_id(), std::nullopt);  // Qwen2 never prepends bos
-  EXPECT_THAT(t->eos_ids(), ElementsAre(4095));
-  EXPECT_EQ(DetectChatFormat(t->chat_template()).value(), ChatFormat::kChatML);
-  EXPECT_THAT(t->EncodeWithSpecialTokens("a").value(), ElementsAre(B('a')));
-  EXPECT_THAT(ChatStopTokenIds(ChatFormat::kChatML, *t).value(), ElementsAre(4095));
-  // The NFC normalizer is in effect.
-  EXPECT_EQ(t->Decode(Enc(*t, "cafe\xcc\x81")), "caf\xc3\xa9");
-  const std::string prompt =
-      RenderChat(ChatFormat::kChatML, {{"user", "Hi"}}, /*add_generation_prompt=*/true).value();
-  const std::vector<int32_t> prompt_ids = Enc(*t, prompt);
-  EXPECT_EQ(prompt_ids[0], 4094);
-  EXPECT_EQ(t->Decode(prompt_ids), prompt);
-}
-
-TEST_F(TokenizerWriterTest, VocabSizeIsExact) {
-  for (int size : {262, 300, 1000, 20000}) {
-    ModelConfig config = Tiny();
-    config.vocab_size = size;
-    for (ChatFormat format : {ChatFormat::kLlama3, ChatFormat::kChatML}) {
-      absl::StatusOr<TokenizerFiles> files = BuildTokenizerFiles(config, format);
-      ASSERT_TRUE(files.ok()) << files.status();
-      absl::StatusOr<Tokenizer> t =
-          Tokenizer::FromJson(files->tokenizer_json, files->tokenizer_config_json);
-      ASSERT_TRUE(t.ok()) << t.status();
-      EXPECT_EQ(t->vocab_size(), size) << ChatFormatName(format);
-      const nlohmann::json j = nlohmann::json::parse(files->tokenizer_json);
-      EXPECT_EQ(j["model"]["vocab"].size() + j["added_tokens"].size(), static_cast<size_t>(size));
-    }
-  }
-}
-
-TEST_F(TokenizerWriterTest, CorpusCompresses) {
-  absl::StatusOr<TokenizerFiles> files = BuildTokenizerFiles(Tiny(), ChatFormat::kLlama3);
-  ASSERT_TRUE(files.ok()) << files.status();
-  absl::StatusOr<Tokenizer> t = Tokenizer::FromJson(files->tokenizer_json);
-  ASSERT_TRUE(t.ok()) << t.status();
-  const absl::string_view corpus = TokenizerTrainingCorpus();
-  EXPECT_GT(corpus.size(), 4000u);
-  const std::vector<int32_t> ids = Enc(*t, corpus);
-  EXPECT_LT(ids.size() * 3, corpus.size()) << ids.size() << " tokens for " << corpus.size();
-  EXPECT_EQ(t->Decode(ids), corpus);
-  // Text the trainer never saw still encodes and decodes.
-  const std::string unseen = "Zebras quietly juggle xylophones near Qatar's fjords.";
-  const std::vector<int32_t> unseen_ids = Enc(*t, unseen);
-  EXPECT_LT(unseen_ids.size(), unseen.size());
-  EXPECT_EQ(t->Decode(unseen_ids), unseen);
-}
-
-TEST_F(TokenizerWriterTest, Deterministic) {
-  ASSERT_TRUE(WriteTokenizer(Tiny(), ChatFormat::kLlama3, dir_).ok());
-  const std::string json1 = ReadFile(dir_ + "/tokenizer.json");
-  const std::string config1 = ReadFile(dir_ + "/tokenizer_config.json");
-  ASSERT_TRUE(WriteTokenizer(Tiny(), ChatFormat::kLlama3, dir_).ok());
-  EXPECT_EQ(ReadFile(dir_ + "/tokenizer.json"), json1);
-  EXPECT_EQ(ReadFile(dir_ + "/tokenizer_config.json"), config1);
-  EXPECT_FALSE(json1.empty());
-  // The HF schema fields.
-  const nlohmann::json j = nlohmann::json::parse(json1);
-  EXPECT_EQ(j["version"], "1.0");
-  EXPECT_TRUE(j["truncation"].is_null());
-  EXPECT_TRUE(j["padding"].is_null());
-  EXPECT_EQ(j["model"]["type"], "BPE");
-  EXPECT_EQ(j["model"]["ignore_merges"], true);
-  EXPECT_EQ(j["pre_tokenizer"]["pretokenizers"][0]["pattern"]["Regex"],
-            std::string(kLlama3SplitPattern));
-  const nlohmann::json c = nlohmann::json::parse(config1);
-  EXPECT_EQ(c["bos_token"], "<|begin_of_text|>");
-  EXPECT_EQ(c["eos_token"], "<|eot_id|>");
-  EXPECT_EQ(c["chat_template"], std::string(ChatTemplateText(ChatFormat::kLlama3)));
-  EXPECT_EQ(c["added_tokens_decoder"]["4095"]["content"], "<|eot_id|>");
-}
-
-TEST_F(TokenizerWriterTest, MissingDirectoryIsAnError) {
-  EXPECT_FALSE(WriteTokenizer(Tiny(), ChatFormat::kLlama3, dir_ + "/no/such/dir").ok());
-}
-
 }  // namespace
-}  // namespace kvtier::engine
+}  // namespace kvtier::text

@@ -37,7 +37,8 @@
 #include "engine/model_config.h"
 #include "engine/rope.h"
 #include "engine/safetensors.h"
-#include "engine/test_util.h"
+#include "engine/testing/model_writer.h"
+#include "engine/testing/test_util.h"
 #include "engine/weights.h"
 #include "gtest/gtest.h"
 
@@ -48,6 +49,7 @@ using cuda::bf16;
 using ::kvtier::testing::RandomModelDir;
 using ::kvtier::testing::RandomTokens;
 using ::kvtier::testing::ScopedTempDir;
+using ::kvtier::testing::WriteRandomModel;
 
 bool HasCudaDevice() {
   static const bool has = [] {

@@ -1,4 +1,4 @@
-#include "engine/test_util.h"
+#include "engine/testing/test_util.h"
 
 #include <stdlib.h>
 
@@ -12,7 +12,7 @@
 #include <utility>
 
 #include "absl/strings/str_cat.h"
-#include "engine/weights.h"
+#include "engine/testing/model_writer.h"
 
 namespace kvtier::testing {
 namespace {
@@ -90,7 +90,7 @@ const std::string& RandomModelDir(const std::string& name, const engine::ModelCo
   // Kept until the test program ends (ModelDirCleanup).
   std::string dir = CreateUniqueDir("model_" + name);
   if (!dir.empty()) {
-    const absl::Status st = engine::WriteRandomModel(config, seed, dtype, dir);
+    const absl::Status st = WriteRandomModel(config, seed, dtype, dir);
     EXPECT_TRUE(st.ok()) << st;
   }
   return dirs.emplace(name, std::move(dir)).first->second;

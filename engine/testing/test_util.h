@@ -2,9 +2,11 @@
 // a model on disk: temporary directories that are always removed, random models written once
 // per test program, random token ids and whole-file reads and writes.
 //
+// The kvtier_engine_test_util library (gtest); the writers of model_writer.h and
+// tokenizer_writer.h are apart so that kvtier-model can use them without gtest.
 // Thread-compatible: call from the test's thread.
-#ifndef KVTIER_ENGINE_TEST_UTIL_H_
-#define KVTIER_ENGINE_TEST_UTIL_H_
+#ifndef KVTIER_ENGINE_TESTING_TEST_UTIL_H_
+#define KVTIER_ENGINE_TESTING_TEST_UTIL_H_
 
 #include <cstddef>
 #include <cstdint>
@@ -52,8 +54,8 @@ class TempDirTest : public ::testing::Test {
   std::optional<ScopedTempDir> temp_;
 };
 
-// The directory of engine::WriteRandomModel(config, seed, dtype), written on the first call
-// with `name` and returned again by later calls; all of them are removed when the test program
+// The directory of WriteRandomModel(config, seed, dtype) (model_writer.h), written on the first
+// call with `name` and returned again by later calls; all of them are removed when the test program
 // ends (a global test environment). A failed write is a test failure.
 const std::string& RandomModelDir(const std::string& name, const engine::ModelConfig& config,
                                   uint64_t seed, engine::DType dtype);
@@ -67,4 +69,4 @@ void WriteFile(const std::string& path, const std::string& bytes);
 
 }  // namespace kvtier::testing
 
-#endif  // KVTIER_ENGINE_TEST_UTIL_H_
+#endif  // KVTIER_ENGINE_TESTING_TEST_UTIL_H_

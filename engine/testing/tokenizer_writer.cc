@@ -1,11 +1,6 @@
-#include "engine/tokenizer_writer.h"
-
-#include <unistd.h>
+#include "engine/testing/tokenizer_writer.h"
 
 #include <algorithm>
-#include <atomic>
-#include <cstdio>
-#include <fstream>
 #include <map>
 #include <utility>
 
@@ -14,10 +9,20 @@
 #include "absl/status/status.h"
 #include "absl/strings/str_cat.h"
 #include "common/status_macros.h"
-#include "engine/tokenizer.h"
+#include "engine/testing/model_writer.h"
 #include "nlohmann/json.hpp"
+#include "text/bpe.h"
+#include "text/pre_tokenizer.h"
+#include "text/tokenizer.h"
 
-namespace kvtier::engine {
+namespace kvtier::testing {
+
+using engine::Architecture;
+using engine::ModelConfig;
+using text::ByteLevelEncode;
+using text::ByteTokenRank;
+using text::ChatFormat;
+
 namespace {
 
 using OrderedJson = nlohmann::ordered_json;
@@ -125,10 +130,11 @@ std::vector<std::string> SpecialTokens(ChatFormat format) {
 
 OrderedJson PreTokenizerJson(ChatFormat format) {
   const bool llama3 = format == ChatFormat::kLlama3;
-  OrderedJson split = {{"type", "Split"},
-                       {"pattern", {{"Regex", llama3 ? kLlama3SplitPattern : kQwen2SplitPattern}}},
-                       {"behavior", "Isolated"},
-                       {"invert", false}};
+  OrderedJson split = {
+      {"type", "Split"},
+      {"pattern", {{"Regex", llama3 ? text::kLlama3SplitPattern : text::kQwen2SplitPattern}}},
+      {"behavior", "Isolated"},
+      {"invert", false}};
   OrderedJson byte_level = {{"type", "ByteLevel"},
                             {"add_prefix_space", false},
                             {"trim_offsets", llama3},
@@ -185,7 +191,7 @@ absl::StatusOr<std::map<std::string, int64_t>> CorpusWords(ChatFormat format) {
       {"pre_tokenizer", PreTokenizerJson(format)},
       {"decoder", {{"type", "ByteLevel"}}},
       {"model", {{"type", "BPE"}, {"vocab", vocab}, {"merges", OrderedJson::array()}}}};
-  KVTIER_ASSIGN_OR_RETURN(Tokenizer bootstrap, Tokenizer::FromJson(json.dump()));
+  KVTIER_ASSIGN_OR_RETURN(text::Tokenizer bootstrap, text::Tokenizer::FromJson(json.dump()));
   KVTIER_ASSIGN_OR_RETURN(std::vector<std::string> pieces, bootstrap.PreTokenize(kCorpus));
   std::map<std::string, int64_t> words;
   for (std::string& p : pieces) ++words[std::move(p)];
@@ -277,30 +283,6 @@ void Fill(int32_t target, Vocab* vocab) {
 OrderedJson AddedTokenJson(int32_t id, const std::string& content) {
   return {{"id", id},        {"content", content},  {"single_word", false}, {"lstrip", false},
           {"rstrip", false}, {"normalized", false}, {"special", true}};
-}
-
-std::string TempName(const std::string& path) {
-  static std::atomic<uint64_t> counter{0};
-  return absl::StrCat(path, ".tmp.", ::getpid(), ".", counter.fetch_add(1));
-}
-
-absl::Status WriteFileAtomically(const std::string& path, const std::string& text) {
-  const std::string tmp = TempName(path);
-  {
-    std::ofstream out(tmp, std::ios::binary | std::ios::trunc);
-    if (!out) return absl::PermissionDeniedError(absl::StrCat("cannot create ", tmp));
-    out << text;
-    out.flush();
-    if (!out) {
-      std::remove(tmp.c_str());
-      return absl::DataLossError(absl::StrCat("cannot write ", tmp));
-    }
-  }
-  if (std::rename(tmp.c_str(), path.c_str()) != 0) {
-    std::remove(tmp.c_str());
-    return absl::PermissionDeniedError(absl::StrCat("cannot rename ", tmp, " to ", path));
-  }
-  return absl::OkStatus();
 }
 
 }  // namespace
@@ -424,9 +406,9 @@ absl::StatusOr<TokenizerFiles> BuildTokenizerFiles(const ModelConfig& config, Ch
     config_json["additional_special_tokens"] = OrderedJson::array({specials[1], specials[2]});
   }
   config_json["bos_token"] = llama3 ? OrderedJson(specials[0]) : OrderedJson(nullptr);
-  config_json["chat_template"] = std::string(ChatTemplateText(format));
+  config_json["chat_template"] = std::string(text::ChatTemplateText(format));
   config_json["clean_up_tokenization_spaces"] = false;
-  config_json["eos_token"] = std::string(ChatEndOfTurnToken(format));
+  config_json["eos_token"] = std::string(text::ChatEndOfTurnToken(format));
   config_json["model_input_names"] = OrderedJson::array({"input_ids", "attention_mask"});
   config_json["model_max_length"] = config.max_position_embeddings;
   if (!llama3) {
@@ -452,4 +434,4 @@ absl::StatusOr<SpecialTokenIds> WriteTokenizer(const ModelConfig& config, ChatFo
   return files.ids;
 }
 
-}  // namespace kvtier::engine
+}  // namespace kvtier::testing

@@ -14,9 +14,10 @@
 // English corpus, then filler merges (an existing token followed by a byte) until the size is
 // reached. See docs/engine.md, "Tokenizer and chat templates".
 //
-// Free functions; thread-safe.
-#ifndef KVTIER_ENGINE_TOKENIZER_WRITER_H_
-#define KVTIER_ENGINE_TOKENIZER_WRITER_H_
+// Part of the kvtier_model_writer library (with model_writer.h), which only kvtier-model, the
+// tests and the benchmarks link. Free functions; thread-safe.
+#ifndef KVTIER_ENGINE_TESTING_TOKENIZER_WRITER_H_
+#define KVTIER_ENGINE_TESTING_TOKENIZER_WRITER_H_
 
 #include <cstdint>
 #include <string>
@@ -24,10 +25,10 @@
 
 #include "absl/status/statusor.h"
 #include "absl/strings/string_view.h"
-#include "engine/chat_template.h"
 #include "engine/model_config.h"
+#include "text/chat_template.h"
 
-namespace kvtier::engine {
+namespace kvtier::testing {
 
 // The ids a model's config.json / generation_config.json should carry for its tokenizer.
 struct SpecialTokenIds {
@@ -42,10 +43,10 @@ struct SpecialTokenIds {
 
 // The ids WriteTokenizer assigns for a vocabulary of `vocab_size`, without building anything.
 // InvalidArgument when the vocabulary cannot hold the 256 byte tokens plus the special tokens.
-absl::StatusOr<SpecialTokenIds> TokenizerSpecialIds(ChatFormat format, int vocab_size);
+absl::StatusOr<SpecialTokenIds> TokenizerSpecialIds(text::ChatFormat format, int vocab_size);
 
 // kChatML for Qwen2 models, kLlama3 for the others.
-ChatFormat DefaultChatFormat(const ModelConfig& config);
+text::ChatFormat DefaultChatFormat(const engine::ModelConfig& config);
 
 struct TokenizerFiles {
   std::string tokenizer_json;
@@ -55,16 +56,18 @@ struct TokenizerFiles {
 
 // Builds both files in memory. Deterministic: the same (vocab_size, max_position_embeddings,
 // format) always gives the same bytes.
-absl::StatusOr<TokenizerFiles> BuildTokenizerFiles(const ModelConfig& config, ChatFormat format);
+absl::StatusOr<TokenizerFiles> BuildTokenizerFiles(const engine::ModelConfig& config,
+                                                   text::ChatFormat format);
 
 // Writes `model_dir`/tokenizer.json and then `model_dir`/tokenizer_config.json (each to a
 // temporary name, then renamed) and returns the special token ids. The directory must exist.
-absl::StatusOr<SpecialTokenIds> WriteTokenizer(const ModelConfig& config, ChatFormat format,
+absl::StatusOr<SpecialTokenIds> WriteTokenizer(const engine::ModelConfig& config,
+                                               text::ChatFormat format,
                                                const std::string& model_dir);
 
 // The embedded training text (a few KB of plain English).
 absl::string_view TokenizerTrainingCorpus();
 
-}  // namespace kvtier::engine
+}  // namespace kvtier::testing
 
-#endif  // KVTIER_ENGINE_TOKENIZER_WRITER_H_
+#endif  // KVTIER_ENGINE_TESTING_TOKENIZER_WRITER_H_
