@@ -9,7 +9,7 @@
 #include "cachestore/fake_store_client.h"
 #include "engine/generator.h"
 #include "engine/page_allocator.h"
-#include "engine/test_util.h"
+#include "engine/testing/test_util.h"
 #include "gtest/gtest.h"
 
 namespace kvtier::worker {
