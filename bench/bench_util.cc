@@ -38,13 +38,6 @@ void SleepUntilNs(int64_t t_ns) {
   }
 }
 
-absl::StatusOr<std::string> SelfExeDir() {
-  std::error_code ec;
-  std::filesystem::path exe = std::filesystem::read_symlink("/proc/self/exe", ec);
-  if (ec) return absl::InternalError(absl::StrCat("readlink /proc/self/exe: ", ec.message()));
-  return exe.parent_path().string();
-}
-
 // ---------------------------------------------------------------------------------------------
 // TouchedBuffer, memcpy anchor
 

@@ -1,7 +1,7 @@
 // Helpers shared by the benchmark programs: monotonic time, pre-touched buffers, a private
 // temporary directory, and the memcpy anchor. Child processes (stores, client workers, anchor
-// tools) are tests/process.h's, one implementation with the integration tests'; the names the
-// benchmarks use are declared here.
+// tools) come from common/process.h, one implementation with the launcher's and the
+// integration tests'.
 //
 // Ownership: TouchedBuffer and TempDir own their resource and release it in their destructor.
 // Thread-safety: one thread per object; the free functions are thread-safe.
@@ -17,27 +17,15 @@
 #include "absl/status/statusor.h"
 #include "absl/strings/string_view.h"
 #include "absl/time/time.h"
-#include "tests/process.h"
+#include "common/process.h"
 
 namespace kvtier::bench {
-
-using ::kvtier::testing::ChildProcess;
-using ::kvtier::testing::CommandResult;
-using ::kvtier::testing::DescribeWaitStatus;
-using ::kvtier::testing::FileTail;
-using ::kvtier::testing::FreeTcpPort;
-using ::kvtier::testing::InstallChildCleanupHandlers;
-using ::kvtier::testing::RunCommand;
-using ::kvtier::testing::SpawnOptions;
 
 // CLOCK_MONOTONIC in nanoseconds. It is one clock for every process of the host, so a parent
 // can hand its children an absolute start time.
 int64_t MonoNowNs();
 // Sleeps until MonoNowNs() >= t_ns.
 void SleepUntilNs(int64_t t_ns);
-
-// The directory holding the running executable (from /proc/self/exe).
-absl::StatusOr<std::string> SelfExeDir();
 
 // Anonymous private memory with every page written once, so that no page fault lands inside
 // a measurement. Transparent huge pages are requested (madvise), as a serving process would.

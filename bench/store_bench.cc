@@ -31,14 +31,11 @@
 #include "kvtier/store_client.h"
 #include "nlohmann/json.hpp"
 #include "spdlog/spdlog.h"
-#include "tests/process.h"
 
 namespace kvtier::bench {
 namespace {
 
 using json = nlohmann::json;
-using ::kvtier::testing::StoreProcess;
-using ::kvtier::testing::StoreProcessOptions;
 
 constexpr char kShmTls[] = "posix,sysv,cma,self";
 constexpr char kTcpTls[] = "tcp,self";

@@ -1,5 +1,8 @@
-// Configuration of kvtier-store: a YAML file, overridden by command-line flags.
-// See deploy/store.example.yaml for every field with its default.
+// Configuration of kvtier-store: a YAML file (--config), overridden by command-line flags, both
+// from one option table (common/options.h). deploy/store.example.yaml shows every YAML key with
+// its default; `kvtier-store --help` every flag.
+//
+// Plain value types; thread-compatible.
 #ifndef KVTIER_CACHESTORE_STORE_CONFIG_H_
 #define KVTIER_CACHESTORE_STORE_CONFIG_H_
 
@@ -9,14 +12,14 @@
 #include "absl/status/statusor.h"
 #include "absl/strings/string_view.h"
 #include "cachestore/store.h"
-#include "common/parse_bytes.h"
+#include "common/options.h"
 
 namespace kvtier::cachestore {
 
 struct StoreConfig {
   // gRPC control plane, host:port (port 0: any free port). Default: 127.0.0.1:50051.
   std::string listen = "127.0.0.1:50051";
-  // Prometheus /metrics, host:port; empty turns it off. Default: 127.0.0.1:9100.
+  // Prometheus /metrics, host:port; empty (flag: "off") turns it off. Default: 127.0.0.1:9100.
   std::string metrics_listen = "127.0.0.1:9100";
   // Host pool size; rounded down to whole slots. Default: 1 GiB.
   uint64_t pool_bytes = 1ull << 30;
@@ -38,6 +41,12 @@ absl::StatusOr<StoreConfig> LoadStoreConfig(const std::string& path);
 
 // Checks ranges and derives slot_count from pool_bytes.
 absl::Status FinalizeStoreConfig(StoreConfig* config);
+
+// Command-line flags over the YAML config: Register, parse, then Resolve (finalized).
+class StoreFlags : public OptionFlags<StoreConfig> {
+ public:
+  StoreFlags();
+};
 
 }  // namespace kvtier::cachestore
 

@@ -2,6 +2,7 @@
 
 #include <fstream>
 
+#include "common/parse_bytes.h"
 #include "gtest/gtest.h"
 
 namespace kvtier::cachestore {

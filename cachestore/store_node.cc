@@ -6,8 +6,8 @@
 #include <utility>
 
 #include "absl/strings/str_cat.h"
-#include "cachestore/grpc_status.h"
 #include "common/checksum.h"
+#include "common/grpc_status.h"
 #include "common/logging.h"
 #include "common/parallel.h"
 #include "common/status_macros.h"

@@ -5,13 +5,14 @@
 #include <cstring>
 #include <random>
 
-#include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "cachestore/spill_store.h"
 #include "cachestore/store.h"
 #include "cachestore/store_service.h"
+#include "common/host_port.h"
 #include "common/logging.h"
 #include "common/metrics_http.h"
+#include "common/service.h"
 #include "common/status_macros.h"
 #include "transport/progress_thread.h"
 #include "transport/ucx.h"
@@ -21,16 +22,6 @@ namespace {
 
 constexpr absl::Duration kReapInterval = absl::Milliseconds(200);
 constexpr absl::Duration kGrpcDrain = absl::Seconds(2);
-
-absl::StatusOr<std::pair<std::string, int>> SplitHostPort(const std::string& hp) {
-  size_t colon = hp.rfind(':');
-  int port = 0;
-  if (colon == std::string::npos || !absl::SimpleAtoi(hp.substr(colon + 1), &port) || port < 0 ||
-      port > 65535) {
-    return absl::InvalidArgumentError(absl::StrCat("not host:port: '", hp, "'"));
-  }
-  return std::make_pair(hp.substr(0, colon), port);
-}
 
 }  // namespace
 
@@ -74,19 +65,13 @@ absl::StatusOr<std::unique_ptr<StoreServer>> StoreServer::Start(const StoreConfi
   info.spill_enabled = s->spill_ != nullptr;
   s->service_ = std::make_unique<StoreService>(s->store_.get(), std::move(info), s->metrics_.get());
 
-  grpc::ServerBuilder builder;
-  builder.AddListeningPort(s->config_.listen, grpc::InsecureServerCredentials(), &s->grpc_port_);
-  builder.RegisterService(s->service_.get());
-  builder.SetMaxReceiveMessageSize(16 << 20);
-  s->grpc_ = builder.BuildAndStart();
-  if (s->grpc_ == nullptr || s->grpc_port_ == 0) {
-    return absl::UnavailableError(absl::StrCat("cannot listen on ", s->config_.listen));
-  }
+  KVTIER_ASSIGN_OR_RETURN(s->grpc_,
+                          StartGrpcServer(s->config_.listen, {s->service_.get()}, &s->grpc_port_));
 
   if (!s->config_.metrics_listen.empty()) {
-    KVTIER_ASSIGN_OR_RETURN(auto hp, SplitHostPort(s->config_.metrics_listen));
+    KVTIER_ASSIGN_OR_RETURN(HostPort hp, ParseHostPort(s->config_.metrics_listen));
     KVTIER_ASSIGN_OR_RETURN(s->metrics_http_,
-                            MetricsHttpServer::Start(hp.first, hp.second, s->metrics_.get()));
+                            MetricsHttpServer::Start(hp.host, hp.port, s->metrics_.get()));
     s->metrics_port_ = s->metrics_http_->port();
   }
 

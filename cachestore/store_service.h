@@ -9,8 +9,8 @@
 
 #include <string>
 
-#include "cachestore/grpc_status.h"
 #include "cachestore/store.h"
+#include "common/grpc_status.h"
 #include "common/metrics.h"
 #include "kvtier/v1/cachestore.grpc.pb.h"
 

@@ -34,4 +34,14 @@ absl::StatusOr<uint64_t> ParseBytes(absl::string_view text) {
   return static_cast<uint64_t>(std::llround(number * mult));
 }
 
+std::string FormatBytes(uint64_t bytes) {
+  static const char* const kUnits[] = {"", "KiB", "MiB", "GiB", "TiB"};
+  int unit = 0;
+  while (unit < 4 && bytes != 0 && bytes % 1024 == 0) {
+    bytes /= 1024;
+    ++unit;
+  }
+  return absl::StrCat(bytes, kUnits[unit]);
+}
+
 }  // namespace kvtier

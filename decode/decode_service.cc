@@ -1,6 +1,6 @@
 #include "decode/decode_service.h"
 
-#include "cachestore/grpc_status.h"
+#include "common/grpc_status.h"
 #include "common/logging.h"
 #include "worker/request_checks.h"
 #include "worker/server_util.h"

@@ -4,8 +4,10 @@
 // processes' logs and ready files, the store's spill directory and the state file
 // (cluster.json: pids, ports, endpoint).
 //
-// Processes are started with posix_spawn (UCX, linked into the kvtier CLI, is not fork-safe),
-// each in its own session (POSIX_SPAWN_SETSID) so that they outlive `kvtier up`.
+// Processes are started with common/process.h (posix_spawn: UCX, linked into the kvtier CLI,
+// is not fork-safe), each in its own session and released once ready, so that they outlive
+// `kvtier up`. The config is an option table (common/options.h): the YAML file and `kvtier up`
+// flags.
 //
 // Plain functions over value types; not meant for concurrent use on one run directory.
 #ifndef KVTIER_DEPLOY_CLUSTER_H_
@@ -21,6 +23,7 @@
 
 #include "absl/status/statusor.h"
 #include "absl/time/time.h"
+#include "common/options.h"
 
 namespace kvtier::deploy {
 
@@ -74,6 +77,13 @@ struct ClusterConfig {
 // InvalidArgument naming the key.
 absl::StatusOr<ClusterConfig> LoadClusterConfig(const std::string& path);
 
+// Command-line flags over the YAML config (`kvtier up --config FILE --router-port 0`): Register
+// (all fields, or those named), parse, then Resolve (validated).
+class ClusterFlags : public OptionFlags<ClusterConfig> {
+ public:
+  ClusterFlags();
+};
+
 // One started process, as recorded in the state file.
 struct ClusterProcess {
   std::string name;  // "store", "prefill-0", "decode-1", "router"
@@ -94,8 +104,6 @@ struct ClusterState {
 std::string StateFilePath(const std::string& run_dir);
 // The state file, nullopt if there is none.
 absl::StatusOr<std::optional<ClusterState>> ReadClusterState(const std::string& run_dir);
-// Whether `pid` exists and is not a zombie.
-bool ProcessAlive(pid_t pid);
 
 // Starts the cluster (generating the model first if needed), waits until every process wrote
 // its ready file and the router's /health is 200, and writes the state file. Progress lines go
@@ -108,9 +116,6 @@ absl::StatusOr<ClusterState> StartCluster(const ClusterConfig& config, const std
 // Stops the cluster of `run_dir`: SIGTERM to every live process (router first), SIGKILL to
 // those still alive after `grace`; removes the state file. NotFound if there is none.
 absl::Status StopCluster(const std::string& run_dir, absl::Duration grace, std::ostream& log);
-
-// The directory of the running executable (where the kvtier-* binaries are).
-std::string SelfBinDir();
 
 }  // namespace kvtier::deploy
 

@@ -19,10 +19,11 @@
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_join.h"
 #include "absl/strings/str_split.h"
-#include "cachestore/grpc_status.h"
 #include "common/checksum.h"
+#include "common/grpc_status.h"
 #include "common/logging.h"
 #include "common/parse_bytes.h"
+#include "common/process.h"
 #include "common/synthetic_block.h"
 #include "deploy/chat.h"
 #include "deploy/cluster.h"
@@ -193,12 +194,12 @@ int Demo(const std::string& addr, int turns, uint32_t block_tokens, size_t block
   return 0;
 }
 
-int Up(const std::string& config_path, const std::string& run_dir, int router_port) {
-  auto config = deploy::LoadClusterConfig(config_path);
+int Up(deploy::ClusterFlags& flags) {
+  absl::StatusOr<deploy::ClusterConfig> config = flags.Resolve();
   if (!config.ok()) return Fail(config.status());
-  if (!run_dir.empty()) config->run_dir = run_dir;
-  if (router_port >= 0) config->router_port = router_port;
-  auto state = deploy::StartCluster(*config, deploy::SelfBinDir(), std::cerr);
+  absl::StatusOr<std::string> bin_dir = SelfExeDir();
+  if (!bin_dir.ok()) return Fail(bin_dir.status());
+  auto state = deploy::StartCluster(*config, *bin_dir, std::cerr);
   if (!state.ok()) return Fail(state.status());
   std::fprintf(stderr, "cluster up: %zu processes, logs and state in %s (stop: kvtier down)\n",
                state->processes.size(), state->run_dir.c_str());
@@ -206,10 +207,9 @@ int Up(const std::string& config_path, const std::string& run_dir, int router_po
   return 0;
 }
 
-int Down(const std::string& config_path, const std::string& run_dir) {
-  auto config = deploy::LoadClusterConfig(config_path);
+int Down(deploy::ClusterFlags& flags) {
+  absl::StatusOr<deploy::ClusterConfig> config = flags.Resolve();
   if (!config.ok()) return Fail(config.status());
-  if (!run_dir.empty()) config->run_dir = run_dir;
   absl::Status s =
       deploy::StopCluster(config->run_dir, absl::Seconds(config->stop_grace_s), std::cerr);
   if (!s.ok()) return Fail(s);
@@ -250,16 +250,12 @@ int main(int argc, char** argv) {
   demo->add_option("--tokens-per-turn", tokens_per_turn, "tokens each turn adds");
   demo->add_option("--block-tokens", block_tokens, "tokens per block");
   demo->add_option("--block-bytes", bytes_text, "bytes per block");
-  std::string config_path, run_dir;
-  int router_port = -1;
+  // The cluster config (deploy/local/cluster.yaml), every field of it a flag of `up` too.
+  kvtier::deploy::ClusterFlags up_flags, down_flags;
   CLI::App* up = app.add_subcommand("up", "start a local cluster in the background");
+  up_flags.Register(*up);
   CLI::App* down = app.add_subcommand("down", "stop the local cluster");
-  for (CLI::App* sub : {up, down}) {
-    sub->add_option("--config", config_path, "cluster YAML (deploy/local/cluster.yaml)");
-    sub->add_option("--run-dir", run_dir, "overrides the config's run_dir");
-  }
-  up->add_option("--router-port", router_port, "overrides the config's router.port (0 = any)")
-      ->check(CLI::Range(0, 65535));
+  down_flags.Register(*down, {"run_dir", "stop_grace_s"});
   kvtier::deploy::ChatOptions chat_options;
   bool no_cache = false;
   CLI::App* chat = app.add_subcommand("chat", "a streamed multi-turn chat with a router");
@@ -275,8 +271,8 @@ int main(int argc, char** argv) {
   CLI11_PARSE(app, argc, argv);
   spdlog::set_level(spdlog::level::warn);
 
-  if (*up) return kvtier::Up(config_path, run_dir, router_port);
-  if (*down) return kvtier::Down(config_path, run_dir);
+  if (*up) return kvtier::Up(up_flags);
+  if (*down) return kvtier::Down(down_flags);
   if (*chat) {
     chat_options.cache = !no_cache;
     auto turns = kvtier::deploy::RunChat(chat_options, std::cin, std::cout);

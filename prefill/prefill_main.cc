@@ -2,46 +2,26 @@
 // config (--config); see docs/serving.md.
 #include <grpcpp/grpcpp.h>
 
-#include <cstdio>
-
-#include "CLI/CLI.hpp"
-#include "common/logging.h"
+#include "common/service.h"
 #include "prefill/prefill_service.h"
 #include "worker/server_util.h"
 #include "worker/worker_options.h"
 
 int main(int argc, char** argv) {
-  kvtier::LogToStderr();
-  // Before any thread starts: only Wait() below receives SIGTERM/SIGINT.
-  kvtier::worker::StopSignals signals;
-  CLI::App app{"kvtier-prefill: prefill worker (computes missing prompt blocks into the store)"};
+  kvtier::Service service("kvtier-prefill");
   kvtier::worker::WorkerFlags flags("prefill");
-  flags.Register(app);
-  CLI11_PARSE(app, argc, argv);
-  absl::StatusOr<kvtier::worker::WorkerOptions> options = flags.Resolve();
-  if (!options.ok()) {
-    std::fprintf(stderr, "kvtier-prefill: %s\n", std::string(options.status().message()).c_str());
-    return 2;
-  }
-  kvtier::SetLogLevel(options->log_level);
+  const kvtier::worker::WorkerOptions options = service.Configure(
+      flags, "prefill worker (computes missing prompt blocks into the store)", argc, argv);
 
   absl::StatusOr<kvtier::worker::WorkerParts> parts = kvtier::worker::MakeWorkerParts(
-      *options, "Prefill computes nothing (decode workers recompute)");
-  if (!parts.ok()) {
-    spdlog::error("{}", parts.status().ToString());
-    return 1;
-  }
-  kvtier::prefill::PrefillService service(parts->engine.get(), parts->tier.get(), *options);
-  auto server = kvtier::worker::ServeWorker("kvtier-prefill", *options, *parts, &service);
-  if (!server.ok()) {
-    spdlog::error("{}", server.status().ToString());
-    return 1;
-  }
+      options, "Prefill computes nothing (decode workers recompute)");
+  if (!parts.ok()) return service.Fail(parts.status());
+  kvtier::prefill::PrefillService prefill(parts->engine.get(), parts->tier.get(), options);
+  auto server = kvtier::worker::ServeWorker("kvtier-prefill", options, *parts, &prefill);
+  if (!server.ok()) return service.Fail(server.status());
 
-  const int sig = signals.Wait();
-  spdlog::info("signal {}: shutting down", sig);
+  service.WaitForStop();
   // Stops accepting; the request in progress (at most one computes) gets 2 s to finish.
   (*server)->Shutdown(std::chrono::system_clock::now() + std::chrono::seconds(2));
-  spdlog::info("kvtier-prefill stopped");
-  return 0;
+  return service.Stopped();
 }

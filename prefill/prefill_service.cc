@@ -2,7 +2,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/time/clock.h"
-#include "cachestore/grpc_status.h"
+#include "common/grpc_status.h"
 #include "common/logging.h"
 #include "engine/generator.h"
 #include "worker/request_checks.h"

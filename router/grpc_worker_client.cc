@@ -5,7 +5,7 @@
 #include <utility>
 
 #include "absl/strings/str_cat.h"
-#include "cachestore/grpc_status.h"
+#include "common/grpc_status.h"
 
 namespace kvtier::router {
 namespace {

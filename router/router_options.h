@@ -1,5 +1,5 @@
-// Options of kvtier-router: a YAML file (--config), overridden by command-line flags.
-// docs/serving.md ("Router") lists every field.
+// Options of kvtier-router: a YAML file (--config), overridden by command-line flags, both
+// from one option table (common/options.h). docs/serving.md ("Router") lists every field.
 //
 // Plain value types; thread-compatible.
 #ifndef KVTIER_ROUTER_ROUTER_OPTIONS_H_
@@ -10,10 +10,7 @@
 #include <vector>
 
 #include "absl/status/statusor.h"
-
-namespace CLI {
-class App;
-}
+#include "common/options.h"
 
 namespace kvtier::router {
 
@@ -64,15 +61,9 @@ absl::StatusOr<RouterOptions> LoadRouterOptions(const std::string& path, RouterO
 absl::Status FinalizeRouterOptions(RouterOptions* options);
 
 // Command-line flags over the YAML config: Register, parse, then Resolve.
-class RouterFlags {
+class RouterFlags : public OptionFlags<RouterOptions> {
  public:
-  void Register(CLI::App& app);
-  absl::StatusOr<RouterOptions> Resolve() const;
-
- private:
-  CLI::App* app_ = nullptr;
-  std::string config_path_;
-  RouterOptions flags_;
+  RouterFlags();
 };
 
 }  // namespace kvtier::router

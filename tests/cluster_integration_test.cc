@@ -17,16 +17,16 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_split.h"
+#include "common/process.h"
 #include "deploy/cluster.h"
 #include "gtest/gtest.h"
 #include "nlohmann/json.hpp"
-#include "tests/process.h"
+#include "tests/test_util.h"
 
 namespace kvtier {
 namespace {
 
 using nlohmann::json;
-using testing::ChildProcess;
 using testing::MakeTempDir;
 
 const std::string kBin = KVTIER_BIN_DIR;
@@ -145,7 +145,7 @@ class ClusterIntegrationTest : public ::testing::Test {
     std::vector<pid_t> pids = Pids();
     CliResult r = Kvtier({"down", "--config", config_});
     EXPECT_EQ(r.exit_code, 0) << r.output;
-    for (pid_t pid : pids) EXPECT_FALSE(deploy::ProcessAlive(pid)) << "pid " << pid;
+    for (pid_t pid : pids) EXPECT_FALSE(ProcessAlive(pid)) << "pid " << pid;
     EXPECT_FALSE(std::filesystem::exists(deploy::StateFilePath(run_dir_)));
   }
 

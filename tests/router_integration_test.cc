@@ -18,12 +18,13 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_split.h"
+#include "common/process.h"
 #include "engine/model_config.h"
 #include "engine/testing/model_writer.h"
 #include "engine/testing/tokenizer_writer.h"
 #include "gtest/gtest.h"
 #include "nlohmann/json.hpp"
-#include "tests/process.h"
+#include "tests/test_util.h"
 #include "text/tokenizer.h"
 
 namespace kvtier {
@@ -31,9 +32,6 @@ namespace {
 
 using nlohmann::json;
 using testing::MakeTempDir;
-using testing::ServerProcess;
-using testing::StoreProcess;
-using testing::StoreProcessOptions;
 
 constexpr uint64_t kModelSeed = 11;
 constexpr int kBlock = 16;
@@ -74,12 +72,12 @@ class BackgroundStream {
       }
       return false;
     };
-    testing::WaitFor([&] { return has_text() || ended(); }, timeout);
+    WaitFor([&] { return has_text() || ended(); }, timeout);
     return has_text();
   }
   // Waits (bounded) until the response has ended, complete or cut.
   bool WaitForEnd(absl::Duration timeout) {
-    return testing::WaitFor([&] { return ended(); }, timeout);
+    return WaitFor([&] { return ended(); }, timeout);
   }
   bool ended() {
     std::lock_guard<std::mutex> lock(mu_);
@@ -476,7 +474,7 @@ TEST_F(RouterIntegrationTest, ClientDisconnectCancelsTheGeneration) {
   // The router cancels the gRPC call: nothing stays in flight on the decode worker.
   const std::string idle = absl::StrCat("kvtier_router_worker_in_flight{worker=\"",
                                         decode_->address(), "\",role=\"decode\"} 0\n");
-  EXPECT_TRUE(testing::WaitFor(
+  EXPECT_TRUE(WaitFor(
       [&] {
         httplib::Client c("127.0.0.1", router_->grpc_port());
         httplib::Result m = c.Get("/metrics");
@@ -677,7 +675,7 @@ TEST_F(RouterIntegrationTest, BadRequestsAndServiceEndpoints) {
   }
   // The decode worker gone: /health says 503 within a few refreshes.
   ASSERT_TRUE(decode_->process().Signal(SIGKILL, absl::Seconds(5)).has_value());
-  EXPECT_TRUE(testing::WaitFor(
+  EXPECT_TRUE(WaitFor(
       [&] {
         httplib::Result res = client_->Get("/health");
         return res && res->status == 503;

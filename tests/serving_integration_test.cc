@@ -17,21 +17,18 @@
 #include <vector>
 
 #include "absl/strings/str_cat.h"
+#include "common/process.h"
 #include "engine/engine.h"
 #include "engine/generator.h"
 #include "engine/testing/model_writer.h"
 #include "gtest/gtest.h"
 #include "kvtier/v1/worker.grpc.pb.h"
-#include "tests/process.h"
+#include "tests/test_util.h"
 
 namespace kvtier {
 namespace {
 
 using testing::MakeTempDir;
-using testing::ServerProcess;
-using testing::StoreProcess;
-using testing::StoreProcessOptions;
-using testing::WaitFor;
 
 constexpr uint64_t kModelSeed = 11;
 

@@ -14,22 +14,18 @@
 #include <filesystem>
 #include <fstream>
 
+#include "common/process.h"
 #include "common/synthetic_block.h"
 #include "gtest/gtest.h"
 #include "kvtier/store_client.h"
 #include "kvtier/v1/cachestore.grpc.pb.h"
-#include "tests/process.h"
 #include "tests/test_keys.h"
+#include "tests/test_util.h"
 
 namespace kvtier {
 namespace {
 
-using testing::ChildProcess;
-using testing::FreeTcpPort;
 using testing::MakeTempDir;
-using testing::StoreProcess;
-using testing::StoreProcessOptions;
-using testing::WaitFor;
 
 constexpr size_t kBlock = 64 * 1024;
 

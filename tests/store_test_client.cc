@@ -14,7 +14,7 @@
 #include <thread>
 
 #include "CLI/CLI.hpp"
-#include "cachestore/grpc_status.h"
+#include "common/grpc_status.h"
 #include "common/logging.h"
 #include "common/parse_bytes.h"
 #include "common/synthetic_block.h"

@@ -1,12 +1,10 @@
-// Process plumbing shared by the worker binaries: stop signals, the ready file, the gRPC
-// server.
+// Start-up shared by the worker binaries: the engine, store client and tier their options
+// describe, serving them over gRPC (with common/service.h's server and ready file), and the
+// static part of WorkerInfo.
 //
-// Thread-safety: StopSignals must be created in main() before any other thread starts (the
-// signal mask is inherited); Wait() from one thread. The free functions are thread-safe.
+// Ownership: WorkerParts owns what it holds. Thread-safety: the free functions are thread-safe.
 #ifndef KVTIER_WORKER_SERVER_UTIL_H_
 #define KVTIER_WORKER_SERVER_UTIL_H_
-
-#include <signal.h>
 
 #include <memory>
 #include <string>
@@ -30,25 +28,6 @@ class WorkerInfo;
 
 namespace kvtier::worker {
 
-// Blocks SIGTERM and SIGINT (so only Wait() receives them) and ignores SIGPIPE.
-class StopSignals {
- public:
-  StopSignals();
-  // Waits for SIGTERM or SIGINT; returns the signal.
-  int Wait();
-
- private:
-  sigset_t set_;
-};
-
-// Writes {"grpc_port":..,"pid":..} to `path` atomically (temp file + rename).
-absl::Status WriteReadyFile(const std::string& path, int grpc_port);
-
-// Starts a synchronous gRPC server on `listen` (host:port, port 0: any free port) with
-// `services`, and reports the port bound.
-absl::StatusOr<std::unique_ptr<grpc::Server>> StartGrpcServer(
-    const std::string& listen, const std::vector<grpc::Service*>& services, int* port);
-
 // What every worker binary builds from its options: the engine, the store client (null when
 // no store is configured) and the tier between them. Members are declared in destruction
 // order: the tier goes before the store client and the engine it borrows.
@@ -63,8 +42,8 @@ struct WorkerParts {
 absl::StatusOr<WorkerParts> MakeWorkerParts(const WorkerOptions& options,
                                             absl::string_view no_store_note);
 
-// Starts the gRPC server with `service`, writes the ready file if configured, and logs that
-// `binary` is serving.
+// Starts the gRPC server with `service`, writes the ready file ({"grpc_port":..,"pid":..}) if
+// configured, and logs that `binary` is serving.
 absl::StatusOr<std::unique_ptr<grpc::Server>> ServeWorker(absl::string_view binary,
                                                           const WorkerOptions& options,
                                                           const WorkerParts& parts,

@@ -1,5 +1,6 @@
 // Options shared by the serving workers kvtier-prefill and kvtier-decode: a YAML file
-// (--config), overridden by command-line flags. docs/serving.md lists every field.
+// (--config), overridden by command-line flags, both from one option table (common/options.h).
+// docs/serving.md lists every field.
 //
 // Plain value types; thread-compatible.
 #ifndef KVTIER_WORKER_WORKER_OPTIONS_H_
@@ -11,12 +12,9 @@
 
 #include "absl/status/statusor.h"
 #include "absl/strings/string_view.h"
+#include "common/options.h"
 #include "engine/engine.h"
 #include "kvtier/store_client.h"
-
-namespace CLI {
-class App;
-}
 
 namespace kvtier::worker {
 
@@ -79,21 +77,12 @@ absl::Status FinalizeWorkerOptions(WorkerOptions* options);
 engine::EngineOptions ToEngineOptions(const WorkerOptions& options);
 StoreClientOptions ToStoreClientOptions(const WorkerOptions& options);
 
-// Command-line flags over a config file: Register() adds --config and one flag per field to
-// `app`; after parsing, Resolve() loads the config (if any) over the role's defaults, applies
+// Command-line flags over a config file: Register() adds --config and one flag per field to a
+// CLI::App; after parsing, Resolve() loads the config (if any) over the role's defaults, applies
 // the flags that were given, and finalizes.
-class WorkerFlags {
+class WorkerFlags : public OptionFlags<WorkerOptions> {
  public:
-  explicit WorkerFlags(std::string role) : role_(std::move(role)) {}
-  void Register(CLI::App& app);
-  absl::StatusOr<WorkerOptions> Resolve() const;
-
- private:
-  std::string role_;
-  const CLI::App* app_ = nullptr;
-  std::string config_path_;
-  WorkerOptions flags_;
-  std::string kv_cache_bytes_;
+  explicit WorkerFlags(absl::string_view role);
 };
 
 }  // namespace kvtier::worker

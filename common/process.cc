@@ -1,4 +1,4 @@
-#include "tests/process.h"
+#include "common/process.h"
 
 #include <arpa/inet.h>
 #include <fcntl.h>
@@ -27,7 +27,7 @@
 
 extern char** environ;
 
-namespace kvtier::testing {
+namespace kvtier {
 
 namespace {
 
@@ -121,7 +121,11 @@ absl::StatusOr<ChildProcess> ChildProcess::Spawn(const SpawnOptions& o) {
   const int file_flags = O_WRONLY | O_CREAT | (o.append ? O_APPEND : O_TRUNC);
   posix_spawn_file_actions_t actions;
   posix_spawn_file_actions_init(&actions);
-  if (o.pipe_stdin) posix_spawn_file_actions_adddup2(&actions, in_pipe[0], STDIN_FILENO);
+  if (o.pipe_stdin) {
+    posix_spawn_file_actions_adddup2(&actions, in_pipe[0], STDIN_FILENO);
+  } else if (o.new_session) {
+    posix_spawn_file_actions_addopen(&actions, STDIN_FILENO, "/dev/null", O_RDONLY, 0);
+  }
   if (o.pipe_stdout) {
     posix_spawn_file_actions_adddup2(&actions, out_pipe[1], STDOUT_FILENO);
   } else if (!o.stdout_path.empty()) {
@@ -143,7 +147,8 @@ absl::StatusOr<ChildProcess> ChildProcess::Spawn(const SpawnOptions& o) {
   sigemptyset(&none);
   posix_spawnattr_setsigdefault(&attr, &all);
   posix_spawnattr_setsigmask(&attr, &none);
-  posix_spawnattr_setflags(&attr, POSIX_SPAWN_SETSIGDEF | POSIX_SPAWN_SETSIGMASK);
+  posix_spawnattr_setflags(&attr, POSIX_SPAWN_SETSIGDEF | POSIX_SPAWN_SETSIGMASK |
+                                      (o.new_session ? POSIX_SPAWN_SETSID : 0));
 
   pid_t pid = -1;
   const int rc = posix_spawnp(&pid, args[0], &actions, &attr, args.data(), envp.data());
@@ -323,6 +328,13 @@ int ChildProcess::Terminate(absl::Duration grace) {
   return status;
 }
 
+pid_t ChildProcess::Release() {
+  CloseFds();
+  if (pid_ > 0 && !exit_status_.has_value()) UnregisterChild(pid_);
+  exit_status_.reset();
+  return std::exchange(pid_, -1);
+}
+
 std::string DescribeWaitStatus(int status) {
   if (WIFEXITED(status)) return absl::StrCat("exit ", WEXITSTATUS(status));
   if (WIFSIGNALED(status)) return absl::StrCat("signal ", WTERMSIG(status));
@@ -358,29 +370,64 @@ void InstallChildCleanupHandlers() {
   signal(SIGPIPE, SIG_IGN);
 }
 
+bool ProcessAlive(pid_t pid) {
+  if (pid <= 0 || kill(pid, 0) != 0) return false;
+  // A zombie (exited, not yet reaped) counts as gone: /proc/PID/stat is "pid (comm) Z ...".
+  const std::string stat = FileTail(absl::StrCat("/proc/", pid, "/stat"), std::string::npos);
+  const size_t paren = stat.rfind(')');
+  return !(paren != std::string::npos && paren + 2 < stat.size() && stat[paren + 2] == 'Z');
+}
+
+std::vector<pid_t> TerminateAll(const std::vector<pid_t>& pids, absl::Duration grace) {
+  auto all_gone = [&] {
+    bool any = false;
+    for (pid_t pid : pids) {
+      waitpid(pid, nullptr, WNOHANG);  // reaps our own children; fails harmlessly otherwise
+      any = any || ProcessAlive(pid);
+    }
+    return !any;
+  };
+  for (pid_t pid : pids) {
+    if (ProcessAlive(pid)) kill(pid, SIGTERM);
+  }
+  std::vector<pid_t> killed;
+  if (WaitFor(all_gone, grace)) return killed;
+  for (pid_t pid : pids) {
+    if (ProcessAlive(pid)) {
+      kill(pid, SIGKILL);
+      killed.push_back(pid);
+    }
+  }
+  WaitFor(all_gone, absl::Seconds(5));
+  return killed;
+}
+
+absl::StatusOr<std::string> SelfExeDir() {
+  std::error_code ec;
+  std::filesystem::path exe = std::filesystem::read_symlink("/proc/self/exe", ec);
+  if (ec) return absl::InternalError(absl::StrCat("readlink /proc/self/exe: ", ec.message()));
+  return exe.parent_path().string();
+}
+
 // ---------------------------------------------------------------------------------------------
 // Servers
 
-absl::StatusOr<ServerProcess> ServerProcess::Spawn(const std::string& binary,
-                                                   const std::vector<std::string>& args,
-                                                   const std::string& dir, const std::string& name,
-                                                   const std::map<std::string, std::string>& env,
-                                                   absl::Duration stop_grace) {
+absl::StatusOr<ServerProcess> ServerProcess::Spawn(SpawnOptions o, const std::string& dir,
+                                                   const std::string& name) {
+  if (o.argv.empty()) return absl::InvalidArgumentError("no command");
   ServerProcess s;
-  s.what_ = absl::StrCat(name, " (", std::filesystem::path(binary).filename().string(), ")");
+  s.what_ = absl::StrCat(name, " (", std::filesystem::path(o.argv[0]).filename().string(), ")");
   s.ready_path_ = absl::StrCat(dir, "/", name, ".ready.json");
   s.log_path_ = absl::StrCat(dir, "/", name, ".log");
   std::filesystem::remove(s.ready_path_);
-  SpawnOptions o;
-  o.argv = {binary.find('/') == std::string::npos ? absl::StrCat(KVTIER_BIN_DIR, "/", binary)
-                                                  : binary};
-  o.argv.insert(o.argv.end(), args.begin(), args.end());
+  if (o.argv[0].find('/') == std::string::npos) {
+    o.argv[0] = absl::StrCat(KVTIER_BIN_DIR, "/", o.argv[0]);
+  }
   o.argv.push_back("--ready-file=" + s.ready_path_);
-  o.env = env;
   o.stdout_path = s.log_path_;
   o.stderr_path = "&1";
   o.append = true;
-  o.stop_grace = stop_grace;
+  o.pipe_stdin = o.pipe_stdout = false;
   absl::StatusOr<ChildProcess> child = ChildProcess::Spawn(o);
   if (!child.ok()) return child.status();
   s.process_ = std::move(*child);
@@ -392,7 +439,12 @@ absl::StatusOr<ServerProcess> ServerProcess::Start(const std::string& binary,
                                                    const std::string& dir, const std::string& name,
                                                    const std::map<std::string, std::string>& env,
                                                    absl::Duration timeout) {
-  absl::StatusOr<ServerProcess> s = Spawn(binary, args, dir, name, env, absl::ZeroDuration());
+  SpawnOptions o;
+  o.argv = {binary};
+  o.argv.insert(o.argv.end(), args.begin(), args.end());
+  o.env = env;
+  o.stop_grace = absl::ZeroDuration();
+  absl::StatusOr<ServerProcess> s = Spawn(std::move(o), dir, name);
   if (!s.ok()) return s.status();
   if (absl::Status st = s->AwaitReady(timeout); !st.ok()) return st;
   return s;
@@ -439,11 +491,16 @@ absl::StatusOr<StoreProcess> StoreProcess::Spawn(const std::string& dir,
     args.push_back("--spill-dir=" + o.spill_dir);
     args.push_back("--spill-capacity=" + o.spill_capacity);
   }
-  const std::string binary =
-      absl::StrCat(o.bin_dir.empty() ? KVTIER_BIN_DIR : o.bin_dir, "/kvtier-store");
+  SpawnOptions so;
+  so.argv = {absl::StrCat(o.bin_dir.empty() ? KVTIER_BIN_DIR : o.bin_dir, "/kvtier-store")};
+  so.argv.insert(so.argv.end(), args.begin(), args.end());
+  so.argv.insert(so.argv.end(), o.extra_args.begin(), o.extra_args.end());
+  so.env = o.env;
+  so.stop_grace = o.stop_grace;
+  so.new_session = o.detached;
+  so.die_with_parent = !o.detached;
   StoreProcess s;
-  absl::StatusOr<ServerProcess> server =
-      ServerProcess::Spawn(binary, args, dir, o.name, o.env, o.stop_grace);
+  absl::StatusOr<ServerProcess> server = ServerProcess::Spawn(std::move(so), dir, o.name);
   if (!server.ok()) return server.status();
   s.server_ = std::move(*server);
   s.start_timeout_ = o.start_timeout;
@@ -459,7 +516,7 @@ absl::StatusOr<StoreProcess> StoreProcess::Start(const std::string& dir,
 }
 
 // ---------------------------------------------------------------------------------------------
-// Ports, directories, waits, files
+// Ports, waits, files
 
 absl::StatusOr<int> FreeTcpPort() {
   int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
@@ -477,15 +534,6 @@ absl::StatusOr<int> FreeTcpPort() {
   }
   close(fd);
   return ntohs(addr.sin_port);
-}
-
-std::string MakeTempDir(const std::string& name) {
-  const char* base = std::getenv("TEST_TMPDIR");
-  std::filesystem::path p = std::filesystem::path(base != nullptr && *base ? base : "/tmp") /
-                            absl::StrCat("kvtier_", name, "_", getpid());
-  std::filesystem::remove_all(p);
-  std::filesystem::create_directories(p);
-  return p.string();
 }
 
 bool WaitFor(const std::function<bool()>& done, absl::Duration timeout) {
@@ -507,4 +555,4 @@ std::string FileTail(const std::string& path, size_t max_bytes) {
   return s;
 }
 
-}  // namespace kvtier::testing
+}  // namespace kvtier

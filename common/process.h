@@ -1,15 +1,16 @@
-// Child processes for the integration tests and the benchmarks: any program started with
-// posix_spawn (never fork: UCX is not fork-safe), with its output in files or pipes; a
-// kvtier-store, or any other kvtier server that announces itself with a ready file, started on
-// loopback with its log in a directory of the caller's; free ports, temporary directories and
-// bounded waits.
+// Child processes for the local-cluster launcher (`kvtier up`, deploy/cluster.h), the
+// integration tests and the benchmarks: any program started with posix_spawn (never fork: UCX
+// is not fork-safe), with its output in files or pipes; a kvtier-store, or any other kvtier
+// server that announces itself with a ready file (common/service.h), started on loopback with
+// its log in a directory of the caller's; processes that are not our children stopped by pid;
+// free ports and bounded waits.
 //
 // Ownership: a ChildProcess (and the StoreProcess or ServerProcess holding one) owns its child
 // and stops it on destruction (SIGTERM, then SIGKILL after SpawnOptions::stop_grace; SIGKILL at
-// once when that is zero).
+// once when that is zero), unless Release() let it go.
 // Thread-safety: one thread per object; the free functions are thread-safe.
-#ifndef KVTIER_TESTS_PROCESS_H_
-#define KVTIER_TESTS_PROCESS_H_
+#ifndef KVTIER_COMMON_PROCESS_H_
+#define KVTIER_COMMON_PROCESS_H_
 
 #include <sys/types.h>
 
@@ -25,7 +26,7 @@
 #include "absl/strings/string_view.h"
 #include "absl/time/time.h"
 
-namespace kvtier::testing {
+namespace kvtier {
 
 struct SpawnOptions {
   // argv[0] is looked up in PATH when it has no '/'.
@@ -49,6 +50,10 @@ struct SpawnOptions {
   // How destruction stops a child that still runs: SIGTERM, then SIGKILL after this long;
   // zero: SIGKILL at once.
   absl::Duration stop_grace = absl::Seconds(5);
+  // Start the child in a session of its own (setsid) with stdin from /dev/null: neither our
+  // terminal's signals nor its hang-up reach it. With die_with_parent off and Release(), the
+  // child outlives us (a launcher's servers).
+  bool new_session = false;
 };
 
 // A child process. While it lives, its pid is registered so that SIGINT/SIGTERM of this
@@ -90,6 +95,9 @@ class ChildProcess {
   // SIGTERM, then SIGKILL if it has not exited after `grace` (zero: SIGKILL at once); reaps
   // it; the wait status.
   int Terminate(absl::Duration grace = absl::Seconds(5));
+  // Lets the child go: this object forgets it (destruction no longer stops it, SIGINT/SIGTERM
+  // handlers no longer take it down) and it is never reaped here. Returns its pid.
+  pid_t Release();
 
  private:
   void Reaped(int status);
@@ -123,6 +131,17 @@ absl::StatusOr<CommandResult> RunCommand(SpawnOptions options, absl::Duration ti
 // On SIGINT/SIGTERM/SIGHUP: SIGTERM every registered child, then exit (status 128+signal).
 void InstallChildCleanupHandlers();
 
+// Whether `pid` exists and has not exited (a zombie counts as gone).
+bool ProcessAlive(pid_t pid);
+
+// Stops processes that need not be our children (say, a launcher's servers of an earlier run):
+// SIGTERM to each, SIGKILL to those still alive after `grace`, then waits (bounded) until they
+// are gone, reaping the ones that are our children. Returns the pids that needed SIGKILL.
+std::vector<pid_t> TerminateAll(const std::vector<pid_t>& pids, absl::Duration grace);
+
+// The directory of the running executable (from /proc/self/exe).
+absl::StatusOr<std::string> SelfExeDir();
+
 // Any kvtier server binary that takes --ready-file and writes {"grpc_port":..} there (plus
 // "metrics_port" for kvtier-store) once serving: kvtier-store, kvtier-prefill, kvtier-decode,
 // kvtier-router.
@@ -136,13 +155,11 @@ class ServerProcess {
                                              const std::string& dir, const std::string& name,
                                              const std::map<std::string, std::string>& env = {},
                                              absl::Duration timeout = absl::Seconds(30));
-  // Start without the wait, to start several servers at once; `stop_grace` as in
-  // SpawnOptions. AwaitReady waits.
-  static absl::StatusOr<ServerProcess> Spawn(const std::string& binary,
-                                             const std::vector<std::string>& args,
-                                             const std::string& dir, const std::string& name,
-                                             const std::map<std::string, std::string>& env,
-                                             absl::Duration stop_grace);
+  // Start without the wait, to start several servers at once: `options.argv` (argv[0] a path,
+  // or a name in this build's bin directory) plus --ready-file, its output appended to the log
+  // (the output fields of `options` are replaced). AwaitReady waits.
+  static absl::StatusOr<ServerProcess> Spawn(SpawnOptions options, const std::string& dir,
+                                             const std::string& name);
   // Waits up to `timeout` for the ready file. FailedPrecondition if the server exits first,
   // DeadlineExceeded on timeout (both with the tail of its log).
   absl::Status AwaitReady(absl::Duration timeout);
@@ -176,10 +193,14 @@ struct StoreProcessOptions {
   std::string spill_capacity = "256MiB";
   int64_t reservation_timeout_ms = 30000;
   int64_t lease_timeout_ms = 30000;
+  std::vector<std::string> extra_args;     // more flags, e.g. --log-level=debug
   std::map<std::string, std::string> env;  // e.g. UCX_TLS
   absl::Duration start_timeout = absl::Seconds(20);
   // Destruction: SIGTERM, then SIGKILL after this long; zero: SIGKILL at once.
   absl::Duration stop_grace = absl::ZeroDuration();
+  // A session of its own and no parent-death signal (SpawnOptions::new_session), so that it can
+  // outlive this process once released (a launcher's store).
+  bool detached = false;
 };
 
 // kvtier-store on 127.0.0.1 with free ports, its files in a directory of the caller's.
@@ -199,6 +220,7 @@ class StoreProcess {
   ChildProcess& process() { return server_.process(); }
   const std::string& log_path() const { return server_.log_path(); }
   std::string log() const { return server_.log(); }
+  ServerProcess& server() { return server_; }
 
  private:
   ServerProcess server_;
@@ -208,16 +230,13 @@ class StoreProcess {
 // A TCP port on 127.0.0.1 that was free a moment ago (bind to port 0, read it back, close).
 absl::StatusOr<int> FreeTcpPort();
 
-// A fresh empty directory "kvtier_`name`_<pid>" under $TEST_TMPDIR (or /tmp), as gtest's
-// TempDir(). The caller removes it (tests keep it, with the logs, when they fail).
-std::string MakeTempDir(const std::string& name);
-
 // Polls `done` every 20 ms until it returns true or `timeout` passes.
 bool WaitFor(const std::function<bool()>& done, absl::Duration timeout);
 
-// The last `max_bytes` of a text file (for failure messages), or "" if unreadable.
+// The last `max_bytes` of a text file (for failure messages; npos: all of it), or "" if
+// unreadable.
 std::string FileTail(const std::string& path, size_t max_bytes = 4000);
 
-}  // namespace kvtier::testing
+}  // namespace kvtier
 
-#endif  // KVTIER_TESTS_PROCESS_H_
+#endif  // KVTIER_COMMON_PROCESS_H_

@@ -1,6 +1,9 @@
-// Conversions between absl::Status and grpc::Status (same codes, same message).
-#ifndef KVTIER_CACHESTORE_GRPC_STATUS_H_
-#define KVTIER_CACHESTORE_GRPC_STATUS_H_
+// Conversions between absl::Status and grpc::Status (same codes, same message), for gRPC
+// services and their clients.
+//
+// Inline functions over value types; thread-safe.
+#ifndef KVTIER_COMMON_GRPC_STATUS_H_
+#define KVTIER_COMMON_GRPC_STATUS_H_
 
 #include <grpcpp/support/status.h>
 
@@ -22,4 +25,4 @@ inline absl::Status FromGrpc(const grpc::Status& status) {
 
 }  // namespace kvtier
 
-#endif  // KVTIER_CACHESTORE_GRPC_STATUS_H_
+#endif  // KVTIER_COMMON_GRPC_STATUS_H_
