@@ -3,22 +3,26 @@
 #include "cachestore/store_config.h"
 #include "cachestore/store_server.h"
 #include "common/service.h"
+#include "common/status_macros.h"
+
+namespace kvtier::cachestore {
+namespace {
+
+// What --help says kvtier-store is.
+constexpr char kAbout[] = "KV-cache block store (UCX data plane, gRPC control plane)";
+
+absl::StatusOr<StopFunction> Start(const StoreConfig& config) {
+  KVTIER_ASSIGN_OR_RETURN(std::shared_ptr<StoreServer> server, StoreServer::Start(config));
+  KVTIER_RETURN_IF_ERROR(WriteReadyFile(
+      config.ready_file,
+      {{"grpc_port", server->grpc_port()}, {"metrics_port", server->metrics_port()}}));
+  return [server] { server->Shutdown(); };
+}
+
+}  // namespace
+}  // namespace kvtier::cachestore
 
 int main(int argc, char** argv) {
-  kvtier::Service service("kvtier-store");
-  kvtier::cachestore::StoreFlags flags;
-  const kvtier::cachestore::StoreConfig config = service.Configure(
-      flags, "KV-cache block store (UCX data plane, gRPC control plane)", argc, argv);
-
-  auto server = kvtier::cachestore::StoreServer::Start(config);
-  if (!server.ok()) return service.Fail(server.status());
-  absl::Status ready = kvtier::WriteReadyFile(
-      config.ready_file,
-      {{"grpc_port", (*server)->grpc_port()}, {"metrics_port", (*server)->metrics_port()}});
-  if (!ready.ok()) return service.Fail(ready);
-
-  service.WaitForStop();
-  (*server)->Shutdown();
-  server->reset();
-  return service.Stopped();
+  return kvtier::RunServer<kvtier::cachestore::StoreFlags>(
+      "kvtier-store", kvtier::cachestore::kAbout, argc, argv, kvtier::cachestore::Start);
 }

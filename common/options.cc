@@ -371,4 +371,19 @@ absl::Status OptionTable::Resolve() {
   return Validate();
 }
 
+absl::Status OptionTable::ParseAndResolve(const std::vector<std::string>& args) {
+  CLI::App app;
+  AddFlags(app);
+  std::vector<std::string> reversed(args.rbegin(), args.rend());  // CLI11's order
+  absl::Status s;
+  try {
+    app.parse(reversed);
+    s = Resolve();
+  } catch (const CLI::ParseError& e) {
+    s = absl::InvalidArgumentError(e.what());
+  }
+  for (const auto& o : options_) o->cli_ = nullptr;  // they belong to `app`
+  return s;
+}
+
 }  // namespace kvtier

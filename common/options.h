@@ -153,6 +153,10 @@ class OptionTable {
   // given, validates. InvalidArgument naming the key or flag.
   absl::Status Resolve();
 
+  // AddFlags to an app of its own, parse `args` (no program name) and Resolve; a command-line
+  // error (--help included) is InvalidArgument. For tests and tools.
+  absl::Status ParseAndResolve(const std::vector<std::string>& args);
+
  private:
   Option& Declare(std::string key, std::string help, Option::Access access);
   Option* Find(absl::string_view key);
@@ -186,6 +190,12 @@ class OptionFlags {
   }
   absl::StatusOr<T> Resolve() {
     if (absl::Status s = table_.Resolve(); !s.ok()) return s;
+    return options_;
+  }
+  // The options of the command line `args` (no program name) instead of Register, parse and
+  // Resolve: OptionTable::ParseAndResolve.
+  absl::StatusOr<T> Parse(const std::vector<std::string>& args) {
+    if (absl::Status s = table_.ParseAndResolve(args); !s.ok()) return s;
     return options_;
   }
 

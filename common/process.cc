@@ -465,12 +465,12 @@ absl::Status ServerProcess::AwaitReady(absl::Duration timeout) {
       return absl::FailedPreconditionError(
           absl::StrCat(what_, " exited during start-up (",
                        DescribeWaitStatus(process_.Wait(absl::ZeroDuration()).value_or(0)),
-                       "); its log:\n", FileTail(log_path_)));
+                       "); its log ", log_path_, ":\n", FileTail(log_path_)));
     }
     if (absl::Now() > deadline) {
       return absl::DeadlineExceededError(absl::StrCat(what_, " did not become ready within ",
-                                                      absl::FormatDuration(timeout), "; its log:\n",
-                                                      FileTail(log_path_)));
+                                                      absl::FormatDuration(timeout), "; its log ",
+                                                      log_path_, ":\n", FileTail(log_path_)));
     }
     std::this_thread::sleep_for(std::chrono::milliseconds(20));
   }

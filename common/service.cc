@@ -1,8 +1,10 @@
 #include "common/service.h"
 
 #include <grpcpp/grpcpp.h>
+#include <signal.h>
 #include <unistd.h>
 
+#include <cstdio>
 #include <filesystem>
 #include <fstream>
 
@@ -11,35 +13,49 @@
 
 namespace kvtier {
 
-Service::Service(std::string name) : name_(std::move(name)) {
+namespace service_internal {
+namespace {
+
+sigset_t StopSignals() {
+  sigset_t set;
+  sigemptyset(&set);
+  sigaddset(&set, SIGTERM);
+  sigaddset(&set, SIGINT);
+  return set;
+}
+
+}  // namespace
+
+void Prepare() {
   LogToStderr();
-  sigemptyset(&stop_signals_);
-  sigaddset(&stop_signals_, SIGTERM);
-  sigaddset(&stop_signals_, SIGINT);
-  pthread_sigmask(SIG_BLOCK, &stop_signals_, nullptr);
+  const sigset_t set = StopSignals();
+  pthread_sigmask(SIG_BLOCK, &set, nullptr);
   signal(SIGPIPE, SIG_IGN);
 }
 
-void Service::ExitBadOptions(const absl::Status& status) {
-  std::fprintf(stderr, "%s: %s\n", name_.c_str(), std::string(status.message()).c_str());
-  std::exit(2);
+int BadOptions(absl::string_view name, const absl::Status& status) {
+  std::fprintf(stderr, "%s: %s\n", std::string(name).c_str(),
+               std::string(status.message()).c_str());
+  return 2;
 }
 
-int Service::Fail(const absl::Status& status) {
-  spdlog::error("{}: {}", name_, status.ToString());
-  return 1;
-}
-
-void Service::WaitForStop() {
+int Serve(absl::string_view name, const std::function<absl::StatusOr<StopFunction>()>& start) {
+  absl::StatusOr<StopFunction> stop = start();
+  if (!stop.ok()) {
+    spdlog::error("{}: {}", std::string(name), stop.status().ToString());
+    return 1;
+  }
+  const sigset_t set = StopSignals();
   int sig = 0;
-  sigwait(&stop_signals_, &sig);
+  sigwait(&set, &sig);
   spdlog::info("signal {}: shutting down", sig);
-}
-
-int Service::Stopped() {
-  spdlog::info("{} stopped", name_);
+  (*stop)();
+  *stop = nullptr;  // destroys what it stopped
+  spdlog::info("{} stopped", std::string(name));
   return 0;
 }
+
+}  // namespace service_internal
 
 absl::Status WriteFileAtomically(const std::string& path, absl::string_view contents) {
   const std::string tmp = path + ".tmp";

@@ -1,18 +1,21 @@
-// What every kvtier server's main() does around its own work (kvtier-store, kvtier-prefill,
-// kvtier-decode, kvtier-router): log to stderr, stop on SIGTERM/SIGINT, read its options from
-// the command line and --config (common/options.h), start a gRPC server, announce itself in a
-// ready file, and exit with 0 (stopped), 1 (failed) or 2 (bad options). docs/service-kit.md.
+// The life of every kvtier server process (kvtier-store, kvtier-prefill, kvtier-decode,
+// kvtier-router), written once: logs to stderr, SIGTERM/SIGINT as the stop request, options from
+// the command line and --config (an option table, common/options.h), start, ready file, wait,
+// graceful stop, exit status 0 (stopped), 1 (failed to start) or 2 (bad options). Also the gRPC
+// server start and the ready file. docs/service-kit.md.
 //
-// Thread-safety: a Service is created first thing in main(), before any other thread starts
-// (the blocked signal mask is inherited by every thread), and used from main()'s thread. The
-// free functions are thread-safe.
+//   absl::StatusOr<kvtier::StopFunction> Start(const StoreConfig& config) { ... }
+//   int main(int argc, char** argv) {
+//     return kvtier::RunServer<StoreFlags>("kvtier-store", "KV-cache block store", argc, argv,
+//                                          Start);
+//   }
+//
+// Thread-safety: RunServer is called from main() before any other thread starts (it blocks the
+// stop signals for every thread to come). The other functions are thread-safe.
 #ifndef KVTIER_COMMON_SERVICE_H_
 #define KVTIER_COMMON_SERVICE_H_
 
-#include <signal.h>
-
-#include <cstdio>
-#include <cstdlib>
+#include <functional>
 #include <memory>
 #include <string>
 #include <utility>
@@ -24,7 +27,6 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/string_view.h"
 #include "common/logging.h"
-#include "common/options.h"
 
 namespace grpc {
 class Server;
@@ -33,45 +35,43 @@ class Service;
 
 namespace kvtier {
 
-class Service {
- public:
-  // Sends logs to stderr, blocks SIGTERM and SIGINT (only WaitForStop receives them) and
-  // ignores SIGPIPE (a peer that goes away must not kill the process). `name`: "kvtier-store".
-  explicit Service(std::string name);
-  Service(const Service&) = delete;
-  Service& operator=(const Service&) = delete;
+// Stops what a server's start function started: gracefully, in bounded time. It owns what it
+// stops (RunServer destroys it, and so them, after calling it).
+using StopFunction = std::function<void()>;
 
-  // Parses the command line with `flags` (--help prints every flag and exits 0), resolves the
-  // options and sets the log level from their log_level. Bad flags or options: prints the error
-  // and exits with status 2.
-  template <typename T>
-  T Configure(OptionFlags<T>& flags, absl::string_view about, int argc, char** argv) {
-    CLI::App app{absl::StrCat(name_, ": ", about)};
-    flags.Register(app);
-    try {
-      app.parse(argc, argv);
-    } catch (const CLI::ParseError& e) {
-      std::exit(app.exit(e));
-    }
-    absl::StatusOr<T> options = flags.Resolve();
-    if (!options.ok()) ExitBadOptions(options.status());
-    SetLogLevel(options->log_level);
-    return *std::move(options);
+namespace service_internal {
+// Sends logs to stderr, blocks SIGTERM and SIGINT (only Serve's sigwait receives them) and
+// ignores SIGPIPE (a peer that goes away must not kill the process).
+void Prepare();
+// Prints "`name`: `status`" to stderr; returns 2.
+int BadOptions(absl::string_view name, const absl::Status& status);
+// start(), then waits for SIGTERM/SIGINT and stops; the exit status.
+int Serve(absl::string_view name, const std::function<absl::StatusOr<StopFunction>()>& start);
+}  // namespace service_internal
+
+// main() of a server: parses the command line with a `Flags` (an OptionFlags of the server's
+// options, constructed from `flags_args`; --help prints every flag and returns 0), resolves the
+// options (bad flags or options: the error on stderr, returns 2) and sets the log level from
+// their log_level; then `start(options)` brings the server up and writes its ready file (an
+// error is logged, returns 1), and once SIGTERM or SIGINT arrives the stop function it returned
+// stops it (returns 0).
+template <typename Flags, typename Start, typename... FlagsArgs>
+int RunServer(absl::string_view name, absl::string_view about, int argc, char** argv,
+              const Start& start, FlagsArgs&&... flags_args) {
+  service_internal::Prepare();
+  Flags flags(std::forward<FlagsArgs>(flags_args)...);
+  CLI::App app{absl::StrCat(name, ": ", about)};
+  flags.Register(app);
+  try {
+    app.parse(argc, argv);
+  } catch (const CLI::ParseError& e) {
+    return app.exit(e);
   }
-
-  // Logs `status` as the reason the service cannot run; returns 1 for main() to return.
-  int Fail(const absl::Status& status);
-  // Blocks until SIGTERM or SIGINT arrives and logs it.
-  void WaitForStop();
-  // Logs that the service stopped; returns 0 for main() to return.
-  int Stopped();
-
- private:
-  [[noreturn]] void ExitBadOptions(const absl::Status& status);
-
-  std::string name_;
-  sigset_t stop_signals_;
-};
+  auto options = flags.Resolve();
+  if (!options.ok()) return service_internal::BadOptions(name, options.status());
+  SetLogLevel(options->log_level);
+  return service_internal::Serve(name, [&] { return start(*options); });
+}
 
 // Writes `contents` to `path` atomically (a temporary file renamed over it): a reader sees the
 // old file or the whole new one.

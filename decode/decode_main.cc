@@ -5,46 +5,59 @@
 #include <memory>
 
 #include "common/service.h"
+#include "common/status_macros.h"
 #include "decode/decode_service.h"
 #include "decode/scheduler.h"
 #include "worker/server_util.h"
-#include "worker/worker_options.h"
 
-int main(int argc, char** argv) {
-  kvtier::Service service("kvtier-decode");
-  kvtier::worker::WorkerFlags flags("decode");
-  const kvtier::worker::WorkerOptions options = service.Configure(
-      flags, "decode worker (continuous batching over the KV-cache tier)", argc, argv);
+namespace kvtier::decode {
+namespace {
 
-  absl::StatusOr<kvtier::worker::WorkerParts> parts = kvtier::worker::MakeWorkerParts(
-      options, "blocks are reused only from this worker's own cache");
-  if (!parts.ok()) return service.Fail(parts.status());
+// What --help says kvtier-decode is.
+constexpr char kAbout[] = "decode worker (continuous batching over the KV-cache tier)";
 
-  kvtier::decode::SchedulerOptions so;
+// The decode role: the scheduler and the gRPC service over it (destroyed first).
+struct Decode {
+  std::unique_ptr<Scheduler> scheduler;
+  std::unique_ptr<DecodeService> service;
+};
+
+absl::StatusOr<StopFunction> Start(const worker::WorkerOptions& options) {
+  SchedulerOptions so;
   so.max_batch_tokens = options.max_batch_tokens;
   so.max_batch_seqs = options.max_batch_seqs;
   so.max_queued_requests = options.max_queued_requests;
   so.keep_blocks = options.keep_blocks;
+  auto w = std::make_shared<worker::ServingWorker<Decode>>();
+  w->role = std::make_unique<Decode>();
+  KVTIER_ASSIGN_OR_RETURN(
+      w->parts,
+      worker::MakeWorkerParts(options, "blocks are reused only from this worker's own cache"));
   // Write-backs go through a client of their own on the scheduler's writer thread.
-  std::unique_ptr<kvtier::StoreClient> writer_store;
-  if (parts->store != nullptr) {
-    absl::StatusOr<std::unique_ptr<kvtier::StoreClient>> c =
-        kvtier::StoreClient::Create(kvtier::worker::ToStoreClientOptions(options));
-    if (!c.ok()) return service.Fail(c.status());
-    writer_store = std::move(*c);
+  std::unique_ptr<StoreClient> writer_store;
+  if (w->parts.store != nullptr) {
+    KVTIER_ASSIGN_OR_RETURN(writer_store,
+                            StoreClient::Create(worker::ToStoreClientOptions(options)));
   }
-  kvtier::decode::Scheduler scheduler(parts->engine.get(), parts->tier.get(), so,
-                                      std::move(writer_store));
-  scheduler.Start();
+  w->role->scheduler = std::make_unique<Scheduler>(w->parts.engine.get(), w->parts.tier.get(), so,
+                                                   std::move(writer_store));
+  w->role->scheduler->Start();
+  w->role->service = std::make_unique<DecodeService>(
+      w->role->scheduler.get(), w->parts.engine.get(), w->parts.tier.get(), options);
+  KVTIER_ASSIGN_OR_RETURN(
+      w->server, worker::ServeWorker("kvtier-decode", options, w->parts, w->role->service.get()));
+  return [w] {
+    // Running requests end now (their streams finish with UNAVAILABLE, and their handlers
+    // return within one poll interval), then gRPC stops.
+    w->role->scheduler->Stop();
+    w->server->Shutdown(std::chrono::system_clock::now() + std::chrono::milliseconds(500));
+  };
+}
 
-  kvtier::decode::DecodeService decode(&scheduler, parts->engine.get(), parts->tier.get(), options);
-  auto server = kvtier::worker::ServeWorker("kvtier-decode", options, *parts, &decode);
-  if (!server.ok()) return service.Fail(server.status());
+}  // namespace
+}  // namespace kvtier::decode
 
-  service.WaitForStop();
-  // Running requests end now (their streams finish with UNAVAILABLE, and their handlers
-  // return within one poll interval), then gRPC stops.
-  scheduler.Stop();
-  (*server)->Shutdown(std::chrono::system_clock::now() + std::chrono::milliseconds(500));
-  return service.Stopped();
+int main(int argc, char** argv) {
+  return kvtier::RunServer<kvtier::worker::WorkerFlags>(
+      "kvtier-decode", kvtier::decode::kAbout, argc, argv, kvtier::decode::Start, "decode");
 }

@@ -101,14 +101,10 @@ absl::Status EnsureModel(const ClusterConfig& c, const std::string& model_dir,
   SpawnOptions o;
   o.argv = {bin_dir + "/kvtier-model",
             "init",
-            "--shape",
-            c.model_shape,
-            "--dtype",
-            c.model_dtype,
-            "--seed",
-            std::to_string(c.model_seed),
-            "--out",
-            tmp};
+            "--shape=" + c.model_shape,
+            "--dtype=" + c.model_dtype,
+            absl::StrCat("--seed=", c.model_seed),
+            "--out=" + tmp};
   o.stdout_path = run_dir + "/model-init.log";
   o.stderr_path = "&1";
   o.append = true;

@@ -2,26 +2,35 @@
 // config (--config); see docs/serving.md.
 #include <grpcpp/grpcpp.h>
 
+#include <memory>
+
 #include "common/service.h"
+#include "common/status_macros.h"
 #include "prefill/prefill_service.h"
 #include "worker/server_util.h"
-#include "worker/worker_options.h"
+
+namespace kvtier::prefill {
+namespace {
+
+// What --help says kvtier-prefill is.
+constexpr char kAbout[] = "prefill worker (computes missing prompt blocks into the store)";
+
+absl::StatusOr<StopFunction> Start(const worker::WorkerOptions& options) {
+  auto w = std::make_shared<worker::ServingWorker<PrefillService>>();
+  KVTIER_ASSIGN_OR_RETURN(
+      w->parts,
+      worker::MakeWorkerParts(options, "Prefill computes nothing (decode workers recompute)"));
+  w->role = std::make_unique<PrefillService>(w->parts.engine.get(), w->parts.tier.get(), options);
+  KVTIER_ASSIGN_OR_RETURN(w->server,
+                          worker::ServeWorker("kvtier-prefill", options, w->parts, w->role.get()));
+  // Stops accepting; the request in progress (at most one computes) gets 2 s to finish.
+  return [w] { w->server->Shutdown(std::chrono::system_clock::now() + std::chrono::seconds(2)); };
+}
+
+}  // namespace
+}  // namespace kvtier::prefill
 
 int main(int argc, char** argv) {
-  kvtier::Service service("kvtier-prefill");
-  kvtier::worker::WorkerFlags flags("prefill");
-  const kvtier::worker::WorkerOptions options = service.Configure(
-      flags, "prefill worker (computes missing prompt blocks into the store)", argc, argv);
-
-  absl::StatusOr<kvtier::worker::WorkerParts> parts = kvtier::worker::MakeWorkerParts(
-      options, "Prefill computes nothing (decode workers recompute)");
-  if (!parts.ok()) return service.Fail(parts.status());
-  kvtier::prefill::PrefillService prefill(parts->engine.get(), parts->tier.get(), options);
-  auto server = kvtier::worker::ServeWorker("kvtier-prefill", options, *parts, &prefill);
-  if (!server.ok()) return service.Fail(server.status());
-
-  service.WaitForStop();
-  // Stops accepting; the request in progress (at most one computes) gets 2 s to finish.
-  (*server)->Shutdown(std::chrono::system_clock::now() + std::chrono::seconds(2));
-  return service.Stopped();
+  return kvtier::RunServer<kvtier::worker::WorkerFlags>(
+      "kvtier-prefill", kvtier::prefill::kAbout, argc, argv, kvtier::prefill::Start, "prefill");
 }

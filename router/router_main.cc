@@ -1,29 +1,33 @@
 // kvtier-router: the OpenAI-compatible HTTP front end of the serving workers. Flags override
 // the YAML config (--config); see docs/serving.md, "Router".
 #include "common/service.h"
+#include "common/status_macros.h"
 #include "router/router.h"
 #include "router/router_options.h"
 #include "spdlog/spdlog.h"
 
-int main(int argc, char** argv) {
-  kvtier::Service service("kvtier-router");
-  kvtier::router::RouterFlags flags;
-  const kvtier::router::RouterOptions options = service.Configure(
-      flags, "OpenAI-compatible HTTP front end of the kvtier workers", argc, argv);
+namespace kvtier::router {
+namespace {
 
-  auto router = kvtier::router::Router::Create(options);
-  if (!router.ok()) return service.Fail(router.status());
-  absl::StatusOr<int> port = (*router)->Start();
-  if (!port.ok()) return service.Fail(port.status());
+// What --help says kvtier-router is.
+constexpr char kAbout[] = "OpenAI-compatible HTTP front end of the kvtier workers";
+
+absl::StatusOr<StopFunction> Start(const RouterOptions& options) {
+  KVTIER_ASSIGN_OR_RETURN(std::shared_ptr<Router> router, Router::Create(options));
+  KVTIER_ASSIGN_OR_RETURN(const int port, router->Start());
   // grpc_port repeats the HTTP port for tools that read any server's ready file alike.
-  absl::Status ready =
-      kvtier::WriteReadyFile(options.ready_file, {{"http_port", *port}, {"grpc_port", *port}});
-  if (!ready.ok()) return service.Fail(ready);
+  KVTIER_RETURN_IF_ERROR(
+      WriteReadyFile(options.ready_file, {{"http_port", port}, {"grpc_port", port}}));
   spdlog::info("kvtier-router serving '{}' on port {}: {} prefill, {} decode worker(s)",
-               options.model_name, *port, options.prefill_workers.size(),
+               options.model_name, port, options.prefill_workers.size(),
                options.decode_workers.size());
+  return [router] { router->Stop(); };
+}
 
-  service.WaitForStop();
-  (*router)->Stop();
-  return service.Stopped();
+}  // namespace
+}  // namespace kvtier::router
+
+int main(int argc, char** argv) {
+  return kvtier::RunServer<kvtier::router::RouterFlags>("kvtier-router", kvtier::router::kAbout,
+                                                        argc, argv, kvtier::router::Start);
 }

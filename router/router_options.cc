@@ -50,14 +50,6 @@ void DeclareRouterOptions(RouterOptions* o, OptionTable* t) {
 
 }  // namespace
 
-absl::StatusOr<RouterOptions> LoadRouterOptions(const std::string& path, RouterOptions base) {
-  return LoadYamlOptions(path, std::move(base), DeclareRouterOptions);
-}
-
-absl::Status FinalizeRouterOptions(RouterOptions* options) {
-  return ValidateOptions(options, DeclareRouterOptions);
-}
-
 RouterFlags::RouterFlags() : OptionFlags(RouterOptions(), DeclareRouterOptions) {}
 
 }  // namespace kvtier::router

@@ -54,13 +54,8 @@ struct RouterOptions {
   std::string log_level = "info";
 };
 
-// `base` with the fields of the YAML file at `path` replaced; InvalidArgument naming the key
-// for unknown keys or bad values.
-absl::StatusOr<RouterOptions> LoadRouterOptions(const std::string& path, RouterOptions base);
-// Validates and fills derived defaults (model_name).
-absl::Status FinalizeRouterOptions(RouterOptions* options);
-
-// Command-line flags over the YAML config: Register, parse, then Resolve.
+// Command-line flags over the YAML config: Register, parse, then Resolve (validated, with
+// model_name filled from model_dir when empty).
 class RouterFlags : public OptionFlags<RouterOptions> {
  public:
   RouterFlags();

@@ -5,7 +5,6 @@
 #include <filesystem>
 #include <fstream>
 
-#include "CLI/CLI.hpp"
 #include "gtest/gtest.h"
 
 namespace kvtier::router {
@@ -22,15 +21,9 @@ class RouterOptionsTest : public ::testing::Test {
   }
   void TearDown() override { std::filesystem::remove_all(dir_.parent_path()); }
 
-  absl::StatusOr<RouterOptions> Parse(std::vector<std::string> args) {
-    CLI::App app;
+  absl::StatusOr<RouterOptions> Parse(const std::vector<std::string>& args) {
     RouterFlags flags;
-    flags.Register(app);
-    args.insert(args.begin(), "kvtier-router");
-    std::vector<const char*> argv;
-    for (const std::string& a : args) argv.push_back(a.c_str());
-    app.parse(static_cast<int>(argv.size()), argv.data());
-    return flags.Resolve();
+    return flags.Parse(args);
   }
 
   std::filesystem::path dir_;

@@ -42,6 +42,17 @@ struct WorkerParts {
 absl::StatusOr<WorkerParts> MakeWorkerParts(const WorkerOptions& options,
                                             absl::string_view no_store_note);
 
+// A serving worker as its binary's start function builds it: the parts, the role (prefill: its
+// gRPC service; decode: the scheduler and the service over it) and the gRPC server serving it.
+// Members are declared in destruction order: the server goes first, then the role, then the
+// parts the role uses.
+template <typename Role>
+struct ServingWorker {
+  WorkerParts parts;
+  std::unique_ptr<Role> role;
+  std::unique_ptr<grpc::Server> server;
+};
+
 // Starts the gRPC server with `service`, writes the ready file ({"grpc_port":..,"pid":..}) if
 // configured, and logs that `binary` is serving.
 absl::StatusOr<std::unique_ptr<grpc::Server>> ServeWorker(absl::string_view binary,

@@ -64,14 +64,6 @@ WorkerOptions DefaultWorkerOptions(absl::string_view role) {
   return o;
 }
 
-absl::StatusOr<WorkerOptions> LoadWorkerOptions(const std::string& path, WorkerOptions base) {
-  return LoadYamlOptions(path, std::move(base), DeclareWorkerOptions);
-}
-
-absl::Status FinalizeWorkerOptions(WorkerOptions* options) {
-  return ValidateOptions(options, DeclareWorkerOptions);
-}
-
 engine::EngineOptions ToEngineOptions(const WorkerOptions& o) {
   engine::EngineOptions e;
   e.backend = engine::ParseBackend(o.backend).value_or(engine::BackendKind::kCpu);

@@ -65,21 +65,14 @@ struct WorkerOptions {
 // Defaults for "prefill" or "decode" (they differ in the listen port only).
 WorkerOptions DefaultWorkerOptions(absl::string_view role);
 
-// Reads a YAML file over `base`. Unknown keys are an error (a typo must not be silently
-// ignored). Byte sizes take units ("256MiB").
-absl::StatusOr<WorkerOptions> LoadWorkerOptions(const std::string& path, WorkerOptions base);
-
-// Checks every field (ranges, host:port syntax, model directory present) and fills
-// model_name. InvalidArgument naming the field otherwise.
-absl::Status FinalizeWorkerOptions(WorkerOptions* options);
-
 // The engine and store-client options these options describe.
 engine::EngineOptions ToEngineOptions(const WorkerOptions& options);
 StoreClientOptions ToStoreClientOptions(const WorkerOptions& options);
 
 // Command-line flags over a config file: Register() adds --config and one flag per field to a
 // CLI::App; after parsing, Resolve() loads the config (if any) over the role's defaults, applies
-// the flags that were given, and finalizes.
+// the flags that were given, checks every field (InvalidArgument naming it) and fills
+// model_name.
 class WorkerFlags : public OptionFlags<WorkerOptions> {
  public:
   explicit WorkerFlags(absl::string_view role);

@@ -5,7 +5,6 @@
 #include <filesystem>
 #include <fstream>
 
-#include "CLI/CLI.hpp"
 #include "absl/strings/str_cat.h"
 #include "gtest/gtest.h"
 
@@ -25,18 +24,9 @@ class WorkerOptionsTest : public ::testing::Test {
     std::ofstream(p) << yaml;
     return p;
   }
-  absl::StatusOr<WorkerOptions> Parse(std::vector<std::string> args) {
-    CLI::App app;
+  absl::StatusOr<WorkerOptions> Parse(const std::vector<std::string>& args) {
     WorkerFlags flags("decode");
-    flags.Register(app);
-    std::vector<const char*> argv = {"kvtier-decode"};
-    for (auto& a : args) argv.push_back(a.c_str());
-    try {
-      app.parse(static_cast<int>(argv.size()), argv.data());
-    } catch (const CLI::Error& e) {
-      return absl::InvalidArgumentError(e.what());
-    }
-    return flags.Resolve();
+    return flags.Parse(args);
   }
   std::string dir_;
 };
