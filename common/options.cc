@@ -63,6 +63,10 @@ Option::Option(std::string key, std::string help, Access access)
     : key_(std::move(key)), help_(std::move(help)), access_(std::move(access)) {
   flag_ = "--" + absl::StrReplaceAll(key_, {{"_", "-"}, {".", "-"}});
   default_text_ = access_.format();
+  if (access_.strings) {
+    const std::vector<std::string> values = access_.strings();
+    default_empty_ = values.empty() || values[0].empty();
+  }
 }
 
 Option& Option::Flag(std::string flag) {
@@ -347,8 +351,9 @@ void OptionTable::AddFlags(CLI::App& app, const std::vector<std::string>& keys) 
       ->type_name("FILE");
   for (const auto& o : options_) {
     if (!keys.empty() && std::find(keys.begin(), keys.end(), o->key()) == keys.end()) continue;
-    const std::string help = absl::StrCat(o->help_, " (", o->key(), "; default ",
-                                          o->required_ ? "none, required" : o->default_text_, ")");
+    const std::string help =
+        absl::StrCat(o->help_, " (", o->key(), "; default ",
+                     o->required_ && o->default_empty_ ? "none, required" : o->default_text_, ")");
     o->cli_ = o->access_.is_list ? app.add_option(o->flag_, o->flag_list_, help)
                                  : app.add_option(o->flag_, o->flag_text_, help);
     o->cli_->type_name(o->access_.type_name);

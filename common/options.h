@@ -98,7 +98,8 @@ class Option {
   std::string flag_;
   std::string help_;
   Access access_;
-  std::string default_text_;  // format() at declaration
+  std::string default_text_;    // format() at declaration
+  bool default_empty_ = false;  // strings and lists: nothing at declaration
   std::vector<std::string> one_of_;
   std::optional<double> min_, max_;
   bool positive_ = false;

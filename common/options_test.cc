@@ -38,7 +38,7 @@ struct Demo {
 };
 
 void DeclareDemo(Demo* d, OptionTable* t) {
-  t->Add("name", &d->name, "a name");
+  t->Add("name", &d->name, "a name").Required();
   t->Add("enabled", &d->enabled, "a switch");
   t->Add("count", &d->count, "a count").Range(1, 8);
   t->Add("big", &d->big, "an int64");
@@ -53,7 +53,7 @@ void DeclareDemo(Demo* d, OptionTable* t) {
   t->Add("mode", &d->mode, "one of").OneOf({"fast", "slow"});
   t->Add("listen", &d->listen, "an endpoint").HostPort();
   t->Add("metrics", &d->metrics, "an endpoint or off").HostPort(/*off_allowed=*/true);
-  t->Add("dir", &d->dir, "a directory with marker");
+  t->Add("dir", &d->dir, "a directory");
   t->Add("limits.lo", &d->lo, "nested");
   t->Add("limits.hi", &d->hi, "nested, own flag").Flag("--high");
   t->Finalize([d]() -> absl::Status {
@@ -195,6 +195,9 @@ TEST_F(OptionsTest, RequiredAndDirectoryChecks) {
   OptionTable t;
   t.Add("dir", &d.dir, "a directory").Required().DirWith("marker");
   t.Add("peers", &d.peers, "at least one").Required();
+  CLI::App app;
+  t.AddFlags(app);
+  EXPECT_THAT(app.help(), HasSubstr("(dir; default none, required)"));
   EXPECT_THAT(t.Validate().message(), HasSubstr("dir is required (--dir)"));
   d.dir = dir_.string();
   EXPECT_THAT(t.Validate().message(), HasSubstr("has no marker"));

@@ -27,7 +27,7 @@ using nlohmann::json;
 // ("--store-pool-bytes"), help, checks. deploy/local/cluster.yaml shows them all.
 void DeclareClusterConfig(ClusterConfig* c, OptionTable* t) {
   t->Add("run_dir", &c->run_dir, "logs, ready files, spill, cluster.json").Required();
-  t->Add("backend", &c->backend, "cuda when `nvidia-smi -L` lists a GPU with auto")
+  t->Add("backend", &c->backend, "engine backend (auto: cuda when `nvidia-smi -L` lists a GPU)")
       .OneOf({"cpu", "cuda", "auto"});
   t->Add("log_level", &c->log_level, "log level of every process").OneOf(LogLevelNames());
   t->Add("ready_timeout_s", &c->ready_timeout_s, "bound on the whole start").Positive();
