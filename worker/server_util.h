@@ -1,8 +1,9 @@
-// Start-up shared by the worker binaries: the engine, store client and tier their options
-// describe, serving them over gRPC (with common/service.h's server and ready file), and the
-// static part of WorkerInfo.
+// Start-up shared by the worker binaries' start functions (common/service.h's RunServer): the
+// engine, store client and tier their options describe, a role served over them with gRPC (and
+// the ready file), and the static part of WorkerInfo.
 //
-// Ownership: WorkerParts owns what it holds. Thread-safety: the free functions are thread-safe.
+// Ownership: WorkerParts and ServingWorker own what they hold. Thread-safety: the free functions
+// are thread-safe.
 #ifndef KVTIER_WORKER_SERVER_UTIL_H_
 #define KVTIER_WORKER_SERVER_UTIL_H_
 
