@@ -1,0 +1,41 @@
+cmake_minimum_required(VERSION 3.25)
+# Checks the layer rule of cmake/layers.cmake on made-up graphs (cmake -P, ctest layers_test):
+# allowed links pass, each kind of crossing is reported.
+include(${CMAKE_CURRENT_LIST_DIR}/../cmake/layers.cmake)
+
+set(layers "common;engine;engine/testing;router;tests")
+set(rules "common||" "engine|common|engine/testing" "engine/testing|common,engine|"
+          "router|common|" "tests||")
+
+function(expect what edges testonly want_errors)
+  kvtier_check_layers("${rules}" "${edges}" "${testonly}" errors)
+  list(LENGTH errors n)
+  if(NOT n EQUAL want_errors)
+    message(FATAL_ERROR "${what}: ${n} errors, want ${want_errors}: ${errors}")
+  endif()
+  message(STATUS "${what}: ok ${errors}")
+endfunction()
+
+kvtier_layer_of("engine/cuda" "${layers}" l)
+if(NOT l STREQUAL "engine")
+  message(FATAL_ERROR "engine/cuda belongs to '${l}', want engine")
+endif()
+kvtier_layer_of("engine/testing" "${layers}" l)
+if(NOT l STREQUAL "engine/testing")
+  message(FATAL_ERROR "engine/testing belongs to '${l}', want engine/testing")
+endif()
+kvtier_layer_of("deploy" "${layers}" l)
+if(NOT l STREQUAL "")
+  message(FATAL_ERROR "deploy belongs to '${l}', want none")
+endif()
+
+expect("allowed" "library|kvtier_engine|engine|kvtier_common|common;library|kvtier_router|router|kvtier_common|common" "" 0)
+expect("same layer" "library|kvtier_engine|engine|kvtier_engine_cuda|engine" "" 0)
+expect("router links engine" "library|kvtier_router|router|kvtier_engine|engine" "" 1)
+expect("upwards" "library|kvtier_common|common|kvtier_engine|engine" "" 1)
+expect("binary-only dependency of a library" "library|kvtier_engine|engine|kvtier_writer|engine/testing" "" 1)
+expect("binary-only dependency of a binary" "binary|kvtier-model|engine|kvtier_writer|engine/testing" "" 0)
+expect("test-only library in a library" "library|kvtier_engine|engine|kvtier_fake|common" "kvtier_fake" 1)
+expect("test-only library in a test-only library" "testonly|kvtier_util|engine|kvtier_fake|common" "kvtier_fake" 0)
+expect("undeclared folder" "binary|kvtier-x||kvtier_common|common" "" 1)
+expect("undeclared dependency" "library|kvtier_common|common|kvtier_x|" "" 1)
