@@ -58,7 +58,7 @@ function(kvtier_check_layers rules edges testonly out)
     if(NOT dep_layer IN_LIST allowed)
       string(REPLACE ";" ", " allowed "${allowed}")
       list(APPEND errors
-           "${kind} ${target} (${layer}) links ${dep} (${dep_layer}); ${layer} may use [${allowed}]")
+           "${kind} ${target} (${layer}) links ${dep} (${dep_layer}): ${layer} may use [${allowed}]")
     endif()
   endforeach()
   set(${out} "${errors}" PARENT_SCOPE)
