@@ -530,8 +530,8 @@ absl::StatusOr<LookupStats> MeasureLookup(const std::string& address, const Name
   }
   // A conversation's prefix: kLookupKeys chained block keys over random token ids.
   std::mt19937 rng(20240601);
-  std::vector<uint32_t> tokens(size_t{kLookupKeys} * kLookupBlockTokens);
-  for (uint32_t& t : tokens) t = rng() % 128256;
+  std::vector<TokenId> tokens(size_t{kLookupKeys} * kLookupBlockTokens);
+  for (TokenId& t : tokens) t = static_cast<TokenId>(rng() % 128256);
   const std::vector<BlockKey> keys = ComputeBlockKeys(ns, tokens, kLookupBlockTokens);
   KVTIER_ASSIGN_OR_RETURN(auto blocks, TouchedBuffer::Create(keys.size() * kLookupBlockBytes));
   std::vector<const void*> ptrs;

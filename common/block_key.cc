@@ -24,14 +24,14 @@ NamespaceId ComputeNamespace(const NamespaceParams& p) {
   return h.Final();
 }
 
-BlockKey ChainBlockKey(const BlockKey& prev, absl::Span<const uint32_t> tokens) {
+BlockKey ChainBlockKey(const BlockKey& prev, absl::Span<const TokenId> tokens) {
   Sha256 h;
   h.Update(prev.data(), prev.size());
-  for (uint32_t t : tokens) h.UpdateU32(t);
+  for (TokenId t : tokens) h.UpdateU32(static_cast<uint32_t>(t));
   return h.Final();
 }
 
-std::vector<BlockKey> ComputeBlockKeys(const NamespaceId& ns, absl::Span<const uint32_t> tokens,
+std::vector<BlockKey> ComputeBlockKeys(const NamespaceId& ns, absl::Span<const TokenId> tokens,
                                        uint32_t block_tokens) {
   std::vector<BlockKey> keys;
   if (block_tokens == 0) return keys;

@@ -24,14 +24,15 @@ TEST(BlockKeyTest, NamespaceVectors) {
 }
 
 TEST(BlockKeyTest, KeyVectors) {
-  std::vector<uint32_t> tokens(40);
+  std::vector<TokenId> tokens(40);
   std::iota(tokens.begin(), tokens.end(), 0);
   auto keys = ComputeBlockKeys(DefaultNs(), tokens, 16);
   ASSERT_EQ(keys.size(), 2u);  // the 8-token tail has no key
   EXPECT_EQ(KeyToHex(keys[0]), "187acc469ff06c389873128b9fd35f4958dddd705f5848e333e3ecaaacc00b43");
   EXPECT_EQ(KeyToHex(keys[1]), "badc4711c01863ed4175f260042d82a5a52dbc4c4a08a819a3b58ee995acf35c");
 
-  std::vector<uint32_t> edge = {128000, 4294967295u, 0, 7};
+  // The key hashes ids as u32: the vector of docs/block-key.md holds 0xFFFFFFFF.
+  std::vector<TokenId> edge = {128000, static_cast<TokenId>(0xFFFFFFFFu), 0, 7};
   auto k2 = ComputeBlockKeys(DefaultNs(), edge, 2);
   ASSERT_EQ(k2.size(), 2u);
   EXPECT_EQ(KeyToHex(k2[0]), "73a8e0ad992b9201526875a6b036027ee55af4764641b48ec60d17f80062a8a9");
@@ -58,7 +59,7 @@ TEST(BlockKeyTest, EveryNamespaceFieldMatters) {
 }
 
 TEST(BlockKeyTest, PrefixSharingAndChaining) {
-  std::vector<uint32_t> a(48, 5), b(48, 5);
+  std::vector<TokenId> a(48, 5), b(48, 5);
   b[40] = 6;  // differs in the third block only
   auto ka = ComputeBlockKeys(DefaultNs(), a, 16);
   auto kb = ComputeBlockKeys(DefaultNs(), b, 16);

@@ -2,6 +2,7 @@
 
 #include "common/grpc_status.h"
 #include "common/logging.h"
+#include "common/status_macros.h"
 #include "worker/request_checks.h"
 #include "worker/server_util.h"
 
@@ -20,10 +21,9 @@ DecodeService::DecodeService(Scheduler* scheduler, const engine::Engine* engine,
 absl::StatusOr<GenerateSpec> DecodeService::ToSpec(const v1::GenerateRequest& r) const {
   GenerateSpec spec;
   spec.request_id = r.request_id();
-  absl::StatusOr<std::vector<int32_t>> prompt = worker::CheckPrompt(
-      absl::MakeConstSpan(r.tokens().data(), r.tokens().size()), engine_->config());
-  if (!prompt.ok()) return prompt.status();
-  spec.prompt = std::move(*prompt);
+  const absl::Span<const TokenId> prompt(r.tokens().data(), r.tokens().size());
+  KVTIER_RETURN_IF_ERROR(worker::CheckPrompt(prompt, engine_->config()));
+  spec.prompt.assign(prompt.begin(), prompt.end());
   const v1::SamplingParams& s = r.sampling();
   spec.sampling.temperature = s.temperature();
   spec.sampling.top_k = s.top_k();
@@ -32,9 +32,7 @@ absl::StatusOr<GenerateSpec> DecodeService::ToSpec(const v1::GenerateRequest& r)
   spec.sampling.max_tokens = s.max_tokens() == 0
                                  ? options_.default_max_tokens
                                  : static_cast<int>(std::min<uint32_t>(s.max_tokens(), 1u << 30));
-  for (uint32_t t : s.stop_token_ids()) {
-    spec.sampling.stop_token_ids.push_back(static_cast<int32_t>(std::min<uint32_t>(t, 1u << 30)));
-  }
+  spec.sampling.stop_token_ids.assign(s.stop_token_ids().begin(), s.stop_token_ids().end());
   spec.use_cache = r.use_cache();
   spec.n = r.n() == 0 ? 1 : static_cast<int>(std::min<uint32_t>(r.n(), 1u << 20));
   return spec;
@@ -59,7 +57,7 @@ grpc::Status DecodeService::Generate(grpc::ServerContext* context,
     for (const StreamEvent& e : events) {
       v1::GenerateResponse resp;
       resp.set_index(static_cast<uint32_t>(e.index));
-      for (int32_t t : e.tokens) resp.add_tokens(static_cast<uint32_t>(t));
+      resp.mutable_tokens()->Add(e.tokens.begin(), e.tokens.end());
       if (e.first) {
         resp.set_prompt_tokens(e.prompt_tokens);
         resp.set_cached_tokens(e.cached_tokens);

@@ -87,14 +87,6 @@ struct Scheduler::Active {
   uint64_t write_ticket = 0;  // of its last write-back (KvTier::written())
 };
 
-namespace {
-
-absl::Span<const uint32_t> AsU32(absl::Span<const int32_t> t) {
-  return {reinterpret_cast<const uint32_t*>(t.data()), t.size()};
-}
-
-}  // namespace
-
 Scheduler::Scheduler(engine::Engine* engine, worker::KvTier* tier, SchedulerOptions options,
                      std::unique_ptr<StoreClient> writer_store)
     : engine_(engine),
@@ -178,7 +170,7 @@ int Scheduler::PagesNeeded(int prompt_len, int max_tokens, int n, int* shared_bl
 }
 
 absl::StatusOr<std::shared_ptr<GenerationStream>> Scheduler::Submit(GenerateSpec spec) {
-  const std::vector<int32_t>& p = spec.prompt;
+  const std::vector<TokenId>& p = spec.prompt;
   if (p.empty()) return absl::InvalidArgumentError("the prompt is empty");
   if (static_cast<int64_t>(p.size()) > max_context_) {
     return absl::InvalidArgumentError(absl::StrCat(
@@ -186,9 +178,9 @@ absl::StatusOr<std::shared_ptr<GenerationStream>> Scheduler::Submit(GenerateSpec
   }
   for (size_t i = 0; i < p.size(); ++i) {
     if (p[i] < 0 || p[i] >= vocab_size_) {
-      return absl::InvalidArgumentError(
-          absl::StrCat("token id ", static_cast<uint32_t>(p[i]), " at position ", i,
-                       " is outside the vocabulary (vocab_size ", vocab_size_, ")"));
+      return absl::InvalidArgumentError(absl::StrCat("token id ", p[i], " at position ", i,
+                                                     " is outside the vocabulary (vocab_size ",
+                                                     vocab_size_, ")"));
     }
   }
   if (absl::Status st = spec.sampling.Validate(); !st.ok()) return st;
@@ -427,7 +419,7 @@ bool Scheduler::Step() {
       FinishSeq(a, s, "length");
       continue;
     }
-    const int32_t token = all_greedy ? next_tokens_[i]
+    const TokenId token = all_greedy ? next_tokens_[i]
                                      : s.sampler->Sample(absl::MakeConstSpan(logits_).subspan(
                                            i * static_cast<size_t>(vocab_size_), vocab_size_));
     HandleToken(a, s, token);
@@ -459,11 +451,10 @@ void Scheduler::CompleteBlocks(Active& a, Seq& s) {
   }
   for (; s.blocks_done < complete; ++s.blocks_done) {
     const int blk = s.blocks_done;
-    const BlockKey key =
-        blk < static_cast<int>(a.prompt_keys.size())
-            ? a.prompt_keys[blk]
-            : ChainBlockKey(blk == 0 ? tier_->namespace_id() : s.last_key,
-                            AsU32(absl::MakeConstSpan(s.seq.tokens).subspan(blk * b, b)));
+    const BlockKey key = blk < static_cast<int>(a.prompt_keys.size())
+                             ? a.prompt_keys[blk]
+                             : ChainBlockKey(blk == 0 ? tier_->namespace_id() : s.last_key,
+                                             absl::MakeConstSpan(s.seq.tokens).subspan(blk * b, b));
     s.last_key = key;
     const int32_t page = s.seq.pages[blk];
     if (cache_.IsCached(page)) continue;
@@ -476,7 +467,7 @@ void Scheduler::CompleteBlocks(Active& a, Seq& s) {
   }
 }
 
-void Scheduler::HandleToken(Active& a, Seq& s, int32_t token) {
+void Scheduler::HandleToken(Active& a, Seq& s, TokenId token) {
   s.seq.tokens.push_back(token);
   ++s.generated;
   const engine::SamplingParams& p = a.spec.sampling;

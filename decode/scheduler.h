@@ -55,7 +55,7 @@ namespace kvtier::decode {
 // One generation request, as the scheduler takes it.
 struct GenerateSpec {
   std::string request_id;
-  std::vector<int32_t> prompt;
+  std::vector<TokenId> prompt;
   // max_tokens is taken as given (the service resolves 0 to its default).
   engine::SamplingParams sampling;
   // false: no reuse of cached blocks (BlockCache or store) and no writes to either.
@@ -71,7 +71,7 @@ struct StreamEvent {
   bool first = false;
   uint32_t prompt_tokens = 0;
   uint32_t cached_tokens = 0;  // prompt tokens whose K/V came from the BlockCache or the store
-  std::vector<int32_t> tokens;
+  std::vector<TokenId> tokens;
   // Non-empty on the last event of each index: "stop" or "length".
   std::string finish_reason;
 };
@@ -177,7 +177,7 @@ class Scheduler {
   void DropCancelled();
   // Pages one request reserves: the prompt's shared full blocks plus n private tails.
   int PagesNeeded(int prompt_len, int max_tokens, int n, int* shared_blocks) const;
-  void HandleToken(Active& a, Seq& s, int32_t token);
+  void HandleToken(Active& a, Seq& s, TokenId token);
   // The next event of completion `s`; the first one carries the prompt accounting.
   StreamEvent NextEvent(const Active& a, Seq& s) const;
   void FinishSeq(Active& a, Seq& s, const char* reason);
@@ -213,7 +213,7 @@ class Scheduler {
   std::vector<engine::SeqInput> inputs_;
   std::vector<std::pair<Active*, Seq*>> owners_;
   std::vector<float> logits_;
-  std::vector<int32_t> next_tokens_;
+  std::vector<TokenId> next_tokens_;
 
   mutable absl::Mutex mu_;
   absl::CondVar cv_;

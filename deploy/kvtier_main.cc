@@ -17,6 +17,7 @@
 
 #include "CLI/CLI.hpp"
 #include "absl/strings/numbers.h"
+#include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
 #include "absl/strings/str_split.h"
 #include "common/checksum.h"
@@ -103,10 +104,12 @@ int Lookup(const std::string& addr, const std::string& ns_hex, const std::string
   if (!ns.ok()) return Fail(ns.status());
   std::vector<BlockKey> keys;
   if (!tokens.empty()) {
-    std::vector<uint32_t> ids;
+    std::vector<TokenId> ids;
     for (absl::string_view t : absl::StrSplit(tokens, ',', absl::SkipWhitespace())) {
-      uint32_t v = 0;
-      if (!absl::SimpleAtoi(t, &v)) return Fail(absl::InvalidArgumentError("bad token id"));
+      TokenId v = 0;
+      if (!absl::SimpleAtoi(t, &v) || v < 0) {
+        return Fail(absl::InvalidArgumentError(absl::StrCat("bad token id '", t, "'")));
+      }
       ids.push_back(v);
     }
     keys = ComputeBlockKeys(*ns, ids, block_tokens);
@@ -154,13 +157,14 @@ int Demo(const std::string& addr, int turns, uint32_t block_tokens, size_t block
   if (!c.ok()) return Fail(c.status());
   const NamespaceId ns = DemoNamespace();
   std::mt19937 rng(7);
-  std::vector<uint32_t> tokens;
+  std::vector<TokenId> tokens;
   std::printf("namespace %s, %u tokens per block, %zu bytes per block\n", KeyToHex(ns).c_str(),
               block_tokens, block_bytes);
   std::printf("%-5s %-8s %-7s %-7s %-7s %-8s %-10s %-10s\n", "turn", "tokens", "blocks", "cached",
               "stored", "present", "get GB/s", "put GB/s");
   for (int turn = 1; turn <= turns; ++turn) {
-    for (int i = 0; i < tokens_per_turn; ++i) tokens.push_back(rng() % 128000);
+    for (int i = 0; i < tokens_per_turn; ++i)
+      tokens.push_back(static_cast<TokenId>(rng() % 128000));
     std::vector<BlockKey> keys = ComputeBlockKeys(ns, tokens, block_tokens);
     std::vector<std::vector<uint8_t>> blocks(keys.size(), std::vector<uint8_t>(block_bytes));
     std::vector<void*> dst(keys.size());

@@ -218,7 +218,7 @@ class CpuEngine final : public Engine {
 
  protected:
   absl::Status DoForward(absl::Span<const SeqInput> batch, float* logits,
-                         int32_t* next_tokens) override;
+                         TokenId* next_tokens) override;
   absl::Status DoExportPages(absl::Span<const int32_t> pages, uint8_t* dst) override;
   absl::Status DoImportBlocks(absl::Span<const int32_t> pages,
                               const uint8_t* const* blocks) override;
@@ -394,7 +394,7 @@ void CpuEngine::RunLayer(int layer, int num_tiles, absl::Span<const SeqInput> ba
 }
 
 absl::Status CpuEngine::DoForward(absl::Span<const SeqInput> batch, float* logits,
-                                  int32_t* next_tokens) {
+                                  TokenId* next_tokens) {
   const ModelConfig& cfg = config();
   const int hidden = cfg.hidden_size;
   const int d = cfg.head_dim;
@@ -425,7 +425,7 @@ absl::Status CpuEngine::DoForward(absl::Span<const SeqInput> batch, float* logit
   {
     size_t i = 0;
     for (const SeqInput& s : batch) {
-      for (int32_t token : s.tokens) {
+      for (TokenId token : s.tokens) {
         std::memcpy(&x_[size_t(rows_[i++].row) * hidden], &embed_[size_t(token) * hidden],
                     hidden * sizeof(float));
       }

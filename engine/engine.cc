@@ -102,7 +102,7 @@ absl::Status Engine::ValidateBatch(absl::Span<const SeqInput> batch) const {
             absl::StrCat("forward: sequence ", i, " names page ", s.pages[p], " of ", num_pages_));
       }
     }
-    for (int32_t t : s.tokens) {
+    for (TokenId t : s.tokens) {
       if (t < 0 || t >= cfg.vocab_size) {
         return absl::InvalidArgumentError(
             absl::StrCat("forward: token id ", t, " outside the vocabulary of ", cfg.vocab_size));
@@ -125,7 +125,7 @@ absl::Status Engine::Forward(absl::Span<const SeqInput> batch, absl::Span<float>
 }
 
 absl::Status Engine::ForwardGreedy(absl::Span<const SeqInput> batch,
-                                   absl::Span<int32_t> next_tokens) {
+                                   absl::Span<TokenId> next_tokens) {
   KVTIER_RETURN_IF_ERROR(ValidateBatch(batch));
   if (next_tokens.size() < batch.size()) {
     return absl::InvalidArgumentError("forward: next_tokens buffer smaller than the batch");

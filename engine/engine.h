@@ -24,6 +24,7 @@
 #include "engine/model_config.h"
 #include "engine/weights.h"
 #include "kvtier/block_key.h"
+#include "kvtier/token.h"
 
 namespace kvtier::engine {
 
@@ -104,7 +105,7 @@ struct EngineOptions {
 // One sequence's part of a Forward call.
 struct SeqInput {
   // The new tokens, at positions start_pos, start_pos + 1, ...
-  absl::Span<const int32_t> tokens;
+  absl::Span<const TokenId> tokens;
   // Tokens of this sequence whose K/V is already in its pages (computed or imported).
   int32_t start_pos = 0;
   // The sequence's page table: page i holds positions [i*B, (i+1)*B). Must cover
@@ -137,7 +138,7 @@ class Engine {
   absl::Status Forward(absl::Span<const SeqInput> batch, absl::Span<float> logits);
   // As Forward, but returns each sequence's argmax token (computed on the device for CUDA:
   // no logits leave it). Decode steps of the CUDA backend replay CUDA graphs.
-  absl::Status ForwardGreedy(absl::Span<const SeqInput> batch, absl::Span<int32_t> next_tokens);
+  absl::Status ForwardGreedy(absl::Span<const SeqInput> batch, absl::Span<TokenId> next_tokens);
 
   // Copies pages to / from host memory as consecutive block payloads (DESIGN §2 layout,
   // kv_layout().BlockBytes() each). InvalidArgument for bad page ids or buffer sizes.
@@ -167,7 +168,7 @@ class Engine {
   // Backends implement these; arguments are already validated.
   // `logits` is null for DoForwardGreedy-style calls and `next_tokens` null for Forward.
   virtual absl::Status DoForward(absl::Span<const SeqInput> batch, float* logits,
-                                 int32_t* next_tokens) = 0;
+                                 TokenId* next_tokens) = 0;
   virtual absl::Status DoExportPages(absl::Span<const int32_t> pages, uint8_t* dst) = 0;
   // blocks[i] is the block of pages[i].
   virtual absl::Status DoImportBlocks(absl::Span<const int32_t> pages,

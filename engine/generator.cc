@@ -58,7 +58,7 @@ absl::StatusOr<std::vector<int32_t>> Generate(Engine& engine, PageAllocator& all
   const ModelConfig& cfg = engine.config();
   std::vector<float> logits(cfg.vocab_size);
   KVTIER_RETURN_IF_ERROR(Prefill(engine, allocator, seq, absl::MakeSpan(logits)));
-  std::vector<int32_t> out;
+  std::vector<TokenId> out;
   if (params.max_tokens == 0) return out;
 
   // The engine computes positions below this limit; a token sampled at the limit is still
@@ -68,7 +68,7 @@ absl::StatusOr<std::vector<int32_t>> Generate(Engine& engine, PageAllocator& all
 
   Sampler sampler(params);
   const int block_tokens = engine.kv_layout().block_tokens;
-  int32_t token = sampler.Sample(logits);
+  TokenId token = sampler.Sample(logits);
   while (true) {
     out.push_back(token);
     seq.tokens.push_back(token);

@@ -18,7 +18,7 @@ namespace kvtier::engine {
 
 // A sequence's tokens and the pages that hold their K/V.
 struct Sequence {
-  std::vector<int32_t> tokens;  // prompt, then generated tokens
+  std::vector<TokenId> tokens;  // prompt, then generated tokens
   std::vector<int32_t> pages;   // page i holds positions [i*B, (i+1)*B)
   int32_t num_computed = 0;     // leading tokens whose K/V is in `pages`
 };
@@ -38,7 +38,7 @@ absl::Status Prefill(Engine& engine, PageAllocator& allocator, Sequence& seq,
 // Prefill, then decode with `params` until a stop token or max_tokens. Returns the generated
 // tokens (also appended to seq.tokens). Greedy decoding uses Engine::ForwardGreedy. The
 // caller keeps the pages (ReleasePages when done), so a later turn can continue the sequence.
-absl::StatusOr<std::vector<int32_t>> Generate(Engine& engine, PageAllocator& allocator,
+absl::StatusOr<std::vector<TokenId>> Generate(Engine& engine, PageAllocator& allocator,
                                               Sequence& seq, const SamplingParams& params);
 
 }  // namespace kvtier::engine

@@ -54,10 +54,10 @@ struct PromptFlags {
   uint64_t random_seed = 1;
 };
 
-absl::StatusOr<std::vector<int32_t>> ParseIds(const std::string& text) {
-  std::vector<int32_t> out;
+absl::StatusOr<std::vector<TokenId>> ParseIds(const std::string& text) {
+  std::vector<TokenId> out;
   for (absl::string_view part : absl::StrSplit(text, ',', absl::SkipWhitespace())) {
-    int32_t v;
+    TokenId v;
     if (!absl::SimpleAtoi(part, &v)) {
       return absl::InvalidArgumentError(absl::StrCat("not a token id: '", part, "'"));
     }
@@ -66,16 +66,16 @@ absl::StatusOr<std::vector<int32_t>> ParseIds(const std::string& text) {
   return out;
 }
 
-absl::StatusOr<std::vector<int32_t>> MakePrompt(const PromptFlags& f, const ModelConfig& cfg) {
+absl::StatusOr<std::vector<TokenId>> MakePrompt(const PromptFlags& f, const ModelConfig& cfg) {
   if (f.random_len > 0) {
     // Ids from 3 up, so the prompt holds no bos/eos of the small presets.
     std::mt19937_64 rng(f.random_seed);
-    std::uniform_int_distribution<int32_t> dist(3, cfg.vocab_size - 1);
-    std::vector<int32_t> out(f.random_len);
-    for (int32_t& t : out) t = dist(rng);
+    std::uniform_int_distribution<TokenId> dist(3, cfg.vocab_size - 1);
+    std::vector<TokenId> out(f.random_len);
+    for (TokenId& t : out) t = dist(rng);
     return out;
   }
-  KVTIER_ASSIGN_OR_RETURN(std::vector<int32_t> ids, ParseIds(f.ids));
+  KVTIER_ASSIGN_OR_RETURN(std::vector<TokenId> ids, ParseIds(f.ids));
   if (ids.empty())
     return absl::InvalidArgumentError("empty prompt: give --prompt or --random-prompt");
   return ids;
@@ -160,7 +160,7 @@ absl::Status RunInfo(const std::string& model, const std::string& memory,
   return absl::OkStatus();
 }
 
-absl::Status RunGenerate(Engine& engine, const std::vector<int32_t>& prompt,
+absl::Status RunGenerate(Engine& engine, const std::vector<TokenId>& prompt,
                          const SamplingParams& params, bool json) {
   KVTIER_RETURN_IF_ERROR(params.Validate());
   PageAllocator pages(engine.num_pages());
@@ -180,7 +180,7 @@ absl::Status RunGenerate(Engine& engine, const std::vector<int32_t>& prompt,
   return absl::OkStatus();
 }
 
-absl::Status RunDumpKv(Engine& engine, const std::vector<int32_t>& prompt,
+absl::Status RunDumpKv(Engine& engine, const std::vector<TokenId>& prompt,
                        const std::string& out_path) {
   const KvLayout& L = engine.kv_layout();
   const ModelConfig& cfg = engine.config();
@@ -244,7 +244,7 @@ absl::Status RunTokenize(const std::string& model, const std::string& text,
     KVTIER_ASSIGN_OR_RETURN(input,
                             text::RenderChat(format, messages, /*add_generation_prompt=*/true));
   }
-  KVTIER_ASSIGN_OR_RETURN(std::vector<int32_t> ids, tok.Encode(input, /*allow_special=*/true));
+  KVTIER_ASSIGN_OR_RETURN(std::vector<TokenId> ids, tok.Encode(input, /*allow_special=*/true));
   if (json) {
     nlohmann::json j;
     j["text"] = input;

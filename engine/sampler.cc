@@ -37,7 +37,7 @@ double Uniform(std::mt19937_64& rng) { return static_cast<double>(rng() >> 11) *
 
 }  // namespace
 
-int32_t Sampler::Sample(absl::Span<const float> logits) {
+TokenId Sampler::Sample(absl::Span<const float> logits) {
   if (params_.greedy() || logits.empty()) return Argmax(logits);
   // Candidates: every token with a non-NaN, non -inf logit.
   scratch_.clear();
@@ -45,7 +45,7 @@ int32_t Sampler::Sample(absl::Span<const float> logits) {
   for (size_t i = 0; i < logits.size(); ++i) {
     const float v = logits[i];
     if (v > -std::numeric_limits<float>::infinity()) {  // false for NaN and -inf
-      scratch_.emplace_back(v, static_cast<int32_t>(i));
+      scratch_.emplace_back(v, static_cast<TokenId>(i));
       max_logit = std::max(max_logit, v);
     }
   }
@@ -55,7 +55,7 @@ int32_t Sampler::Sample(absl::Span<const float> logits) {
     return Argmax(logits);
   }
   // Most likely first; ties by lowest id, so the order (and the draw) is deterministic.
-  auto by_prob = [](const std::pair<float, int32_t>& a, const std::pair<float, int32_t>& b) {
+  auto by_prob = [](const std::pair<float, TokenId>& a, const std::pair<float, TokenId>& b) {
     return a.first > b.first || (a.first == b.first && a.second < b.second);
   };
   const bool need_order = params_.top_k > 0 || params_.top_p < 1.0f;
@@ -97,13 +97,13 @@ int32_t Sampler::Sample(absl::Span<const float> logits) {
   return scratch_[keep - 1].second;  // rounding left u at the very end
 }
 
-bool Sampler::ShouldStop(int32_t token, int generated) const {
+bool Sampler::ShouldStop(TokenId token, int generated) const {
   if (generated >= params_.max_tokens) return true;
   return std::find(params_.stop_token_ids.begin(), params_.stop_token_ids.end(), token) !=
          params_.stop_token_ids.end();
 }
 
-int32_t Argmax(absl::Span<const float> logits) {
+TokenId Argmax(absl::Span<const float> logits) {
   if (logits.empty()) return -1;
   size_t best = 0;
   float best_value = std::isnan(logits[0]) ? -std::numeric_limits<float>::infinity() : logits[0];
@@ -113,7 +113,7 @@ int32_t Argmax(absl::Span<const float> logits) {
       best = i;
     }
   }
-  return static_cast<int32_t>(best);
+  return static_cast<TokenId>(best);
 }
 
 }  // namespace kvtier::engine

@@ -10,6 +10,7 @@
 
 #include "absl/status/status.h"
 #include "absl/types/span.h"
+#include "kvtier/token.h"
 
 namespace kvtier::engine {
 
@@ -25,7 +26,7 @@ struct SamplingParams {
   // Most tokens generated. Default: 16.
   int max_tokens = 16;
   // Generation stops after emitting any of these (the stop token is included in the output).
-  std::vector<int32_t> stop_token_ids;
+  std::vector<TokenId> stop_token_ids;
 
   // InvalidArgument for negative temperature/top_k/max_tokens or top_p outside (0, 1].
   absl::Status Validate() const;
@@ -36,18 +37,18 @@ class Sampler {
  public:
   explicit Sampler(const SamplingParams& params);
   // Picks the next token from one row of logits.
-  int32_t Sample(absl::Span<const float> logits);
+  TokenId Sample(absl::Span<const float> logits);
   // Whether generation must stop after `token`, the `generated`-th generated token.
-  bool ShouldStop(int32_t token, int generated) const;
+  bool ShouldStop(TokenId token, int generated) const;
 
  private:
   SamplingParams params_;
   std::mt19937_64 rng_;
-  std::vector<std::pair<float, int32_t>> scratch_;
+  std::vector<std::pair<float, TokenId>> scratch_;
 };
 
 // Lowest index of the largest value.
-int32_t Argmax(absl::Span<const float> logits);
+TokenId Argmax(absl::Span<const float> logits);
 
 }  // namespace kvtier::engine
 

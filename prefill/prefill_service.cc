@@ -18,7 +18,7 @@ PrefillService::PrefillService(engine::Engine* engine, worker::KvTier* tier,
       free_pages_(engine->num_pages()),
       allocator_(engine->num_pages()) {}
 
-absl::StatusOr<PrefillResult> PrefillService::Run(absl::Span<const int32_t> prompt) {
+absl::StatusOr<PrefillResult> PrefillService::Run(absl::Span<const TokenId> prompt) {
   const int b = engine_->kv_layout().block_tokens;
   PrefillResult r;
   r.prompt_tokens = static_cast<uint32_t>(prompt.size());
@@ -74,11 +74,12 @@ absl::StatusOr<PrefillResult> PrefillService::Run(absl::Span<const int32_t> prom
 
 grpc::Status PrefillService::Prefill(grpc::ServerContext*, const v1::PrefillRequest* request,
                                      v1::PrefillResponse* response) {
-  absl::StatusOr<std::vector<int32_t>> prompt = worker::CheckPrompt(
-      absl::MakeConstSpan(request->tokens().data(), request->tokens().size()), engine_->config());
-  if (!prompt.ok()) return ToGrpc(prompt.status());
+  const absl::Span<const TokenId> prompt(request->tokens().data(), request->tokens().size());
+  if (absl::Status st = worker::CheckPrompt(prompt, engine_->config()); !st.ok()) {
+    return ToGrpc(st);
+  }
   active_.fetch_add(1);
-  absl::StatusOr<PrefillResult> r = Run(*prompt);
+  absl::StatusOr<PrefillResult> r = Run(prompt);
   active_.fetch_sub(1);
   if (!r.ok()) return ToGrpc(r.status());
   spdlog::debug("prefill '{}': {} tokens, {} cached, {} computed in {:.1f} ms, {} blocks stored",

@@ -47,7 +47,7 @@ class PrefillService final : public v1::PrefillWorker::Service {
 
   // The work of one request on a checked prompt. ResourceExhausted when its full blocks do
   // not fit in the KV cache.
-  absl::StatusOr<PrefillResult> Run(absl::Span<const int32_t> prompt);
+  absl::StatusOr<PrefillResult> Run(absl::Span<const TokenId> prompt);
 
  private:
   engine::Engine* const engine_;

@@ -121,7 +121,7 @@ GenerationResult Generation::Run(const GenerationRequest& request, const EmitFn&
 
 std::optional<ApiError> Generation::RunPrompt(const GenerationRequest& request, size_t prompt_index,
                                               const EmitFn& emit, Usage* usage, bool* client_gone) {
-  const std::vector<uint32_t>& prompt = request.prompts[prompt_index];
+  const std::vector<TokenId>& prompt = request.prompts[prompt_index];
   PromptKeys keys(prompt);  // computed once for placement and for remembering
   std::vector<int> tried;
   std::optional<ApiError> last_error;
@@ -138,7 +138,7 @@ std::optional<ApiError> Generation::RunPrompt(const GenerationRequest& request, 
                       : 0;
     Usage u;
     bool emitted = false;
-    std::vector<uint32_t> generated0;
+    std::vector<TokenId> generated0;
     WorkerClient& worker = lease->client();  // owned by the pool
     const absl::Status st =
         GenerateOn(worker, request, prompt_index, emit, &u, &emitted, client_gone, &generated0);
@@ -162,8 +162,7 @@ std::optional<ApiError> Generation::RunPrompt(const GenerationRequest& request, 
   return last_error;
 }
 
-uint32_t Generation::MaybePrefill(const std::string& request_id,
-                                  const std::vector<uint32_t>& prompt,
+uint32_t Generation::MaybePrefill(const std::string& request_id, const std::vector<TokenId>& prompt,
                                   size_t cached_prefix_tokens) {
   std::optional<WorkerPool::Lease> lease =
       prompt.size() >= cached_prefix_tokens + static_cast<size_t>(skip_prefill_below_)
@@ -193,8 +192,8 @@ uint32_t Generation::MaybePrefill(const std::string& request_id,
 absl::Status Generation::GenerateOn(WorkerClient& worker, const GenerationRequest& request,
                                     size_t prompt_index, const EmitFn& emit, Usage* usage,
                                     bool* emitted, bool* client_gone,
-                                    std::vector<uint32_t>* generated0) {
-  const std::vector<uint32_t>& prompt = request.prompts[prompt_index];
+                                    std::vector<TokenId>* generated0) {
+  const std::vector<TokenId>& prompt = request.prompts[prompt_index];
   const int index_base = static_cast<int>(prompt_index * request.n);
   v1::GenerateRequest req;
   req.set_request_id(CallId(request, prompt_index));
@@ -205,7 +204,7 @@ absl::Status Generation::GenerateOn(WorkerClient& worker, const GenerationReques
   sp->set_top_p(request.top_p);
   sp->set_seed(request.seed);
   sp->set_max_tokens(request.max_tokens);
-  for (int32_t id : stop_token_ids_) sp->add_stop_token_ids(static_cast<uint32_t>(id));
+  sp->mutable_stop_token_ids()->Add(stop_token_ids_.begin(), stop_token_ids_.end());
   req.set_use_cache(request.cache);
   req.set_n(request.n);
 
@@ -246,12 +245,12 @@ absl::Status Generation::GenerateOn(WorkerClient& worker, const GenerationReques
     if (resp.index() >= request.n) continue;
     ChoiceState& c = choices[resp.index()];
     if (c.done) continue;
-    for (uint32_t t : resp.tokens()) {
+    for (TokenId t : resp.tokens()) {
       if (c.done) break;
       ++usage->completion_tokens;
       if (resp.index() == 0) generated0->push_back(t);
-      if (stop_token_set_.contains(static_cast<int32_t>(t))) continue;  // never shown
-      std::string text = c.matcher.Push(c.decoder.Push(static_cast<int32_t>(t)));
+      if (stop_token_set_.contains(t)) continue;  // never shown
+      std::string text = c.matcher.Push(c.decoder.Push(t));
       if (c.matcher.stopped()) {
         c.done = true;
         --open;

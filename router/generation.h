@@ -38,7 +38,7 @@ struct GenerationRequest {
   // When the HTTP request arrived (for the time to the first token). Default: now.
   std::chrono::steady_clock::time_point start = std::chrono::steady_clock::now();
   // Token ids of each prompt; choice index = prompt × n + i. Default: none.
-  std::vector<std::vector<uint32_t>> prompts;
+  std::vector<std::vector<TokenId>> prompts;
   // Most tokens per choice (0: every choice is empty, finish_reason "length"). Default: 0.
   uint32_t max_tokens = 0;
   // Default: 1.
@@ -75,7 +75,7 @@ class Generation {
   // Uses options.skip_prefill_below and options.request_timeout_ms. `stop_token_ids` are sent to
   // the decode workers and never shown as text.
   Generation(const RouterOptions& options, const text::Tokenizer* tokenizer,
-             std::vector<int32_t> stop_token_ids, WorkerPool* pool, MetricsRegistry* metrics);
+             std::vector<TokenId> stop_token_ids, WorkerPool* pool, MetricsRegistry* metrics);
 
   // Runs the prompts in order, emitting every piece of text; stops at the first error or when
   // the client is gone.
@@ -88,19 +88,19 @@ class Generation {
   // Prefill on the least-loaded live prefill worker when at least skip_prefill_below tokens
   // of the prompt are uncached. Returns the prompt tokens it computed (0 when skipped or
   // failed).
-  uint32_t MaybePrefill(const std::string& request_id, const std::vector<uint32_t>& prompt,
+  uint32_t MaybePrefill(const std::string& request_id, const std::vector<TokenId>& prompt,
                         size_t cached_prefix_tokens);
   // One Generate call. `emitted` tells whether any text reached `emit`; `generated0` gets the
   // tokens of choice 0.
   absl::Status GenerateOn(WorkerClient& worker, const GenerationRequest& request,
                           size_t prompt_index, const EmitFn& emit, Usage* usage, bool* emitted,
-                          bool* client_gone, std::vector<uint32_t>* generated0);
+                          bool* client_gone, std::vector<TokenId>* generated0);
 
   const int64_t skip_prefill_below_;
   const absl::Duration request_timeout_;
   const text::Tokenizer* const tokenizer_;
-  const std::vector<int32_t> stop_token_ids_;
-  const absl::flat_hash_set<int32_t> stop_token_set_;
+  const std::vector<TokenId> stop_token_ids_;
+  const absl::flat_hash_set<TokenId> stop_token_set_;
   WorkerPool* const pool_;
 
   Counter* const prompt_tokens_total_;

@@ -71,7 +71,7 @@ class GenerationTest : public ::testing::Test {
     absl::StatusOr<text::Tokenizer> tok = text::Tokenizer::Load(dir_->path());
     ASSERT_TRUE(tok.ok()) << tok.status();
     tokenizer_ = new text::Tokenizer(*std::move(tok));
-    eot_ = static_cast<uint32_t>(*tokenizer_->TokenId("<|eot_id|>"));
+    eot_ = *tokenizer_->IdOf("<|eot_id|>");
   }
   static void TearDownTestSuite() {
     delete tokenizer_;
@@ -91,14 +91,14 @@ class GenerationTest : public ::testing::Test {
     fleet_.pool->Refresh();
   }
 
-  static std::vector<uint32_t> Encode(const std::string& text) {
-    absl::StatusOr<std::vector<int32_t>> ids = tokenizer_->Encode(text, false);
+  static std::vector<TokenId> Encode(const std::string& text) {
+    absl::StatusOr<std::vector<TokenId>> ids = tokenizer_->Encode(text, false);
     EXPECT_TRUE(ids.ok()) << ids.status();
-    return std::vector<uint32_t>(ids->begin(), ids->end());
+    return ids.ok() ? *ids : std::vector<TokenId>();
   }
 
   // A request for `prompts` with max_tokens 32.
-  static GenerationRequest Request(std::vector<std::vector<uint32_t>> prompts, uint32_t n = 1) {
+  static GenerationRequest Request(std::vector<std::vector<TokenId>> prompts, uint32_t n = 1) {
     GenerationRequest r;
     r.id = "cmpl-test";
     r.prompts = std::move(prompts);
@@ -110,7 +110,7 @@ class GenerationTest : public ::testing::Test {
   // The messages of choice `index` generating `tokens`, one token each, the first with the
   // prompt accounting, the last with `finish` ("" for none).
   static std::vector<v1::GenerateResponse> Messages(uint32_t index,
-                                                    const std::vector<uint32_t>& tokens,
+                                                    const std::vector<TokenId>& tokens,
                                                     const std::string& finish,
                                                     uint32_t prompt_tokens = 0,
                                                     uint32_t cached_tokens = 0) {
@@ -144,7 +144,7 @@ class GenerationTest : public ::testing::Test {
 
   static testing::ScopedTempDir* dir_;
   static text::Tokenizer* tokenizer_;
-  static uint32_t eot_;
+  static TokenId eot_;
 
   MetricsRegistry metrics_;
   FakeFleet fleet_;
@@ -153,10 +153,10 @@ class GenerationTest : public ::testing::Test {
 
 testing::ScopedTempDir* GenerationTest::dir_ = nullptr;
 text::Tokenizer* GenerationTest::tokenizer_ = nullptr;
-uint32_t GenerationTest::eot_ = 0;
+TokenId GenerationTest::eot_ = 0;
 
 TEST_F(GenerationTest, StreamsTheTextAndSendsTheRequestAsked) {
-  const std::vector<uint32_t> prompt = Encode("Tell me about the weather.");
+  const std::vector<TokenId> prompt = Encode("Tell me about the weather.");
   const std::string answer = "It is sunny and warm, with a light breeze from the sea.";
   decode(0).AddGenerate(Answer(answer, prompt.size(), 0));
   GenerationRequest request = Request({prompt});
@@ -175,7 +175,7 @@ TEST_F(GenerationTest, StreamsTheTextAndSendsTheRequestAsked) {
 
   const std::vector<v1::GenerateRequest> sent = decode(0).generate_requests();
   ASSERT_EQ(sent.size(), 1u);
-  EXPECT_EQ(std::vector<uint32_t>(sent[0].tokens().begin(), sent[0].tokens().end()), prompt);
+  EXPECT_EQ(std::vector<TokenId>(sent[0].tokens().begin(), sent[0].tokens().end()), prompt);
   EXPECT_EQ(sent[0].n(), 1u);
   EXPECT_TRUE(sent[0].use_cache());
   EXPECT_EQ(sent[0].sampling().max_tokens(), 32u);
@@ -262,7 +262,7 @@ TEST_F(GenerationTest, AStopSequenceEndsTheChoiceAndCancelsTheStream) {
 }
 
 TEST_F(GenerationTest, StopTokensAreCountedButNeverShown) {
-  std::vector<uint32_t> tokens = Encode("Goodbye.");
+  std::vector<TokenId> tokens = Encode("Goodbye.");
   tokens.push_back(eot_);
   decode(0).AddGenerate({Messages(0, tokens, "stop"), absl::OkStatus()});
   Emitted emitted;
@@ -274,20 +274,20 @@ TEST_F(GenerationTest, StopTokensAreCountedButNeverShown) {
 }
 
 TEST_F(GenerationTest, PrefillIsSkippedWhenTheUncachedPartIsShort) {
-  const std::vector<uint32_t> short_prompt(kSkipPrefillBelow - 1, 65);
+  const std::vector<TokenId> short_prompt(kSkipPrefillBelow - 1, 65);
   decode(0).AddGenerate(Answer("a"));
   ASSERT_FALSE(generation_.Run(Request({short_prompt}), Emitted().Fn()).error.has_value());
   EXPECT_TRUE(prefill().prefill_requests().empty());
   EXPECT_EQ(Counter("kvtier_router_prefill_calls_total", {{"result", "skipped"}}), 1);
 
   // Long enough: prefill computes it first.
-  std::vector<uint32_t> prompt(3 * kBlock, 0);
+  std::vector<TokenId> prompt(3 * kBlock, 0);
   for (size_t i = 0; i < prompt.size(); ++i) prompt[i] = 100 + i;
   decode(0).AddGenerate(Answer("b"));
   ASSERT_FALSE(generation_.Run(Request({prompt}), Emitted().Fn()).error.has_value());
   ASSERT_EQ(prefill().prefill_requests().size(), 1u);
   const v1::PrefillRequest sent = prefill().prefill_requests()[0];
-  EXPECT_EQ(std::vector<uint32_t>(sent.tokens().begin(), sent.tokens().end()), prompt);
+  EXPECT_EQ(std::vector<TokenId>(sent.tokens().begin(), sent.tokens().end()), prompt);
   EXPECT_EQ(Counter("kvtier_router_prefill_calls_total", {{"result", "ok"}}), 1);
 
   // The same prompt again: its blocks were remembered on decode worker 0, which gets it again
@@ -303,7 +303,7 @@ TEST_F(GenerationTest, APrefillFailureIsNotFatal) {
   prefill().set_prefill_response(absl::UnavailableError("prefill down"));
   decode(0).AddGenerate(Answer("fine", 40, 0));
   const GenerationResult r =
-      generation_.Run(Request({std::vector<uint32_t>(40, 70)}), Emitted().Fn());
+      generation_.Run(Request({std::vector<TokenId>(40, 70)}), Emitted().Fn());
   EXPECT_FALSE(r.error.has_value()) << r.error->message;
   EXPECT_EQ(Counter("kvtier_router_prefill_calls_total", {{"result", "error"}}), 1);
 }
@@ -315,7 +315,7 @@ TEST_F(GenerationTest, CachedTokensExcludeWhatPrefillComputedForThisRequest) {
   // The decode worker fetched 36 tokens' blocks: 32 of them prefill computed just now.
   decode(0).AddGenerate(Answer("ok", 40, 36));
   const GenerationResult r =
-      generation_.Run(Request({std::vector<uint32_t>(40, 70)}), Emitted().Fn());
+      generation_.Run(Request({std::vector<TokenId>(40, 70)}), Emitted().Fn());
   EXPECT_FALSE(r.error.has_value()) << r.error->message;
   EXPECT_EQ(r.usage.prompt_tokens, 40);
   EXPECT_EQ(r.usage.cached_tokens, 4);
@@ -323,7 +323,7 @@ TEST_F(GenerationTest, CachedTokensExcludeWhatPrefillComputedForThisRequest) {
 
   // Without the cache: no prefill, use_cache off, the worker's count as it is.
   decode(0).AddGenerate(Answer("ok", 40, 0));
-  GenerationRequest request = Request({std::vector<uint32_t>(40, 71)});
+  GenerationRequest request = Request({std::vector<TokenId>(40, 71)});
   request.cache = false;
   ASSERT_FALSE(generation_.Run(request, Emitted().Fn()).error.has_value());
   EXPECT_EQ(prefill().prefill_requests().size(), 1u);

@@ -71,13 +71,13 @@ class Reader {
   bool failed_ = false;
 };
 
-bool ParseTokenArray(const Json& arr, std::vector<int32_t>* out, Reader* r) {
+bool ParseTokenArray(const Json& arr, std::vector<TokenId>* out, Reader* r) {
   for (const Json& t : arr) {
     if (!t.is_number_integer() || t.get<int64_t>() < 0 ||
-        t.get<int64_t>() > std::numeric_limits<int32_t>::max()) {
+        t.get<int64_t>() > std::numeric_limits<TokenId>::max()) {
       return r->Fail("'prompt' token ids must be non-negative integers", "prompt");
     }
-    out->push_back(static_cast<int32_t>(t.get<int64_t>()));
+    out->push_back(static_cast<TokenId>(t.get<int64_t>()));
   }
   if (out->empty()) return r->Fail("'prompt' must not be empty", "prompt");
   return true;

@@ -35,7 +35,7 @@ std::string ErrorBody(const ApiError& error);
 // One prompt of a completions request: text, or token ids.
 struct Prompt {
   std::optional<std::string> text;
-  std::vector<int32_t> token_ids;  // when text is nullopt
+  std::vector<TokenId> token_ids;  // when text is nullopt
 };
 
 // A parsed, validated request. Fields the client left out keep their defaults.

@@ -30,9 +30,9 @@ const std::vector<BlockKey>& PromptKeys::Get(const NamespaceId& ns, uint32_t blo
 }
 
 std::vector<BlockKey> PromptKeys::Extend(const NamespaceId& ns, uint32_t block_tokens,
-                                         absl::Span<const uint32_t> generated) {
+                                         absl::Span<const TokenId> generated) {
   std::vector<BlockKey> keys = Get(ns, block_tokens);
-  std::vector<uint32_t> tail(prompt_.begin() + keys.size() * block_tokens, prompt_.end());
+  std::vector<TokenId> tail(prompt_.begin() + keys.size() * block_tokens, prompt_.end());
   tail.insert(tail.end(), generated.begin(), generated.end());
   // The chain goes on from the last key as it starts from the namespace.
   const std::vector<BlockKey> more =

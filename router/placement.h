@@ -49,17 +49,17 @@ struct PlacementCandidate {
 class PromptKeys {
  public:
   // Borrows `prompt`, which must outlive this.
-  explicit PromptKeys(absl::Span<const uint32_t> prompt) : prompt_(prompt) {}
+  explicit PromptKeys(absl::Span<const TokenId> prompt) : prompt_(prompt) {}
 
   // The keys of the prompt's full blocks. The reference stays valid for this object's life.
   const std::vector<BlockKey>& Get(const NamespaceId& ns, uint32_t block_tokens);
   // The keys of the full blocks of the prompt followed by `generated`: Get's keys, then the
   // chain continued from the last of them over the prompt's partial block and `generated`.
   std::vector<BlockKey> Extend(const NamespaceId& ns, uint32_t block_tokens,
-                               absl::Span<const uint32_t> generated);
+                               absl::Span<const TokenId> generated);
 
  private:
-  absl::Span<const uint32_t> prompt_;
+  absl::Span<const TokenId> prompt_;
   std::map<std::pair<NamespaceId, uint32_t>, std::vector<BlockKey>> keys_;
 };
 

@@ -52,8 +52,8 @@ TEST(PlacementTest, LruIsBounded) {
   EXPECT_EQ(lru.size(), 3u);
 }
 
-std::vector<uint32_t> Iota(size_t n, uint32_t first) {
-  std::vector<uint32_t> v(n);
+std::vector<TokenId> Iota(size_t n, TokenId first) {
+  std::vector<TokenId> v(n);
   std::iota(v.begin(), v.end(), first);
   return v;
 }
@@ -61,7 +61,7 @@ std::vector<uint32_t> Iota(size_t n, uint32_t first) {
 TEST(PromptKeysTest, KeysPerNamespaceAreTheBlockKeysComputedOnce) {
   const NamespaceId a = Key(1);
   const NamespaceId b = Key(2);
-  const std::vector<uint32_t> prompt = Iota(10, 100);
+  const std::vector<TokenId> prompt = Iota(10, 100);
   PromptKeys keys(prompt);
   const std::vector<BlockKey>& ka = keys.Get(a, 4);
   EXPECT_EQ(ka, ComputeBlockKeys(a, prompt, 4));
@@ -74,9 +74,9 @@ TEST(PromptKeysTest, KeysPerNamespaceAreTheBlockKeysComputedOnce) {
 
 TEST(PromptKeysTest, ExtendContinuesTheChainOverThePartialBlockAndTheGeneratedTokens) {
   const NamespaceId ns = Key(7);
-  const std::vector<uint32_t> prompt = Iota(10, 100);  // two full blocks of 4, two tokens over
-  const std::vector<uint32_t> generated = Iota(9, 500);
-  std::vector<uint32_t> all = prompt;
+  const std::vector<TokenId> prompt = Iota(10, 100);  // two full blocks of 4, two tokens over
+  const std::vector<TokenId> generated = Iota(9, 500);
+  std::vector<TokenId> all = prompt;
   all.insert(all.end(), generated.begin(), generated.end());  // 19 tokens: four full blocks
   PromptKeys keys(prompt);
   const std::vector<BlockKey> extended = keys.Extend(ns, 4, generated);
@@ -84,9 +84,9 @@ TEST(PromptKeysTest, ExtendContinuesTheChainOverThePartialBlockAndTheGeneratedTo
   EXPECT_EQ(extended.size(), 4u);
   EXPECT_TRUE(keys.Extend(ns, 16, Iota(5, 1)).empty());  // 15 tokens: no full block
   // A prompt with no full block of its own.
-  const std::vector<uint32_t> short_prompt = Iota(3, 100);
+  const std::vector<TokenId> short_prompt = Iota(3, 100);
   PromptKeys short_keys(short_prompt);
-  std::vector<uint32_t> short_all = short_prompt;
+  std::vector<TokenId> short_all = short_prompt;
   short_all.insert(short_all.end(), generated.begin(), generated.end());
   EXPECT_EQ(short_keys.Extend(ns, 4, generated), ComputeBlockKeys(ns, short_all, 4));
 }

@@ -10,16 +10,13 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "absl/time/clock.h"
+#include "common/host_port.h"
 #include "common/logging.h"
+#include "common/status_macros.h"
 #include "router/grpc_worker_client.h"
 
 namespace kvtier::router {
 namespace {
-
-std::vector<std::string> SplitHostPort(const std::string& hp) {
-  const size_t colon = hp.rfind(':');
-  return {hp.substr(0, colon), hp.substr(colon + 1)};
-}
 
 const char* EndpointLabel(const std::string& path) {
   if (path == "/v1/completions") return "completions";
@@ -68,9 +65,9 @@ absl::StatusOr<std::unique_ptr<Router>> Router::Create(RouterOptions options) {
     r->chat_format_ = *f;
   }
   // The chat end-of-turn and eos ids: sent to the workers, never shown as text.
-  std::vector<int32_t> stop_token_ids = r->tokenizer_->eos_ids();
+  std::vector<TokenId> stop_token_ids = r->tokenizer_->eos_ids();
   if (r->chat_format_.has_value()) {
-    absl::StatusOr<std::vector<int32_t>> ids =
+    absl::StatusOr<std::vector<TokenId>> ids =
         text::ChatStopTokenIds(*r->chat_format_, *r->tokenizer_);
     if (!ids.ok()) return ids.status();
     stop_token_ids = *std::move(ids);
@@ -92,13 +89,12 @@ absl::StatusOr<int> Router::Start() {
   server_->new_task_queue = [threads] { return new httplib::ThreadPool(threads); };
   server_->set_payload_max_length(static_cast<size_t>(options_.max_body_bytes));
   RegisterRoutes();
-  const std::vector<std::string> hp = SplitHostPort(options_.listen);
-  const int want = std::stoi(hp[1]);
-  int port = want;
-  if (want == 0) {
-    port = server_->bind_to_any_port(hp[0]);
+  KVTIER_ASSIGN_OR_RETURN(const HostPort hp, ParseHostPort(options_.listen));
+  int port = hp.port;
+  if (hp.port == 0) {
+    port = server_->bind_to_any_port(hp.host);
     if (port < 0) return absl::UnavailableError(absl::StrCat("cannot bind ", options_.listen));
-  } else if (!server_->bind_to_port(hp[0], want)) {
+  } else if (!server_->bind_to_port(hp.host, hp.port)) {
     return absl::UnavailableError(absl::StrCat("cannot bind ", options_.listen));
   }
   port_ = port;
@@ -117,10 +113,7 @@ void Router::Stop() {
 }
 
 std::optional<ApiError> Router::Tokenize(const ApiRequest& request,
-                                         std::vector<std::vector<uint32_t>>* prompts) const {
-  auto to_u32 = [](const std::vector<int32_t>& ids) {
-    return std::vector<uint32_t>(ids.begin(), ids.end());
-  };
+                                         std::vector<std::vector<TokenId>>* prompts) const {
   if (request.endpoint == Endpoint::kChat) {
     if (!chat_format_.has_value()) {
       return ServerError(500, "the served model has no chat template; use /v1/completions");
@@ -130,27 +123,27 @@ std::optional<ApiError> Router::Tokenize(const ApiRequest& request,
     // The rendered template spells its special tokens out, so it is encoded with special
     // tokens allowed (see docs/serving.md: special-token text inside user content is matched
     // too, as in most servers that render the template to text).
-    absl::StatusOr<std::vector<int32_t>> ids = tokenizer_->Encode(*text, /*allow_special=*/true);
+    absl::StatusOr<std::vector<TokenId>> ids = tokenizer_->Encode(*text, /*allow_special=*/true);
     if (!ids.ok()) return ServerError(500, std::string(ids.status().message()));
-    prompts->push_back(to_u32(*ids));
+    prompts->push_back(std::move(*ids));
     return std::nullopt;
   }
   for (const Prompt& p : request.prompts) {
     if (p.text.has_value()) {
       // As HF `encode(text)`: the tokenizer's post-processor adds bos where the model expects it.
-      absl::StatusOr<std::vector<int32_t>> ids = tokenizer_->EncodeWithSpecialTokens(*p.text);
+      absl::StatusOr<std::vector<TokenId>> ids = tokenizer_->EncodeWithSpecialTokens(*p.text);
       if (!ids.ok()) return ServerError(500, std::string(ids.status().message()));
       if (ids->empty()) return InvalidRequest("'prompt' must not be empty", "prompt");
-      prompts->push_back(to_u32(*ids));
+      prompts->push_back(std::move(*ids));
     } else {
-      for (int32_t id : p.token_ids) {
+      for (TokenId id : p.token_ids) {
         if (id >= tokenizer_->vocab_size()) {
           return InvalidRequest(absl::StrCat("token id ", id, " is outside the vocabulary (size ",
                                              tokenizer_->vocab_size(), ")"),
                                 "prompt");
         }
       }
-      prompts->push_back(to_u32(p.token_ids));
+      prompts->push_back(p.token_ids);
     }
   }
   return std::nullopt;
@@ -274,7 +267,7 @@ void Router::HandleGenerate(Endpoint endpoint, const httplib::Request& http_req,
   const int64_t prompt_limit =
       options_.max_prompt_tokens > 0 ? std::min(options_.max_prompt_tokens, context) : context;
   int64_t max_tokens = request->max_tokens.value_or(options_.default_max_tokens);
-  for (const std::vector<uint32_t>& p : gen->prompts) {
+  for (const std::vector<TokenId>& p : gen->prompts) {
     const int64_t len = static_cast<int64_t>(p.size());
     if (len > prompt_limit || (len >= context)) {
       return SendError(

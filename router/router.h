@@ -66,7 +66,7 @@ class Router {
 
   // Tokenizes the request's prompts (one per completion prompt; one for chat).
   std::optional<ApiError> Tokenize(const ApiRequest& request,
-                                   std::vector<std::vector<uint32_t>>* prompts) const;
+                                   std::vector<std::vector<TokenId>>* prompts) const;
 
   const RouterOptions options_;
   std::optional<text::Tokenizer> tokenizer_;

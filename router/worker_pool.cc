@@ -170,7 +170,7 @@ void WorkerPool::Release(WorkerRole role, int index) {
   s.in_flight_gauge->Set(--s.in_flight);
 }
 
-void WorkerPool::Remember(int index, PromptKeys& prompt, absl::Span<const uint32_t> generated) {
+void WorkerPool::Remember(int index, PromptKeys& prompt, absl::Span<const TokenId> generated) {
   std::optional<NamespaceId> ns;
   uint32_t bt = 0;
   {

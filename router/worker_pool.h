@@ -82,7 +82,7 @@ class WorkerPool {
 
   // Remembers the keys of the prompt followed by `generated` as held by decode worker `index`
   // (unless its namespace changed meanwhile).
-  void Remember(int index, PromptKeys& prompt, absl::Span<const uint32_t> generated);
+  void Remember(int index, PromptKeys& prompt, absl::Span<const TokenId> generated);
   // Marks decode worker `index` down until a Refresh hears from it again.
   void MarkDown(int index);
 

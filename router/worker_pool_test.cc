@@ -19,8 +19,8 @@ NamespaceId Namespace(uint8_t fingerprint) {
   return ComputeNamespace(p);
 }
 
-std::vector<uint32_t> Tokens(size_t n, uint32_t first) {
-  std::vector<uint32_t> v(n);
+std::vector<TokenId> Tokens(size_t n, TokenId first) {
+  std::vector<TokenId> v(n);
   std::iota(v.begin(), v.end(), first);
   return v;
 }
@@ -34,15 +34,15 @@ class WorkerPoolTest : public ::testing::Test {
   WorkerPool& pool() { return *fleet_.pool; }
 
   // The decode worker AcquireDecode picks for `prompt` (released at once), and its match.
-  std::pair<int, size_t> Pick(const std::vector<uint32_t>& prompt) {
+  std::pair<int, size_t> Pick(const std::vector<TokenId>& prompt) {
     PromptKeys keys(prompt);
     std::optional<WorkerPool::Lease> lease = pool().AcquireDecode(keys, {});
     if (!lease.has_value()) return {-1, 0};
     return {lease->index(), lease->matched_tokens()};
   }
 
-  void Remember(int worker, const std::vector<uint32_t>& prompt,
-                const std::vector<uint32_t>& generated = {}) {
+  void Remember(int worker, const std::vector<TokenId>& prompt,
+                const std::vector<TokenId>& generated = {}) {
     PromptKeys keys(prompt);
     pool().Remember(worker, keys, generated);
   }
@@ -56,7 +56,7 @@ class WorkerPoolTest : public ::testing::Test {
 };
 
 TEST_F(WorkerPoolTest, PrefersTheLongestRememberedPrefixThenTheFewestInFlight) {
-  const std::vector<uint32_t> prompt = Tokens(20, 100);  // 5 blocks
+  const std::vector<TokenId> prompt = Tokens(20, 100);  // 5 blocks
   // Nothing remembered: the first worker, then the one with fewer requests in flight.
   PromptKeys keys(prompt);
   std::optional<WorkerPool::Lease> first = pool().AcquireDecode(keys, {});
@@ -79,7 +79,7 @@ TEST_F(WorkerPoolTest, PrefersTheLongestRememberedPrefixThenTheFewestInFlight) {
   EXPECT_EQ(busy->matched_tokens(), 20u);
   EXPECT_EQ(Pick(prompt), std::make_pair(1, size_t{20}));
   // A prompt sharing two blocks and a half.
-  std::vector<uint32_t> other = Tokens(10, 100);
+  std::vector<TokenId> other = Tokens(10, 100);
   other.resize(20, 7);
   EXPECT_EQ(Pick(other), std::make_pair(1, size_t{8}));
   // A prompt worker 1 does not hold goes to the idle worker 0.
@@ -91,19 +91,19 @@ TEST_F(WorkerPoolTest, PrefersTheLongestRememberedPrefixThenTheFewestInFlight) {
 }
 
 TEST_F(WorkerPoolTest, RemembersThePromptWithTheGeneratedTokens) {
-  const std::vector<uint32_t> prompt = Tokens(6, 100);
-  const std::vector<uint32_t> generated = Tokens(11, 500);
+  const std::vector<TokenId> prompt = Tokens(6, 100);
+  const std::vector<TokenId> generated = Tokens(11, 500);
   Remember(1, prompt, generated);
   // The next turn: the conversation so far plus a new message. 17 tokens = 4 full blocks held.
-  std::vector<uint32_t> next = prompt;
+  std::vector<TokenId> next = prompt;
   next.insert(next.end(), generated.begin(), generated.end());
-  const std::vector<uint32_t> more = Tokens(9, 800);
+  const std::vector<TokenId> more = Tokens(9, 800);
   next.insert(next.end(), more.begin(), more.end());
   EXPECT_EQ(Pick(next), std::make_pair(1, size_t{16}));
 }
 
 TEST_F(WorkerPoolTest, AWorkerThatStopsAnsweringIsMarkedDownSkippedAndForgotten) {
-  const std::vector<uint32_t> prompt = Tokens(20, 100);
+  const std::vector<TokenId> prompt = Tokens(20, 100);
   Remember(0, prompt);
   ASSERT_EQ(Pick(prompt), std::make_pair(0, size_t{20}));
   EXPECT_EQ(pool().DecodeWorkersUp(), 2);
@@ -129,7 +129,7 @@ TEST_F(WorkerPoolTest, AWorkerThatStopsAnsweringIsMarkedDownSkippedAndForgotten)
 }
 
 TEST_F(WorkerPoolTest, MarkDownLastsUntilTheNextRefresh) {
-  const std::vector<uint32_t> prompt = Tokens(20, 100);
+  const std::vector<TokenId> prompt = Tokens(20, 100);
   Remember(0, prompt);
   pool().MarkDown(0);
   EXPECT_EQ(pool().DecodeWorkersUp(), 1);
@@ -141,7 +141,7 @@ TEST_F(WorkerPoolTest, MarkDownLastsUntilTheNextRefresh) {
 }
 
 TEST_F(WorkerPoolTest, ANamespaceOrBlockSizeChangeForgetsTheKeys) {
-  const std::vector<uint32_t> prompt = Tokens(20, 100);
+  const std::vector<TokenId> prompt = Tokens(20, 100);
   auto answer = [&](uint8_t ns, uint32_t block_tokens) {
     fleet_.decode[1]->set_info(
         WorkerInfoFor(WorkerRole::kDecode, Namespace(ns), block_tokens, 128));

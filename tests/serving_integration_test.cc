@@ -32,21 +32,21 @@ using testing::MakeTempDir;
 
 constexpr uint64_t kModelSeed = 11;
 
-std::vector<uint32_t> Prompt(size_t n, uint64_t seed) {
+std::vector<TokenId> Prompt(size_t n, uint64_t seed) {
   std::mt19937_64 rng(seed);
-  std::vector<uint32_t> out(n);
-  for (uint32_t& t : out) t = static_cast<uint32_t>(3 + rng() % 4000);
+  std::vector<TokenId> out(n);
+  for (TokenId& t : out) t = static_cast<TokenId>(3 + rng() % 4000);
   return out;
 }
 
-std::vector<uint32_t> Concat(std::vector<uint32_t> a, const std::vector<uint32_t>& b) {
+std::vector<TokenId> Concat(std::vector<TokenId> a, const std::vector<TokenId>& b) {
   a.insert(a.end(), b.begin(), b.end());
   return a;
 }
 
 struct Generation {
   grpc::Status status;
-  std::vector<uint32_t> tokens;
+  std::vector<TokenId> tokens;
   uint32_t prompt_tokens = 0;
   uint32_t cached_tokens = 0;
   std::string finish_reason;
@@ -124,20 +124,20 @@ class ServingIntegrationTest : public ::testing::Test {
     ctx->set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(seconds));
   }
 
-  grpc::Status Prefill(const std::vector<uint32_t>& tokens, v1::PrefillResponse* resp) {
+  grpc::Status Prefill(const std::vector<TokenId>& tokens, v1::PrefillResponse* resp) {
     grpc::ClientContext ctx;
     Deadline(&ctx);
     v1::PrefillRequest req;
     req.set_request_id("prefill-test");
-    for (uint32_t t : tokens) req.add_tokens(t);
+    for (TokenId t : tokens) req.add_tokens(t);
     return prefill_stub_->Prefill(&ctx, req, resp);
   }
 
-  static v1::GenerateRequest Request(const std::vector<uint32_t>& tokens, uint32_t max_tokens,
+  static v1::GenerateRequest Request(const std::vector<TokenId>& tokens, uint32_t max_tokens,
                                      bool use_cache = true) {
     v1::GenerateRequest req;
     req.set_request_id("generate-test");
-    for (uint32_t t : tokens) req.add_tokens(t);
+    for (TokenId t : tokens) req.add_tokens(t);
     req.mutable_sampling()->set_max_tokens(max_tokens);
     req.set_use_cache(use_cache);
     return req;
@@ -180,7 +180,7 @@ class ServingIntegrationTest : public ::testing::Test {
   }
 
   // The full recompute: greedy engine::Generate in this process.
-  std::vector<uint32_t> Reference(const std::vector<uint32_t>& prompt, int max_tokens) {
+  std::vector<TokenId> Reference(const std::vector<TokenId>& prompt, int max_tokens) {
     engine::Sequence seq;
     seq.tokens.assign(prompt.begin(), prompt.end());
     engine::SamplingParams p;
@@ -188,7 +188,7 @@ class ServingIntegrationTest : public ::testing::Test {
     auto out = engine::Generate(*reference_, *ref_alloc_, seq, p);
     EXPECT_TRUE(out.ok()) << out.status();
     engine::ReleasePages(*ref_alloc_, seq);
-    return out.ok() ? std::vector<uint32_t>(out->begin(), out->end()) : std::vector<uint32_t>{};
+    return out.ok() ? std::vector<TokenId>(out->begin(), out->end()) : std::vector<TokenId>{};
   }
 
   std::string dir_;
@@ -220,7 +220,7 @@ TEST_F(ServingIntegrationTest, ConversationReusesBlocksAcrossWorkersAndRestarts)
   EXPECT_TRUE(dinfo.store_connected());
 
   // (1) Turn one: prefill stores the 6 full blocks, decode fetches them.
-  const std::vector<uint32_t> prompt = Prompt(100, 1);
+  const std::vector<TokenId> prompt = Prompt(100, 1);
   v1::PrefillResponse p;
   ASSERT_TRUE(Prefill(prompt, &p).ok());
   EXPECT_EQ(p.prompt_tokens(), 100u);
@@ -242,13 +242,13 @@ TEST_F(ServingIntegrationTest, ConversationReusesBlocksAcrossWorkersAndRestarts)
 
   // (2) Turn two: the history plus 30 new tokens. The decode worker wrote back block 6
   // (positions 96..111, filled during generation), so the store holds blocks 0..6.
-  const std::vector<uint32_t> turn2 = Concat(Concat(prompt, g1.tokens), Prompt(30, 2));
+  const std::vector<TokenId> turn2 = Concat(Concat(prompt, g1.tokens), Prompt(30, 2));
   ASSERT_EQ(turn2.size(), 150u);
   ASSERT_TRUE(Prefill(turn2, &p).ok());
   EXPECT_EQ(p.cached_tokens(), 112u);
   EXPECT_EQ(p.computed_tokens(), 32u);  // blocks 7 and 8
   EXPECT_EQ(p.stored_blocks(), 2u);
-  const std::vector<uint32_t> ref2 = Reference(turn2, 20);
+  const std::vector<TokenId> ref2 = Reference(turn2, 20);
   Generation g2 = Generate(Request(turn2, 20));
   ASSERT_TRUE(g2.status.ok()) << g2.status.error_message();
   EXPECT_EQ(g2.cached_tokens, 144u);  // blocks 0..6 from its own cache, 7..8 from the store
@@ -278,14 +278,14 @@ TEST_F(ServingIntegrationTest, ConversationReusesBlocksAcrossWorkersAndRestarts)
 
 TEST_F(ServingIntegrationTest, DeadStoreDegradesToRecompute) {
   ASSERT_NO_FATAL_FAILURE(StartAll());
-  const std::vector<uint32_t> warm = Prompt(64, 3);
+  const std::vector<TokenId> warm = Prompt(64, 3);
   v1::PrefillResponse p;
   ASSERT_TRUE(Prefill(warm, &p).ok());
   EXPECT_EQ(p.stored_blocks(), 4u);
 
   // (4) SIGKILL the store: both workers keep serving, by recompute.
   ASSERT_TRUE(store_->process().Signal(SIGKILL, absl::Seconds(5)).has_value());
-  const std::vector<uint32_t> prompt = Prompt(100, 4);
+  const std::vector<TokenId> prompt = Prompt(100, 4);
   ASSERT_TRUE(Prefill(prompt, &p).ok());
   EXPECT_EQ(p.cached_tokens(), 0u);
   EXPECT_EQ(p.computed_tokens(), 96u);
@@ -311,7 +311,7 @@ TEST_F(ServingIntegrationTest, DeadStoreDegradesToRecompute) {
 TEST_F(ServingIntegrationTest, BadInputIsRejectedAndCancellationFreesMemory) {
   ASSERT_NO_FATAL_FAILURE(StartAll());
   // (6) Bad prompts: INVALID_ARGUMENT with a message, from both workers.
-  const std::vector<std::pair<std::vector<uint32_t>, std::string>> bad = {
+  const std::vector<std::pair<std::vector<TokenId>, std::string>> bad = {
       {{}, "empty"}, {{5, 4096, 7}, "vocabulary"}, {Prompt(4097, 5), "context"}};
   for (const auto& [tokens, needle] : bad) {
     v1::PrefillResponse p;
@@ -323,7 +323,7 @@ TEST_F(ServingIntegrationTest, BadInputIsRejectedAndCancellationFreesMemory) {
     EXPECT_NE(g.status.error_message().find(needle), std::string::npos) << g.status.error_message();
   }
   // Still serving.
-  const std::vector<uint32_t> ok = Prompt(40, 6);
+  const std::vector<TokenId> ok = Prompt(40, 6);
   v1::PrefillResponse p;
   ASSERT_TRUE(Prefill(ok, &p).ok());
   EXPECT_EQ(p.computed_tokens(), 32u);

@@ -18,7 +18,7 @@ inline NamespaceId TestNamespace() {
 
 // Keys of `n` 16-token blocks whose tokens are derived from `seed`.
 inline std::vector<BlockKey> TestKeys(uint32_t seed, uint32_t n) {
-  std::vector<uint32_t> tokens(n * 16);
+  std::vector<TokenId> tokens(n * 16);
   for (size_t i = 0; i < tokens.size(); ++i) tokens[i] = seed * 1000003u + i;
   return ComputeBlockKeys(TestNamespace(), tokens, 16);
 }

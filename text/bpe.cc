@@ -71,12 +71,12 @@ std::optional<std::string> ByteLevelDecode(absl::string_view text) {
 
 int ByteTokenRank(uint8_t byte) { return Bytes().rank[byte]; }
 
-uint64_t BpeModel::PairKey(int32_t a, int32_t b) {
+uint64_t BpeModel::PairKey(TokenId a, TokenId b) {
   return (static_cast<uint64_t>(static_cast<uint32_t>(a)) << 32) | static_cast<uint32_t>(b);
 }
 
 absl::StatusOr<std::unique_ptr<BpeModel>> BpeModel::Create(
-    absl::flat_hash_map<std::string, int32_t> vocab,
+    absl::flat_hash_map<std::string, TokenId> vocab,
     absl::Span<const std::pair<std::string, std::string>> merges, const BpeOptions& options) {
   std::unique_ptr<BpeModel> m(new BpeModel());
   m->vocab_ = std::move(vocab);
@@ -114,9 +114,9 @@ absl::StatusOr<std::unique_ptr<BpeModel>> BpeModel::Create(
   return m;
 }
 
-void BpeModel::EncodeUncached(absl::string_view word, std::vector<int32_t>* out) const {
+void BpeModel::EncodeUncached(absl::string_view word, std::vector<TokenId>* out) const {
   struct Symbol {
-    int32_t id;
+    TokenId id;
     int prev, next;
     bool alive;
   };
@@ -124,7 +124,7 @@ void BpeModel::EncodeUncached(absl::string_view word, std::vector<int32_t>* out)
   symbols.reserve(word.size());
   bool last_unk = false;
   for (char c : word) {
-    const int32_t id = byte_ids_[static_cast<uint8_t>(c)];
+    const TokenId id = byte_ids_[static_cast<uint8_t>(c)];
     if (id >= 0) {
       last_unk = false;
     } else if (unk_id_.has_value()) {
@@ -144,13 +144,13 @@ void BpeModel::EncodeUncached(absl::string_view word, std::vector<int32_t>* out)
   struct Candidate {
     int32_t rank;
     int pos;
-    int32_t new_id;
+    TokenId new_id;
     bool operator<(const Candidate& o) const {  // "less" = lower priority
       return rank != o.rank ? rank > o.rank : pos > o.pos;
     }
   };
   std::priority_queue<Candidate> queue;
-  auto lookup = [&](int32_t a, int32_t b) -> const std::pair<int32_t, int32_t>* {
+  auto lookup = [&](TokenId a, TokenId b) -> const std::pair<int32_t, TokenId>* {
     auto it = merges_.find(PairKey(a, b));
     return it == merges_.end() ? nullptr : &it->second;
   };
@@ -185,7 +185,7 @@ void BpeModel::EncodeUncached(absl::string_view word, std::vector<int32_t>* out)
   for (int i = 0; i >= 0; i = symbols[i].next) out->push_back(symbols[i].id);
 }
 
-void BpeModel::Encode(absl::string_view word, std::vector<int32_t>* out) const {
+void BpeModel::Encode(absl::string_view word, std::vector<TokenId>* out) const {
   if (ignore_merges_) {
     if (auto it = vocab_by_bytes_.find(word); it != vocab_by_bytes_.end()) {
       out->push_back(it->second);
@@ -205,7 +205,7 @@ void BpeModel::Encode(absl::string_view word, std::vector<int32_t>* out) const {
   if (cacheable) {
     absl::MutexLock lock(&mu_);
     if (cache_.size() < kMaxCacheEntries) {
-      cache_.emplace(std::string(word), std::vector<int32_t>(out->begin() + start, out->end()));
+      cache_.emplace(std::string(word), std::vector<TokenId>(out->begin() + start, out->end()));
     }
   }
 }

@@ -24,6 +24,7 @@
 #include "absl/strings/string_view.h"
 #include "absl/synchronization/mutex.h"
 #include "absl/types/span.h"
+#include "kvtier/token.h"
 
 namespace kvtier::text {
 
@@ -55,33 +56,33 @@ class BpeModel {
   // InvalidArgument when a merge uses a token, or makes one, that `vocab` lacks, or when the
   // unk_token is not in `vocab`; the message names the merge or token.
   static absl::StatusOr<std::unique_ptr<BpeModel>> Create(
-      absl::flat_hash_map<std::string, int32_t> vocab,
+      absl::flat_hash_map<std::string, TokenId> vocab,
       absl::Span<const std::pair<std::string, std::string>> merges, const BpeOptions& options);
 
   BpeModel(const BpeModel&) = delete;
   BpeModel& operator=(const BpeModel&) = delete;
 
   // Appends the ids of `word`, the raw bytes of one pre-tokenized piece.
-  void Encode(absl::string_view word, std::vector<int32_t>* out) const;
+  void Encode(absl::string_view word, std::vector<TokenId>* out) const;
 
   // Spelling -> id.
-  const absl::flat_hash_map<std::string, int32_t>& vocab() const { return vocab_; }
+  const absl::flat_hash_map<std::string, TokenId>& vocab() const { return vocab_; }
 
  private:
   BpeModel() = default;
-  static uint64_t PairKey(int32_t a, int32_t b);
-  void EncodeUncached(absl::string_view word, std::vector<int32_t>* out) const;
+  static uint64_t PairKey(TokenId a, TokenId b);
+  void EncodeUncached(absl::string_view word, std::vector<TokenId>* out) const;
 
-  absl::flat_hash_map<std::string, int32_t> vocab_;
-  absl::flat_hash_map<std::string, int32_t> vocab_by_bytes_;  // decoded bytes -> id
-  std::array<int32_t, 256> byte_ids_;                         // single-byte tokens, -1 = none
-  absl::flat_hash_map<uint64_t, std::pair<int32_t, int32_t>> merges_;  // pair -> (rank, id)
+  absl::flat_hash_map<std::string, TokenId> vocab_;
+  absl::flat_hash_map<std::string, TokenId> vocab_by_bytes_;  // decoded bytes -> id
+  std::array<TokenId, 256> byte_ids_;                         // single-byte tokens, -1 = none
+  absl::flat_hash_map<uint64_t, std::pair<int32_t, TokenId>> merges_;  // pair -> (rank, id)
   bool ignore_merges_ = false;
-  std::optional<int32_t> unk_id_;
+  std::optional<TokenId> unk_id_;
   bool fuse_unk_ = false;
 
   mutable absl::Mutex mu_;
-  mutable absl::flat_hash_map<std::string, std::vector<int32_t>> cache_ ABSL_GUARDED_BY(mu_);
+  mutable absl::flat_hash_map<std::string, std::vector<TokenId>> cache_ ABSL_GUARDED_BY(mu_);
 };
 
 }  // namespace kvtier::text

@@ -118,15 +118,15 @@ absl::string_view ChatEndOfTurnToken(ChatFormat format) {
   return format == ChatFormat::kLlama3 ? "<|eot_id|>" : "<|im_end|>";
 }
 
-absl::StatusOr<std::vector<int32_t>> ChatStopTokenIds(ChatFormat format,
+absl::StatusOr<std::vector<TokenId>> ChatStopTokenIds(ChatFormat format,
                                                       const Tokenizer& tokenizer) {
   const absl::string_view end_of_turn = ChatEndOfTurnToken(format);
-  std::optional<int32_t> id = tokenizer.TokenId(end_of_turn);
+  std::optional<TokenId> id = tokenizer.IdOf(end_of_turn);
   if (!id.has_value()) {
     return absl::NotFoundError(absl::StrCat("the tokenizer has no ", end_of_turn, " token (",
                                             ChatFormatName(format), " chat format)"));
   }
-  std::vector<int32_t> ids = tokenizer.eos_ids();
+  std::vector<TokenId> ids = tokenizer.eos_ids();
   ids.push_back(*id);
   std::sort(ids.begin(), ids.end());
   ids.erase(std::unique(ids.begin(), ids.end()), ids.end());

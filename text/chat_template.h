@@ -56,7 +56,7 @@ absl::string_view ChatEndOfTurnToken(ChatFormat format);
 // The ids that should stop generation in this format: the end-of-turn token plus the
 // tokenizer's eos tokens, ascending, without duplicates. NotFound when the tokenizer lacks
 // the end-of-turn token.
-absl::StatusOr<std::vector<int32_t>> ChatStopTokenIds(ChatFormat format,
+absl::StatusOr<std::vector<TokenId>> ChatStopTokenIds(ChatFormat format,
                                                       const Tokenizer& tokenizer);
 
 }  // namespace kvtier::text

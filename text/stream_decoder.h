@@ -22,7 +22,7 @@ class StreamDecoder {
   explicit StreamDecoder(const Tokenizer* tokenizer, bool skip_special = false);
 
   // Appends the token's bytes and returns the text that is now complete ("" possibly).
-  std::string Push(int32_t id);
+  std::string Push(TokenId id);
   // Ends the stream: returns held-back bytes (an incomplete character becomes U+FFFD).
   std::string Flush();
 

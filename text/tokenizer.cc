@@ -83,13 +83,13 @@ absl::StatusOr<std::string> StringField(const Json& obj, const char* key, absl::
   return v->get<std::string>();
 }
 
-absl::StatusOr<int32_t> IdValue(const Json& v, absl::string_view where) {
+absl::StatusOr<TokenId> IdValue(const Json& v, absl::string_view where) {
   if (!v.is_number_integer()) return Invalid(where, "token ids must be integers");
   const int64_t id = v.get<int64_t>();
   if (id < 0 || id >= kMaxTokenId) {
     return Invalid(where, absl::StrCat("token id ", id, " is out of range"));
   }
-  return static_cast<int32_t>(id);
+  return static_cast<TokenId>(id);
 }
 
 absl::StatusOr<std::string> ReadFile(const std::string& path) {
@@ -115,17 +115,17 @@ struct Tokenizer::Impl {
   std::vector<uint8_t> id_kind;
 
   std::vector<AddedToken> added;
-  absl::flat_hash_map<std::string, int32_t> added_by_content;
+  absl::flat_hash_map<std::string, TokenId> added_by_content;
   std::array<std::vector<int>, 256> added_by_first_byte;  // indices into `added`, longest first
 
   bool nfc = false;
   PreTokenizer pre_tokenizer;
 
   absl::Status post_status;  // OK when the post-processor is supported
-  std::vector<int32_t> post_prefix, post_suffix;
+  std::vector<TokenId> post_prefix, post_suffix;
 
-  std::optional<int32_t> bos;
-  std::vector<int32_t> eos;
+  std::optional<TokenId> bos;
+  std::vector<TokenId> eos;
   std::string chat_template;
 
   absl::Status ParseModel(const Json& model);
@@ -138,11 +138,11 @@ struct Tokenizer::Impl {
 
   // Normalizes and pre-tokenizes `text` (no added tokens in it) and appends the BPE ids of its
   // pieces.
-  absl::Status EncodeSegment(absl::string_view text, std::vector<int32_t>* out) const;
+  absl::Status EncodeSegment(absl::string_view text, std::vector<TokenId>* out) const;
   // The leftmost-longest added token at or after *pos (HF's aho-corasick, LeftmostLongest),
   // its start in *pos; nullptr when none.
   const AddedToken* FindAddedToken(absl::string_view text, size_t* pos) const;
-  absl::Status Encode(absl::string_view text, bool allow_special, std::vector<int32_t>* out) const;
+  absl::Status Encode(absl::string_view text, bool allow_special, std::vector<TokenId>* out) const;
 };
 
 absl::Status Tokenizer::Impl::ParseModel(const Json& model) {
@@ -183,10 +183,10 @@ absl::Status Tokenizer::Impl::ParseModel(const Json& model) {
 
   const Json* v = Field(model, "vocab");
   if (v == nullptr || !v->is_object()) return Invalid(kWhere, "\"vocab\" must be an object");
-  absl::flat_hash_map<std::string, int32_t> vocab;
+  absl::flat_hash_map<std::string, TokenId> vocab;
   vocab.reserve(v->size());
   for (auto it = v->begin(); it != v->end(); ++it) {
-    KVTIER_ASSIGN_OR_RETURN(int32_t id, IdValue(it.value(), "model.vocab"));
+    KVTIER_ASSIGN_OR_RETURN(TokenId id, IdValue(it.value(), "model.vocab"));
     vocab.emplace(it.key(), id);
   }
 
@@ -359,7 +359,7 @@ absl::Status Tokenizer::Impl::ParsePostProcessor(const Json& post) {
                        absl::StrCat("TemplateProcessing names \"", name, "\" without its ids"));
       }
       for (const Json& id : *ids) {
-        KVTIER_ASSIGN_OR_RETURN(int32_t value, IdValue(id, "post_processor"));
+        KVTIER_ASSIGN_OR_RETURN(TokenId value, IdValue(id, "post_processor"));
         (seen_sequence ? post_suffix : post_prefix).push_back(value);
       }
     }
@@ -372,9 +372,9 @@ absl::Status Tokenizer::Impl::ParsePostProcessor(const Json& post) {
 }
 
 absl::Status Tokenizer::Impl::ParseConfig(const Json& config) {
-  auto token_id = [&](const char* key) -> absl::StatusOr<std::optional<int32_t>> {
+  auto token_id = [&](const char* key) -> absl::StatusOr<std::optional<TokenId>> {
     const Json* v = Field(config, key);
-    if (v == nullptr) return std::optional<int32_t>();
+    if (v == nullptr) return std::optional<TokenId>();
     if (v->is_object()) v = Field(*v, "content");  // {"__type": "AddedToken", "content": ...}
     if (v == nullptr || !v->is_string()) {
       return absl::InvalidArgumentError(
@@ -387,7 +387,7 @@ absl::Status Tokenizer::Impl::ParseConfig(const Json& config) {
                                                    "\" is not a token of tokenizer.json"));
   };
   KVTIER_ASSIGN_OR_RETURN(bos, token_id("bos_token"));
-  KVTIER_ASSIGN_OR_RETURN(std::optional<int32_t> eos_id, token_id("eos_token"));
+  KVTIER_ASSIGN_OR_RETURN(std::optional<TokenId> eos_id, token_id("eos_token"));
   if (eos_id.has_value()) eos.push_back(*eos_id);
 
   if (const Json* t = Field(config, "chat_template"); t != nullptr) {
@@ -414,7 +414,7 @@ absl::Status Tokenizer::Impl::ParseConfig(const Json& config) {
 
 absl::Status Tokenizer::Impl::BuildIdTables() {
   int64_t size = 0;
-  const absl::flat_hash_map<std::string, int32_t>& vocab = bpe->vocab();
+  const absl::flat_hash_map<std::string, TokenId>& vocab = bpe->vocab();
   for (const auto& [token, id] : vocab) size = std::max<int64_t>(size, id + 1);
   for (const AddedToken& t : added) size = std::max<int64_t>(size, t.id + 1);
   id_token.assign(size, "");
@@ -443,7 +443,7 @@ absl::Status Tokenizer::Impl::BuildIdTables() {
 }
 
 absl::Status Tokenizer::Impl::EncodeSegment(absl::string_view text,
-                                            std::vector<int32_t>* out) const {
+                                            std::vector<TokenId>* out) const {
   if (text.empty()) return absl::OkStatus();
   auto merge = [&](absl::string_view piece) {
     bpe->Encode(piece, out);
@@ -467,7 +467,7 @@ const AddedToken* Tokenizer::Impl::FindAddedToken(absl::string_view text, size_t
 }
 
 absl::Status Tokenizer::Impl::Encode(absl::string_view text, bool allow_special,
-                                     std::vector<int32_t>* out) const {
+                                     std::vector<TokenId>* out) const {
   size_t segment_start = 0;  // start of the text not yet encoded
   size_t pos = 0;            // where the search for the next added token resumes
   while (pos < text.size()) {
@@ -579,33 +579,33 @@ absl::StatusOr<Tokenizer> Tokenizer::FromJson(absl::string_view tokenizer_json,
   return Tokenizer(std::move(impl));
 }
 
-absl::StatusOr<std::vector<int32_t>> Tokenizer::Encode(absl::string_view text,
+absl::StatusOr<std::vector<TokenId>> Tokenizer::Encode(absl::string_view text,
                                                        bool allow_special) const {
-  std::vector<int32_t> ids;
+  std::vector<TokenId> ids;
   ids.reserve(text.size() / 3 + 1);
   KVTIER_RETURN_IF_ERROR(impl_->Encode(text, allow_special, &ids));
   return ids;
 }
 
-absl::StatusOr<std::vector<int32_t>> Tokenizer::EncodeWithSpecialTokens(
+absl::StatusOr<std::vector<TokenId>> Tokenizer::EncodeWithSpecialTokens(
     absl::string_view text) const {
   KVTIER_RETURN_IF_ERROR(impl_->post_status);
-  std::vector<int32_t> ids = impl_->post_prefix;
+  std::vector<TokenId> ids = impl_->post_prefix;
   KVTIER_RETURN_IF_ERROR(impl_->Encode(text, true, &ids));
   ids.insert(ids.end(), impl_->post_suffix.begin(), impl_->post_suffix.end());
   return ids;
 }
 
-const std::string* Tokenizer::TokenBytes(int32_t id, bool skip_special) const {
+const std::string* Tokenizer::TokenBytes(TokenId id, bool skip_special) const {
   if (id < 0 || static_cast<size_t>(id) >= impl_->id_kind.size()) return nullptr;
   const uint8_t kind = impl_->id_kind[id];
   if (kind == Impl::kNone || (skip_special && kind == Impl::kSpecial)) return nullptr;
   return &impl_->id_bytes[id];
 }
 
-std::string Tokenizer::Decode(absl::Span<const int32_t> ids, bool skip_special) const {
+std::string Tokenizer::Decode(absl::Span<const TokenId> ids, bool skip_special) const {
   std::string out;
-  for (int32_t id : ids) {
+  for (TokenId id : ids) {
     if (const std::string* bytes = TokenBytes(id, skip_special)) out.append(*bytes);
   }
   return out;
@@ -618,16 +618,16 @@ absl::StatusOr<std::vector<std::string>> Tokenizer::PreTokenize(absl::string_vie
 
 int32_t Tokenizer::vocab_size() const { return static_cast<int32_t>(impl_->id_kind.size()); }
 
-std::optional<int32_t> Tokenizer::TokenId(absl::string_view token) const {
+std::optional<TokenId> Tokenizer::IdOf(absl::string_view token) const {
   if (auto it = impl_->added_by_content.find(token); it != impl_->added_by_content.end()) {
     return it->second;
   }
-  const absl::flat_hash_map<std::string, int32_t>& vocab = impl_->bpe->vocab();
+  const absl::flat_hash_map<std::string, TokenId>& vocab = impl_->bpe->vocab();
   if (auto it = vocab.find(token); it != vocab.end()) return it->second;
   return std::nullopt;
 }
 
-std::optional<absl::string_view> Tokenizer::IdToken(int32_t id) const {
+std::optional<absl::string_view> Tokenizer::IdToken(TokenId id) const {
   if (id < 0 || static_cast<size_t>(id) >= impl_->id_kind.size() ||
       impl_->id_kind[id] == Impl::kNone) {
     return std::nullopt;
@@ -635,15 +635,15 @@ std::optional<absl::string_view> Tokenizer::IdToken(int32_t id) const {
   return absl::string_view(impl_->id_token[id]);
 }
 
-bool Tokenizer::IsSpecial(int32_t id) const {
+bool Tokenizer::IsSpecial(TokenId id) const {
   return id >= 0 && static_cast<size_t>(id) < impl_->id_kind.size() &&
          impl_->id_kind[id] == Impl::kSpecial;
 }
 
 const std::vector<AddedToken>& Tokenizer::added_tokens() const { return impl_->added; }
 
-std::vector<int32_t> Tokenizer::special_ids() const {
-  std::vector<int32_t> ids;
+std::vector<TokenId> Tokenizer::special_ids() const {
+  std::vector<TokenId> ids;
   for (const AddedToken& t : impl_->added) {
     if (t.special) ids.push_back(t.id);
   }
@@ -652,8 +652,8 @@ std::vector<int32_t> Tokenizer::special_ids() const {
   return ids;
 }
 
-std::optional<int32_t> Tokenizer::bos_id() const { return impl_->bos; }
-const std::vector<int32_t>& Tokenizer::eos_ids() const { return impl_->eos; }
+std::optional<TokenId> Tokenizer::bos_id() const { return impl_->bos; }
+const std::vector<TokenId>& Tokenizer::eos_ids() const { return impl_->eos; }
 const std::string& Tokenizer::chat_template() const { return impl_->chat_template; }
 
 }  // namespace kvtier::text

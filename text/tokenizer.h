@@ -20,12 +20,13 @@
 #include "absl/status/statusor.h"
 #include "absl/strings/string_view.h"
 #include "absl/types/span.h"
+#include "kvtier/token.h"
 
 namespace kvtier::text {
 
 // One entry of tokenizer.json's "added_tokens".
 struct AddedToken {
-  int32_t id = 0;
+  TokenId id = 0;
   std::string content;
   bool special = false;
   bool lstrip = false;       // the match also swallows whitespace on its left
@@ -56,17 +57,17 @@ class Tokenizer {
   // they are encoded as plain text), the rest is normalized, pre-tokenized and BPE-merged.
   // Any bytes are accepted (invalid UTF-8 is byte-level encoded too). Errors only when the
   // regex engine fails (e.g. resource limits): Internal / ResourceExhausted.
-  absl::StatusOr<std::vector<int32_t>> Encode(absl::string_view text,
+  absl::StatusOr<std::vector<TokenId>> Encode(absl::string_view text,
                                               bool allow_special = true) const;
   // Encode plus the post-processor's tokens (HF `encode(text)` with add_special_tokens=True):
   // Llama-3's TemplateProcessing prepends <|begin_of_text|>; ByteLevel or no post-processor
   // adds nothing. Unimplemented for other post-processors.
-  absl::StatusOr<std::vector<int32_t>> EncodeWithSpecialTokens(absl::string_view text) const;
+  absl::StatusOr<std::vector<TokenId>> EncodeWithSpecialTokens(absl::string_view text) const;
   // The bytes of `ids` concatenated (added tokens as their text). Unknown ids are skipped, as
   // HF does; with `skip_special`, special tokens too. The result is raw bytes: it may hold
   // invalid or incomplete UTF-8 (HF would substitute U+FFFD); use StreamDecoder
   // (text/stream_decoder.h) or Utf8Lossy (text/utf8.h) for text.
-  std::string Decode(absl::Span<const int32_t> ids, bool skip_special = false) const;
+  std::string Decode(absl::Span<const TokenId> ids, bool skip_special = false) const;
   // The normalized, pre-tokenized pieces (raw bytes, before byte-level mapping) of a text
   // with no added tokens in it. For tests and for the tokenizer trainer.
   absl::StatusOr<std::vector<std::string>> PreTokenize(absl::string_view text) const;
@@ -75,26 +76,26 @@ class Tokenizer {
   int32_t vocab_size() const;
   // The id of a token in its vocabulary spelling ("Ġworld", "<|eot_id|>"), added tokens
   // included.
-  std::optional<int32_t> TokenId(absl::string_view token) const;
+  std::optional<TokenId> IdOf(absl::string_view token) const;
   // The vocabulary spelling of `id`; nullopt for an id no token has.
-  std::optional<absl::string_view> IdToken(int32_t id) const;
+  std::optional<absl::string_view> IdToken(TokenId id) const;
   // True for added tokens marked "special".
-  bool IsSpecial(int32_t id) const;
+  bool IsSpecial(TokenId id) const;
   const std::vector<AddedToken>& added_tokens() const;
   // Ids of all special added tokens, ascending.
-  std::vector<int32_t> special_ids() const;
+  std::vector<TokenId> special_ids() const;
 
   // From tokenizer_config.json: bos_token (nullopt when null or absent), eos_token (empty
   // when absent), chat_template ("" when absent; for a list of named templates, "default").
-  std::optional<int32_t> bos_id() const;
-  const std::vector<int32_t>& eos_ids() const;
+  std::optional<TokenId> bos_id() const;
+  const std::vector<TokenId>& eos_ids() const;
   const std::string& chat_template() const;
 
  private:
   struct Impl;
   explicit Tokenizer(std::unique_ptr<Impl> impl);
   // Decoded bytes of one id, or nullptr when the id is unknown or skipped.
-  const std::string* TokenBytes(int32_t id, bool skip_special) const;
+  const std::string* TokenBytes(TokenId id, bool skip_special) const;
 
   std::unique_ptr<Impl> impl_;
 };

@@ -148,9 +148,9 @@ TEST(TokenizerTest, KnownMergesGiveExactIds) {
   EXPECT_THAT(Enc(t, "held"), ElementsAre(256, 263));
   EXPECT_THAT(Enc(t, "hello\nworld"), ElementsAre(259, B('\n'), B('w'), 261, 263));
   EXPECT_THAT(Enc(t, ""), ElementsAre());
-  EXPECT_EQ(t.TokenId("Ġworld"), 264);
-  EXPECT_EQ(t.TokenId("hello"), 259);
-  EXPECT_EQ(t.TokenId("nope"), std::nullopt);
+  EXPECT_EQ(t.IdOf("Ġworld"), 264);
+  EXPECT_EQ(t.IdOf("hello"), 259);
+  EXPECT_EQ(t.IdOf("nope"), std::nullopt);
   EXPECT_EQ(t.IdToken(264), "Ġworld");
   EXPECT_EQ(t.IdToken(265), "<|begin_of_text|>");
   EXPECT_EQ(t.IdToken(100000), std::nullopt);

@@ -44,10 +44,8 @@ void KvTier::RegisterStorePools() {
   registered_ = std::move(now);
 }
 
-std::vector<BlockKey> KvTier::Keys(absl::Span<const int32_t> tokens) const {
-  // Token ids are validated non-negative by the callers; the key hashes them as u32.
-  absl::Span<const uint32_t> u(reinterpret_cast<const uint32_t*>(tokens.data()), tokens.size());
-  return ComputeBlockKeys(namespace_, u, block_tokens_);
+std::vector<BlockKey> KvTier::Keys(absl::Span<const TokenId> tokens) const {
+  return ComputeBlockKeys(namespace_, tokens, block_tokens_);
 }
 
 void KvTier::LogFailure(const char* what, const absl::Status& status) {

@@ -56,7 +56,7 @@ class KvTier {
   uint32_t block_tokens() const { return block_tokens_; }
 
   // Keys of the full blocks of `tokens` under the engine's namespace.
-  std::vector<BlockKey> Keys(absl::Span<const int32_t> tokens) const;
+  std::vector<BlockKey> Keys(absl::Span<const TokenId> tokens) const;
 
   // Leading `keys` present in the store (no data moves); 0 without a store or on failure.
   size_t Lookup(absl::Span<const BlockKey> keys);

@@ -12,24 +12,21 @@ int64_t MaxContext(const engine::ModelConfig& config) {
   return limit;
 }
 
-absl::StatusOr<std::vector<int32_t>> CheckPrompt(absl::Span<const uint32_t> tokens,
-                                                 const engine::ModelConfig& config) {
+absl::Status CheckPrompt(absl::Span<const TokenId> tokens, const engine::ModelConfig& config) {
   if (tokens.empty()) return absl::InvalidArgumentError("the prompt is empty");
   const int64_t limit = MaxContext(config);
   if (static_cast<int64_t>(tokens.size()) > limit) {
     return absl::InvalidArgumentError(absl::StrCat(
         "the prompt has ", tokens.size(), " tokens, more than the model's context of ", limit));
   }
-  std::vector<int32_t> out(tokens.size());
   for (size_t i = 0; i < tokens.size(); ++i) {
-    if (tokens[i] >= static_cast<uint32_t>(config.vocab_size)) {
+    if (tokens[i] < 0 || tokens[i] >= config.vocab_size) {
       return absl::InvalidArgumentError(absl::StrCat("token id ", tokens[i], " at position ", i,
                                                      " is outside the vocabulary (vocab_size ",
                                                      config.vocab_size, ")"));
     }
-    out[i] = static_cast<int32_t>(tokens[i]);
   }
-  return out;
+  return absl::OkStatus();
 }
 
 }  // namespace kvtier::worker

@@ -7,9 +7,10 @@
 #include <cstdint>
 #include <vector>
 
-#include "absl/status/statusor.h"
+#include "absl/status/status.h"
 #include "absl/types/span.h"
 #include "engine/model_config.h"
+#include "kvtier/token.h"
 
 namespace kvtier::worker {
 
@@ -17,10 +18,9 @@ namespace kvtier::worker {
 // window when the model has one (the engine does not implement sliding-window attention).
 int64_t MaxContext(const engine::ModelConfig& config);
 
-// The prompt as engine token ids. InvalidArgument when it is empty, longer than MaxContext, or
-// holds an id outside [0, vocab_size).
-absl::StatusOr<std::vector<int32_t>> CheckPrompt(absl::Span<const uint32_t> tokens,
-                                                 const engine::ModelConfig& config);
+// InvalidArgument when the prompt is empty, longer than MaxContext, or holds an id outside
+// [0, vocab_size).
+absl::Status CheckPrompt(absl::Span<const TokenId> tokens, const engine::ModelConfig& config);
 
 }  // namespace kvtier::worker
 

@@ -116,7 +116,7 @@ class CudaEngine final : public Engine {
 
  protected:
   absl::Status DoForward(absl::Span<const SeqInput> batch, float* logits,
-                         int32_t* next_tokens) override;
+                         TokenId* next_tokens) override;
   absl::Status DoExportPages(absl::Span<const int32_t> pages, uint8_t* dst) override;
   absl::Status DoImportBlocks(absl::Span<const int32_t> pages,
                               const uint8_t* const* blocks) override;
@@ -647,7 +647,7 @@ absl::Status CudaEngine::RunGraphStep(size_t bucket_index, const StepShape& shap
 }
 
 absl::Status CudaEngine::DoForward(absl::Span<const SeqInput> batch, float* logits,
-                                   int32_t* next_tokens) {
+                                   TokenId* next_tokens) {
   KVTIER_CUDA_RETURN_IF_ERROR(cudaSetDevice(device_));
   cudaStream_t s = stream_.get();
   const int S = static_cast<int>(batch.size());

@@ -57,11 +57,11 @@ TEST_F(TokenizerWriterTest, Llama3WriteLoadRoundTrip) {
   absl::StatusOr<Tokenizer> t = Tokenizer::Load(dir_);
   ASSERT_TRUE(t.ok()) << t.status();
   EXPECT_EQ(t->vocab_size(), 4096);
-  EXPECT_EQ(t->TokenId("<|begin_of_text|>"), 4091);
-  EXPECT_EQ(t->TokenId("<|end_of_text|>"), 4092);
-  EXPECT_EQ(t->TokenId("<|start_header_id|>"), 4093);
-  EXPECT_EQ(t->TokenId("<|end_header_id|>"), 4094);
-  EXPECT_EQ(t->TokenId("<|eot_id|>"), 4095);
+  EXPECT_EQ(t->IdOf("<|begin_of_text|>"), 4091);
+  EXPECT_EQ(t->IdOf("<|end_of_text|>"), 4092);
+  EXPECT_EQ(t->IdOf("<|start_header_id|>"), 4093);
+  EXPECT_EQ(t->IdOf("<|end_header_id|>"), 4094);
+  EXPECT_EQ(t->IdOf("<|eot_id|>"), 4095);
   EXPECT_EQ(t->bos_id(), ids->bos_id);
   EXPECT_THAT(t->eos_ids(), ElementsAre(4095));
   EXPECT_THAT(t->special_ids(), ElementsAre(4091, 4092, 4093, 4094, 4095));
@@ -92,9 +92,9 @@ TEST_F(TokenizerWriterTest, ChatMLWriteLoadRoundTrip) {
   absl::StatusOr<Tokenizer> t = Tokenizer::Load(dir_);
   ASSERT_TRUE(t.ok()) << t.status();
   EXPECT_EQ(t->vocab_size(), 4096);
-  EXPECT_EQ(t->TokenId("<|endoftext|>"), 4093);
-  EXPECT_EQ(t->TokenId("<|im_start|>"), 4094);
-  EXPECT_EQ(t->TokenId("<|im_end|>"), 4095);
+  EXPECT_EQ(t->IdOf("<|endoftext|>"), 4093);
+  EXPECT_EQ(t->IdOf("<|im_start|>"), 4094);
+  EXPECT_EQ(t->IdOf("<|im_end|>"), 4095);
   EXPECT_EQ(t->bos_id(), std::nullopt);  // Qwen2 never prepends bos
   EXPECT_THAT(t->eos_ids(), ElementsAre(4095));
   EXPECT_EQ(text::DetectChatFormat(t->chat_template()).value(), ChatFormat::kChatML);

@@ -14,6 +14,7 @@
 #include "absl/status/statusor.h"
 #include "absl/strings/string_view.h"
 #include "absl/types/span.h"
+#include "kvtier/token.h"
 
 namespace kvtier {
 
@@ -45,10 +46,10 @@ struct NamespaceParams {
 NamespaceId ComputeNamespace(const NamespaceParams& params);
 
 // key = SHA-256(prev || tokens as u32 LE), where prev is the namespace for the first block.
-BlockKey ChainBlockKey(const BlockKey& prev, absl::Span<const uint32_t> block_tokens);
+BlockKey ChainBlockKey(const BlockKey& prev, absl::Span<const TokenId> block_tokens);
 
 // Keys of every full block of `tokens` (a trailing partial block has no key).
-std::vector<BlockKey> ComputeBlockKeys(const NamespaceId& ns, absl::Span<const uint32_t> tokens,
+std::vector<BlockKey> ComputeBlockKeys(const NamespaceId& ns, absl::Span<const TokenId> tokens,
                                        uint32_t block_tokens);
 
 // Lower-case hex of the 32 bytes, and its inverse.
