@@ -928,7 +928,7 @@ void MeasureToolAnchors(const StoreBenchOptions& o, const std::string& dir, cons
   }
 }
 
-// The targets of the issue (DESIGN §5): shm put and get >= 0.8x memcpy and >= 2x Redis; tcp
+// The targets of the issue (docs/BENCHMARKS.md): shm put and get >= 0.8x memcpy and >= 2x Redis; tcp
 // put and get >= Redis; a lookup of 1,000 keys p50 < 1 ms. The other rows are context.
 std::vector<TargetRow> TargetRows(const StoreBenchOptions& o, const StoreResults& s,
                                   const AnchorResults& a) {

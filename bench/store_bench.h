@@ -1,5 +1,5 @@
 // `kvtier-bench store`: bandwidth and lookup latency of a kvtier-store through the client
-// library (include/kvtier/store_client.h), with the anchors of DESIGN §5 measured in the same
+// library (include/kvtier/store_client.h), with the anchors of docs/BENCHMARKS.md measured in the same
 // run: a single-thread memcpy over buffers far larger than the caches, ucx_perftest's
 // ucp_put_bw, and a real redis-server driven by redis-benchmark.
 //

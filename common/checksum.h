@@ -1,4 +1,4 @@
-// Block payload checksum: xxh3-64 (DESIGN §2). Thread-safe, stateless.
+// Block payload checksum: xxh3-64 (docs/store-protocol.md). Thread-safe, stateless.
 #ifndef KVTIER_COMMON_CHECKSUM_H_
 #define KVTIER_COMMON_CHECKSUM_H_
 

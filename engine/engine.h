@@ -1,9 +1,9 @@
 // The inference engine: a Llama-family transformer over a paged KV cache, with a CPU reference
-// backend (fp32) and a CUDA backend (bf16). Knows nothing about the network (DESIGN §1).
+// backend (fp32) and a CUDA backend (bf16). Knows nothing about the network (docs/architecture.md, "Layers").
 //
 // KV cache: `num_pages` pages of `block_tokens` tokens. Page p of layer l holds
 // [K|V][kv_head][token][head_dim] (K after RoPE), so one page of all layers, taken layer by
-// layer, is exactly a block payload of DESIGN §2: ExportPages/ImportPages move whole blocks.
+// layer, is exactly a block payload (docs/architecture.md, "The path of a block"): ExportPages/ImportPages move whole blocks.
 //
 // An Engine is driven by one thread at a time (a worker's scheduler loop); it is not safe for
 // concurrent calls. Pages are owned by the caller (see PageAllocator): the engine only reads
@@ -140,7 +140,7 @@ class Engine {
   // no logits leave it). Decode steps of the CUDA backend replay CUDA graphs.
   absl::Status ForwardGreedy(absl::Span<const SeqInput> batch, absl::Span<TokenId> next_tokens);
 
-  // Copies pages to / from host memory as consecutive block payloads (DESIGN §2 layout,
+  // Copies pages to / from host memory as consecutive block payloads (the block payload layout,
   // kv_layout().BlockBytes() each). InvalidArgument for bad page ids or buffer sizes.
   absl::Status ExportPages(absl::Span<const int32_t> pages, absl::Span<uint8_t> dst);
   absl::Status ImportPages(absl::Span<const int32_t> pages, absl::Span<const uint8_t> src);

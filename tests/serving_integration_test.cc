@@ -1,4 +1,4 @@
-// Disaggregated serving end to end (DESIGN §4): a real kvtier-store, kvtier-prefill and
+// Disaggregated serving end to end (docs/architecture.md, "The path of a request"): a real kvtier-store, kvtier-prefill and
 // kvtier-decode on loopback with a generated tiny model, driven over gRPC. Every generation is
 // compared with an in-process full recompute (engine::Generate on the CPU backend): reused
 // blocks, from the decode worker's own cache or from the store, must give the same tokens to

@@ -41,7 +41,7 @@ absl::Status UcsToStatus(ucs_status_t status, absl::string_view what) {
 // UcxContext
 
 absl::StatusOr<std::unique_ptr<UcxContext>> UcxContext::Create() {
-  // PEER error handling drops posix/sysv unless their error handling is on (DESIGN §7). The
+  // PEER error handling drops posix/sysv unless their error handling is on (docs/store-protocol.md, "Data plane"). The
   // environment is the one place UCX 1.13 reads transport-level settings from for every
   // context; an explicit user setting wins (overwrite = 0).
   setenv("UCX_POSIX_ERROR_HANDLING", "y", 0);

@@ -1,4 +1,4 @@
-// BlockCache: a worker's own first tier of KV blocks (DESIGN §4.4), kept in the engine's pages.
+// BlockCache: a worker's own first tier of KV blocks (docs/serving.md), kept in the engine's pages.
 //
 // It maps block keys to pages holding completely computed full blocks. Full blocks never
 // change, so one cached page is shared read-only by every sequence whose prefix contains the
