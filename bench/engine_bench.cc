@@ -211,7 +211,7 @@ absl::Status Run(const EngineBenchOptions& o) {
     }
   }  // the engine's GPU memory is freed before transformers loads
 
-  nlohmann::json hf;
+  nlohmann::json hf = nlohmann::json::object();  // stays empty when transformers is skipped
   if (!o.python.empty()) {
     KVTIER_ASSIGN_OR_RETURN(hf, RunHf(o));
   }

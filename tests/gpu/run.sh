@@ -14,13 +14,16 @@ set -u
 steps=("$@")
 [ ${#steps[@]} -eq 0 ] && steps=(tests hf tok)
 OUT=${OUT:-/tmp/out}
-mkdir -p "$OUT" /tmp/kv
-tar -xJf .devcarry/kvtier-gpu.tar.xz -C /tmp/kv
+# KVTIER_PACK names another pack (e.g. a baseline build's, to compare two builds in one lease).
+pack=${KVTIER_PACK:-.devcarry/kvtier-gpu.tar.xz}
+kv=/tmp/kv-$(basename "$pack" .tar.xz)
+mkdir -p "$OUT" "$kv"
+tar -xJf "$pack" -C "$kv"
 cublas=$(python3 -c 'import nvidia.cublas, os; print(os.path.join(list(nvidia.cublas.__path__)[0], "lib"))' 2>/dev/null || true)
-export LD_LIBRARY_PATH=/tmp/kv/lib:/usr/local/cuda/lib64:${cublas}:${LD_LIBRARY_PATH:-}
+export LD_LIBRARY_PATH=$kv/lib:/usr/local/cuda/lib64:${cublas}:${LD_LIBRARY_PATH:-}
 export PYTHONUNBUFFERED=1
-export UCX_MODULE_DIR=/tmp/kv/lib/ucx
-BIN=/tmp/kv/bin
+export UCX_MODULE_DIR=$kv/lib/ucx
+BIN=$kv/bin
 export PATH=$BIN:$PATH  # redis-server, redis-benchmark, ucx_perftest for the store anchors
 nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.sm --format=csv,noheader
 ldd $BIN/kvtier-model | grep -E 'not found|cublas|cudart' || true
