@@ -129,6 +129,18 @@ float Dot(const float* a, const float* b, int n) {
   return (((acc[0] + acc[4]) + (acc[1] + acc[5])) + ((acc[2] + acc[6]) + (acc[3] + acc[7]))) + tail;
 }
 
+// out[i] += p * v[i], in blocks of 8 like Dot so that -O2 vectorizes it (each element's
+// operations are unchanged, so are the bits). As a scalar loop its speed depended on where the
+// heap put `out` relative to the pages: at a multiple of 4 KiB apart every load stalled on the
+// previous store (4K aliasing), and decode ran 1.3x slower in one build than in another.
+void Axpy(float p, const float* __restrict v, float* __restrict out, int n) {
+  int i = 0;
+  for (; i + 8 <= n; i += 8) {
+    for (int j = 0; j < 8; ++j) out[i + j] += p * v[i + j];
+  }
+  for (; i < n; ++i) out[i] += p * v[i];
+}
+
 }  // namespace
 
 void PagedAttention(const float* q, const float* kv_layer, const KvLayout& layout,
@@ -154,7 +166,7 @@ void PagedAttention(const float* q, const float* kv_layer, const KvLayout& layou
   for (int t = 0; t <= pos; ++t) {
     const float p = scores[t] / sum;
     const float* v = kv_layer + pages[t / b] * page_floats + v_off + size_t(t % b) * d;
-    for (int i = 0; i < d; ++i) out[i] += p * v[i];
+    Axpy(p, v, out, d);
   }
 }
 

@@ -41,9 +41,9 @@ absl::Status UcsToStatus(ucs_status_t status, absl::string_view what) {
 // UcxContext
 
 absl::StatusOr<std::unique_ptr<UcxContext>> UcxContext::Create() {
-  // PEER error handling drops posix/sysv unless their error handling is on (docs/store-protocol.md, "Data plane"). The
-  // environment is the one place UCX 1.13 reads transport-level settings from for every
-  // context; an explicit user setting wins (overwrite = 0).
+  // PEER error handling drops posix/sysv unless their error handling is on (docs/store-protocol.md,
+  // "Data plane"). The environment is the one place UCX 1.13 reads transport-level settings from
+  // for every context; an explicit user setting wins (overwrite = 0).
   setenv("UCX_POSIX_ERROR_HANDLING", "y", 0);
   setenv("UCX_SYSV_ERROR_HANDLING", "y", 0);
   // TCP's default 8 KiB segments cut a 2 MiB block into 256 messages that the (emulated) RMA
