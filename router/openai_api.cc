@@ -382,13 +382,20 @@ std::string UsageChunkJson(Endpoint endpoint, const std::string& id, int64_t cre
   return Dump(j);
 }
 
+namespace {
+
+Json ModelJson(const std::string& model, int64_t created) {
+  return {{"id", model}, {"object", "model"}, {"created", created}, {"owned_by", "kvtier"}};
+}
+
+}  // namespace
+
+std::string ModelBody(const std::string& model, int64_t created) {
+  return Dump(ModelJson(model, created));
+}
+
 std::string ModelsBody(const std::string& model, int64_t created) {
-  Json j = {
-      {"object", "list"},
-      {"data",
-       Json::array(
-           {{{"id", model}, {"object", "model"}, {"created", created}, {"owned_by", "kvtier"}}})}};
-  return Dump(j);
+  return Dump({{"object", "list"}, {"data", Json::array({ModelJson(model, created)})}});
 }
 
 }  // namespace kvtier::router

@@ -104,7 +104,9 @@ std::string ChunkJson(Endpoint endpoint, const std::string& id, int64_t created,
 std::string UsageChunkJson(Endpoint endpoint, const std::string& id, int64_t created,
                            const std::string& model, const Usage& usage);
 
-// GET /v1/models body.
+// GET /v1/models/{id} body: {"id","object":"model","created","owned_by":"kvtier"}.
+std::string ModelBody(const std::string& model, int64_t created);
+// GET /v1/models body: {"object":"list","data":[ModelBody]}.
 std::string ModelsBody(const std::string& model, int64_t created);
 
 }  // namespace kvtier::router

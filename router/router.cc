@@ -7,6 +7,7 @@
 #include <random>
 #include <utility>
 
+#include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "absl/time/clock.h"
@@ -14,6 +15,7 @@
 #include "common/logging.h"
 #include "common/status_macros.h"
 #include "router/grpc_worker_client.h"
+#include "router/http_task_queue.h"
 
 namespace kvtier::router {
 namespace {
@@ -21,11 +23,19 @@ namespace {
 const char* EndpointLabel(const std::string& path) {
   if (path == "/v1/completions") return "completions";
   if (path == "/v1/chat/completions") return "chat_completions";
-  if (path == "/v1/models") return "models";
+  if (path == "/v1/models" || absl::StartsWith(path, "/v1/models/")) return "models";
   if (path == "/health") return "health";
   if (path == "/metrics") return "metrics";
   return "other";
 }
+
+// Past max_body_bytes a body is read on and dropped for up to this many bytes more, so that a
+// client still sending it reads the 413 rather than a reset connection; a longer one is left
+// unread and the connection closed (docs/serving.md, "Limits").
+constexpr uint64_t kDrainBytes = 1 << 20;
+
+// GET /v1/models/{id}; ids may hold '/' ("meta-llama/Meta-Llama-3-8B-Instruct").
+constexpr char kModelPattern[] = R"(/v1/models/(.+))";
 
 std::vector<std::unique_ptr<WorkerClient>> GrpcClients(WorkerRole role,
                                                        const std::vector<std::string>& addresses) {
@@ -44,6 +54,16 @@ Router::Router(RouterOptions options)
                static_cast<uint64_t>(absl::GetCurrentTimeNanos())) {}
 
 absl::StatusOr<std::unique_ptr<Router>> Router::Create(RouterOptions options) {
+  std::vector<std::unique_ptr<WorkerClient>> decode =
+      GrpcClients(WorkerRole::kDecode, options.decode_workers);
+  std::vector<std::unique_ptr<WorkerClient>> prefill =
+      GrpcClients(WorkerRole::kPrefill, options.prefill_workers);
+  return Create(std::move(options), std::move(decode), std::move(prefill));
+}
+
+absl::StatusOr<std::unique_ptr<Router>> Router::Create(
+    RouterOptions options, std::vector<std::unique_ptr<WorkerClient>> decode_workers,
+    std::vector<std::unique_ptr<WorkerClient>> prefill_workers) {
   std::unique_ptr<Router> r(new Router(std::move(options)));
   const RouterOptions& o = r->options_;
   absl::StatusOr<text::Tokenizer> tok = text::Tokenizer::Load(o.model_dir);
@@ -72,8 +92,7 @@ absl::StatusOr<std::unique_ptr<Router>> Router::Create(RouterOptions options) {
     if (!ids.ok()) return ids.status();
     stop_token_ids = *std::move(ids);
   }
-  r->pool_ = std::make_unique<WorkerPool>(o, GrpcClients(WorkerRole::kDecode, o.decode_workers),
-                                          GrpcClients(WorkerRole::kPrefill, o.prefill_workers),
+  r->pool_ = std::make_unique<WorkerPool>(o, std::move(decode_workers), std::move(prefill_workers),
                                           &r->metrics_);
   r->generation_ = std::make_unique<Generation>(o, &*r->tokenizer_, std::move(stop_token_ids),
                                                 r->pool_.get(), &r->metrics_);
@@ -85,8 +104,11 @@ Router::~Router() { Stop(); }
 absl::StatusOr<int> Router::Start() {
   pool_->Refresh();
   server_ = std::make_unique<httplib::Server>();
-  const size_t threads = static_cast<size_t>(options_.http_threads);
-  server_->new_task_queue = [threads] { return new httplib::ThreadPool(threads); };
+  server_->new_task_queue = [threads = options_.http_threads,
+                             queued = options_.max_queued_requests] {
+    return new BoundedTaskQueue(threads, queued);
+  };
+  // Bodies are read by ReadBody, which also bounds chunked ones; this covers any other path.
   server_->set_payload_max_length(static_cast<size_t>(options_.max_body_bytes));
   RegisterRoutes();
   KVTIER_ASSIGN_OR_RETURN(const HostPort hp, ParseHostPort(options_.listen));
@@ -112,29 +134,51 @@ void Router::Stop() {
   if (listen_thread_.joinable()) listen_thread_.join();
 }
 
-std::optional<ApiError> Router::Tokenize(const ApiRequest& request,
+std::optional<ApiError> Router::Tokenize(const ApiRequest& request, int64_t max_tokens,
                                          std::vector<std::vector<TokenId>>* prompts) const {
-  if (request.endpoint == Endpoint::kChat) {
+  const bool chat = request.endpoint == Endpoint::kChat;
+  const char* const param = chat ? "messages" : "prompt";
+  // Text longer than this cannot be max_tokens tokens: refused before any tokenizing.
+  const int64_t max_bytes = options_.max_prompt_bytes > 0
+                                ? options_.max_prompt_bytes
+                                : max_tokens * static_cast<int64_t>(tokenizer_->max_token_bytes());
+  auto too_long = [&](absl::string_view what) {
+    return InvalidRequest(
+        absl::StrCat("the prompt is ", what, ", more than the limit of ", max_tokens, " tokens"),
+        param);
+  };
+  auto encoded = [&](absl::StatusOr<std::vector<TokenId>> ids) -> std::optional<ApiError> {
+    if (ids.status().code() == absl::StatusCode::kOutOfRange) {
+      return too_long(absl::StrCat("more than ", max_tokens, " tokens"));
+    }
+    if (!ids.ok()) return ServerError(500, std::string(ids.status().message()));
+    if (ids->empty()) return InvalidRequest(absl::StrCat("'", param, "' must not be empty"), param);
+    prompts->push_back(*std::move(ids));
+    return std::nullopt;
+  };
+  if (chat) {
     if (!chat_format_.has_value()) {
       return ServerError(500, "the served model has no chat template; use /v1/completions");
     }
-    absl::StatusOr<std::string> text = text::RenderChat(*chat_format_, request.messages, true);
-    if (!text.ok()) return InvalidRequest(std::string(text.status().message()), "messages");
-    // The rendered template spells its special tokens out, so it is encoded with special
-    // tokens allowed (see docs/serving.md: special-token text inside user content is matched
-    // too, as in most servers that render the template to text).
-    absl::StatusOr<std::vector<TokenId>> ids = tokenizer_->Encode(*text, /*allow_special=*/true);
-    if (!ids.ok()) return ServerError(500, std::string(ids.status().message()));
-    prompts->push_back(std::move(*ids));
-    return std::nullopt;
+    int64_t bytes = 0;
+    for (const text::ChatMessage& m : request.messages) bytes += m.content.size();
+    if (bytes > max_bytes) return too_long(absl::StrCat(bytes, " bytes of text"));
+    // Template markers become special tokens, content is text (docs/serving.md,
+    // "Tokenization"): a user cannot forge a turn by typing the template's tokens.
+    return encoded(
+        text::EncodeChat(*tokenizer_, *chat_format_, request.messages, true, max_tokens));
   }
   for (const Prompt& p : request.prompts) {
     if (p.text.has_value()) {
-      // As HF `encode(text)`: the tokenizer's post-processor adds bos where the model expects it.
-      absl::StatusOr<std::vector<TokenId>> ids = tokenizer_->EncodeWithSpecialTokens(*p.text);
-      if (!ids.ok()) return ServerError(500, std::string(ids.status().message()));
-      if (ids->empty()) return InvalidRequest("'prompt' must not be empty", "prompt");
-      prompts->push_back(std::move(*ids));
+      if (static_cast<int64_t>(p.text->size()) > max_bytes) {
+        return too_long(absl::StrCat(p.text->size(), " bytes of text"));
+      }
+      // As HF `encode(text)`: special tokens are recognised and the tokenizer's post-processor
+      // adds bos where the model expects it (a raw prompt is the client's whole prompt).
+      if (std::optional<ApiError> e =
+              encoded(tokenizer_->EncodeWithSpecialTokens(*p.text, max_tokens))) {
+        return e;
+      }
     } else {
       for (TokenId id : p.token_ids) {
         if (id >= tokenizer_->vocab_size()) {
@@ -142,6 +186,9 @@ std::optional<ApiError> Router::Tokenize(const ApiRequest& request,
                                              tokenizer_->vocab_size(), ")"),
                                 "prompt");
         }
+      }
+      if (static_cast<int64_t>(p.token_ids.size()) > max_tokens) {
+        return too_long(absl::StrCat(p.token_ids.size(), " tokens"));
       }
       prompts->push_back(p.token_ids);
     }
@@ -158,25 +205,34 @@ void Router::SendError(const ApiError& error, httplib::Response& res) {
 
 void Router::RegisterRoutes() {
   httplib::Server& s = *server_;
-  auto guard = [this](auto fn) {
-    // No exception leaves a handler (docs/serving.md, "HTTP API"): the adapter answers 500.
-    return [this, fn](const httplib::Request& req, httplib::Response& res) {
-      try {
-        fn(req, res);
-      } catch (const std::exception& e) {
-        spdlog::error("{} {}: {}", req.method, req.path, e.what());
-        SendError(ServerError(500, absl::StrCat("internal error: ", e.what())), res);
-      }
+  // No exception leaves a handler (docs/serving.md, "HTTP API"): the adapter answers 500.
+  auto guarded = [](const httplib::Request& req, httplib::Response& res, const auto& fn) {
+    try {
+      fn();
+    } catch (const std::exception& e) {
+      spdlog::error("{} {}: {}", req.method, req.path, e.what());
+      SendError(ServerError(500, absl::StrCat("internal error: ", e.what())), res);
+    }
+  };
+  auto guard = [guarded](auto fn) {
+    return [guarded, fn](const httplib::Request& req, httplib::Response& res) {
+      guarded(req, res, [&] { fn(req, res); });
     };
   };
-  s.Post("/v1/completions", guard([this](const httplib::Request& req, httplib::Response& res) {
-           HandleGenerate(Endpoint::kCompletions, req, res);
-         }));
-  s.Post("/v1/chat/completions", guard([this](const httplib::Request& req, httplib::Response& res) {
-           HandleGenerate(Endpoint::kChat, req, res);
-         }));
+  // The generation endpoints read their bodies themselves (ReadBody).
+  auto generate = [this, guarded](Endpoint endpoint) {
+    return [this, guarded, endpoint](const httplib::Request& req, httplib::Response& res,
+                                     const httplib::ContentReader& reader) {
+      guarded(req, res, [&] { HandleGenerate(endpoint, req, reader, res); });
+    };
+  };
+  s.Post("/v1/completions", generate(Endpoint::kCompletions));
+  s.Post("/v1/chat/completions", generate(Endpoint::kChat));
   s.Get("/v1/models", guard([this](const httplib::Request&, httplib::Response& res) {
           res.set_content(ModelsBody(options_.model_name, created_), "application/json");
+        }));
+  s.Get(kModelPattern, guard([this](const httplib::Request& req, httplib::Response& res) {
+          HandleModel(req.matches[1], res);
         }));
   s.Get("/health",
         guard([this](const httplib::Request&, httplib::Response& res) { HandleHealth(res); }));
@@ -194,7 +250,7 @@ void Router::RegisterRoutes() {
     s.Put(p, not_allowed);
     s.Delete(p, not_allowed);
   }
-  for (const char* p : {"/v1/models", "/health", "/metrics"}) {
+  for (const char* p : {"/v1/models", kModelPattern, "/health", "/metrics"}) {
     s.Post(p, not_allowed);
     s.Put(p, not_allowed);
     s.Delete(p, not_allowed);
@@ -234,6 +290,50 @@ void Router::RegisterRoutes() {
   });
 }
 
+void Router::HandleModel(const std::string& id, httplib::Response& res) {
+  if (id != options_.model_name) {
+    ApiError e =
+        InvalidRequest(absl::StrCat("the model '", id, "' does not exist (this server serves '",
+                                    options_.model_name, "')"),
+                       "model");
+    e.http_status = 404;
+    e.code = "model_not_found";
+    return SendError(e, res);
+  }
+  res.set_content(ModelBody(options_.model_name, created_), "application/json");
+}
+
+std::optional<ApiError> Router::ReadBody(const httplib::Request& req,
+                                         const httplib::ContentReader& reader, std::string* body,
+                                         httplib::Response& res) const {
+  const uint64_t max = static_cast<uint64_t>(options_.max_body_bytes);
+  const uint64_t length =
+      req.has_header("Content-Length") ? req.get_header_value<uint64_t>("Content-Length") : 0;
+  uint64_t seen = 0;
+  bool read = false;
+  if (length <= max + kDrainBytes) {
+    read = reader([&](const char* data, size_t n) {
+      seen += n;
+      if (seen <= max) {
+        body->append(data, n);
+        return true;
+      }
+      std::string().swap(*body);  // past the limit: nothing is kept
+      return seen <= max + kDrainBytes;
+    });
+  }
+  // A body not read to its end leaves the connection unusable.
+  if (!read) res.set_header("Connection", "close");
+  if (length > max || seen > max) {
+    ApiError e = InvalidRequest(
+        absl::StrCat("the request body is larger than the limit of ", max, " bytes"));
+    e.http_status = 413;
+    return e;
+  }
+  if (!read) return InvalidRequest("the request body could not be read");
+  return std::nullopt;
+}
+
 void Router::HandleHealth(httplib::Response& res) {
   const int up = pool_->DecodeWorkersUp();
   if (up > 0) {
@@ -245,11 +345,26 @@ void Router::HandleHealth(httplib::Response& res) {
 }
 
 void Router::HandleGenerate(Endpoint endpoint, const httplib::Request& http_req,
-                            httplib::Response& res) {
+                            const httplib::ContentReader& reader, httplib::Response& res) {
   auto gen = std::make_shared<GenerationRequest>();
   gen->start = std::chrono::steady_clock::now();
+  const int64_t created = absl::ToUnixSeconds(absl::Now());
+  std::string body;
+  if (std::optional<ApiError> e = ReadBody(http_req, reader, &body, res)) {
+    return SendError(*e, res);
+  }
+  if (BoundedTaskQueue::Overflowing()) {
+    ApiError e =
+        ServerError(429, absl::StrCat("the router is overloaded (", options_.http_threads,
+                                      " requests in progress, ", options_.max_queued_requests,
+                                      " waiting); retry later"));
+    e.code = "overloaded";
+    res.set_header("Retry-After", "1");
+    res.set_header("Connection", "close");
+    return SendError(e, res);
+  }
   ApiError error;
-  std::optional<ApiRequest> request = ParseRequest(endpoint, http_req.body, &error);
+  std::optional<ApiRequest> request = ParseRequest(endpoint, body, &error);
   if (!request.has_value()) return SendError(error, res);
   if (request->model != options_.model_name) {
     ApiError e = InvalidRequest(
@@ -260,22 +375,28 @@ void Router::HandleGenerate(Endpoint endpoint, const httplib::Request& http_req,
     e.code = "model_not_found";
     return SendError(e, res);
   }
-  if (std::optional<ApiError> e = Tokenize(*request, &gen->prompts)) return SendError(*e, res);
+  const int64_t choices = static_cast<int64_t>(
+      (endpoint == Endpoint::kChat ? 1 : request->prompts.size()) * request->n);
+  if (choices > options_.max_choices) {
+    return SendError(InvalidRequest(absl::StrCat("the request asks for ", choices,
+                                                 " choices (prompts x n), more than the limit of ",
+                                                 options_.max_choices),
+                                    "n"),
+                     res);
+  }
 
   const int64_t context = pool_->MaxContext();
   if (context == 0) return SendError(ServerError(503, "no decode worker is available"), res);
-  const int64_t prompt_limit =
-      options_.max_prompt_tokens > 0 ? std::min(options_.max_prompt_tokens, context) : context;
+  // A prompt leaves at least one token of the context to generate.
+  const int64_t prompt_limit = options_.max_prompt_tokens > 0
+                                   ? std::min(options_.max_prompt_tokens, context - 1)
+                                   : context - 1;
+  if (std::optional<ApiError> e = Tokenize(*request, prompt_limit, &gen->prompts)) {
+    return SendError(*e, res);
+  }
   int64_t max_tokens = request->max_tokens.value_or(options_.default_max_tokens);
   for (const std::vector<TokenId>& p : gen->prompts) {
     const int64_t len = static_cast<int64_t>(p.size());
-    if (len > prompt_limit || (len >= context)) {
-      return SendError(
-          InvalidRequest(absl::StrCat("the prompt is ", len, " tokens, more than the limit of ",
-                                      std::min(prompt_limit, context - 1), " tokens"),
-                         endpoint == Endpoint::kChat ? "messages" : "prompt"),
-          res);
-    }
     if (request->max_tokens.has_value()) {
       if (len + max_tokens > context) {
         return SendError(InvalidRequest(absl::StrCat("this model's context is ", context,
@@ -315,67 +436,66 @@ void Router::HandleGenerate(Endpoint endpoint, const httplib::Request& http_req,
           return true;
         });
     if (r.error.has_value()) return SendError(*r.error, res);
-    res.set_content(ResponseBody(endpoint, gen->id, created_, model, choices, r.usage),
+    res.set_content(ResponseBody(endpoint, gen->id, created, model, choices, r.usage),
                     "application/json");
     return;
   }
 
   const bool include_usage = request->include_usage;
   res.set_header("Cache-Control", "no-cache");
-  res.set_chunked_content_provider(
-      "text/event-stream",
-      [this, endpoint, gen, model, include_usage, num_choices](size_t, httplib::DataSink& sink) {
-        const std::string& id = gen->id;
-        auto write = [&sink](const std::string& s) {
-          return sink.is_writable() && sink.write(s.data(), s.size());
-        };
-        try {
-          bool ok = true;
-          if (endpoint == Endpoint::kChat) {
-            for (int i = 0; i < num_choices && ok; ++i) {
-              ok = write(SseEvent(ChunkJson(endpoint, id, created_, model, i, true, "", "")));
+  res.set_chunked_content_provider("text/event-stream", [this, endpoint, gen, model, created,
+                                                         include_usage, num_choices](
+                                                            size_t, httplib::DataSink& sink) {
+    const std::string& id = gen->id;
+    auto write = [&sink](const std::string& s) {
+      return sink.is_writable() && sink.write(s.data(), s.size());
+    };
+    try {
+      bool ok = true;
+      if (endpoint == Endpoint::kChat) {
+        for (int i = 0; i < num_choices && ok; ++i) {
+          ok = write(SseEvent(ChunkJson(endpoint, id, created, model, i, true, "", "")));
+        }
+      }
+      GenerationResult r;
+      r.client_gone = !ok;
+      if (ok) {
+        r = generation_->Run(*gen, [&](int index, const std::string& text,
+                                       const std::string& finish) {
+          if (!text.empty()) {
+            if (!write(SseEvent(ChunkJson(endpoint, id, created, model, index, false, text, "")))) {
+              return false;
             }
           }
-          GenerationResult r;
-          r.client_gone = !ok;
-          if (ok) {
-            r = generation_->Run(
-                *gen, [&](int index, const std::string& text, const std::string& finish) {
-                  if (!text.empty()) {
-                    if (!write(SseEvent(
-                            ChunkJson(endpoint, id, created_, model, index, false, text, "")))) {
-                      return false;
-                    }
-                  }
-                  if (!finish.empty()) {
-                    return write(SseEvent(
-                        ChunkJson(endpoint, id, created_, model, index, false, "", finish)));
-                  }
-                  return true;
-                });
+          if (!finish.empty()) {
+            return write(
+                SseEvent(ChunkJson(endpoint, id, created, model, index, false, "", finish)));
           }
-          if (r.client_gone) {
-            spdlog::debug("{}: the client went away; the generation was cancelled", id);
-            return false;
-          }
-          if (r.error.has_value()) {
-            write(SseEvent(ErrorBody(*r.error)));
-            sink.done();
-            return true;
-          }
-          if (include_usage) {
-            write(SseEvent(UsageChunkJson(endpoint, id, created_, model, r.usage)));
-          }
-          write(SseDone());
-          sink.done();
           return true;
-        } catch (const std::exception& ex) {
-          spdlog::error("{}: {}", id, ex.what());
-          write(SseEvent(ErrorBody(ServerError(500, "internal error"))));
-          sink.done();
-          return true;
-        }
-      });
+        });
+      }
+      if (r.client_gone) {
+        spdlog::debug("{}: the client went away; the generation was cancelled", id);
+        return false;
+      }
+      if (r.error.has_value()) {
+        write(SseEvent(ErrorBody(*r.error)));
+        sink.done();
+        return true;
+      }
+      if (include_usage) {
+        write(SseEvent(UsageChunkJson(endpoint, id, created, model, r.usage)));
+      }
+      write(SseDone());
+      sink.done();
+      return true;
+    } catch (const std::exception& ex) {
+      spdlog::error("{}: {}", id, ex.what());
+      write(SseEvent(ErrorBody(ServerError(500, "internal error"))));
+      sink.done();
+      return true;
+    }
+  });
 }
 
 }  // namespace kvtier::router

@@ -36,7 +36,14 @@ void DeclareRouterOptions(RouterOptions* o, OptionTable* t) {
   t->Add("affinity_keys_per_worker", &o->affinity_keys_per_worker,
          "block keys remembered per decode worker")
       .Positive();
+  t->AddBytes("max_prompt_bytes", &o->max_prompt_bytes,
+              "longest text prompt (0: prompt token limit x longest token)")
+      .Min(0);
+  t->Add("max_choices", &o->max_choices, "most choices (prompts x n) per request").Positive();
   t->Add("http_threads", &o->http_threads, "HTTP worker threads").Positive();
+  t->Add("max_queued_requests", &o->max_queued_requests,
+         "connections waiting for an HTTP thread (more: 429)")
+      .Positive();
   t->AddBytes("max_body_bytes", &o->max_body_bytes, "largest request body").Positive();
   t->Add("ready_file", &o->ready_file, "write {http_port, grpc_port, pid} here when serving");
   t->Add("log_level", &o->log_level, "log level").OneOf(LogLevelNames());

@@ -43,9 +43,16 @@ struct RouterOptions {
   int64_t health_timeout_ms = 1000;
   // Block keys remembered per decode worker for prefix affinity. Default: 65536.
   int64_t affinity_keys_per_worker = 65536;
+  // Longest text prompt (a completions prompt or a rendered conversation) in bytes, checked
+  // before tokenizing; 0: the prompt token limit times the tokenizer's longest token. Default: 0.
+  int64_t max_prompt_bytes = 0;
+  // Most choices (prompts × n) of one request. Default: 64.
+  int64_t max_choices = 64;
   // HTTP threads (each serves one request at a time, streaming included). Default: 64.
   int http_threads = 64;
-  // Largest request body. Default: 16 MiB.
+  // Accepted connections waiting for an HTTP thread; past it requests get 429. Default: 256.
+  int max_queued_requests = 256;
+  // Largest request body, with or without Content-Length (chunked). Default: 16 MiB.
   int64_t max_body_bytes = int64_t{16} << 20;
   // Written (atomically) once serving: {"http_port":..,"grpc_port":..,"pid":..} (grpc_port
   // repeats the HTTP port for the generic test helpers). Default: none.

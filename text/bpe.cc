@@ -1,5 +1,6 @@
 #include "text/bpe.h"
 
+#include <algorithm>
 #include <queue>
 
 #include "absl/status/status.h"
@@ -87,9 +88,11 @@ absl::StatusOr<std::unique_ptr<BpeModel>> BpeModel::Create(
   for (const auto& [token, id] : m->vocab_) {
     std::optional<std::string> bytes = ByteLevelDecode(token);
     if (!bytes.has_value() || bytes->empty()) continue;
+    m->max_token_bytes_ = std::max(m->max_token_bytes_, bytes->size());
     m->vocab_by_bytes_.emplace(*bytes, id);
     if (bytes->size() == 1) m->byte_ids_[static_cast<uint8_t>((*bytes)[0])] = id;
   }
+  m->all_bytes_ = std::find(m->byte_ids_.begin(), m->byte_ids_.end(), -1) == m->byte_ids_.end();
   if (options.unk_token.has_value()) {
     auto it = m->vocab_.find(*options.unk_token);
     if (it == m->vocab_.end()) {
@@ -183,6 +186,10 @@ void BpeModel::EncodeUncached(absl::string_view word, std::vector<TokenId>* out)
     }
   }
   for (int i = 0; i >= 0; i = symbols[i].next) out->push_back(symbols[i].id);
+}
+
+size_t BpeModel::MinTokens(size_t bytes) const {
+  return all_bytes_ ? (bytes + max_token_bytes_ - 1) / max_token_bytes_ : 0;
 }
 
 void BpeModel::Encode(absl::string_view word, std::vector<TokenId>* out) const {

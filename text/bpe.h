@@ -62,8 +62,13 @@ class BpeModel {
   BpeModel(const BpeModel&) = delete;
   BpeModel& operator=(const BpeModel&) = delete;
 
-  // Appends the ids of `word`, the raw bytes of one pre-tokenized piece.
+  // Appends the ids of `word`, the raw bytes of one pre-tokenized piece. The work is
+  // O(n log n) in the word's n bytes.
   void Encode(absl::string_view word, std::vector<TokenId>* out) const;
+  // The fewest ids Encode can give for a word of `bytes` bytes: each token stands for at most
+  // the longest vocabulary entry's bytes (0 when some byte has no token, so bytes may be
+  // dropped or fused into one unk_token).
+  size_t MinTokens(size_t bytes) const;
 
   // Spelling -> id.
   const absl::flat_hash_map<std::string, TokenId>& vocab() const { return vocab_; }
@@ -76,6 +81,8 @@ class BpeModel {
   absl::flat_hash_map<std::string, TokenId> vocab_;
   absl::flat_hash_map<std::string, TokenId> vocab_by_bytes_;  // decoded bytes -> id
   std::array<TokenId, 256> byte_ids_;                         // single-byte tokens, -1 = none
+  size_t max_token_bytes_ = 1;  // the longest vocabulary entry, in bytes
+  bool all_bytes_ = false;      // every byte has a single-byte token
   absl::flat_hash_map<uint64_t, std::pair<int32_t, TokenId>> merges_;  // pair -> (rank, id)
   bool ignore_merges_ = false;
   std::optional<TokenId> unk_id_;

@@ -60,33 +60,75 @@ absl::Status CheckRoles(absl::Span<const ChatMessage> messages) {
   return absl::OkStatus();
 }
 
+// Appends markers and text to a piece list, joining adjacent text.
+class PieceWriter {
+ public:
+  PieceWriter& Marker(absl::string_view marker) {
+    pieces_.push_back({std::string(marker), true});
+    return *this;
+  }
+  PieceWriter& Text(absl::string_view text) {
+    if (text.empty()) return *this;
+    if (pieces_.empty() || pieces_.back().special) pieces_.push_back({"", false});
+    pieces_.back().text.append(text.data(), text.size());
+    return *this;
+  }
+  std::vector<TextPiece> Take() { return std::move(pieces_); }
+
+ private:
+  std::vector<TextPiece> pieces_;
+};
+
 }  // namespace
 
-absl::StatusOr<std::string> RenderChat(ChatFormat format, absl::Span<const ChatMessage> messages,
-                                       bool add_generation_prompt) {
+absl::StatusOr<std::vector<TextPiece>> RenderChatPieces(ChatFormat format,
+                                                        absl::Span<const ChatMessage> messages,
+                                                        bool add_generation_prompt) {
   if (absl::Status s = CheckRoles(messages); !s.ok()) return s;
-  std::string out;
+  PieceWriter w;
   switch (format) {
     case ChatFormat::kLlama3:
       for (size_t i = 0; i < messages.size(); ++i) {
-        if (i == 0) out.append("<|begin_of_text|>");
-        absl::StrAppend(&out, "<|start_header_id|>", messages[i].role, "<|end_header_id|>\n\n",
-                        PythonStrip(messages[i].content), "<|eot_id|>");
+        if (i == 0) w.Marker("<|begin_of_text|>");
+        w.Marker("<|start_header_id|>").Text(messages[i].role).Marker("<|end_header_id|>");
+        w.Text("\n\n").Text(PythonStrip(messages[i].content)).Marker("<|eot_id|>");
       }
-      if (add_generation_prompt) out.append("<|start_header_id|>assistant<|end_header_id|>\n\n");
-      return out;
+      if (add_generation_prompt) {
+        w.Marker("<|start_header_id|>").Text("assistant").Marker("<|end_header_id|>").Text("\n\n");
+      }
+      return w.Take();
     case ChatFormat::kChatML:
       for (size_t i = 0; i < messages.size(); ++i) {
         if (i == 0 && messages[0].role != "system") {
-          absl::StrAppend(&out, "<|im_start|>system\n", kQwen2DefaultSystem, "<|im_end|>\n");
+          w.Marker("<|im_start|>").Text("system\n").Text(kQwen2DefaultSystem);
+          w.Marker("<|im_end|>").Text("\n");
         }
-        absl::StrAppend(&out, "<|im_start|>", messages[i].role, "\n", messages[i].content,
-                        "<|im_end|>\n");
+        w.Marker("<|im_start|>").Text(messages[i].role).Text("\n").Text(messages[i].content);
+        w.Marker("<|im_end|>").Text("\n");
       }
-      if (add_generation_prompt) out.append("<|im_start|>assistant\n");
-      return out;
+      if (add_generation_prompt) w.Marker("<|im_start|>").Text("assistant\n");
+      return w.Take();
   }
   return absl::InvalidArgumentError("unknown chat format");
+}
+
+absl::StatusOr<std::string> RenderChat(ChatFormat format, absl::Span<const ChatMessage> messages,
+                                       bool add_generation_prompt) {
+  absl::StatusOr<std::vector<TextPiece>> pieces =
+      RenderChatPieces(format, messages, add_generation_prompt);
+  if (!pieces.ok()) return pieces.status();
+  std::string out;
+  for (const TextPiece& p : *pieces) out.append(p.text);
+  return out;
+}
+
+absl::StatusOr<std::vector<TokenId>> EncodeChat(const Tokenizer& tokenizer, ChatFormat format,
+                                                absl::Span<const ChatMessage> messages,
+                                                bool add_generation_prompt, size_t max_tokens) {
+  absl::StatusOr<std::vector<TextPiece>> pieces =
+      RenderChatPieces(format, messages, add_generation_prompt);
+  if (!pieces.ok()) return pieces.status();
+  return tokenizer.EncodePieces(*pieces, max_tokens);
 }
 
 absl::StatusOr<ChatFormat> DetectChatFormat(absl::string_view chat_template) {

@@ -10,6 +10,11 @@
 //    Qwen2's default system message "You are a helpful assistant." when the first message is not
 //    a system message; the generation prompt is "<|im_start|>assistant\n".
 //
+// A rendered conversation is a list of pieces: the template's markers (its special tokens, spelled
+// out) and text (the template's own text and the messages' content). EncodeChat encodes the
+// markers as special tokens and everything else as text, so a message that spells a special
+// token cannot forge a turn (docs/serving.md, "Tokenization").
+//
 // See docs/engine.md, "Tokenizer and chat templates". Free functions over value types;
 // thread-safe.
 #ifndef KVTIER_TEXT_CHAT_TEMPLATE_H_
@@ -33,12 +38,25 @@ struct ChatMessage {
   std::string content;
 };
 
-// The prompt text of `messages` (special tokens spelled out: encode it with allow_special).
-// With `add_generation_prompt`, ends with the header that makes the model answer as the
-// assistant. InvalidArgument for a role other than system/user/assistant. An empty
-// conversation renders as HF does (just the generation prompt, if asked for).
+// The prompt of `messages` as pieces: markers (special) and text, adjacent text joined. With
+// `add_generation_prompt`, ends with the header that makes the model answer as the assistant.
+// InvalidArgument for a role other than system/user/assistant. An empty conversation renders as
+// HF does (just the generation prompt, if asked for).
+absl::StatusOr<std::vector<TextPiece>> RenderChatPieces(ChatFormat format,
+                                                        absl::Span<const ChatMessage> messages,
+                                                        bool add_generation_prompt);
+// The pieces joined: the text HF's `apply_chat_template(tokenize=False)` renders.
 absl::StatusOr<std::string> RenderChat(ChatFormat format, absl::Span<const ChatMessage> messages,
                                        bool add_generation_prompt);
+// The token ids of the rendered conversation (Tokenizer::EncodePieces): the markers as their
+// special tokens, the rest as text, so that special-token text inside a message is encoded as
+// text (HF's split_special_tokens behaviour for content). For a conversation without such text
+// the ids equal those of RenderChat's text encoded with special tokens allowed. Errors of
+// RenderChatPieces, and of EncodePieces (OutOfRange past `max_tokens`).
+absl::StatusOr<std::vector<TokenId>> EncodeChat(const Tokenizer& tokenizer, ChatFormat format,
+                                                absl::Span<const ChatMessage> messages,
+                                                bool add_generation_prompt,
+                                                size_t max_tokens = kNoTokenLimit);
 
 // The format of a tokenizer_config.json "chat_template": one mentioning "<|start_header_id|>" is
 // kLlama3, one mentioning "<|im_start|>" kChatML; anything else is Unimplemented.

@@ -54,6 +54,24 @@ bool IsWordChar(char32_t c) {
   }
 }
 
+// `text` without the Unicode whitespace at its start (`leading`) or its end.
+absl::string_view StripWhitespace(absl::string_view text, bool leading) {
+  while (!text.empty()) {
+    const Utf8Char c = leading ? DecodeUtf8(text) : DecodeUtf8Before(text, text.size());
+    if (!c.valid || !IsUnicodeWhitespace(c.code_point)) break;
+    if (leading) {
+      text.remove_prefix(c.length);
+    } else {
+      text.remove_suffix(c.length);
+    }
+  }
+  return text;
+}
+
+absl::Status TooMany(size_t max_tokens) {
+  return absl::OutOfRangeError(absl::StrCat("the text is more than ", max_tokens, " tokens"));
+}
+
 // ---- JSON helpers (exception-free accessors) -----------------------------------------------
 
 absl::Status Invalid(absl::string_view where, absl::string_view what) {
@@ -113,6 +131,7 @@ struct Tokenizer::Impl {
   std::vector<std::string> id_token;
   std::vector<std::string> id_bytes;
   std::vector<uint8_t> id_kind;
+  size_t max_token_bytes = 1;
 
   std::vector<AddedToken> added;
   absl::flat_hash_map<std::string, TokenId> added_by_content;
@@ -137,12 +156,16 @@ struct Tokenizer::Impl {
   absl::Status BuildIdTables();
 
   // Normalizes and pre-tokenizes `text` (no added tokens in it) and appends the BPE ids of its
-  // pieces.
-  absl::Status EncodeSegment(absl::string_view text, std::vector<TokenId>* out) const;
+  // pieces; OutOfRange (TooMany) once `out` would hold more than `max_tokens` ids.
+  absl::Status EncodeSegment(absl::string_view text, size_t max_tokens,
+                             std::vector<TokenId>* out) const;
   // The leftmost-longest added token at or after *pos (HF's aho-corasick, LeftmostLongest),
   // its start in *pos; nullptr when none.
   const AddedToken* FindAddedToken(absl::string_view text, size_t* pos) const;
-  absl::Status Encode(absl::string_view text, bool allow_special, std::vector<TokenId>* out) const;
+  // The added token spelled `content`, or nullptr.
+  const AddedToken* AddedByContent(absl::string_view content) const;
+  absl::Status Encode(absl::string_view text, bool allow_special, size_t max_tokens,
+                      std::vector<TokenId>* out) const;
 };
 
 absl::Status Tokenizer::Impl::ParseModel(const Json& model) {
@@ -438,16 +461,19 @@ absl::Status Tokenizer::Impl::BuildIdTables() {
     // bytes, any other token its own UTF-8 text.
     std::optional<std::string> bytes = ByteLevelDecode(id_token[id]);
     id_bytes[id] = bytes.has_value() ? *std::move(bytes) : id_token[id];
+    max_token_bytes = std::max(max_token_bytes, id_bytes[id].size());
   }
   return absl::OkStatus();
 }
 
-absl::Status Tokenizer::Impl::EncodeSegment(absl::string_view text,
+absl::Status Tokenizer::Impl::EncodeSegment(absl::string_view text, size_t max_tokens,
                                             std::vector<TokenId>* out) const {
   if (text.empty()) return absl::OkStatus();
   auto merge = [&](absl::string_view piece) {
+    // A word too long for the tokens left is refused before its O(n log n) merge.
+    if (bpe->MinTokens(piece.size()) > max_tokens - out->size()) return TooMany(max_tokens);
     bpe->Encode(piece, out);
-    return absl::OkStatus();
+    return out->size() > max_tokens ? TooMany(max_tokens) : absl::OkStatus();
   };
   if (!nfc) return pre_tokenizer.Split(text, merge);
   return pre_tokenizer.Split(Nfc(text), merge);
@@ -466,7 +492,16 @@ const AddedToken* Tokenizer::Impl::FindAddedToken(absl::string_view text, size_t
   return nullptr;
 }
 
-absl::Status Tokenizer::Impl::Encode(absl::string_view text, bool allow_special,
+const AddedToken* Tokenizer::Impl::AddedByContent(absl::string_view content) const {
+  auto it = added_by_content.find(content);
+  if (it == added_by_content.end()) return nullptr;
+  for (const AddedToken& t : added) {
+    if (t.id == it->second) return &t;
+  }
+  return nullptr;
+}
+
+absl::Status Tokenizer::Impl::Encode(absl::string_view text, bool allow_special, size_t max_tokens,
                                      std::vector<TokenId>* out) const {
   size_t segment_start = 0;  // start of the text not yet encoded
   size_t pos = 0;            // where the search for the next added token resumes
@@ -487,27 +522,20 @@ absl::Status Tokenizer::Impl::Encode(absl::string_view text, bool allow_special,
       }
     }
     if (token->lstrip) {
-      while (begin > segment_start) {
-        const Utf8Char c = DecodeUtf8Before(text, begin);
-        if (!c.valid || !IsUnicodeWhitespace(c.code_point) || begin - c.length < segment_start) {
-          break;
-        }
-        begin -= c.length;
-      }
+      begin = segment_start +
+              StripWhitespace(text.substr(segment_start, begin - segment_start), false).size();
     }
     if (token->rstrip) {
-      while (end < text.size()) {
-        const Utf8Char c = DecodeUtf8(text.substr(end));
-        if (!c.valid || !IsUnicodeWhitespace(c.code_point)) break;
-        end += c.length;
-      }
+      end = text.size() - StripWhitespace(text.substr(end), true).size();
       pos = end;
     }
-    KVTIER_RETURN_IF_ERROR(EncodeSegment(text.substr(segment_start, begin - segment_start), out));
+    KVTIER_RETURN_IF_ERROR(
+        EncodeSegment(text.substr(segment_start, begin - segment_start), max_tokens, out));
+    if (out->size() >= max_tokens) return TooMany(max_tokens);
     out->push_back(token->id);
     segment_start = end;
   }
-  return EncodeSegment(text.substr(segment_start), out);
+  return EncodeSegment(text.substr(segment_start), max_tokens, out);
 }
 
 Tokenizer::Tokenizer(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
@@ -579,20 +607,54 @@ absl::StatusOr<Tokenizer> Tokenizer::FromJson(absl::string_view tokenizer_json,
   return Tokenizer(std::move(impl));
 }
 
-absl::StatusOr<std::vector<TokenId>> Tokenizer::Encode(absl::string_view text,
-                                                       bool allow_special) const {
+absl::StatusOr<std::vector<TokenId>> Tokenizer::Encode(absl::string_view text, bool allow_special,
+                                                       size_t max_tokens) const {
   std::vector<TokenId> ids;
-  ids.reserve(text.size() / 3 + 1);
-  KVTIER_RETURN_IF_ERROR(impl_->Encode(text, allow_special, &ids));
+  ids.reserve(std::min(text.size() / 3, max_tokens) + 1);
+  KVTIER_RETURN_IF_ERROR(impl_->Encode(text, allow_special, max_tokens, &ids));
   return ids;
 }
 
-absl::StatusOr<std::vector<TokenId>> Tokenizer::EncodeWithSpecialTokens(
-    absl::string_view text) const {
+absl::StatusOr<std::vector<TokenId>> Tokenizer::EncodeWithSpecialTokens(absl::string_view text,
+                                                                        size_t max_tokens) const {
   KVTIER_RETURN_IF_ERROR(impl_->post_status);
-  std::vector<TokenId> ids = impl_->post_prefix;
-  KVTIER_RETURN_IF_ERROR(impl_->Encode(text, true, &ids));
-  ids.insert(ids.end(), impl_->post_suffix.begin(), impl_->post_suffix.end());
+  const std::vector<TokenId>& prefix = impl_->post_prefix;
+  const std::vector<TokenId>& suffix = impl_->post_suffix;
+  if (prefix.size() + suffix.size() > max_tokens) return TooMany(max_tokens);
+  std::vector<TokenId> ids = prefix;
+  KVTIER_RETURN_IF_ERROR(impl_->Encode(text, true, max_tokens - suffix.size(), &ids));
+  ids.insert(ids.end(), suffix.begin(), suffix.end());
+  return ids;
+}
+
+absl::StatusOr<std::vector<TokenId>> Tokenizer::EncodePieces(absl::Span<const TextPiece> pieces,
+                                                             size_t max_tokens) const {
+  std::vector<TokenId> ids;
+  // The marker's added token next to text piece i (nullptr when none).
+  auto marker = [&](size_t i) -> const AddedToken* {
+    return i < pieces.size() && pieces[i].special ? impl_->AddedByContent(pieces[i].text) : nullptr;
+  };
+  for (size_t i = 0; i < pieces.size(); ++i) {
+    const TextPiece& piece = pieces[i];
+    if (piece.special) {
+      const AddedToken* token = marker(i);
+      if (token == nullptr || !token->special) {
+        return absl::InvalidArgumentError(
+            absl::StrCat("\"", piece.text, "\" is not a special token of the tokenizer"));
+      }
+      if (ids.size() >= max_tokens) return TooMany(max_tokens);
+      ids.push_back(token->id);
+      continue;
+    }
+    absl::string_view text = piece.text;
+    if (const AddedToken* before = i > 0 ? marker(i - 1) : nullptr; before && before->rstrip) {
+      text = StripWhitespace(text, /*leading=*/true);
+    }
+    if (const AddedToken* after = marker(i + 1); after && after->lstrip) {
+      text = StripWhitespace(text, /*leading=*/false);
+    }
+    KVTIER_RETURN_IF_ERROR(impl_->Encode(text, /*allow_special=*/false, max_tokens, &ids));
+  }
   return ids;
 }
 
@@ -617,6 +679,8 @@ absl::StatusOr<std::vector<std::string>> Tokenizer::PreTokenize(absl::string_vie
 }
 
 int32_t Tokenizer::vocab_size() const { return static_cast<int32_t>(impl_->id_kind.size()); }
+
+size_t Tokenizer::max_token_bytes() const { return impl_->max_token_bytes; }
 
 std::optional<TokenId> Tokenizer::IdOf(absl::string_view token) const {
   if (auto it = impl_->added_by_content.find(token); it != impl_->added_by_content.end()) {

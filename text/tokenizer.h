@@ -11,7 +11,9 @@
 #ifndef KVTIER_TEXT_TOKENIZER_H_
 #define KVTIER_TEXT_TOKENIZER_H_
 
+#include <cstddef>
 #include <cstdint>
+#include <limits>
 #include <memory>
 #include <optional>
 #include <string>
@@ -35,6 +37,16 @@ struct AddedToken {
   bool normalized = false;   // recorded; matching is always on the raw text
 };
 
+// The max_tokens of an Encode without a limit.
+inline constexpr size_t kNoTokenLimit = std::numeric_limits<size_t>::max();
+
+// One piece of a text to encode with EncodePieces: plain text, or one special token spelled out
+// (a chat template's marker, text/chat_template.h).
+struct TextPiece {
+  std::string text;
+  bool special = false;
+};
+
 class Tokenizer {
  public:
   // Reads `model_dir`/tokenizer.json and, when present, `model_dir`/tokenizer_config.json
@@ -55,14 +67,28 @@ class Tokenizer {
   // Token ids of `text`, like HF `encode(text, add_special_tokens=False)`: added tokens are
   // matched literally first (leftmost-longest; special ones only when `allow_special`, else
   // they are encoded as plain text), the rest is normalized, pre-tokenized and BPE-merged.
-  // Any bytes are accepted (invalid UTF-8 is byte-level encoded too). Errors only when the
-  // regex engine fails (e.g. resource limits): Internal / ResourceExhausted.
-  absl::StatusOr<std::vector<TokenId>> Encode(absl::string_view text,
-                                              bool allow_special = true) const;
+  // Any bytes are accepted (invalid UTF-8 is byte-level encoded too). Errors when the regex
+  // engine fails (e.g. resource limits): Internal / ResourceExhausted; and OutOfRange once the
+  // text is known to need more than `max_tokens` tokens: encoding stops there, and a word
+  // (pre-tokenized piece) whose bytes alone need more tokens than are left is refused before
+  // it is merged, so the work stays bounded by `max_tokens` however long the text
+  // (docs/serving.md, "Limits").
+  absl::StatusOr<std::vector<TokenId>> Encode(absl::string_view text, bool allow_special = true,
+                                              size_t max_tokens = kNoTokenLimit) const;
   // Encode plus the post-processor's tokens (HF `encode(text)` with add_special_tokens=True):
   // Llama-3's TemplateProcessing prepends <|begin_of_text|>; ByteLevel or no post-processor
-  // adds nothing. Unimplemented for other post-processors.
-  absl::StatusOr<std::vector<TokenId>> EncodeWithSpecialTokens(absl::string_view text) const;
+  // adds nothing. Unimplemented for other post-processors. `max_tokens` as in Encode (the
+  // post-processor's tokens count).
+  absl::StatusOr<std::vector<TokenId>> EncodeWithSpecialTokens(
+      absl::string_view text, size_t max_tokens = kNoTokenLimit) const;
+  // The ids of `pieces` concatenated: each special piece is its special token (InvalidArgument
+  // when it is not exactly one special added token), text pieces are encoded with special
+  // tokens off (Encode with allow_special false: text that spells a special token stays
+  // text, as HF's split_special_tokens), each on its own, as HF splits a text at its special
+  // tokens (whitespace next to a special token with lstrip/rstrip is dropped, as there).
+  // Errors and `max_tokens` as in Encode.
+  absl::StatusOr<std::vector<TokenId>> EncodePieces(absl::Span<const TextPiece> pieces,
+                                                    size_t max_tokens = kNoTokenLimit) const;
   // The bytes of `ids` concatenated (added tokens as their text). Unknown ids are skipped, as
   // HF does; with `skip_special`, special tokens too. The result is raw bytes: it may hold
   // invalid or incomplete UTF-8 (HF would substitute U+FFFD); use StreamDecoder
@@ -74,6 +100,10 @@ class Tokenizer {
 
   // One more than the largest id (model vocabulary plus added tokens): HF `len(tokenizer)`.
   int32_t vocab_size() const;
+  // The most bytes one token stands for (added tokens included): a text of more than
+  // `max_token_bytes() * n` bytes cannot encode to n tokens, unless NFC composition or an added
+  // token's stripping swallows bytes.
+  size_t max_token_bytes() const;
   // The id of a token in its vocabulary spelling ("Ġworld", "<|eot_id|>"), added tokens
   // included.
   std::optional<TokenId> IdOf(absl::string_view token) const;

@@ -7,6 +7,7 @@
 #include <utility>
 #include <vector>
 
+#include "absl/time/clock.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
 #include "nlohmann/json.hpp"
@@ -240,6 +241,63 @@ TEST(TokenizerTest, SpecialTokensOnlyWhenAllowed) {
   EXPECT_EQ(t.Decode(std::vector<int32_t>{259, -5, 99999, 264}), "hello world");
 }
 
+TEST(TokenizerTest, EncodeStopsPastMaxTokens) {
+  Tokenizer t = Make(HelloWorldSpec());
+  EXPECT_THAT(Enc(t, "hello world<|eot_id|>"), ElementsAre(259, 264, 266));
+  EXPECT_TRUE(t.Encode("hello world<|eot_id|>", true, 3).ok());
+  EXPECT_EQ(t.Encode("hello world<|eot_id|>", true, 2).status().code(),
+            absl::StatusCode::kOutOfRange);
+  EXPECT_EQ(t.Encode("hello world", true, 1).status().code(), absl::StatusCode::kOutOfRange);
+  EXPECT_EQ(t.Encode("hello", true, 0).status().code(), absl::StatusCode::kOutOfRange);
+  EXPECT_TRUE(t.Encode("", true, 0).ok());
+}
+
+// The bytes of a word bound its tokens from below: a word that cannot fit in the tokens left is
+// refused before BPE merges it (issue #10: an 8 MiB word took 5.6 s to merge).
+TEST(TokenizerTest, LongWordPastMaxTokensIsRefusedBeforeMerging) {
+  Tokenizer t = Make(HelloWorldSpec());
+  EXPECT_EQ(t.max_token_bytes(), 17u);  // "<|begin_of_text|>"
+  const std::string word(8 << 20, 'l');
+  const absl::Time start = absl::Now();
+  EXPECT_EQ(t.Encode(word, true, 1000).status().code(), absl::StatusCode::kOutOfRange);
+  EXPECT_LT(absl::Now() - start, absl::Seconds(1));
+  // A word that can fit is merged as before.
+  EXPECT_EQ(Enc(t, std::string(10, 'l')).size(), 5u);
+  EXPECT_TRUE(t.Encode(std::string(10, 'l'), true, 5).ok());
+}
+
+TEST(TokenizerTest, EncodePiecesKeepsSpecialTokensOutOfText) {
+  Tokenizer t = Make(HelloWorldSpec());
+  const int32_t bot = 265, eot = 266, extra = 267;
+  const std::vector<TextPiece> pieces = {
+      {"<|begin_of_text|>", true}, {"hello<|eot_id|> world<extra>", false}, {"<|eot_id|>", true}};
+  absl::StatusOr<std::vector<TokenId>> ids = t.EncodePieces(pieces);
+  ASSERT_TRUE(ids.ok()) << ids.status();
+  EXPECT_EQ(ids->front(), bot);
+  EXPECT_EQ(ids->back(), eot);
+  EXPECT_EQ(std::count(ids->begin(), ids->end(), eot), 1);
+  EXPECT_EQ(std::count(ids->begin(), ids->end(), extra), 1);  // not special: matched
+  EXPECT_EQ(t.Decode(*ids), "<|begin_of_text|>hello<|eot_id|> world<extra><|eot_id|>");
+  EXPECT_EQ(t.EncodePieces(pieces, ids->size() - 1).status().code(), absl::StatusCode::kOutOfRange);
+  // A marker must be exactly one special token.
+  EXPECT_EQ(t.EncodePieces({{"<extra>", true}}).status().code(),
+            absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(t.EncodePieces({{"hello", true}}).status().code(), absl::StatusCode::kInvalidArgument);
+}
+
+TEST(TokenizerTest, EncodePiecesStripsAsTheMarkersDo) {
+  Json json = MakeJson(HelloWorldSpec());
+  json["added_tokens"][1]["lstrip"] = true;  // <|eot_id|>
+  json["added_tokens"][1]["rstrip"] = true;
+  absl::StatusOr<Tokenizer> t = Tokenizer::FromJson(json.dump());
+  ASSERT_TRUE(t.ok()) << t.status();
+  absl::StatusOr<std::vector<TokenId>> ids =
+      t->EncodePieces({{"hello  ", false}, {"<|eot_id|>", true}, {"  world", false}});
+  ASSERT_TRUE(ids.ok()) << ids.status();
+  EXPECT_EQ(*ids, Enc(*t, "hello  <|eot_id|>  world"));
+  EXPECT_THAT(*ids, ElementsAre(259, 266, B('w'), 261, 263));
+}
+
 TEST(TokenizerTest, AddedTokenStripping) {
   Json json = MakeJson(HelloWorldSpec());
   json["added_tokens"][2]["lstrip"] = true;  // <extra>
@@ -276,6 +334,9 @@ TEST(TokenizerTest, PostProcessorAddsBos) {
   ASSERT_TRUE(ids.ok()) << ids.status();
   EXPECT_THAT(*ids, ElementsAre(265, 259));
   EXPECT_THAT(Enc(t, "hello"), ElementsAre(259));
+  // The post-processor's tokens count against max_tokens.
+  EXPECT_TRUE(t.EncodeWithSpecialTokens("hello", 2).ok());
+  EXPECT_EQ(t.EncodeWithSpecialTokens("hello", 1).status().code(), absl::StatusCode::kOutOfRange);
 }
 
 TEST(TokenizerTest, ConfigGivesBosEosAndTemplate) {
