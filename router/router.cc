@@ -443,59 +443,60 @@ void Router::HandleGenerate(Endpoint endpoint, const httplib::Request& http_req,
 
   const bool include_usage = request->include_usage;
   res.set_header("Cache-Control", "no-cache");
-  res.set_chunked_content_provider("text/event-stream", [this, endpoint, gen, model, created,
-                                                         include_usage, num_choices](
-                                                            size_t, httplib::DataSink& sink) {
-    const std::string& id = gen->id;
-    auto write = [&sink](const std::string& s) {
-      return sink.is_writable() && sink.write(s.data(), s.size());
-    };
-    try {
-      bool ok = true;
-      if (endpoint == Endpoint::kChat) {
-        for (int i = 0; i < num_choices && ok; ++i) {
-          ok = write(SseEvent(ChunkJson(endpoint, id, created, model, i, true, "", "")));
-        }
-      }
-      GenerationResult r;
-      r.client_gone = !ok;
-      if (ok) {
-        r = generation_->Run(*gen, [&](int index, const std::string& text,
-                                       const std::string& finish) {
-          if (!text.empty()) {
-            if (!write(SseEvent(ChunkJson(endpoint, id, created, model, index, false, text, "")))) {
-              return false;
+  res.set_chunked_content_provider(
+      "text/event-stream",
+      [=, this](size_t, httplib::DataSink& sink) {  // endpoint, gen, model, created, usage, n
+        const std::string& id = gen->id;
+        auto write = [&sink](const std::string& s) {
+          return sink.is_writable() && sink.write(s.data(), s.size());
+        };
+        try {
+          bool ok = true;
+          if (endpoint == Endpoint::kChat) {
+            for (int i = 0; i < num_choices && ok; ++i) {
+              ok = write(SseEvent(ChunkJson(endpoint, id, created, model, i, true, "", "")));
             }
           }
-          if (!finish.empty()) {
-            return write(
-                SseEvent(ChunkJson(endpoint, id, created, model, index, false, "", finish)));
+          GenerationResult r;
+          r.client_gone = !ok;
+          if (ok) {
+            r = generation_->Run(
+                *gen, [&](int index, const std::string& text, const std::string& finish) {
+                  if (!text.empty()) {
+                    if (!write(SseEvent(
+                            ChunkJson(endpoint, id, created, model, index, false, text, "")))) {
+                      return false;
+                    }
+                  }
+                  if (!finish.empty()) {
+                    return write(SseEvent(
+                        ChunkJson(endpoint, id, created, model, index, false, "", finish)));
+                  }
+                  return true;
+                });
           }
+          if (r.client_gone) {
+            spdlog::debug("{}: the client went away; the generation was cancelled", id);
+            return false;
+          }
+          if (r.error.has_value()) {
+            write(SseEvent(ErrorBody(*r.error)));
+            sink.done();
+            return true;
+          }
+          if (include_usage) {
+            write(SseEvent(UsageChunkJson(endpoint, id, created, model, r.usage)));
+          }
+          write(SseDone());
+          sink.done();
           return true;
-        });
-      }
-      if (r.client_gone) {
-        spdlog::debug("{}: the client went away; the generation was cancelled", id);
-        return false;
-      }
-      if (r.error.has_value()) {
-        write(SseEvent(ErrorBody(*r.error)));
-        sink.done();
-        return true;
-      }
-      if (include_usage) {
-        write(SseEvent(UsageChunkJson(endpoint, id, created, model, r.usage)));
-      }
-      write(SseDone());
-      sink.done();
-      return true;
-    } catch (const std::exception& ex) {
-      spdlog::error("{}: {}", id, ex.what());
-      write(SseEvent(ErrorBody(ServerError(500, "internal error"))));
-      sink.done();
-      return true;
-    }
-  });
+        } catch (const std::exception& ex) {
+          spdlog::error("{}: {}", id, ex.what());
+          write(SseEvent(ErrorBody(ServerError(500, "internal error"))));
+          sink.done();
+          return true;
+        }
+      });
 }
 
 }  // namespace kvtier::router
