@@ -39,6 +39,16 @@ TEST_F(RouterOptionsTest, DefaultsAndFlags) {
   EXPECT_TRUE(o->cache);
   EXPECT_EQ(o->default_max_tokens, 256);
   EXPECT_EQ(o->chat_format, "auto");
+  EXPECT_EQ(o->max_prompt_bytes, 0);
+  EXPECT_EQ(o->max_choices, 64);
+  EXPECT_EQ(o->max_queued_requests, 256);
+  EXPECT_EQ(o->max_body_bytes, int64_t{16} << 20);
+  EXPECT_FALSE(Parse({"--model-dir=" + dir_.string(), "--decode=h:1", "--max-choices=0"}).ok());
+  o = Parse({"--model-dir=" + dir_.string(), "--decode=h:1", "--max-prompt-bytes=1MiB",
+             "--max-queued-requests=8"});
+  ASSERT_TRUE(o.ok()) << o.status();
+  EXPECT_EQ(o->max_prompt_bytes, 1 << 20);
+  EXPECT_EQ(o->max_queued_requests, 8);
 }
 
 TEST_F(RouterOptionsTest, YamlThenFlagsOverride) {
