@@ -189,6 +189,8 @@ TEST(OpenAiApiTest, ResponseBodies) {
   json models = json::parse(ModelsBody("m", 5));
   EXPECT_EQ(models["object"], "list");
   EXPECT_EQ(models["data"][0]["id"], "m");
+  EXPECT_EQ(ModelBody("m", 5), R"({"created":5,"id":"m","object":"model","owned_by":"kvtier"})");
+  EXPECT_EQ(models["data"][0], json::parse(ModelBody("m", 5)));
 }
 
 }  // namespace

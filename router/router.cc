@@ -15,6 +15,7 @@
 #include "common/logging.h"
 #include "common/status_macros.h"
 #include "router/grpc_worker_client.h"
+#include "router/http_server.h"
 #include "router/http_task_queue.h"
 
 namespace kvtier::router {
@@ -28,11 +29,6 @@ const char* EndpointLabel(const std::string& path) {
   if (path == "/metrics") return "metrics";
   return "other";
 }
-
-// Past max_body_bytes a body is read on and dropped for up to this many bytes more, so that a
-// client still sending it reads the 413 rather than a reset connection; a longer one is left
-// unread and the connection closed (docs/serving.md, "Limits").
-constexpr uint64_t kDrainBytes = 1 << 20;
 
 // GET /v1/models/{id}; ids may hold '/' ("meta-llama/Meta-Llama-3-8B-Instruct").
 constexpr char kModelPattern[] = R"(/v1/models/(.+))";
@@ -103,7 +99,7 @@ Router::~Router() { Stop(); }
 
 absl::StatusOr<int> Router::Start() {
   pool_->Refresh();
-  server_ = std::make_unique<httplib::Server>();
+  server_ = std::make_unique<HttpServer>(static_cast<uint64_t>(options_.max_body_bytes));
   server_->new_task_queue = [threads = options_.http_threads,
                              queued = options_.max_queued_requests] {
     return new BoundedTaskQueue(threads, queued);
@@ -311,7 +307,7 @@ std::optional<ApiError> Router::ReadBody(const httplib::Request& req,
       req.has_header("Content-Length") ? req.get_header_value<uint64_t>("Content-Length") : 0;
   uint64_t seen = 0;
   bool read = false;
-  if (length <= max + kDrainBytes) {
+  if (length <= max + HttpServer::kDrainBytes) {
     read = reader([&](const char* data, size_t n) {
       seen += n;
       if (seen <= max) {
@@ -319,7 +315,7 @@ std::optional<ApiError> Router::ReadBody(const httplib::Request& req,
         return true;
       }
       std::string().swap(*body);  // past the limit: nothing is kept
-      return seen <= max + kDrainBytes;
+      return seen <= max + HttpServer::kDrainBytes;
     });
   }
   // A body not read to its end leaves the connection unusable.

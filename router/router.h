@@ -7,7 +7,8 @@
 // tokens, content as text), then run the prompts through Generation (router/generation.h) and
 // answer with one JSON body or as Server-Sent Events. Also /v1/models, /v1/models/{id},
 // /health, /metrics, OpenAI error bodies for every error (429 when the connection queue is full,
-// router/http_task_queue.h) and the graceful stop. docs/serving.md, "Limits", lists the bounds.
+// router/http_task_queue.h) and the graceful stop. docs/serving.md, "Limits", lists the bounds;
+// the server (router/http_server.h) bounds the bytes any one request may read.
 //
 // Ownership: owns the HTTP server, the tokenizer, the metrics registry, the WorkerPool (with its
 // gRPC clients, router/grpc_worker_client.h) and the Generation.

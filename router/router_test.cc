@@ -108,17 +108,10 @@ class RouterHttpTest : public ::testing::Test {
   // Sends `request` on a new connection and returns what arrives until the response's headers
   // and a JSON body are in, the router closes, or 10 s pass.
   std::string Exchange(const std::string& request) {
-    const int fd = socket(AF_INET, SOCK_STREAM, 0);
-    sockaddr_in addr{};
-    addr.sin_family = AF_INET;
-    addr.sin_port = htons(static_cast<uint16_t>(router_->port()));
-    addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    const int fd = Connect();
     std::string out;
-    if (connect(fd, reinterpret_cast<sockaddr*>(&addr), sizeof(addr)) == 0 &&
-        send(fd, request.data(), request.size(), MSG_NOSIGNAL) ==
-            static_cast<ssize_t>(request.size())) {
-      const timeval tv{10, 0};
-      setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
+    if (fd >= 0 && send(fd, request.data(), request.size(), MSG_NOSIGNAL) ==
+                       static_cast<ssize_t>(request.size())) {
       char buf[4096];
       ssize_t n;
       while (out.find("}}") == std::string::npos && (n = recv(fd, buf, sizeof(buf), 0)) > 0) {
@@ -127,6 +120,23 @@ class RouterHttpTest : public ::testing::Test {
     }
     close(fd);
     return out;
+  }
+
+  // A TCP connection to the router (10 s send and receive timeouts), or -1.
+  int Connect() {
+    const int fd = socket(AF_INET, SOCK_STREAM, 0);
+    sockaddr_in addr{};
+    addr.sin_family = AF_INET;
+    addr.sin_port = htons(static_cast<uint16_t>(router_->port()));
+    addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    const timeval tv{10, 0};
+    setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
+    setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof(tv));
+    if (connect(fd, reinterpret_cast<sockaddr*>(&addr), sizeof(addr)) != 0) {
+      close(fd);
+      return -1;
+    }
+    return fd;
   }
 
   httplib::Result Post(const std::string& path, const json& body) {
@@ -186,6 +196,28 @@ TEST_F(RouterHttpTest, ChunkedBodyOverTheLimitGets413) {
       "application/json");
   ASSERT_TRUE(res);
   EXPECT_EQ(res->status, 200) << res->body;
+}
+
+// httplib reads a request line (or header line) whole before it checks its length: the router's
+// stream bounds what one request may read, so a client cannot grow a line for as long as it
+// sends; the connection is closed after about max_body_bytes + 1 MiB + 64 KiB.
+TEST_F(RouterHttpTest, EndlessRequestLineIsCut) {
+  RouterOptions o = Options();
+  o.max_body_bytes = 4096;
+  ASSERT_NO_FATAL_FAILURE(Start(o));
+  const int fd = Connect();
+  ASSERT_GE(fd, 0);
+  const std::string chunk = "GET /" + std::string(64 << 10, 'a');
+  size_t sent = 0;
+  while (sent < (size_t{64} << 20)) {
+    const ssize_t n = send(fd, chunk.data(), chunk.size(), MSG_NOSIGNAL);
+    if (n <= 0) break;
+    sent += static_cast<size_t>(n);
+  }
+  close(fd);
+  EXPECT_LT(sent, size_t{32} << 20) << "the router read a 64 MiB request line";
+  // And it still serves.
+  EXPECT_EQ(client_->Get("/v1/models")->status, 200);
 }
 
 // Prompt count × n is capped before any tokenizing or generation (issue #10: 60k prompts with
