@@ -3,7 +3,9 @@
 #include <cstdlib>
 #include <cstring>
 #include <numeric>
+#include <thread>
 
+#include "absl/synchronization/notification.h"
 #include "gtest/gtest.h"
 #include "transport/progress_thread.h"
 
@@ -80,6 +82,67 @@ TEST_P(UcxTransportTest, BatchedPutAndGetOneSided) {
 }
 
 INSTANTIATE_TEST_SUITE_P(Transports, UcxTransportTest, ::testing::Values("sm", "tcp"));
+
+// A peer that stops answering mid-conversation (its progress thread stops, as under SIGSTOP):
+// over TCP, RMA needs the target's progress, so the batch cannot complete. It must fail at its
+// deadline (ucp_request_cancel does nothing for RMA and flush requests: the endpoint is
+// force-closed), not when the peer comes back. A watchdog resumes the peer after 8 s so that
+// the unfixed code ends too.
+TEST(UcxTimeoutTest, ABatchToAPeerThatStoppedAnsweringEndsAtItsDeadline) {
+  setenv("UCX_TLS", "tcp", 1);
+  auto server_ctx = UcxContext::Create();
+  ASSERT_TRUE(server_ctx.ok()) << server_ctx.status();
+  auto server_worker = UcxWorker::Create(server_ctx->get());
+  ASSERT_TRUE(server_worker.ok()) << server_worker.status();
+  constexpr size_t kBlock = 256 * 1024, kBlocks = 16;
+  auto pool = MemoryRegion::Allocate(server_ctx->get(), kBlock * kBlocks);
+  ASSERT_TRUE(pool.ok()) << pool.status();
+  auto rkey_bytes = (*pool)->PackRkey();
+  ASSERT_TRUE(rkey_bytes.ok());
+  auto progress = ProgressThread::Start(server_worker->get());
+  ASSERT_TRUE(progress.ok()) << progress.status();
+
+  auto client_ctx = UcxContext::Create();
+  ASSERT_TRUE(client_ctx.ok());
+  auto client_worker = UcxWorker::Create(client_ctx->get());
+  ASSERT_TRUE(client_worker.ok());
+  std::unique_ptr<ProgressThread> resumed;
+  {
+    auto ep = Endpoint::Connect(client_worker->get(), (*server_worker)->address());
+    ASSERT_TRUE(ep.ok()) << ep.status();
+    auto rkey = (*ep)->UnpackRkey(*rkey_bytes);
+    ASSERT_TRUE(rkey.ok()) << rkey.status();
+    std::vector<uint8_t> buf(kBlock * kBlocks, 1);
+    const uint64_t base = reinterpret_cast<uint64_t>((*pool)->data());
+    std::vector<RmaOp> ops;
+    for (size_t i = 0; i < kBlocks; ++i) {
+      ops.push_back({buf.data() + i * kBlock, base + i * kBlock, kBlock});
+    }
+    // Connected and working first.
+    ASSERT_TRUE((*ep)->PutBatch(**rkey, ops, absl::Now() + absl::Seconds(20)).ok());
+
+    (*progress)->Stop();  // the peer stops answering
+    absl::Notification done;
+    std::thread watchdog([&] {
+      if (!done.WaitForNotificationWithTimeout(absl::Seconds(8))) {
+        auto p = ProgressThread::Start(server_worker->get());
+        if (p.ok()) resumed = std::move(*p);
+      }
+    });
+    const absl::Time start = absl::Now();
+    absl::Status st = (*ep)->GetBatch(**rkey, ops, start + absl::Milliseconds(500));
+    const absl::Duration took = absl::Now() - start;
+    done.Notify();
+    watchdog.join();
+    EXPECT_EQ(st.code(), absl::StatusCode::kDeadlineExceeded) << st;
+    EXPECT_LT(took, absl::Milliseconds(500 + 1500)) << "waited past the deadline";
+    EXPECT_TRUE((*ep)->failed());
+    // The endpoint is closed for good: later batches fail at once.
+    EXPECT_FALSE((*ep)->PutBatch(**rkey, ops, absl::Now() + absl::Seconds(1)).ok());
+  }
+  if (resumed != nullptr) resumed->Stop();
+  unsetenv("UCX_TLS");
+}
 
 TEST(UcxTest, BadInputIsAnError) {
   auto ctx = UcxContext::Create();
