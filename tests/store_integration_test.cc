@@ -16,6 +16,7 @@
 #include <thread>
 
 #include "absl/synchronization/notification.h"
+#include "cachestore/store_node.h"
 #include "common/process.h"
 #include "common/synthetic_block.h"
 #include "gtest/gtest.h"
@@ -23,6 +24,7 @@
 #include "kvtier/v1/cachestore.grpc.pb.h"
 #include "tests/test_keys.h"
 #include "tests/test_util.h"
+#include "transport/ucx.h"
 
 namespace kvtier {
 namespace {
@@ -450,6 +452,51 @@ TEST_P(StoreIntegrationTest, AMixedPutLinksEachBlockToItsOwnParent) {
   EXPECT_EQ(*client->Lookup(TestNamespace(), b), 2u);
   EXPECT_EQ(*client->Lookup(TestNamespace(), a), 0u);
   EXPECT_EQ(Stats(store).evictions(), 2u);
+}
+
+// A same-host writer whose reservation's deadline has passed writes nothing (issue #6: the
+// store may have reaped the reservation and given its slots to other blocks). The node's one
+// write path, with a deadline already past: no byte reaches the slots.
+TEST_P(StoreIntegrationTest, AMappedWriterPastItsReservationDeadlineWritesNothing) {
+  if (tls_ != "sm,self") GTEST_SKIP() << "only a mapped pool is written with memcpy";
+  StoreProcessOptions o;
+  o.pool_bytes = "512KiB";
+  o.slot_bytes = "64KiB";
+  StoreProcess store = StartStore(o);
+  auto ucx = transport::UcxContext::Create();
+  ASSERT_TRUE(ucx.ok()) << ucx.status();
+  auto worker = transport::UcxWorker::Create(ucx->get());
+  ASSERT_TRUE(worker.ok()) << worker.status();
+  StoreClientOptions co;
+  co.stores = {store.address()};
+  StoreNode node(store.address(), worker->get(), co, /*copy_threads=*/1, /*on_unmap=*/nullptr);
+  ASSERT_TRUE(node.Connect().ok());
+  std::vector<BlockKey> keys = TestKeys(120, 4);
+  Blocks b(keys, kBlock);
+  auto resv = node.Reserve(TestNamespace(), nullptr, keys, kBlock);
+  ASSERT_TRUE(resv.ok()) << resv.status();
+  std::vector<uint64_t> offsets(resv->offsets().begin(), resv->offsets().end());
+  auto late = node.Write(resv->incarnation(), b.src, offsets, kBlock,
+                         /*reserved_until=*/absl::Now() - absl::Seconds(1));
+  EXPECT_EQ(late.status().code(), absl::StatusCode::kDeadlineExceeded) << late.status();
+  for (size_t i = 0; i < keys.size(); ++i) {
+    const uint8_t* slot = node.MappedSlot(resv->incarnation(), offsets[i], kBlock);
+    ASSERT_NE(slot, nullptr);
+    EXPECT_FALSE(IsSyntheticBlock(keys[i], slot, kBlock)) << "block " << i << " was written";
+  }
+  node.Abort(resv->reservation_id());
+  // In time, the same path writes every block.
+  auto resv2 = node.Reserve(TestNamespace(), nullptr, keys, kBlock);
+  ASSERT_TRUE(resv2.ok()) << resv2.status();
+  offsets.assign(resv2->offsets().begin(), resv2->offsets().end());
+  auto sums =
+      node.Write(resv2->incarnation(), b.src, offsets, kBlock, absl::Now() + absl::Seconds(10));
+  ASSERT_TRUE(sums.ok()) << sums.status();
+  for (size_t i = 0; i < keys.size(); ++i) {
+    EXPECT_TRUE(IsSyntheticBlock(keys[i], node.MappedSlot(resv2->incarnation(), offsets[i], kBlock),
+                                 kBlock));
+  }
+  node.Abort(resv2->reservation_id());
 }
 
 // The store stops answering (SIGSTOP) in the middle of a Get over UCX (TCP, the pool not
