@@ -55,17 +55,21 @@ MappedPrefix& MappedPrefix::operator=(MappedPrefix&& other) noexcept {
   return *this;
 }
 
-size_t MappedPrefix::Verify() const {
-  std::vector<char> ok(blocks_.size());
-  ParallelFor(blocks_.size(), CopyThreads(verify_threads_, blocks_.size(), block_bytes_),
-              [&](size_t i) { ok[i] = BlockChecksum(blocks_[i], block_bytes_) == checksums_[i]; });
-  for (size_t i = 0; i < ok.size(); ++i) {
+size_t MappedPrefix::Verify(size_t first, size_t count) const {
+  first = std::min(first, blocks_.size());
+  count = std::min(count, blocks_.size() - first);
+  std::vector<char> ok(count);
+  ParallelFor(count, CopyThreads(verify_threads_, count, block_bytes_), [&](size_t i) {
+    ok[i] = BlockChecksum(blocks_[first + i], block_bytes_) == checksums_[first + i];
+  });
+  for (size_t i = 0; i < count; ++i) {
     if (!ok[i]) {
-      spdlog::warn("store block {} of a mapped prefix failed its checksum; treated as a miss", i);
+      spdlog::warn("store block {} of a mapped prefix failed its checksum; treated as a miss",
+                   first + i);
       return i;
     }
   }
-  return ok.size();
+  return count;
 }
 
 bool MappedPrefix::Release() {

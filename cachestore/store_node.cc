@@ -209,18 +209,7 @@ absl::StatusOr<v1::ReserveResponse> StoreNode::Reserve(const NamespaceId& ns,
     st = absl::InternalError("malformed reserve response");
   }
   if (!st.ok()) return Failed(st);
-  // The offsets are checked against the pool of the store that answered (Write checks them
-  // again against the pool it writes to).
-  for (int i = 0; i < n; ++i) {
-    if (resp.outcomes(i) != v1::RESERVE_OUTCOME_RESERVED) continue;
-    if (st = CheckSlotRange(info_, resp.offsets(i), block_bytes);
-        !st.ok() && resp.incarnation() == info_.incarnation()) {
-      Abort(resp.reservation_id());
-      MarkDown(st);
-      return st;
-    }
-  }
-  return resp;
+  return resp;  // Write checks the offsets against the pool it writes to
 }
 
 absl::StatusOr<v1::CommitResponse> StoreNode::Commit(uint64_t reservation_id,

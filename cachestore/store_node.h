@@ -95,7 +95,7 @@ class StoreNode {
   absl::StatusOr<NodeLookup> Lookup(const NamespaceId& ns, absl::Span<const BlockKey> keys,
                                     bool lease);
   // Reserves slots for `keys` (at most max_batch_keys(), consecutive blocks of one prefix),
-  // whose first one's parent is `parent` (null: none). Every RESERVED offset is checked.
+  // whose first one's parent is `parent` (null: none).
   absl::StatusOr<v1::ReserveResponse> Reserve(const NamespaceId& ns, const BlockKey* parent,
                                               absl::Span<const BlockKey> keys, size_t block_bytes);
   // Commits a reservation with the checksum of each reserved block, in order.

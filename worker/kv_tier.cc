@@ -1,6 +1,7 @@
 #include "worker/kv_tier.h"
 
 #include <algorithm>
+#include <thread>
 
 #include "absl/time/clock.h"
 #include "absl/time/time.h"
@@ -113,17 +114,23 @@ size_t KvTier::FetchMapped(absl::Span<const BlockKey> keys, absl::Span<const int
   const size_t n = m->size();
   size_t verified = 0;
   absl::Status st;
-  if (n > 0) {
-    // The copy engine (or memcpy on the CPU) reads the leased blocks, then they are hashed: the
-    // checksum covers the bytes imported. Leased slots do not change; the one hazard is a late
-    // writer of a reaped reservation whose slot went to this block. Its write, if it landed
-    // before or during the import, is still there when the hash reads the slot afterwards
-    // (hashing while importing could read the slot before the write and the copy after it).
-    // A block that fails its checksum ends the prefix; what was imported past it is garbage
-    // the caller recomputes (docs/serving.md, "Decode scheduler").
-    st = engine_->ImportBlocks(pages.first(n), m->blocks());
-    if (st.ok()) verified = m->Verify();
+  // The copy engine (or memcpy on the CPU) reads the leased blocks chunk by chunk, and each
+  // chunk is hashed once it is imported, while the next one is: the checksum covers the bytes
+  // imported. Leased slots do not change; the one hazard is a late writer of a reaped
+  // reservation whose slot went to this block. Its write, if it landed before or during the
+  // import, is still there when the hash reads the slot afterwards (hashing while importing
+  // could read the slot before the write and the copy after it). A block that fails its
+  // checksum ends the prefix; what was imported past it is garbage the caller recomputes
+  // (docs/serving.md, "Decode scheduler").
+  std::thread verifier;
+  for (size_t b = 0; b < n; b += kVerifyChunkBlocks) {
+    const size_t e = std::min(n, b + kVerifyChunkBlocks);
+    st = engine_->ImportBlocks(pages.subspan(b, e - b), m->blocks().subspan(b, e - b));
+    if (verifier.joinable()) verifier.join();
+    if (!st.ok() || verified < b) break;  // an import failed, or a block of the last chunk
+    verifier = std::thread([&, b, e] { verified = b + m->Verify(b, e - b); });
   }
+  if (verifier.joinable()) verifier.join();
   *stored = verified < n ? verified : m->stored();
   if (!m->Release()) st = absl::AbortedError("a lease expired while its blocks were read");
   if (!st.ok()) {

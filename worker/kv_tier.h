@@ -46,6 +46,9 @@ class KvTier {
   // Most blocks moved per store call (bounds the staging memory: 64 blocks of 2 MiB for an 8B
   // model). Longer prefixes take several calls.
   static constexpr size_t kMaxBlocksPerCall = 64;
+  // Blocks of a zero-copy fetch imported per call; each chunk is verified while the next one is
+  // imported.
+  static constexpr size_t kVerifyChunkBlocks = 16;
 
   KvTier(engine::Engine* engine, StoreClient* store);
   ~KvTier();  // unregisters the store pools

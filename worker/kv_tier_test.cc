@@ -175,6 +175,27 @@ TEST_P(KvTierTest, AChecksumFailureEndsThePrefixThere) {
   allocator_->Free(pages);
 }
 
+// A prefix longer than one verification chunk: chunks are imported and verified in turn, and a
+// corrupt block in a later chunk ends the prefix exactly there.
+TEST_P(KvTierTest, ALongPrefixIsVerifiedChunkByChunk) {
+  const int n = static_cast<int>(KvTier::kVerifyChunkBlocks) + 4;
+  const std::vector<int32_t> pages = FreshPages(n);
+  std::vector<uint8_t> data(n * block_bytes_);
+  for (size_t i = 0; i < data.size(); ++i) data[i] = static_cast<uint8_t>(i * 7 + i / 4096);
+  ASSERT_TRUE(engine_->ImportPages(pages, data).ok());
+  const std::vector<BlockKey> keys = tier_->Keys(RandomTokens(n * 16, 97, 4000));
+  ASSERT_EQ(tier_->StoreBlocks(keys, ChainParents(tier_->namespace_id(), keys), pages).stored,
+            static_cast<uint32_t>(n));
+  const int bad = n - 2;  // in the second chunk
+  ASSERT_TRUE(store_->Corrupt(tier_->namespace_id(), keys[bad]));
+  std::vector<uint8_t> zeros(n * block_bytes_, 0);
+  ASSERT_TRUE(engine_->ImportPages(pages, zeros).ok());
+  EXPECT_EQ(tier_->FetchPrefix(keys, pages), static_cast<size_t>(bad));
+  const std::vector<uint8_t> got = Export(absl::MakeConstSpan(pages).first(bad));
+  EXPECT_TRUE(std::equal(got.begin(), got.end(), data.begin()));
+  allocator_->Free(pages);
+}
+
 // Only a same-host store is read in place.
 class KvTierSameHostTest : public KvTierTest {};
 

@@ -129,8 +129,9 @@ class MappedPrefix {
   // StoreClient::Get can fetch it).
   size_t stored() const { return stored_; }
 
-  // Number of leading blocks whose bytes match their checksums. Check before using the bytes.
-  size_t Verify() const;
+  // Number of leading blocks of [first, first + count) (clamped to size()) whose bytes match
+  // their checksums. Check after reading the bytes (docs/store-protocol.md, "Late writes").
+  size_t Verify(size_t first = 0, size_t count = SIZE_MAX) const;
   // Releases the leases and empties the handle. Returns false when a lease had expired (or its
   // store could not confirm it): the blocks may have been reused while read, so whatever was
   // read from them must be dropped. True for an empty handle.
