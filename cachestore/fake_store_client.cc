@@ -13,13 +13,15 @@ namespace kvtier {
 class FakeStore::Client final : public StoreClient {
  public:
   explicit Client(FakeStore* store) : store_(store) {}
+  ~Client() override { store_->SetUnmapCallback(this, nullptr); }
 
   absl::StatusOr<size_t> Lookup(const NamespaceId& ns, absl::Span<const BlockKey> keys) override {
     return store_->Lookup(ns, keys);
   }
   absl::StatusOr<PutResult> Put(const NamespaceId& ns, absl::Span<const BlockKey> keys,
+                                absl::Span<const BlockKey> parents,
                                 absl::Span<const void* const> blocks, size_t block_bytes) override {
-    return store_->Put(ns, keys, blocks, block_bytes);
+    return store_->Put(ns, keys, parents, blocks, block_bytes);
   }
   absl::StatusOr<size_t> Get(const NamespaceId& ns, absl::Span<const BlockKey> keys,
                              absl::Span<void* const> buffers, size_t block_bytes) override {
@@ -31,6 +33,10 @@ class FakeStore::Client final : public StoreClient {
     return store_->MapPrefix(ns, keys, block_bytes);
   }
   std::vector<MappedPool> MappedPools() override { return store_->MappedPools(); }
+  void SetUnmapCallback(std::function<void(const MappedPool&)> callback) override {
+    store_->SetUnmapCallback(this, std::move(callback));
+  }
+  bool AnyNodeConnected() const override { return store_->Connected(); }
 
  private:
   FakeStore* const store_;
@@ -72,6 +78,47 @@ bool FakeStore::Corrupt(const NamespaceId& ns, const BlockKey& key) {
 void FakeStore::HoldWrites(bool hold) {
   absl::MutexLock lock(&mu_);
   hold_writes_ = hold;
+}
+
+void FakeStore::Restart() {
+  std::vector<std::function<void(const MappedPool&)>> callbacks;
+  MappedPool old;
+  {
+    absl::MutexLock lock(&mu_);
+    for (const auto& [client, callback] : unmap_callbacks_) callbacks.push_back(callback);
+    old = {pool_.data(), pool_.size(), incarnation_};
+  }
+  if (options_.same_host) {
+    for (const auto& callback : callbacks) callback(old);
+  }
+  absl::MutexLock lock(&mu_);
+  blocks_.clear();
+  leases_.clear();
+  free_slots_.clear();
+  for (size_t s = options_.slot_count; s > 0; --s) free_slots_.push_back(s - 1);
+  ++incarnation_;
+}
+
+void FakeStore::SetUnmapCallback(const Client* client,
+                                 std::function<void(const MappedPool&)> callback) {
+  absl::MutexLock lock(&mu_);
+  if (callback) {
+    unmap_callbacks_[client] = std::move(callback);
+  } else {
+    unmap_callbacks_.erase(client);
+  }
+}
+
+bool FakeStore::Connected() const {
+  absl::MutexLock lock(&mu_);
+  return !down_;
+}
+
+std::optional<BlockKey> FakeStore::Parent(const NamespaceId& ns, const BlockKey& key) const {
+  absl::MutexLock lock(&mu_);
+  auto it = blocks_.find({ns, key});
+  if (it == blocks_.end()) return std::nullopt;
+  return it->second.parent;
 }
 
 bool FakeStore::Contains(const NamespaceId& ns, const BlockKey& key) const {
@@ -145,8 +192,13 @@ absl::StatusOr<size_t> FakeStore::Lookup(const NamespaceId& ns, absl::Span<const
 }
 
 absl::StatusOr<PutResult> FakeStore::Put(const NamespaceId& ns, absl::Span<const BlockKey> keys,
+                                         absl::Span<const BlockKey> parents,
                                          absl::Span<const void* const> blocks, size_t block_bytes) {
   KVTIER_RETURN_IF_ERROR(CheckArgs(keys.size(), blocks.size(), block_bytes));
+  if (parents.size() != keys.size()) {
+    return absl::InvalidArgumentError(
+        absl::StrCat(keys.size(), " keys but ", parents.size(), " parents"));
+  }
   absl::MutexLock lock(&mu_);
   auto released = [this]() ABSL_SHARED_LOCKS_REQUIRED(mu_) { return !hold_writes_; };
   mu_.Await(absl::Condition(&released));
@@ -162,8 +214,8 @@ absl::StatusOr<PutResult> FakeStore::Put(const NamespaceId& ns, absl::Span<const
     size_t slot = 0;
     if (!FreeSlot(&slot)) break;  // no space: this and every later key
     std::memcpy(SlotData(slot), blocks[i], block_bytes);
-    blocks_[{ns, keys[i]}] =
-        Block{slot, block_bytes, BlockChecksum(SlotData(slot), block_bytes), ++clock_, 0};
+    blocks_[{ns, keys[i]}] = Block{
+        parents[i], slot, block_bytes, BlockChecksum(SlotData(slot), block_bytes), ++clock_, 0};
     ++r.stored;
   }
   r.skipped = static_cast<uint32_t>(keys.size() - i);
@@ -228,7 +280,7 @@ absl::StatusOr<MappedPrefix> FakeStore::MapPrefix(const NamespaceId& ns,
 std::vector<MappedPool> FakeStore::MappedPools() {
   absl::MutexLock lock(&mu_);
   if (down_ || !options_.same_host) return {};
-  return {{pool_.data(), pool_.size()}};
+  return {{pool_.data(), pool_.size(), incarnation_}};
 }
 
 bool FakeStore::ReleaseLease(uint64_t id) {

@@ -10,8 +10,9 @@
 // lengths, block_bytes 0 or over the slot size).
 //
 // Failures can be injected: a store that is down, a node that fails in the middle of a batch,
-// a lease that expires before it is released, corrupt bytes, and writes held back (to fill a
-// writer's queue).
+// a lease that expires before it is released, corrupt bytes, writes held back (to fill a
+// writer's queue), and a restart (its blocks gone, its pool a new one at the same address: the
+// clients' unmap callbacks run first, as the real client's do).
 //
 // Ownership: owns the blocks; clients from NewClient() borrow the store, which must outlive
 // them (and the MappedPrefix handles they make).
@@ -21,8 +22,10 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <functional>
 #include <map>
 #include <memory>
+#include <optional>
 #include <utility>
 #include <vector>
 
@@ -68,9 +71,15 @@ class FakeStore {
   bool Corrupt(const NamespaceId& ns, const BlockKey& key);
   // While held, Put waits before storing anything (other calls go on).
   void HoldWrites(bool hold);
+  // The store restarts: every unmap callback runs with the old pool, the blocks and leases are
+  // gone, and MappedPools() reports the same memory under a new incarnation.
+  void Restart();
 
   // --- Inspection --------------------------------------------------------------------------
   bool Contains(const NamespaceId& ns, const BlockKey& key) const;
+  // The parent a stored block was put with (the namespace for a prefix's first block);
+  // nullopt when the block is not stored.
+  std::optional<BlockKey> Parent(const NamespaceId& ns, const BlockKey& key) const;
   size_t blocks() const;
   size_t active_leases() const;
   // Calls that reached the store, by kind.
@@ -86,6 +95,7 @@ class FakeStore {
   class Client;
   using Name = std::pair<NamespaceId, BlockKey>;
   struct Block {
+    BlockKey parent{};
     size_t slot = 0;
     size_t size = 0;
     uint64_t checksum = 0;
@@ -95,6 +105,7 @@ class FakeStore {
 
   absl::StatusOr<size_t> Lookup(const NamespaceId& ns, absl::Span<const BlockKey> keys);
   absl::StatusOr<PutResult> Put(const NamespaceId& ns, absl::Span<const BlockKey> keys,
+                                absl::Span<const BlockKey> parents,
                                 absl::Span<const void* const> blocks, size_t block_bytes);
   absl::StatusOr<size_t> Get(const NamespaceId& ns, absl::Span<const BlockKey> keys,
                              absl::Span<void* const> buffers, size_t block_bytes);
@@ -102,6 +113,9 @@ class FakeStore {
   absl::StatusOr<MappedPrefix> MapPrefix(const NamespaceId& ns, absl::Span<const BlockKey> keys,
                                          size_t block_bytes);
   std::vector<MappedPool> MappedPools();
+  bool Connected() const;
+  // The unmap callback of `client` (null: none; a client's destructor clears its own).
+  void SetUnmapCallback(const Client* client, std::function<void(const MappedPool&)> callback);
   bool ReleaseLease(uint64_t id);
 
   absl::Status CheckArgs(size_t keys, size_t buffers, size_t block_bytes) const;
@@ -126,6 +140,9 @@ class FakeStore {
   bool down_ ABSL_GUARDED_BY(mu_) = false;
   bool hold_writes_ ABSL_GUARDED_BY(mu_) = false;
   bool expire_next_lease_ ABSL_GUARDED_BY(mu_) = false;
+  uint64_t incarnation_ ABSL_GUARDED_BY(mu_) = 1;
+  std::map<const Client*, std::function<void(const MappedPool&)>> unmap_callbacks_
+      ABSL_GUARDED_BY(mu_);
   size_t fail_after_ ABSL_GUARDED_BY(mu_) = SIZE_MAX;  // SIZE_MAX: no failure injected
   Calls calls_ ABSL_GUARDED_BY(mu_);
 };

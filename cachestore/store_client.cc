@@ -7,6 +7,7 @@
 #include <utility>
 
 #include "absl/base/thread_annotations.h"
+#include "absl/container/flat_hash_map.h"
 #include "absl/strings/str_cat.h"
 #include "absl/synchronization/mutex.h"
 #include "cachestore/store_node.h"
@@ -54,17 +55,21 @@ MappedPrefix& MappedPrefix::operator=(MappedPrefix&& other) noexcept {
   return *this;
 }
 
-size_t MappedPrefix::Verify() const {
-  std::vector<char> ok(blocks_.size());
-  ParallelFor(blocks_.size(), CopyThreads(verify_threads_, blocks_.size(), block_bytes_),
-              [&](size_t i) { ok[i] = BlockChecksum(blocks_[i], block_bytes_) == checksums_[i]; });
-  for (size_t i = 0; i < ok.size(); ++i) {
+size_t MappedPrefix::Verify(size_t first, size_t count) const {
+  first = std::min(first, blocks_.size());
+  count = std::min(count, blocks_.size() - first);
+  std::vector<char> ok(count);
+  ParallelFor(count, CopyThreads(verify_threads_, count, block_bytes_), [&](size_t i) {
+    ok[i] = BlockChecksum(blocks_[first + i], block_bytes_) == checksums_[first + i];
+  });
+  for (size_t i = 0; i < count; ++i) {
     if (!ok[i]) {
-      spdlog::warn("store block {} of a mapped prefix failed its checksum; treated as a miss", i);
+      spdlog::warn("store block {} of a mapped prefix failed its checksum; treated as a miss",
+                   first + i);
       return i;
     }
   }
-  return ok.size();
+  return count;
 }
 
 bool MappedPrefix::Release() {
@@ -99,6 +104,13 @@ size_t GlobalPrefix(size_t n_keys, const std::vector<Slice>& slices,
   return prefix;
 }
 
+// A run of one Put on one node: keys[index[0]], keys[index[1]], ... each the parent of the
+// next, the first one's parent on this node `parent` (null: none there).
+struct Run {
+  const BlockKey* parent = nullptr;
+  std::vector<size_t> index;  // positions in the slice
+};
+
 absl::Status CheckArgs(absl::Span<const BlockKey> keys, size_t buffers, size_t block_bytes) {
   if (buffers != keys.size()) {
     return absl::InvalidArgumentError(absl::StrCat(keys.size(), " keys but ", buffers, " buffers"));
@@ -119,7 +131,8 @@ class RemoteStoreClient final : public StoreClient {
     KVTIER_ASSIGN_OR_RETURN(ucx_, transport::UcxContext::Create());
     KVTIER_ASSIGN_OR_RETURN(worker_, transport::UcxWorker::Create(ucx_.get()));
     for (const std::string& addr : options_.stores) {
-      nodes_.push_back(std::make_unique<StoreNode>(addr, worker_.get(), options_, copy_threads_));
+      nodes_.push_back(
+          std::make_unique<StoreNode>(addr, worker_.get(), options_, copy_threads_, &on_unmap_));
       seeds_.push_back(XXH3_64bits(addr.data(), addr.size()));
     }
     return absl::OkStatus();
@@ -127,6 +140,7 @@ class RemoteStoreClient final : public StoreClient {
 
   absl::StatusOr<size_t> Lookup(const NamespaceId& ns, absl::Span<const BlockKey> keys) override;
   absl::StatusOr<PutResult> Put(const NamespaceId& ns, absl::Span<const BlockKey> keys,
+                                absl::Span<const BlockKey> parents,
                                 absl::Span<const void* const> blocks, size_t block_bytes) override;
   absl::StatusOr<size_t> Get(const NamespaceId& ns, absl::Span<const BlockKey> keys,
                              absl::Span<void* const> buffers, size_t block_bytes) override;
@@ -134,48 +148,77 @@ class RemoteStoreClient final : public StoreClient {
   absl::StatusOr<MappedPrefix> MapPrefix(const NamespaceId& ns, absl::Span<const BlockKey> keys,
                                          size_t block_bytes) override;
   std::vector<MappedPool> MappedPools() override;
+  void SetUnmapCallback(std::function<void(const MappedPool&)> callback) override {
+    absl::MutexLock lock(&mu_);
+    on_unmap_ = std::move(callback);
+  }
+  bool AnyNodeConnected() const override {
+    return std::any_of(nodes_.begin(), nodes_.end(), [](const auto& n) { return n->connected(); });
+  }
 
  private:
   // Rendezvous (highest random weight) hashing: each key goes to the node with the highest
-  // score. One slice per node, in node order.
+  // score.
+  size_t NodeOf(const BlockKey& key) const {
+    size_t best = 0;
+    uint64_t best_score = 0;
+    for (size_t n = 0; n < nodes_.size(); ++n) {
+      const uint64_t s = XXH3_64bits_withSeed(key.data(), key.size(), seeds_[n]);
+      if (n == 0 || s > best_score) {
+        best = n;
+        best_score = s;
+      }
+    }
+    return best;
+  }
+
+  // One slice per node, in node order.
   std::vector<Slice> Partition(absl::Span<const BlockKey> keys) const {
     std::vector<Slice> slices(nodes_.size());
     for (size_t n = 0; n < nodes_.size(); ++n) slices[n].node = nodes_[n].get();
     for (size_t i = 0; i < keys.size(); ++i) {
-      size_t best = 0;
-      uint64_t best_score = 0;
-      for (size_t n = 0; n < nodes_.size(); ++n) {
-        const uint64_t s = XXH3_64bits_withSeed(keys[i].data(), keys[i].size(), seeds_[n]);
-        if (n == 0 || s > best_score) {
-          best = n;
-          best_score = s;
-        }
-      }
-      slices[best].index.push_back(i);
-      slices[best].keys.push_back(keys[i]);
+      Slice& s = slices[NodeOf(keys[i])];
+      s.index.push_back(i);
+      s.keys.push_back(keys[i]);
     }
     return slices;
   }
 
-  // A lookup on every node of `slices`: (*resp)[n] is node n's answer and (*hits)[n] how many
-  // of its slice's keys it holds, 0 when it failed.
+  // A lookup on every node of `slices`: (*resp)[n] is node n's answer (no hits when it failed).
   void LookupAll(const NamespaceId& ns, const std::vector<Slice>& slices, bool lease,
-                 std::vector<v1::LookupResponse>* resp, std::vector<uint32_t>* hits)
-      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
-    resp->assign(slices.size(), v1::LookupResponse());
-    hits->assign(slices.size(), 0);
+                 std::vector<NodeLookup>* resp) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
+    resp->assign(slices.size(), NodeLookup());
     for (size_t n = 0; n < slices.size(); ++n) {
       if (slices[n].keys.empty()) continue;
-      absl::StatusOr<v1::LookupResponse> r = slices[n].node->Lookup(ns, slices[n].keys, lease);
-      if (!r.ok()) continue;
-      (*hits)[n] = r->hit_count();
-      (*resp)[n] = std::move(*r);
+      absl::StatusOr<NodeLookup> r = slices[n].node->Lookup(ns, slices[n].keys, lease);
+      if (r.ok()) (*resp)[n] = std::move(*r);
     }
   }
 
+  // Length of the global prefix given each node's answer.
+  static size_t Prefix(size_t n_keys, const std::vector<Slice>& slices,
+                       const std::vector<NodeLookup>& resp) {
+    std::vector<uint32_t> hits(slices.size());
+    for (size_t n = 0; n < slices.size(); ++n) hits[n] = static_cast<uint32_t>(resp[n].hits);
+    return GlobalPrefix(n_keys, slices, hits);
+  }
+
+  // Splits slice `s` of a Put into runs of chained keys, each key's parent being its nearest
+  // ancestor on the same node (walking `parents` through the batch), so that the store links
+  // each block to its own prefix whatever else the batch holds.
+  std::vector<Run> Runs(const NamespaceId& ns, const Slice& s, absl::Span<const BlockKey> keys,
+                        absl::Span<const BlockKey> parents) const;
+
   // Stores the keys of one slice; adds to *result. An error only for bad arguments.
-  absl::Status PutSlice(const NamespaceId& ns, const Slice& s, absl::Span<const void* const> blocks,
+  absl::Status PutSlice(const NamespaceId& ns, const Slice& s, absl::Span<const BlockKey> keys,
+                        absl::Span<const BlockKey> parents, absl::Span<const void* const> blocks,
                         size_t block_bytes, PutResult* result) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // Reserves, writes and commits one run's keys [from, to) of slice `s`; adds to *result.
+  // False when the node failed (the caller skips the rest).
+  absl::StatusOr<bool> PutRun(const NamespaceId& ns, const Slice& s, const BlockKey* parent,
+                              absl::Span<const size_t> run, absl::Span<const void* const> blocks,
+                              size_t block_bytes, PutResult* result)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
 
   const StoreClientOptions options_;
   const int copy_threads_;
@@ -185,6 +228,7 @@ class RemoteStoreClient final : public StoreClient {
   // The lists are fixed after Init; node state is under mu_.
   std::vector<std::unique_ptr<StoreNode>> nodes_;
   std::vector<uint64_t> seeds_;  // rendezvous seed of each node
+  std::function<void(const MappedPool&)> on_unmap_ ABSL_GUARDED_BY(mu_);
 };
 
 absl::StatusOr<size_t> RemoteStoreClient::Lookup(const NamespaceId& ns,
@@ -192,19 +236,110 @@ absl::StatusOr<size_t> RemoteStoreClient::Lookup(const NamespaceId& ns,
   if (keys.empty()) return 0;
   absl::MutexLock lock(&mu_);
   const std::vector<Slice> slices = Partition(keys);
-  std::vector<v1::LookupResponse> resp;
-  std::vector<uint32_t> hits;
-  LookupAll(ns, slices, /*lease=*/false, &resp, &hits);
-  return GlobalPrefix(keys.size(), slices, hits);
+  std::vector<NodeLookup> resp;
+  LookupAll(ns, slices, /*lease=*/false, &resp);
+  return Prefix(keys.size(), slices, resp);
+}
+
+std::vector<Run> RemoteStoreClient::Runs(const NamespaceId& ns, const Slice& s,
+                                         absl::Span<const BlockKey> keys,
+                                         absl::Span<const BlockKey> parents) const {
+  absl::flat_hash_map<BlockKey, size_t> position;  // key -> index in the caller's batch
+  for (size_t i = 0; i < keys.size(); ++i) position.emplace(keys[i], i);
+  const size_t node = static_cast<size_t>(
+      std::find_if(nodes_.begin(), nodes_.end(), [&](const auto& n) { return n.get() == s.node; }) -
+      nodes_.begin());
+  const size_t max_run = s.node->max_batch_keys();
+  std::vector<Run> runs;
+  absl::flat_hash_map<BlockKey, size_t> run_ending_with;  // last key of a run -> its run
+  for (size_t j = 0; j < s.keys.size(); ++j) {
+    // The nearest ancestor on this node: up through the batch while ancestors live on other
+    // nodes (at most one step per key of the batch, whatever the caller's parents say).
+    const BlockKey* parent = nullptr;
+    const BlockKey* p = &parents[s.index[j]];
+    for (size_t step = 0; step <= keys.size() && *p != ns; ++step) {
+      if (NodeOf(*p) == node) {
+        parent = p;
+        break;
+      }
+      auto it = position.find(*p);
+      if (it == position.end()) break;  // outside the batch, on another node
+      p = &parents[it->second];
+    }
+    size_t r = runs.size();
+    if (parent != nullptr) {
+      auto it = run_ending_with.find(*parent);
+      if (it != run_ending_with.end() && runs[it->second].index.size() < max_run) {
+        r = it->second;
+        run_ending_with.erase(it);
+      }
+    }
+    if (r == runs.size()) runs.push_back(Run{parent, {}});
+    runs[r].index.push_back(j);
+    run_ending_with[s.keys[j]] = r;
+  }
+  return runs;
+}
+
+absl::StatusOr<bool> RemoteStoreClient::PutRun(const NamespaceId& ns, const Slice& s,
+                                               const BlockKey* parent, absl::Span<const size_t> run,
+                                               absl::Span<const void* const> blocks,
+                                               size_t block_bytes, PutResult* result) {
+  StoreNode* n = s.node;
+  std::vector<BlockKey> keys;
+  for (size_t j : run) keys.push_back(s.keys[j]);
+  const absl::Time asked = absl::Now();
+  absl::StatusOr<v1::ReserveResponse> resv = n->Reserve(ns, parent, keys, block_bytes);
+  if (!resv.ok()) {
+    if (absl::IsInvalidArgument(resv.status())) return resv.status();
+    result->skipped += run.size();
+    return false;
+  }
+  std::vector<const void*> reserved;
+  std::vector<uint64_t> offsets;
+  for (size_t k = 0; k < run.size(); ++k) {
+    switch (resv->outcomes(static_cast<int>(k))) {
+      case v1::RESERVE_OUTCOME_RESERVED:
+        reserved.push_back(blocks[s.index[run[k]]]);
+        offsets.push_back(resv->offsets(static_cast<int>(k)));
+        break;
+      case v1::RESERVE_OUTCOME_PRESENT:
+        ++result->present;
+        break;
+      default:
+        ++result->skipped;
+    }
+  }
+  if (reserved.empty()) return true;
+  // The store may reap the reservation (and reuse its slots) once its timeout passes, counted
+  // from when it answered: stop writing well before, counting from when we asked.
+  const absl::Time reserved_until =
+      resv->reservation_timeout_ms() == 0
+          ? absl::InfiniteFuture()
+          : asked + absl::Milliseconds(resv->reservation_timeout_ms()) * 3 / 4;
+  absl::StatusOr<std::vector<uint64_t>> sums =
+      n->Write(resv->incarnation(), reserved, offsets, block_bytes, reserved_until);
+  // A failed Write has closed its endpoint (nothing of it lands later): free the slots now.
+  if (!sums.ok()) n->Abort(resv->reservation_id());
+  absl::StatusOr<v1::CommitResponse> done =
+      sums.ok() ? n->Commit(resv->reservation_id(), *sums) : sums.status();
+  if (!done.ok()) {
+    result->skipped += reserved.size();
+    return false;
+  }
+  result->stored += done->committed();
+  result->skipped += done->rejected_keys_size();
+  return true;
 }
 
 absl::Status RemoteStoreClient::PutSlice(const NamespaceId& ns, const Slice& s,
+                                         absl::Span<const BlockKey> keys,
+                                         absl::Span<const BlockKey> parents,
                                          absl::Span<const void* const> blocks, size_t block_bytes,
                                          PutResult* result) {
   StoreNode* n = s.node;
-  const size_t total = s.keys.size();
   if (!n->Connect().ok()) {
-    result->skipped += total;
+    result->skipped += s.keys.size();
     return absl::OkStatus();
   }
   if (block_bytes > n->slot_bytes()) {
@@ -212,60 +347,37 @@ absl::Status RemoteStoreClient::PutSlice(const NamespaceId& ns, const Slice& s,
                                                    " exceeds the slot size ", n->slot_bytes(),
                                                    " of ", n->address()));
   }
-  const size_t chunk = n->max_batch_keys();
-  // Chunks of at most max_batch_keys; each key's parent is its nearest ancestor on this node.
-  for (size_t start = 0; start < total; start += chunk) {
-    const size_t end = std::min(total, start + chunk);
-    absl::StatusOr<v1::ReserveResponse> resv =
-        n->Reserve(ns, start > 0 ? &s.keys[start - 1] : nullptr,
-                   absl::MakeConstSpan(s.keys).subspan(start, end - start), block_bytes);
-    if (!resv.ok()) {
-      if (absl::IsInvalidArgument(resv.status())) return resv.status();
-      result->skipped += total - start;
-      return absl::OkStatus();
-    }
-    std::vector<const void*> reserved;
-    std::vector<uint64_t> offsets;
-    for (size_t j = start; j < end; ++j) {
-      const int k = static_cast<int>(j - start);
-      switch (resv->outcomes(k)) {
-        case v1::RESERVE_OUTCOME_RESERVED:
-          reserved.push_back(blocks[s.index[j]]);
-          offsets.push_back(resv->offsets(k));
-          break;
-        case v1::RESERVE_OUTCOME_PRESENT:
-          ++result->present;
-          break;
-        default:
-          ++result->skipped;
+  const std::vector<Run> runs = Runs(ns, s, keys, parents);
+  for (size_t r = 0; r < runs.size(); ++r) {
+    KVTIER_ASSIGN_OR_RETURN(
+        bool ok, PutRun(ns, s, runs[r].parent, runs[r].index, blocks, block_bytes, result));
+    if (!ok) {  // the node failed: the rest of its keys are skipped
+      for (size_t rest = r + 1; rest < runs.size(); ++rest) {
+        result->skipped += runs[rest].index.size();
       }
+      break;
     }
-    if (reserved.empty()) continue;
-    absl::StatusOr<std::vector<uint64_t>> sums =
-        n->Write(resv->incarnation(), reserved, offsets, block_bytes);
-    if (!sums.ok()) n->Abort(resv->reservation_id());
-    absl::StatusOr<v1::CommitResponse> done =
-        sums.ok() ? n->Commit(resv->reservation_id(), *sums) : sums.status();
-    if (!done.ok()) {
-      result->skipped += reserved.size() + (total - end);
-      return absl::OkStatus();
-    }
-    result->stored += done->committed();
-    result->skipped += done->rejected_keys_size();
   }
   return absl::OkStatus();
 }
 
 absl::StatusOr<PutResult> RemoteStoreClient::Put(const NamespaceId& ns,
                                                  absl::Span<const BlockKey> keys,
+                                                 absl::Span<const BlockKey> parents,
                                                  absl::Span<const void* const> blocks,
                                                  size_t block_bytes) {
   KVTIER_RETURN_IF_ERROR(CheckArgs(keys, blocks.size(), block_bytes));
+  if (parents.size() != keys.size()) {
+    return absl::InvalidArgumentError(
+        absl::StrCat(keys.size(), " keys but ", parents.size(), " parents"));
+  }
   PutResult result;
   if (keys.empty()) return result;
   absl::MutexLock lock(&mu_);
   for (const Slice& s : Partition(keys)) {
-    if (!s.keys.empty()) KVTIER_RETURN_IF_ERROR(PutSlice(ns, s, blocks, block_bytes, &result));
+    if (!s.keys.empty()) {
+      KVTIER_RETURN_IF_ERROR(PutSlice(ns, s, keys, parents, blocks, block_bytes, &result));
+    }
   }
   return result;
 }
@@ -277,18 +389,17 @@ absl::StatusOr<size_t> RemoteStoreClient::Get(const NamespaceId& ns,
   if (keys.empty()) return 0;
   absl::MutexLock lock(&mu_);
   const std::vector<Slice> slices = Partition(keys);
-  std::vector<v1::LookupResponse> resp;
-  std::vector<uint32_t> hits;
-  LookupAll(ns, slices, /*lease=*/true, &resp, &hits);
-  size_t prefix = GlobalPrefix(keys.size(), slices, hits);
+  std::vector<NodeLookup> resp;
+  LookupAll(ns, slices, /*lease=*/true, &resp);
+  size_t prefix = Prefix(keys.size(), slices, resp);
 
   // Move the bytes of the prefix, node by node; a failure shortens the prefix.
   for (size_t n = 0; n < slices.size() && prefix > 0; ++n) {
     const Slice& s = slices[n];
     std::vector<uint64_t> offsets;
     std::vector<void*> dst;
-    for (size_t j = 0; j < hits[n] && s.index[j] < prefix; ++j) {
-      const v1::BlockLocation& b = resp[n].blocks(static_cast<int>(j));
+    for (size_t j = 0; j < resp[n].hits && s.index[j] < prefix; ++j) {
+      const v1::BlockLocation& b = resp[n].blocks[j];
       if (b.size() != block_bytes) {  // a block of another shape is not ours to use
         prefix = s.index[j];
         break;
@@ -298,13 +409,13 @@ absl::StatusOr<size_t> RemoteStoreClient::Get(const NamespaceId& ns,
     }
     if (offsets.empty()) continue;
     absl::StatusOr<std::vector<uint64_t>> sums =
-        s.node->Read(resp[n].incarnation(), offsets, dst, block_bytes);
+        s.node->Read(resp[n].incarnation, offsets, dst, block_bytes);
     if (!sums.ok()) {
       prefix = std::min(prefix, s.index[0]);
       continue;
     }
     for (size_t j = 0; j < sums->size() && s.index[j] < prefix; ++j) {
-      if ((*sums)[j] != resp[n].blocks(static_cast<int>(j)).checksum()) {
+      if ((*sums)[j] != resp[n].blocks[j].checksum()) {
         spdlog::warn("store {}: block {} failed its checksum after get; treated as a miss",
                      s.node->address(), KeyToHex(keys[s.index[j]]));
         prefix = s.index[j];
@@ -312,7 +423,9 @@ absl::StatusOr<size_t> RemoteStoreClient::Get(const NamespaceId& ns,
       }
     }
   }
-  for (size_t n = 0; n < slices.size(); ++n) slices[n].node->Release(resp[n].lease_id());
+  for (size_t n = 0; n < slices.size(); ++n) {
+    for (uint64_t id : resp[n].lease_ids) slices[n].node->Release(id);
+  }
   return prefix;
 }
 
@@ -323,29 +436,32 @@ absl::StatusOr<MappedPrefix> RemoteStoreClient::MapPrefix(const NamespaceId& ns,
   if (keys.empty()) return MappedPrefix();
   absl::MutexLock lock(&mu_);
   const std::vector<Slice> slices = Partition(keys);
-  std::vector<v1::LookupResponse> resp;
-  std::vector<uint32_t> hits;
-  LookupAll(ns, slices, /*lease=*/true, &resp, &hits);
+  std::vector<NodeLookup> resp;
+  LookupAll(ns, slices, /*lease=*/true, &resp);
   std::vector<std::pair<StoreNode*, uint64_t>> leases;
   for (size_t n = 0; n < slices.size(); ++n) {
-    if (resp[n].lease_id() != 0) leases.emplace_back(slices[n].node, resp[n].lease_id());
+    for (uint64_t id : resp[n].lease_ids) leases.emplace_back(slices[n].node, id);
   }
-  const size_t stored = GlobalPrefix(keys.size(), slices, hits);
+  const size_t stored = Prefix(keys.size(), slices, resp);
   // The prefix ends at the first block that is not in a mapped pool of the leased incarnation.
   size_t prefix = stored;
   std::vector<const uint8_t*> where(prefix, nullptr);
   std::vector<uint64_t> checksums(prefix, 0);
   for (size_t n = 0; n < slices.size(); ++n) {
     const Slice& s = slices[n];
-    if (hits[n] == 0 || s.index[0] >= prefix) continue;
-    const uint8_t* base = s.node->MappedBase(resp[n].incarnation());
-    for (size_t j = 0; j < hits[n] && s.index[j] < prefix; ++j) {
-      const v1::BlockLocation& b = resp[n].blocks(static_cast<int>(j));
-      if (base == nullptr || b.size() != block_bytes) {
+    if (resp[n].hits == 0 || s.index[0] >= prefix) continue;
+    for (size_t j = 0; j < resp[n].hits && s.index[j] < prefix; ++j) {
+      const v1::BlockLocation& b = resp[n].blocks[j];
+      if (b.size() != block_bytes) {  // a block of another shape is not ours to use
         prefix = s.index[j];
         break;
       }
-      where[s.index[j]] = base + b.offset();
+      const uint8_t* p = s.node->MappedSlot(resp[n].incarnation, b.offset(), block_bytes);
+      if (p == nullptr) {  // not mapped, or the node failed: none of its pointers hold
+        prefix = std::min(prefix, s.index[0]);
+        break;
+      }
+      where[s.index[j]] = p;
       checksums[s.index[j]] = b.checksum();
     }
   }

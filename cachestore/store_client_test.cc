@@ -1,4 +1,5 @@
-// MappedPrefix, the RAII handle of leased in-place blocks (include/kvtier/store_client.h). The
+// MappedPrefix, the RAII handle of leased in-place blocks (include/kvtier/store_client.h),
+// ChainParents, and the bounds check of every offset a store answers (CheckSlotRange). The
 // client over real stores is tested by tests/store_integration_test.cc.
 #include "kvtier/store_client.h"
 
@@ -6,6 +7,7 @@
 #include <memory>
 #include <vector>
 
+#include "cachestore/store_node.h"
 #include "common/checksum.h"
 #include "gtest/gtest.h"
 
@@ -80,6 +82,38 @@ TEST_F(MappedPrefixTest, VerifyCountsTheLeadingBlocksThatMatchTheirChecksums) {
   data_[17][kBlockBytes / 2] ^= 1;  // the store's slot changed under the lease
   data_[20][0] ^= 1;
   EXPECT_EQ(m.Verify(), 17u);
+}
+
+// A worker maps the store's pool and copies to and from `base + offset`: an offset or size the
+// store answers is used only inside one slot of the pool GetInfo described.
+TEST(CheckSlotRangeTest, OnlyRangesInsideOneSlotOfThePoolPass) {
+  v1::GetInfoResponse info;
+  info.set_slot_bytes(64 << 10);
+  info.set_slot_count(8);
+  info.set_pool_bytes(512 << 10);
+  const uint64_t slot = 64 << 10;
+  EXPECT_TRUE(CheckSlotRange(info, 0, slot).ok());
+  EXPECT_TRUE(CheckSlotRange(info, 7 * slot, slot).ok());
+  EXPECT_TRUE(CheckSlotRange(info, 3 * slot, 100).ok());        // a smaller block in its slot
+  EXPECT_FALSE(CheckSlotRange(info, 8 * slot, slot).ok());      // past the last slot
+  EXPECT_FALSE(CheckSlotRange(info, 7 * slot, slot + 1).ok());  // larger than a slot
+  EXPECT_FALSE(CheckSlotRange(info, slot / 2, slot).ok());      // across two slots
+  EXPECT_FALSE(CheckSlotRange(info, 3 * slot, 0).ok());
+  EXPECT_FALSE(CheckSlotRange(info, UINT64_MAX - slot + 1, slot).ok());  // would wrap around
+  EXPECT_FALSE(CheckSlotRange(info, uint64_t{1} << 63, slot).ok());
+  EXPECT_EQ(CheckSlotRange(info, 9 * slot, slot).code(), absl::StatusCode::kInternal);
+  info.set_slot_bytes(0);  // a pool GetInfo did not describe
+  EXPECT_FALSE(CheckSlotRange(info, 0, 1).ok());
+}
+
+TEST(ChainParentsTest, EachKeysParentIsThePreviousKeyAndTheFirstOnesIsPrev) {
+  BlockKey ns{}, a{}, b{}, c{};
+  a[0] = 1;
+  b[0] = 2;
+  c[0] = 3;
+  EXPECT_EQ(ChainParents(ns, {a, b, c}), (std::vector<BlockKey>{ns, a, b}));
+  EXPECT_EQ(ChainParents(c, {a}), (std::vector<BlockKey>{c}));
+  EXPECT_TRUE(ChainParents(ns, {}).empty());
 }
 
 }  // namespace

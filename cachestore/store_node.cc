@@ -21,17 +21,29 @@ constexpr size_t kDefaultMaxBatchKeys = 4096;
 
 }  // namespace
 
+absl::Status CheckSlotRange(const v1::GetInfoResponse& info, uint64_t offset, uint64_t bytes) {
+  const uint64_t slot = info.slot_bytes();
+  if (slot == 0 || bytes == 0 || bytes > slot || offset % slot != 0 ||
+      offset / slot >= info.slot_count()) {
+    return absl::InternalError(absl::StrCat("store answered a block of ", bytes,
+                                            " bytes at offset ", offset, ", outside its pool of ",
+                                            info.slot_count(), " slots of ", slot, " bytes"));
+  }
+  return absl::OkStatus();
+}
+
 int CopyThreads(int max_threads, size_t blocks, size_t block_bytes) {
   return static_cast<int>(
       std::min<size_t>(std::max(max_threads, 1), blocks * block_bytes / (size_t{8} << 20) + 1));
 }
 
 StoreNode::StoreNode(std::string address, transport::UcxWorker* worker,
-                     const StoreClientOptions& options, int copy_threads)
+                     const StoreClientOptions& options, int copy_threads, const UnmapFn* on_unmap)
     : address_(std::move(address)),
       worker_(worker),
       options_(options),
-      copy_threads_(copy_threads) {
+      copy_threads_(copy_threads),
+      on_unmap_(on_unmap) {
   grpc::ChannelArguments args;
   args.SetMaxReceiveMessageSize(16 << 20);
   stub_ = v1::CacheStore::NewStub(
@@ -53,6 +65,11 @@ std::unique_ptr<grpc::ClientContext> StoreNode::Context() const {
 }
 
 void StoreNode::Disconnect() {
+  // Whoever registered the pool (CUDA) lets go of it before its pages are unmapped.
+  if (mapped_ != nullptr && on_unmap_ != nullptr && *on_unmap_) {
+    (*on_unmap_)(MappedPool{mapped_, info_.slot_bytes() * info_.slot_count(), info_.incarnation()});
+  }
+  connected_.store(false, std::memory_order_relaxed);
   // The old connection, if any, may point at a dead or replaced process: close it forcibly.
   if (ep_ != nullptr) ep_->MarkFailed();
   mapped_ = nullptr;
@@ -87,12 +104,21 @@ absl::Status StoreNode::DoConnect(uint64_t incarnation) {
   if (incarnation != 0 && info.incarnation() != incarnation) {
     return absl::UnavailableError("store restarted during the operation");
   }
+  // The pool must be what its sizes say, with no overflow (offsets are checked against them).
+  if (info.slot_bytes() == 0 || info.slot_count() == 0 ||
+      info.slot_count() > info.pool_bytes() / info.slot_bytes() ||
+      info.pool_base_address() > UINT64_MAX - info.pool_bytes()) {
+    return absl::InternalError(absl::StrCat("store describes a bad pool: ", info.slot_count(),
+                                            " slots of ", info.slot_bytes(), " bytes in ",
+                                            info.pool_bytes()));
+  }
   KVTIER_ASSIGN_OR_RETURN(ep_, transport::Endpoint::Connect(worker_, info.ucx_worker_address()));
   KVTIER_ASSIGN_OR_RETURN(rkey_, ep_->UnpackRkey(info.pool_rkey()));
   if (options_.map_same_host_pool) {
     mapped_ = static_cast<uint8_t*>(rkey_->LocalPointer(info.pool_base_address()));
   }
   info_ = std::move(info);
+  connected_.store(true, std::memory_order_relaxed);
   spdlog::debug("connected to store {} (incarnation {:x})", address_, info_.incarnation());
   return absl::OkStatus();
 }
@@ -125,25 +151,46 @@ StoreNodeInfo StoreNode::Describe() {
 
 MappedPool StoreNode::Pool() {
   if (!Connect().ok() || mapped_ == nullptr) return {};
-  return {mapped_, static_cast<size_t>(info_.slot_bytes() * info_.slot_count())};
+  return {mapped_, static_cast<size_t>(info_.slot_bytes() * info_.slot_count()),
+          info_.incarnation()};
 }
 
-absl::StatusOr<v1::LookupResponse> StoreNode::Lookup(const NamespaceId& ns,
-                                                     absl::Span<const BlockKey> keys, bool lease) {
+absl::StatusOr<NodeLookup> StoreNode::Lookup(const NamespaceId& ns, absl::Span<const BlockKey> keys,
+                                             bool lease) {
   if (!available()) return absl::UnavailableError(absl::StrCat("store ", address_, " is down"));
-  keys = keys.first(std::min(keys.size(), max_batch_keys()));
-  v1::LookupRequest req;
-  req.set_namespace_id(std::string(KeyBytes(ns)));
-  for (const BlockKey& k : keys) req.add_keys(std::string(KeyBytes(k)));
-  req.set_lease(lease);
-  v1::LookupResponse resp;
-  absl::Status st = FromGrpc(stub_->Lookup(Context().get(), req, &resp));
-  if (st.ok() && (resp.hit_count() > keys.size() ||
-                  (lease && resp.blocks_size() != static_cast<int>(resp.hit_count())))) {
-    st = absl::InternalError("malformed lookup response");
+  NodeLookup out;
+  // One call per max_batch_keys keys (the store refuses more): a call that does not hit all of
+  // its keys ends the prefix, and so does any failure after the first call.
+  for (size_t start = 0; start < keys.size();) {
+    const absl::Span<const BlockKey> part =
+        keys.subspan(start, std::min(keys.size() - start, max_batch_keys()));
+    v1::LookupRequest req;
+    req.set_namespace_id(std::string(KeyBytes(ns)));
+    for (const BlockKey& k : part) req.add_keys(std::string(KeyBytes(k)));
+    req.set_lease(lease);
+    v1::LookupResponse resp;
+    absl::Status st = FromGrpc(stub_->Lookup(Context().get(), req, &resp));
+    if (st.ok() && (resp.hit_count() > part.size() ||
+                    (lease && resp.blocks_size() != static_cast<int>(resp.hit_count())))) {
+      st = absl::InternalError("malformed lookup response");
+    }
+    if (!st.ok()) {
+      Failed(st);
+      if (start == 0) return st;
+      return out;
+    }
+    if (start > 0 && resp.incarnation() != out.incarnation) {  // restarted in between
+      Release(resp.lease_id());
+      return out;
+    }
+    out.incarnation = resp.incarnation();
+    out.hits += resp.hit_count();
+    if (resp.lease_id() != 0) out.lease_ids.push_back(resp.lease_id());
+    for (v1::BlockLocation& b : *resp.mutable_blocks()) out.blocks.push_back(std::move(b));
+    if (resp.hit_count() < part.size()) break;
+    start += part.size();
   }
-  if (!st.ok()) return Failed(st);
-  return resp;
+  return out;
 }
 
 absl::StatusOr<v1::ReserveResponse> StoreNode::Reserve(const NamespaceId& ns,
@@ -162,7 +209,7 @@ absl::StatusOr<v1::ReserveResponse> StoreNode::Reserve(const NamespaceId& ns,
     st = absl::InternalError("malformed reserve response");
   }
   if (!st.ok()) return Failed(st);
-  return resp;
+  return resp;  // Write checks the offsets against the pool it writes to
 }
 
 absl::StatusOr<v1::CommitResponse> StoreNode::Commit(uint64_t reservation_id,
@@ -188,6 +235,7 @@ void StoreNode::Abort(uint64_t reservation_id) {
 
 bool StoreNode::Release(uint64_t lease_id) {
   if (lease_id == 0) return true;
+  if (!available()) return false;  // a stalled store would cost rpc_timeout per lease
   v1::ReleaseRequest req;
   req.set_lease_id(lease_id);
   v1::ReleaseResponse resp;
@@ -196,17 +244,39 @@ bool StoreNode::Release(uint64_t lease_id) {
   return s.ok();
 }
 
+absl::Status StoreNode::CheckOffsets(absl::Span<const uint64_t> offsets, size_t block_bytes) {
+  for (uint64_t offset : offsets) {
+    if (absl::Status st = CheckSlotRange(info_, offset, block_bytes); !st.ok()) {
+      MarkDown(st);
+      return st;
+    }
+  }
+  return absl::OkStatus();
+}
+
 absl::StatusOr<std::vector<uint64_t>> StoreNode::Write(uint64_t incarnation,
                                                        absl::Span<const void* const> blocks,
                                                        absl::Span<const uint64_t> offsets,
-                                                       size_t block_bytes) {
+                                                       size_t block_bytes,
+                                                       absl::Time reserved_until) {
   KVTIER_RETURN_IF_ERROR(ConnectTo(incarnation));
+  KVTIER_RETURN_IF_ERROR(CheckOffsets(offsets, block_bytes));
   std::vector<uint64_t> sums(blocks.size());
   if (mapped_ != nullptr) {  // same host: hash, stream the copy
+    // A block copied after the reservation's deadline could land in a slot that the store has
+    // reaped and given to another block: each block checks the deadline before its copy.
+    std::vector<char> late(blocks.size(), 0);
     ParallelFor(blocks.size(), CopyThreads(copy_threads_, blocks.size(), block_bytes),
                 [&](size_t i) {
+                  if (absl::Now() >= reserved_until) {
+                    late[i] = 1;
+                    return;
+                  }
                   sums[i] = ChecksumAndStreamCopy(mapped_ + offsets[i], blocks[i], block_bytes);
                 });
+    if (std::find(late.begin(), late.end(), 1) != late.end()) {
+      return absl::DeadlineExceededError("the reservation expired before its blocks were copied");
+    }
     return sums;
   }
   std::vector<transport::RmaOp> ops(blocks.size());
@@ -214,7 +284,10 @@ absl::StatusOr<std::vector<uint64_t>> StoreNode::Write(uint64_t incarnation,
     sums[i] = BlockChecksum(blocks[i], block_bytes);
     ops[i] = {const_cast<void*>(blocks[i]), info_.pool_base_address() + offsets[i], block_bytes};
   }
-  if (absl::Status st = ep_->PutBatch(*rkey_, ops, TransferDeadline()); !st.ok()) {
+  // On failure the batch's endpoint is force-closed before PutBatch returns: no put of it can
+  // land later, so the caller's Abort (sent after this) frees slots nothing writes to anymore.
+  const absl::Time deadline = std::min(TransferDeadline(), reserved_until);
+  if (absl::Status st = ep_->PutBatch(*rkey_, ops, deadline); !st.ok()) {
     MarkDown(st);
     return st;
   }
@@ -226,6 +299,7 @@ absl::StatusOr<std::vector<uint64_t>> StoreNode::Read(uint64_t incarnation,
                                                       absl::Span<void* const> buffers,
                                                       size_t block_bytes) {
   KVTIER_RETURN_IF_ERROR(ConnectTo(incarnation));
+  KVTIER_RETURN_IF_ERROR(CheckOffsets(offsets, block_bytes));
   std::vector<uint64_t> sums(buffers.size());
   if (mapped_ != nullptr) {  // same host: copy, hash while in cache
     ParallelFor(buffers.size(), CopyThreads(copy_threads_, buffers.size(), block_bytes),
@@ -246,8 +320,13 @@ absl::StatusOr<std::vector<uint64_t>> StoreNode::Read(uint64_t incarnation,
   return sums;
 }
 
-const uint8_t* StoreNode::MappedBase(uint64_t incarnation) {
-  return ConnectTo(incarnation).ok() ? mapped_ : nullptr;
+const uint8_t* StoreNode::MappedSlot(uint64_t incarnation, uint64_t offset, size_t bytes) {
+  if (!ConnectTo(incarnation).ok() || mapped_ == nullptr) return nullptr;
+  if (absl::Status st = CheckSlotRange(info_, offset, bytes); !st.ok()) {
+    MarkDown(st);
+    return nullptr;
+  }
+  return mapped_ + offset;
 }
 
 }  // namespace kvtier

@@ -6,21 +6,29 @@
 // and hashed in a separate pass. Either way the caller gets the checksum of every block moved.
 //
 // A node connects lazily and reconnects when the store's incarnation changes, so bytes are
-// never moved to or from a restarted store's predecessor. A failed call or transfer marks the
-// node down: it is skipped (its calls fail at once) for StoreClientOptions::retry_after. An
+// never moved to or from a restarted store's predecessor; a mapped pool is handed to the
+// client's unmap callback before it is unmapped. A failed call or transfer marks the node
+// down: it is skipped (its calls fail at once) for StoreClientOptions::retry_after. An
 // INVALID_ARGUMENT answer is the caller's error, not the node's, and does not mark it down;
 // nor do failed Release and Abort calls (best effort: the store's reaper frees what they miss).
+// A timed-out transfer has force-closed the endpoint when Write or Read returns, so nothing of
+// it lands afterwards (Abort is sent only then). Nothing the store answers is trusted: every
+// offset and size is checked against the pool and slot sizes of GetInfo before any byte
+// moves (CheckSlotRange), and a bad one is a node failure.
 //
 // Ownership: owns the gRPC stub and the data-plane state of one incarnation (UCX endpoint, pool
 // rkey, and the mapping of a same-host pool, which the rkey owns: pointers into it die with
-// the connection). Borrows the client's UCX worker, which must outlive it.
-// Thread-safety: thread-compatible. The owning client serializes every call (the UCX worker is
-// shared); pointers from MappedBase() may be read by any thread until the next call.
+// the connection). Borrows the client's UCX worker and unmap callback, which must outlive it.
+// Thread-safety: thread-compatible, except connected(), which any thread may call. The owning
+// client serializes every other call (the UCX worker is shared); pointers from MappedSlot()
+// may be read by any thread until the next call.
 #ifndef KVTIER_CACHESTORE_STORE_NODE_H_
 #define KVTIER_CACHESTORE_STORE_NODE_H_
 
+#include <atomic>
 #include <cstddef>
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <string>
 #include <vector>
@@ -40,11 +48,27 @@ namespace kvtier {
 // to `max_threads` (a thread costs tens of microseconds to start).
 int CopyThreads(int max_threads, size_t blocks, size_t block_bytes);
 
+// OK when [offset, offset + bytes) is inside one slot of the pool that `info` describes
+// (offset a multiple of slot_bytes, bytes at most slot_bytes); else Internal: the store's
+// answer is not to be used.
+absl::Status CheckSlotRange(const v1::GetInfoResponse& info, uint64_t offset, uint64_t bytes);
+
+// One node's answer to a lookup of one slice of keys, however many calls it took.
+struct NodeLookup {
+  uint64_t incarnation = 0;
+  size_t hits = 0;                        // leading keys present
+  std::vector<v1::BlockLocation> blocks;  // with a lease: one per hit
+  std::vector<uint64_t> lease_ids;        // with a lease: to release, one per call
+};
+
 class StoreNode {
  public:
-  // `copy_threads`: most threads of one copy on the mapped path.
+  using UnmapFn = std::function<void(const MappedPool&)>;
+
+  // `copy_threads`: most threads of one copy on the mapped path. `on_unmap` (the client's, may
+  // hold an empty function) runs before a mapped pool is unmapped.
   StoreNode(std::string address, transport::UcxWorker* worker, const StoreClientOptions& options,
-            int copy_threads);
+            int copy_threads, const UnmapFn* on_unmap);
   ~StoreNode();
   StoreNode(const StoreNode&) = delete;
   StoreNode& operator=(const StoreNode&) = delete;
@@ -52,6 +76,8 @@ class StoreNode {
   const std::string& address() const { return address_; }
   // False while the node is skipped after a failure.
   bool available() const;
+  // Whether the data plane is connected now. Any thread.
+  bool connected() const { return connected_.load(std::memory_order_relaxed); }
   // Connects the data plane to the store's current incarnation unless it is connected.
   absl::Status Connect();
   // From the last GetInfo (0 before the first connection).
@@ -63,37 +89,41 @@ class StoreNode {
   // The pool mapped into this process, connecting first; base null when it is not mapped.
   MappedPool Pool();
 
-  // Longest present prefix of `keys` (at most max_batch_keys() of them are sent: the rest
-  // counts as missing). With `lease`, the answer names each hit's slot and pins them; a
-  // malformed answer is a node failure.
-  absl::StatusOr<v1::LookupResponse> Lookup(const NamespaceId& ns, absl::Span<const BlockKey> keys,
-                                            bool lease);
-  // Reserves slots for `keys` (at most max_batch_keys()), whose first one's parent is `parent`
-  // (null: none).
+  // Longest present prefix of `keys`, in calls of at most max_batch_keys() keys (a call whose
+  // answer is short ends it). With `lease`, the answer names each hit's slot and pins them; a
+  // malformed answer is a node failure (a failure after the first call ends the prefix there).
+  absl::StatusOr<NodeLookup> Lookup(const NamespaceId& ns, absl::Span<const BlockKey> keys,
+                                    bool lease);
+  // Reserves slots for `keys` (at most max_batch_keys(), consecutive blocks of one prefix),
+  // whose first one's parent is `parent` (null: none).
   absl::StatusOr<v1::ReserveResponse> Reserve(const NamespaceId& ns, const BlockKey* parent,
                                               absl::Span<const BlockKey> keys, size_t block_bytes);
   // Commits a reservation with the checksum of each reserved block, in order.
   absl::StatusOr<v1::CommitResponse> Commit(uint64_t reservation_id,
                                             absl::Span<const uint64_t> checksums);
   void Abort(uint64_t reservation_id);
-  // Whether the lease was still held (0: nothing leased, true).
+  // Whether the lease was still held (0: nothing leased, true). Not sent to a node that is
+  // down (the store's lease timeout frees it): false.
   bool Release(uint64_t lease_id);
 
   // The one write path: copies blocks[i] (block_bytes each) into the slot at offsets[i] of the
   // pool of `incarnation` (the store's answer that granted the slots; reconnecting if needed)
-  // and returns each block's checksum as written.
+  // and returns each block's checksum as written. Nothing is written after `reserved_until`
+  // (when the store may reap the reservation and reuse its slots): a mapped copy checks it
+  // before each block and a UCX batch is bounded by it; past it, DeadlineExceeded.
   absl::StatusOr<std::vector<uint64_t>> Write(uint64_t incarnation,
                                               absl::Span<const void* const> blocks,
                                               absl::Span<const uint64_t> offsets,
-                                              size_t block_bytes);
+                                              size_t block_bytes, absl::Time reserved_until);
   // The one read path: copies the slots at offsets[i] of the pool of `incarnation` into
   // buffers[i] and returns the checksum of each block as read (to compare with the lookup's).
   absl::StatusOr<std::vector<uint64_t>> Read(uint64_t incarnation,
                                              absl::Span<const uint64_t> offsets,
                                              absl::Span<void* const> buffers, size_t block_bytes);
-  // In-place reads: the base in this process of the pool of `incarnation` (slot at offset o is
-  // base + o), or null when that pool is not mapped or cannot be reached.
-  const uint8_t* MappedBase(uint64_t incarnation);
+  // In-place reads: where the `bytes` at `offset` of the pool of `incarnation` are in this
+  // process, or null when that pool is not mapped or cannot be reached, or the range is not
+  // inside one slot.
+  const uint8_t* MappedSlot(uint64_t incarnation, uint64_t offset, size_t bytes);
 
  private:
   // Makes sure the data plane matches `incarnation` (0: whatever is current).
@@ -101,7 +131,11 @@ class StoreNode {
   absl::Status DoConnect(uint64_t incarnation);
   // Drops the data-plane state and skips the node for retry_after.
   void MarkDown(const absl::Status& why);
+  // Drops the data-plane state (after the unmap callback, for a mapped pool).
   void Disconnect();
+  // CheckSlotRange for each offset against the connected incarnation; a failure marks the
+  // node down.
+  absl::Status CheckOffsets(absl::Span<const uint64_t> offsets, size_t block_bytes);
   // The node's answer to a failed call: marked down unless the store rejected the arguments.
   absl::Status Failed(absl::Status status);
   std::unique_ptr<grpc::ClientContext> Context() const;
@@ -111,6 +145,7 @@ class StoreNode {
   transport::UcxWorker* const worker_;
   const StoreClientOptions options_;
   const int copy_threads_;
+  const UnmapFn* const on_unmap_;
   std::unique_ptr<v1::CacheStore::Stub> stub_;
   // Data-plane connection, valid for one store incarnation (info_.incarnation()).
   std::unique_ptr<transport::Endpoint> ep_;
@@ -118,6 +153,7 @@ class StoreNode {
   uint8_t* mapped_ = nullptr;  // the pool's base in this process (same host), owned by rkey_
   v1::GetInfoResponse info_;
   absl::Time down_until_ = absl::InfinitePast();
+  std::atomic<bool> connected_{false};
 };
 
 }  // namespace kvtier

@@ -426,12 +426,13 @@ bool Scheduler::Step() {
   }
 
   if (!write_keys_.empty()) {
-    const uint64_t ticket = tier_->StoreBlocksAsync(write_keys_, write_pages_);
+    const uint64_t ticket = tier_->StoreBlocksAsync(write_keys_, write_parents_, write_pages_);
     for (auto& a : running_) {
       if (a->wrote) a->write_ticket = ticket;
       a->wrote = false;
     }
     write_keys_.clear();
+    write_parents_.clear();
     write_pages_.clear();
   }
   for (auto& a : running_) {
@@ -451,16 +452,22 @@ void Scheduler::CompleteBlocks(Active& a, Seq& s) {
   }
   for (; s.blocks_done < complete; ++s.blocks_done) {
     const int blk = s.blocks_done;
-    const BlockKey key = blk < static_cast<int>(a.prompt_keys.size())
-                             ? a.prompt_keys[blk]
-                             : ChainBlockKey(blk == 0 ? tier_->namespace_id() : s.last_key,
-                                             absl::MakeConstSpan(s.seq.tokens).subspan(blk * b, b));
+    const int prompt_blocks = static_cast<int>(a.prompt_keys.size());
+    // The key this block is chained from: its parent in the store (docs/block-key.md).
+    const BlockKey parent = blk == 0               ? tier_->namespace_id()
+                            : blk <= prompt_blocks ? a.prompt_keys[blk - 1]
+                                                   : s.last_key;
+    const BlockKey key =
+        blk < prompt_blocks
+            ? a.prompt_keys[blk]
+            : ChainBlockKey(parent, absl::MakeConstSpan(s.seq.tokens).subspan(blk * b, b));
     s.last_key = key;
     const int32_t page = s.seq.pages[blk];
     if (cache_.IsCached(page)) continue;
     // Every position of the block is computed: the page may be shared from now on.
     if (cache_.Insert(key, page) && tier_->has_store()) {
       write_keys_.push_back(key);
+      write_parents_.push_back(parent);
       write_pages_.push_back(page);
       a.wrote = true;
     }

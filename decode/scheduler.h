@@ -202,7 +202,8 @@ class Scheduler {
   worker::BlockCache cache_;
   std::vector<std::unique_ptr<Active>> running_;
   int running_seqs_ = 0;
-  std::vector<BlockKey> write_keys_;  // blocks to store after this step
+  std::vector<BlockKey> write_keys_;     // blocks to store after this step
+  std::vector<BlockKey> write_parents_;  // the key each was chained from
   std::vector<int32_t> write_pages_;
   // Completed requests whose streams finish once tier_->written() reaches their ticket.
   struct Finishing {

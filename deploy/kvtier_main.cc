@@ -185,7 +185,8 @@ int Demo(const std::string& addr, int turns, uint32_t block_tokens, size_t block
       src.push_back(blocks[i].data());
     }
     t0 = absl::Now();
-    auto put = (*c)->Put(ns, missing, src, block_bytes);
+    auto put = (*c)->Put(ns, missing, ChainParents(*hit > 0 ? keys[*hit - 1] : ns, missing), src,
+                         block_bytes);
     double put_s = absl::ToDoubleSeconds(absl::Now() - t0);
     if (!put.ok()) return Fail(put.status());
     auto gbps = [&](size_t n, double s) {

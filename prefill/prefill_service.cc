@@ -34,6 +34,8 @@ absl::StatusOr<PrefillResult> PrefillService::Run(absl::Span<const TokenId> prom
                      engine_->num_pages(), " pages)"));
   }
   absl::MutexLock lock(&engine_mu_);
+  // Queued behind another request while the worker began to stop: not started, refused.
+  if (stopping_.load()) return absl::UnavailableError("the prefill worker is shutting down");
   const absl::Span<const int32_t> blocks = prompt.first(static_cast<size_t>(full) * b);
   const std::vector<BlockKey> keys = tier_->Keys(blocks);
   const size_t present = tier_->Lookup(keys);
@@ -56,8 +58,10 @@ absl::StatusOr<PrefillResult> PrefillService::Run(absl::Span<const TokenId> prom
   absl::Status st = engine::Prefill(*engine_, allocator_, seq, absl::MakeSpan(logits_));
   r.compute_ms = absl::ToDoubleMilliseconds(absl::Now() - t0);
   if (st.ok()) {
-    const PutResult put = tier_->StoreBlocks(absl::MakeConstSpan(keys).subspan(fetched),
-                                             absl::MakeConstSpan(*pages).subspan(fetched));
+    const absl::Span<const BlockKey> computed = absl::MakeConstSpan(keys).subspan(fetched);
+    const PutResult put = tier_->StoreBlocks(
+        computed, ChainParents(fetched > 0 ? keys[fetched - 1] : tier_->namespace_id(), computed),
+        absl::MakeConstSpan(*pages).subspan(fetched));
     if (put.skipped > 0) {
       spdlog::info("prefill: {} of {} computed blocks not stored (store full or unreachable)",
                    put.skipped, keys.size() - fetched);

@@ -10,7 +10,9 @@
 //
 // Ownership: borrows the engine and tier, which must outlive it; owns the page allocator.
 // Thread-safety: safe for concurrent calls; requests are serialized on the one engine by a
-// mutex (one prefill at a time per worker; scale out with more workers).
+// mutex (one prefill at a time per worker; scale out with more workers). After Stop() (any
+// thread), requests that have not started computing get UNAVAILABLE, so that a SIGTERM waits
+// for the one prefill that computes, not for every queued request (docs/serving.md).
 #ifndef KVTIER_PREFILL_PREFILL_SERVICE_H_
 #define KVTIER_PREFILL_PREFILL_SERVICE_H_
 
@@ -46,14 +48,18 @@ class PrefillService final : public v1::PrefillWorker::Service {
                              v1::WorkerInfo* info) override;
 
   // The work of one request on a checked prompt. ResourceExhausted when its full blocks do
-  // not fit in the KV cache.
+  // not fit in the KV cache; Unavailable once stopping.
   absl::StatusOr<PrefillResult> Run(absl::Span<const TokenId> prompt);
+
+  // Requests that have not started computing are refused from now on (the worker stops).
+  void Stop() { stopping_.store(true); }
 
  private:
   engine::Engine* const engine_;
   worker::KvTier* const tier_;
   const worker::WorkerOptions options_;
   std::atomic<int> active_{0};
+  std::atomic<bool> stopping_{false};
   std::atomic<int> free_pages_;
 
   absl::Mutex engine_mu_;  // serializes requests on the engine

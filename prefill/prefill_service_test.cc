@@ -121,7 +121,13 @@ TEST_F(PrefillServiceTest, ComputesOverTheFetchedPrefixRatherThanRecomputingIt) 
   std::vector<float> logits(e->config().vocab_size);
   ASSERT_TRUE(engine::Prefill(*e, alloc, seq, absl::MakeSpan(logits)).ok());
   worker::KvTier other(e.get(), client_.get());
-  ASSERT_EQ(other.StoreBlocks(absl::MakeConstSpan(keys_).first(2), seq.pages).stored, 2u);
+  ASSERT_EQ(
+      other
+          .StoreBlocks(absl::MakeConstSpan(keys_).first(2),
+                       ChainParents(tier_->namespace_id(), absl::MakeConstSpan(keys_).first(2)),
+                       seq.pages)
+          .stored,
+      2u);
   engine::ReleasePages(alloc, seq);
 
   absl::StatusOr<PrefillResult> r = service_->Run(prompt_);

@@ -48,7 +48,7 @@ int Hammer(const std::string& store, uint32_t seed, uint32_t n, size_t bytes, in
     std::vector<BlockKey> keys = TestKeys(fresh ? seed * 100000 + r : seed, n);
     if (!read_only || r == 0) {
       for (uint32_t i = 0; i < n; ++i) FillSyntheticBlock(keys[i], bufs[i].data(), bytes);
-      auto put = (*c)->Put(TestNamespace(), keys, src, bytes);
+      auto put = (*c)->Put(TestNamespace(), keys, ChainParents(TestNamespace(), keys), src, bytes);
       if (!put.ok()) {
         std::fprintf(stderr, "put: %s\n", put.status().ToString().c_str());
         return 2;

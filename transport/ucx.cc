@@ -110,21 +110,27 @@ UcxWorker::~UcxWorker() {
   if (worker_ != nullptr) ucp_worker_destroy(worker_);
 }
 
-absl::Status UcxWorker::Wait(ucs_status_ptr_t request, absl::Time deadline,
-                             absl::string_view what) {
-  if (request == nullptr) return absl::OkStatus();
-  if (UCS_PTR_IS_ERR(request)) return UcsToStatus(UCS_PTR_STATUS(request), what);
+ucs_status_t UcxWorker::Poll(void* request, absl::Time deadline) {
   ucs_status_t st;
   uint32_t spins = 0;
   while ((st = ucp_request_check_status(request)) == UCS_INPROGRESS) {
     ucp_worker_progress(worker_);
     // Reading the clock is cheap, but not free: look every 1024 progress calls.
-    if ((++spins & 1023) == 0 && absl::Now() > deadline) {
-      ucp_request_cancel(worker_, request);
-      while (ucp_request_check_status(request) == UCS_INPROGRESS) ucp_worker_progress(worker_);
-      ucp_request_free(request);
-      return absl::DeadlineExceededError(absl::StrCat(what, ": timed out"));
-    }
+    if ((++spins & 1023) == 0 && absl::Now() > deadline) return UCS_INPROGRESS;
+  }
+  return st;
+}
+
+absl::Status UcxWorker::Wait(ucs_status_ptr_t request, absl::Time deadline,
+                             absl::string_view what) {
+  if (request == nullptr) return absl::OkStatus();
+  if (UCS_PTR_IS_ERR(request)) return UcsToStatus(UCS_PTR_STATUS(request), what);
+  const ucs_status_t st = Poll(request, deadline);
+  if (st == UCS_INPROGRESS) {
+    // Never spin on a request that cancel cannot stop: release it to UCX and return.
+    ucp_request_cancel(worker_, request);
+    ucp_request_free(request);
+    return absl::DeadlineExceededError(absl::StrCat(what, ": timed out"));
   }
   ucp_request_free(request);
   return UcsToStatus(st, what);
@@ -229,15 +235,30 @@ absl::StatusOr<std::unique_ptr<Endpoint>> Endpoint::Connect(UcxWorker* worker,
 
 Endpoint::~Endpoint() {
   if (ep_ == nullptr) return;
+  if (failed()) {
+    ForceClose();
+    return;
+  }
   ucp_request_param_t param{};
-  param.op_attr_mask = UCP_OP_ATTR_FIELD_FLAGS;
-  param.flags = failed() ? UCP_EP_CLOSE_FLAG_FORCE : 0;
   ucs_status_ptr_t req = ucp_ep_close_nbx(ep_, &param);
   absl::Status s = worker_->Wait(req, absl::Now() + kCloseTimeout, "ucp_ep_close_nbx");
-  if (!s.ok() && !failed()) spdlog::debug("endpoint close: {}", s.ToString());
+  if (!s.ok()) spdlog::debug("endpoint close: {}", s.ToString());
+}
+
+void Endpoint::ForceClose() {
+  failed_.store(true, std::memory_order_relaxed);
+  if (ep_ == nullptr) return;
+  ucp_request_param_t param{};
+  param.op_attr_mask = UCP_OP_ATTR_FIELD_FLAGS;
+  param.flags = UCP_EP_CLOSE_FLAG_FORCE;
+  absl::Status s =
+      worker_->Wait(ucp_ep_close_nbx(ep_, &param), absl::Now() + kCloseTimeout, "force close");
+  if (!s.ok()) spdlog::debug("endpoint force close: {}", s.ToString());
+  ep_ = nullptr;
 }
 
 std::string Endpoint::Describe() const {
+  if (ep_ == nullptr) return "closed";
   char* buf = nullptr;
   size_t len = 0;
   FILE* f = open_memstream(&buf, &len);
@@ -251,6 +272,7 @@ std::string Endpoint::Describe() const {
 
 absl::StatusOr<std::unique_ptr<RemoteKey>> Endpoint::UnpackRkey(const std::string& packed) {
   if (packed.empty()) return absl::InvalidArgumentError("empty remote key");
+  if (ep_ == nullptr) return absl::UnavailableError("UCX endpoint closed");
   auto rkey = std::unique_ptr<RemoteKey>(new RemoteKey());
   ucs_status_t st = ucp_ep_rkey_unpack(ep_, packed.data(), &rkey->rkey_);
   if (st != UCS_OK) return UcsToStatus(st, "ucp_ep_rkey_unpack");
@@ -269,35 +291,44 @@ absl::Status Endpoint::GetBatch(const RemoteKey& rkey, absl::Span<const RmaOp> o
 
 absl::Status Endpoint::RunBatch(bool put, const RemoteKey& rkey, absl::Span<const RmaOp> ops,
                                 absl::Time deadline) {
-  if (failed()) return absl::UnavailableError("UCX endpoint failed earlier");
+  if (failed() || ep_ == nullptr) return absl::UnavailableError("UCX endpoint failed earlier");
   const char* what = put ? "ucp_put_nbx" : "ucp_get_nbx";
   ucp_request_param_t param{};  // no callback: completion is observed through the flush
-  absl::Status first_error;
-  std::vector<ucs_status_ptr_t> pending;
-  pending.reserve(ops.size());
+  absl::Status error;
+  std::vector<void*> pending;
+  pending.reserve(ops.size() + 1);
   for (const RmaOp& op : ops) {
     ucs_status_ptr_t req =
         put ? ucp_put_nbx(ep_, op.local, op.size, op.remote_address, rkey.handle(), &param)
             : ucp_get_nbx(ep_, op.local, op.size, op.remote_address, rkey.handle(), &param);
     if (UCS_PTR_IS_ERR(req)) {
-      first_error = UcsToStatus(UCS_PTR_STATUS(req), what);
+      error = UcsToStatus(UCS_PTR_STATUS(req), what);
       break;
     }
     if (req != nullptr) pending.push_back(req);
   }
   // One flush for the whole batch: completes after every operation above is complete remotely.
-  absl::Status flush = worker_->Wait(ucp_ep_flush_nbx(ep_, &param), deadline, "ucp_ep_flush_nbx");
-  for (ucs_status_ptr_t req : pending) {
-    absl::Status s = worker_->Wait(req, deadline, what);
-    if (first_error.ok() && !s.ok()) first_error = s;
+  ucs_status_ptr_t flush = ucp_ep_flush_nbx(ep_, &param);
+  if (UCS_PTR_IS_ERR(flush)) {
+    if (error.ok()) error = UcsToStatus(UCS_PTR_STATUS(flush), "ucp_ep_flush_nbx");
+  } else if (flush != nullptr) {
+    pending.push_back(flush);
   }
-  if (first_error.ok()) first_error = flush;
-  if (!first_error.ok() || failed()) {
-    failed_.store(true, std::memory_order_relaxed);
-    return first_error.ok() ? absl::UnavailableError("UCX peer failed during transfer")
-                            : first_error;
+  // ucp_request_cancel does nothing for RMA and flush requests: on the deadline the only way
+  // to stop them (and to keep them off the caller's buffers) is to close the endpoint.
+  for (void* req : pending) {
+    if (!error.ok()) break;
+    const ucs_status_t st = worker_->Poll(req, deadline);
+    if (st == UCS_INPROGRESS) {
+      error = absl::DeadlineExceededError(absl::StrCat(what, ": timed out"));
+    } else if (st != UCS_OK) {
+      error = UcsToStatus(st, what);
+    }
   }
-  return absl::OkStatus();
+  if (error.ok() && failed()) error = absl::UnavailableError("UCX peer failed during transfer");
+  if (!error.ok()) ForceClose();  // completes whatever is outstanding, cancelled
+  for (void* req : pending) ucp_request_free(req);
+  return error;
 }
 
 }  // namespace kvtier::transport

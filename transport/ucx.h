@@ -69,9 +69,14 @@ class UcxWorker {
   // One progress call; returns true if something happened.
   bool Progress() { return ucp_worker_progress(worker_) != 0; }
   // Blocks, progressing this worker, until `request` (from a *_nbx call) completes or
-  // `deadline` passes; frees the request. Returns the request's status (DeadlineExceeded after
-  // cancelling it on timeout). nullptr and non-pointer statuses are handled.
+  // `deadline` passes; frees the request. Returns the request's status, or DeadlineExceeded
+  // on timeout, after ucp_request_cancel: that does not stop RMA or flush requests, which go on
+  // in the background (Endpoint's transfers force-close their endpoint instead). nullptr and
+  // non-pointer statuses are handled.
   absl::Status Wait(ucs_status_ptr_t request, absl::Time deadline, absl::string_view what);
+  // Progresses until `request` (a pointer from a *_nbx call) completes or `deadline` passes.
+  // Returns its status, or UCS_INPROGRESS on timeout. The request stays the caller's to free.
+  ucs_status_t Poll(void* request, absl::Time deadline);
 
  private:
   UcxWorker() = default;
@@ -143,8 +148,12 @@ class Endpoint {
   absl::StatusOr<std::unique_ptr<RemoteKey>> UnpackRkey(const std::string& packed);
 
   // Issues every op as a one-sided put (or get), then one ucp_ep_flush_nbx, and waits until all
-  // are complete at the target (put) or locally (get). On failure or timeout the endpoint is
-  // marked failed and should be dropped.
+  // are complete at the target (put) or locally (get), at most until `deadline`. On failure or
+  // timeout the endpoint is force-closed before the call returns (ucp_ep_close_nbx with
+  // UCP_EP_CLOSE_FLAG_FORCE completes every outstanding request, cancelled): no byte of the
+  // batch moves to or from the caller's buffers after it returns, so they may be reused, and
+  // the endpoint is failed for good (docs/store-protocol.md, "Failure model"). A peer that
+  // stops answering (SIGSTOP) costs at most `deadline` plus a few milliseconds.
   absl::Status PutBatch(const RemoteKey& rkey, absl::Span<const RmaOp> ops, absl::Time deadline);
   absl::Status GetBatch(const RemoteKey& rkey, absl::Span<const RmaOp> ops, absl::Time deadline);
 
@@ -162,6 +171,8 @@ class Endpoint {
   Endpoint() = default;
   absl::Status RunBatch(bool put, const RemoteKey& rkey, absl::Span<const RmaOp> ops,
                         absl::Time deadline);
+  // Closes the endpoint without waiting for the peer; outstanding requests complete cancelled.
+  void ForceClose();
   static void OnError(void* arg, ucp_ep_h ep, ucs_status_t status);
 
   UcxWorker* worker_ = nullptr;

@@ -52,12 +52,15 @@ absl::StatusOr<engine::HostBuffer> BlockWriter::Acquire() {
   return b;
 }
 
-uint64_t BlockWriter::Submit(engine::HostBuffer buffer, std::vector<BlockKey> keys) {
-  KVTIER_CHECK(keys.size() <= batch_blocks_ && buffer.size() >= keys.size() * block_bytes_,
-               "BlockWriter::Submit: {} keys for a buffer of {} bytes", keys.size(), buffer.size());
+uint64_t BlockWriter::Submit(engine::HostBuffer buffer, std::vector<BlockKey> keys,
+                             std::vector<BlockKey> parents) {
+  KVTIER_CHECK(keys.size() <= batch_blocks_ && buffer.size() >= keys.size() * block_bytes_ &&
+                   parents.size() == keys.size(),
+               "BlockWriter::Submit: {} keys, {} parents for a buffer of {} bytes", keys.size(),
+               parents.size(), buffer.size());
   absl::MutexLock lock(&mu_);
   const uint64_t ticket = ++submitted_;
-  queue_.push_back(Batch{ticket, std::move(buffer), std::move(keys)});
+  queue_.push_back(Batch{ticket, std::move(buffer), std::move(keys), std::move(parents)});
   return ticket;
 }
 
@@ -101,7 +104,8 @@ void BlockWriter::Loop() {
     }
     // The client reports node failures as skipped blocks; an error means bad arguments, which
     // would be a bug of this class: log it and count the blocks as skipped.
-    absl::StatusOr<PutResult> r = store_->Put(namespace_, batch.keys, blocks, block_bytes_);
+    absl::StatusOr<PutResult> r =
+        store_->Put(namespace_, batch.keys, batch.parents, blocks, block_bytes_);
     if (!r.ok()) {
       spdlog::error("block writer: put failed: {}", r.status().ToString());
       r = PutResult{0, 0, static_cast<uint32_t>(batch.keys.size())};

@@ -52,9 +52,10 @@ class BlockWriter {
   // A free buffer of batch_blocks() blocks, waiting while every buffer is queued. An error
   // only when a buffer cannot be allocated.
   absl::StatusOr<engine::HostBuffer> Acquire();
-  // Queues the first keys.size() blocks of `buffer` (from Acquire) under `keys`; returns the
-  // batch's ticket (1, 2, ...).
-  uint64_t Submit(engine::HostBuffer buffer, std::vector<BlockKey> keys);
+  // Queues the first keys.size() blocks of `buffer` (from Acquire) under `keys`, whose parents
+  // are `parents` (StoreClient::Put); returns the batch's ticket (1, 2, ...).
+  uint64_t Submit(engine::HostBuffer buffer, std::vector<BlockKey> keys,
+                  std::vector<BlockKey> parents);
   // Gives back a buffer from Acquire that will not be submitted.
   void Return(engine::HostBuffer buffer);
   // Waits until every submitted batch is done.
@@ -74,6 +75,7 @@ class BlockWriter {
     uint64_t ticket = 0;
     engine::HostBuffer buffer;
     std::vector<BlockKey> keys;
+    std::vector<BlockKey> parents;
   };
   void Loop();
 

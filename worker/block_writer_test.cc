@@ -69,7 +69,8 @@ class BlockWriterTest : public ::testing::Test {
       absl::MutexLock lock(&mu_);
       submitted_keys_.push_back(keys);
     }
-    return writer_->Submit(std::move(*b), std::move(keys));
+    std::vector<BlockKey> parents = ChainParents(ns_, keys);
+    return writer_->Submit(std::move(*b), std::move(keys), std::move(parents));
   }
 
   // Whether block `i` is stored with the bytes SubmitBlocks gave it.
@@ -184,7 +185,7 @@ TEST_F(BlockWriterTest, APutErrorCountsTheBatchAsSkipped) {
   StartWriter(/*buffers=*/2, /*block_bytes=*/2 * kBlockBytes);
   absl::StatusOr<engine::HostBuffer> b = writer_->Acquire();
   ASSERT_TRUE(b.ok());
-  const uint64_t t = writer_->Submit(std::move(*b), {Key(0), Key(1)});
+  const uint64_t t = writer_->Submit(std::move(*b), {Key(0), Key(1)}, {ns_, Key(0)});
   writer_->Flush();
   EXPECT_EQ(writer_->written(), t);
   const BlockWriter::Stats st = writer_->stats();

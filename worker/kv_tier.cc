@@ -14,18 +14,31 @@ KvTier::KvTier(engine::Engine* engine, StoreClient* store)
       store_(store),
       namespace_(ComputeNamespace(engine->namespace_params())),
       block_tokens_(static_cast<uint32_t>(engine->kv_layout().block_tokens)),
-      block_bytes_(engine->kv_layout().BlockBytes()) {}
+      block_bytes_(engine->kv_layout().BlockBytes()) {
+  // The client calls back (on this thread: it is this tier's) before it unmaps a pool.
+  if (store_ != nullptr) store_->SetUnmapCallback([this](const MappedPool& p) { Unregister(p); });
+}
 
 KvTier::~KvTier() {
+  if (store_ != nullptr) store_->SetUnmapCallback(nullptr);
   for (const MappedPool& p : registered_) engine_->UnregisterHostMemory(p.base);
+}
+
+void KvTier::Unregister(const MappedPool& pool) {
+  auto it = std::find(registered_.begin(), registered_.end(), pool);
+  if (it == registered_.end()) return;
+  engine_->UnregisterHostMemory(pool.base);
+  registered_.erase(it);
+  spdlog::info("store pool of {} MiB (incarnation {:x}) unregistered before its unmapping",
+               pool.bytes >> 20, pool.incarnation);
 }
 
 void KvTier::RegisterStorePools() {
   if (store_ == nullptr) return;
   std::vector<MappedPool> now = store_->MappedPools();
+  // By identity: a restarted store's pool at the same address is another pool.
   auto in = [](const std::vector<MappedPool>& v, const MappedPool& p) {
-    return std::any_of(v.begin(), v.end(),
-                       [&](const MappedPool& q) { return q.base == p.base && q.bytes == p.bytes; });
+    return std::find(v.begin(), v.end(), p) != v.end();
   };
   for (const MappedPool& p : registered_) {
     if (!in(now, p)) engine_->UnregisterHostMemory(p.base);
@@ -101,14 +114,23 @@ size_t KvTier::FetchMapped(absl::Span<const BlockKey> keys, absl::Span<const int
   const size_t n = m->size();
   size_t verified = 0;
   absl::Status st;
-  if (n > 0) {
-    // The copy engine (or memcpy on the CPU) reads the leased blocks while other threads hash
-    // them; a block that fails its checksum ends the prefix, and what was imported past it is
-    // garbage the caller recomputes.
-    std::thread verifier([&] { verified = m->Verify(); });
-    st = engine_->ImportBlocks(pages.first(n), m->blocks());
-    verifier.join();
+  // The copy engine (or memcpy on the CPU) reads the leased blocks chunk by chunk, and each
+  // chunk is hashed once it is imported, while the next one is: the checksum covers the bytes
+  // imported. Leased slots do not change; the one hazard is a late writer of a reaped
+  // reservation whose slot went to this block. Its write, if it landed before or during the
+  // import, is still there when the hash reads the slot afterwards (hashing while importing
+  // could read the slot before the write and the copy after it). A block that fails its
+  // checksum ends the prefix; what was imported past it is garbage the caller recomputes
+  // (docs/serving.md, "Decode scheduler").
+  std::thread verifier;
+  for (size_t b = 0; b < n; b += kVerifyChunkBlocks) {
+    const size_t e = std::min(n, b + kVerifyChunkBlocks);
+    st = engine_->ImportBlocks(pages.subspan(b, e - b), m->blocks().subspan(b, e - b));
+    if (verifier.joinable()) verifier.join();
+    if (!st.ok() || verified < b) break;  // an import failed, or a block of the last chunk
+    verifier = std::thread([&, b, e] { verified = b + m->Verify(b, e - b); });
   }
+  if (verifier.joinable()) verifier.join();
   *stored = verified < n ? verified : m->stored();
   if (!m->Release()) st = absl::AbortedError("a lease expired while its blocks were read");
   if (!st.ok()) {
@@ -155,9 +177,11 @@ size_t KvTier::FetchPrefix(absl::Span<const BlockKey> keys, absl::Span<const int
   return done;
 }
 
-PutResult KvTier::StoreBlocks(absl::Span<const BlockKey> keys, absl::Span<const int32_t> pages) {
+PutResult KvTier::StoreBlocks(absl::Span<const BlockKey> keys, absl::Span<const BlockKey> parents,
+                              absl::Span<const int32_t> pages) {
   PutResult total;
-  KVTIER_CHECK(pages.size() == keys.size(), "StoreBlocks: {} pages for {} keys", pages.size(),
+  KVTIER_CHECK(pages.size() == keys.size() && parents.size() == keys.size(),
+               "StoreBlocks: {} pages and {} parents for {} keys", pages.size(), parents.size(),
                keys.size());
   if (store_ == nullptr) {
     total.skipped = static_cast<uint32_t>(keys.size());
@@ -171,8 +195,8 @@ PutResult KvTier::StoreBlocks(absl::Span<const BlockKey> keys, absl::Span<const 
       st = engine_->ExportPages(pages.subspan(done, n), staging_.span().first(n * block_bytes_));
     absl::StatusOr<PutResult> r;
     if (st.ok()) {
-      r = store_->Put(namespace_, keys.subspan(done, n), absl::MakeConstSpan(src_.data(), n),
-                      block_bytes_);
+      r = store_->Put(namespace_, keys.subspan(done, n), parents.subspan(done, n),
+                      absl::MakeConstSpan(src_.data(), n), block_bytes_);
       if (!r.ok()) st = r.status();
     }
     if (!st.ok()) {
@@ -202,13 +226,15 @@ void KvTier::EnableAsyncWrites(std::unique_ptr<StoreClient> writer_store, size_t
 }
 
 uint64_t KvTier::StoreBlocksAsync(absl::Span<const BlockKey> keys,
+                                  absl::Span<const BlockKey> parents,
                                   absl::Span<const int32_t> pages) {
   if (writer_ == nullptr) {
-    StoreBlocks(keys, pages);
+    StoreBlocks(keys, parents, pages);
     return 0;
   }
-  KVTIER_CHECK(pages.size() == keys.size(), "StoreBlocksAsync: {} pages for {} keys", pages.size(),
-               keys.size());
+  KVTIER_CHECK(pages.size() == keys.size() && parents.size() == keys.size(),
+               "StoreBlocksAsync: {} pages and {} parents for {} keys", pages.size(),
+               parents.size(), keys.size());
   uint64_t ticket = 0;
   for (size_t done = 0; done < keys.size();) {
     const size_t n = std::min(writer_->batch_blocks(), keys.size() - done);
@@ -219,7 +245,9 @@ uint64_t KvTier::StoreBlocksAsync(absl::Span<const BlockKey> keys,
     }
     if (st.ok()) {
       auto k = keys.subspan(done, n);
-      ticket = writer_->Submit(std::move(*buffer), std::vector<BlockKey>(k.begin(), k.end()));
+      auto p = parents.subspan(done, n);
+      ticket = writer_->Submit(std::move(*buffer), std::vector<BlockKey>(k.begin(), k.end()),
+                               std::vector<BlockKey>(p.begin(), p.end()));
     } else {
       if (buffer.ok()) writer_->Return(std::move(*buffer));
       LogFailure("export", st);

@@ -11,8 +11,11 @@
 // engine moves blocks straight between the GPU pages and the buffers the store client fills.
 // A same-host store's pool is read in place (docs/serving.md, "Decode scheduler"): the pool is
 // registered with the engine once (RegisterStorePools), fetched blocks are leased
-// (StoreClient::MapPrefix) and imported straight from it while another thread verifies their
-// checksums, with no host copy at all.
+// (StoreClient::MapPrefix), imported straight from it and then verified against their
+// checksums, with no host copy at all. Registrations are keyed by pool identity (address, size
+// and store incarnation) and dropped through the store client's unmap callback before the
+// client unmaps a pool, so a restarted store's pool mapped at the same address is registered
+// anew and never read through the dead one's page-locked pages (docs/serving.md, "KvTier").
 //
 // Writes are synchronous (StoreBlocks: the prefill worker returns once its blocks are
 // committed) or, after EnableAsyncWrites, handed to a BlockWriter thread (StoreBlocksAsync: the
@@ -43,6 +46,9 @@ class KvTier {
   // Most blocks moved per store call (bounds the staging memory: 64 blocks of 2 MiB for an 8B
   // model). Longer prefixes take several calls.
   static constexpr size_t kMaxBlocksPerCall = 64;
+  // Blocks of a zero-copy fetch imported per call; each chunk is verified while the next one is
+  // imported.
+  static constexpr size_t kVerifyChunkBlocks = 16;
 
   KvTier(engine::Engine* engine, StoreClient* store);
   ~KvTier();  // unregisters the store pools
@@ -71,8 +77,10 @@ class KvTier {
   // the registration (page-locking the pool) before the first request.
   void RegisterStorePools();
 
-  // Exports pages[i] (whose block is completely computed) and stores it under keys[i].
-  PutResult StoreBlocks(absl::Span<const BlockKey> keys, absl::Span<const int32_t> pages);
+  // Exports pages[i] (whose block is completely computed) and stores it under keys[i], whose
+  // parent is parents[i] (StoreClient::Put).
+  PutResult StoreBlocks(absl::Span<const BlockKey> keys, absl::Span<const BlockKey> parents,
+                        absl::Span<const int32_t> pages);
 
   // Starts a BlockWriter thread with its own store client `writer_store` (a second client for
   // the same stores), at most `buffer_bytes` of queued blocks; `on_written` runs on that thread
@@ -83,7 +91,8 @@ class KvTier {
   // Exports pages[i] now and queues them for the writer thread; returns the ticket that
   // written() reaches once they are stored (0: nothing was queued). Without async writes (or a
   // store) this is StoreBlocks and returns 0. Waits only while the writer's buffers are full.
-  uint64_t StoreBlocksAsync(absl::Span<const BlockKey> keys, absl::Span<const int32_t> pages);
+  uint64_t StoreBlocksAsync(absl::Span<const BlockKey> keys, absl::Span<const BlockKey> parents,
+                            absl::Span<const int32_t> pages);
   // Highest ticket whose blocks are stored (or skipped); any thread.
   uint64_t written() const { return writer_ == nullptr ? final_ticket_ : writer_->written(); }
   // Waits until every queued block is written, then stops the writer thread: later writes are
@@ -99,11 +108,15 @@ class KvTier {
   };
   // Blocks of asynchronous writes count once written.
   Stats stats() const;
+  // The store pools registered with the engine now (for logs and tests).
+  const std::vector<MappedPool>& registered_pools() const { return registered_; }
 
  private:
   // FetchPrefix from mapped pools: returns the blocks imported; *stored: leading keys stored.
   size_t FetchMapped(absl::Span<const BlockKey> keys, absl::Span<const int32_t> pages,
                      size_t* stored);
+  // Unregisters `pool` from the engine if it is registered (the store client's unmap callback).
+  void Unregister(const MappedPool& pool);
   // Grows the staging buffer to `blocks` payloads and refreshes the pointer tables.
   absl::Status EnsureStaging(size_t blocks);
   void LogFailure(const char* what, const absl::Status& status);

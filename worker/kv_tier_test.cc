@@ -48,6 +48,7 @@ class KvTierTest : public ::testing::TestWithParam<bool> {
     const std::vector<int32_t> prompt = RandomTokens(kBlocks * 16 + 5, 17, 4000);
     keys_ = tier_->Keys(prompt);
     ASSERT_EQ(keys_.size(), static_cast<size_t>(kBlocks));
+    parents_ = ChainParents(tier_->namespace_id(), keys_);
     // The K/V of the prompt's full blocks, computed in pages_.
     seq_.tokens = prompt;
     std::vector<float> logits(engine_->config().vocab_size);
@@ -82,6 +83,7 @@ class KvTierTest : public ::testing::TestWithParam<bool> {
   // The prompt's first n blocks in the store.
   void StoreFirst(size_t n) {
     const PutResult r = tier_->StoreBlocks(absl::MakeConstSpan(keys_).first(n),
+                                           absl::MakeConstSpan(parents_).first(n),
                                            absl::MakeConstSpan(pages_).first(n));
     ASSERT_EQ(r.stored, n);
   }
@@ -93,15 +95,17 @@ class KvTierTest : public ::testing::TestWithParam<bool> {
   std::unique_ptr<StoreClient> client_;
   std::unique_ptr<KvTier> tier_;
   std::vector<BlockKey> keys_;
+  std::vector<BlockKey> parents_;
   engine::Sequence seq_;
   std::vector<int32_t> pages_;
   std::vector<uint8_t> expected_;
 };
 
 TEST_P(KvTierTest, StoredBlocksAreFetchedBackExactly) {
-  const PutResult first = tier_->StoreBlocks(keys_, pages_);
+  const PutResult first = tier_->StoreBlocks(keys_, parents_, pages_);
   EXPECT_EQ(first.stored, static_cast<uint32_t>(kBlocks));
-  const PutResult again = tier_->StoreBlocks(keys_, pages_);  // content-addressed: no rewrite
+  const PutResult again =
+      tier_->StoreBlocks(keys_, parents_, pages_);  // content-addressed: no rewrite
   EXPECT_EQ(again.stored, 0u);
   EXPECT_EQ(again.present, static_cast<uint32_t>(kBlocks));
   EXPECT_EQ(tier_->Lookup(keys_), static_cast<size_t>(kBlocks));
@@ -142,7 +146,7 @@ TEST_P(KvTierTest, ANodeFailingMidBatchCostsMissesNotErrors) {
   // A write: the blocks after the failure are skipped.
   const std::vector<BlockKey> other = tier_->Keys(RandomTokens(kBlocks * 16, 99, 4000));
   store_->FailMidBatch(2);
-  const PutResult r = tier_->StoreBlocks(other, pages_);
+  const PutResult r = tier_->StoreBlocks(other, ChainParents(tier_->namespace_id(), other), pages_);
   EXPECT_EQ(r.stored, 2u);
   EXPECT_EQ(r.skipped, static_cast<uint32_t>(kBlocks - 2));
   EXPECT_EQ(tier_->stats().skipped_blocks, static_cast<uint64_t>(kBlocks - 2));
@@ -156,7 +160,7 @@ TEST_P(KvTierTest, AStoreThatIsDownIsMissesAndSkippedBlocks) {
   const std::vector<int32_t> pages = FreshPages(kBlocks);
   EXPECT_EQ(tier_->FetchPrefix(keys_, pages), 0u);
   allocator_->Free(pages);
-  const PutResult r = tier_->StoreBlocks(keys_, pages_);
+  const PutResult r = tier_->StoreBlocks(keys_, parents_, pages_);
   EXPECT_EQ(r.stored + r.present, 0u);
   EXPECT_EQ(r.skipped, static_cast<uint32_t>(kBlocks));
 }
@@ -168,6 +172,27 @@ TEST_P(KvTierTest, AChecksumFailureEndsThePrefixThere) {
   EXPECT_EQ(tier_->FetchPrefix(keys_, pages), 2u);
   EXPECT_TRUE(HoldPrompt(pages, 2));
   EXPECT_EQ(tier_->stats().fetched_blocks, 2u);
+  allocator_->Free(pages);
+}
+
+// A prefix longer than one verification chunk: chunks are imported and verified in turn, and a
+// corrupt block in a later chunk ends the prefix exactly there.
+TEST_P(KvTierTest, ALongPrefixIsVerifiedChunkByChunk) {
+  const int n = static_cast<int>(KvTier::kVerifyChunkBlocks) + 4;
+  const std::vector<int32_t> pages = FreshPages(n);
+  std::vector<uint8_t> data(n * block_bytes_);
+  for (size_t i = 0; i < data.size(); ++i) data[i] = static_cast<uint8_t>(i * 7 + i / 4096);
+  ASSERT_TRUE(engine_->ImportPages(pages, data).ok());
+  const std::vector<BlockKey> keys = tier_->Keys(RandomTokens(n * 16, 97, 4000));
+  ASSERT_EQ(tier_->StoreBlocks(keys, ChainParents(tier_->namespace_id(), keys), pages).stored,
+            static_cast<uint32_t>(n));
+  const int bad = n - 2;  // in the second chunk
+  ASSERT_TRUE(store_->Corrupt(tier_->namespace_id(), keys[bad]));
+  std::vector<uint8_t> zeros(n * block_bytes_, 0);
+  ASSERT_TRUE(engine_->ImportPages(pages, zeros).ok());
+  EXPECT_EQ(tier_->FetchPrefix(keys, pages), static_cast<size_t>(bad));
+  const std::vector<uint8_t> got = Export(absl::MakeConstSpan(pages).first(bad));
+  EXPECT_TRUE(std::equal(got.begin(), got.end(), data.begin()));
   allocator_->Free(pages);
 }
 
@@ -197,8 +222,10 @@ TEST_P(KvTierTest, AsyncWritesReachTheStoreByTicket) {
   ASSERT_TRUE(tier_->async_writes());
   store_->HoldWrites(true);
   const uint64_t t1 = tier_->StoreBlocksAsync(absl::MakeConstSpan(keys_).first(2),
+                                              absl::MakeConstSpan(parents_).first(2),
                                               absl::MakeConstSpan(pages_).first(2));
   const uint64_t t2 = tier_->StoreBlocksAsync(absl::MakeConstSpan(keys_).subspan(2),
+                                              absl::MakeConstSpan(parents_).subspan(2),
                                               absl::MakeConstSpan(pages_).subspan(2));
   EXPECT_EQ(t1, 1u);
   EXPECT_EQ(t2, 2u);
@@ -223,8 +250,44 @@ TEST_P(KvTierTest, AsyncWritesReachTheStoreByTicket) {
   EXPECT_FALSE(tier_->async_writes());
   EXPECT_EQ(tier_->written(), t2);
   EXPECT_EQ(tier_->stats().stored_blocks, static_cast<uint64_t>(kBlocks));
-  EXPECT_EQ(tier_->StoreBlocksAsync(keys_, pages_), 0u);
+  EXPECT_EQ(tier_->StoreBlocksAsync(keys_, parents_, pages_), 0u);
   EXPECT_EQ(store_->calls().puts, 3u);
+}
+
+// Decode write-backs mix blocks of several sequences in one batch: each is stored with its own
+// parent, not with the batch's previous key.
+TEST_P(KvTierTest, WriteBacksOfInterleavedSequencesNameTheirOwnParents) {
+  tier_->EnableAsyncWrites(store_->NewClient(), /*buffer_bytes=*/0, nullptr);
+  const NamespaceId& ns = tier_->namespace_id();
+  const std::vector<BlockKey> other = tier_->Keys(RandomTokens(2 * 16, 98, 4000));
+  // a0 b0 a1 b1, as a decode step that completes blocks of two sequences hands them over.
+  const std::vector<BlockKey> keys = {keys_[0], other[0], keys_[1], other[1]};
+  const std::vector<BlockKey> parents = {ns, ns, keys_[0], other[0]};
+  const uint64_t t = tier_->StoreBlocksAsync(keys, parents, absl::MakeConstSpan(pages_).first(4));
+  tier_->StopAsyncWrites();
+  ASSERT_EQ(tier_->written(), t);
+  for (size_t i = 0; i < keys.size(); ++i) EXPECT_EQ(store_->Parent(ns, keys[i]), parents[i]) << i;
+}
+
+// A store restart maps a new pool at the same address: the old registration is dropped before
+// the unmapping (the client's unmap callback) and the new pool is registered as another pool.
+TEST_P(KvTierSameHostTest, ARestartedStoresPoolIsRegisteredAnew) {
+  StoreFirst(kBlocks);
+  const std::vector<int32_t> pages = FreshPages(kBlocks);
+  EXPECT_EQ(tier_->FetchPrefix(keys_, pages), static_cast<size_t>(kBlocks));
+  ASSERT_EQ(tier_->registered_pools().size(), 1u);
+  const MappedPool before = tier_->registered_pools()[0];
+
+  store_->Restart();
+  EXPECT_TRUE(tier_->registered_pools().empty());  // unregistered before the unmapping
+  StoreFirst(kBlocks);
+  EXPECT_EQ(tier_->FetchPrefix(keys_, pages), static_cast<size_t>(kBlocks));
+  EXPECT_TRUE(HoldPrompt(pages, kBlocks));
+  ASSERT_EQ(tier_->registered_pools().size(), 1u);
+  const MappedPool after = tier_->registered_pools()[0];
+  EXPECT_EQ(after.base, before.base);                // the same address...
+  EXPECT_NE(after.incarnation, before.incarnation);  // ...another pool
+  allocator_->Free(pages);
 }
 
 INSTANTIATE_TEST_SUITE_P(Store, KvTierTest, ::testing::Bool(),

@@ -62,11 +62,9 @@ void FillWorkerInfo(absl::string_view role, const WorkerOptions& options,
   info->set_max_context(static_cast<uint32_t>(MaxContext(engine.config())));
   info->set_backend(options.backend);
   info->set_total_pages(static_cast<uint32_t>(engine.num_pages()));
-  bool connected = false;
-  if (tier.store() != nullptr) {
-    for (const StoreNodeInfo& n : tier.store()->Nodes()) connected |= n.connected;
-  }
-  info->set_store_connected(connected);
+  // The client's own snapshot: this runs on gRPC threads, while the engine thread may be in
+  // the middle of a call (or hold a MapPrefix) on that client.
+  info->set_store_connected(tier.store() != nullptr && tier.store()->AnyNodeConnected());
 }
 
 }  // namespace kvtier::worker

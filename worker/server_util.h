@@ -63,7 +63,8 @@ absl::StatusOr<std::unique_ptr<grpc::Server>> ServeWorker(absl::string_view bina
 
 // Fills the fields of `info` that describe the worker rather than its load: role, model,
 // namespace_id, block_tokens, vocab_size, max_context, backend, total_pages, and
-// store_connected (which contacts the store nodes: at most one control call each).
+// store_connected (StoreClient::AnyNodeConnected: as of the tier's last store call; contacts
+// nothing). Any thread, while the engine thread uses the tier.
 void FillWorkerInfo(absl::string_view role, const WorkerOptions& options,
                     const engine::Engine& engine, const KvTier& tier, v1::WorkerInfo* info);
 

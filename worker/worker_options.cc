@@ -19,6 +19,9 @@ void DeclareWorkerOptions(WorkerOptions* o, OptionTable* t) {
       .HostPort();
   t->Add("store_rpc_timeout_ms", &o->store_rpc_timeout_ms, "deadline of each store control call")
       .Positive();
+  t->Add("store_transfer_timeout_ms", &o->store_transfer_timeout_ms,
+         "deadline of each batch of store transfers (then the connection is closed)")
+      .Positive();
   t->Add("store_retry_after_ms", &o->store_retry_after_ms,
          "how long a failed store node is skipped")
       .Positive();
@@ -79,6 +82,7 @@ StoreClientOptions ToStoreClientOptions(const WorkerOptions& o) {
   StoreClientOptions s;
   s.stores = o.stores;
   s.rpc_timeout = absl::Milliseconds(o.store_rpc_timeout_ms);
+  s.transfer_timeout = absl::Milliseconds(o.store_transfer_timeout_ms);
   s.retry_after = absl::Milliseconds(o.store_retry_after_ms);
   s.copy_threads = o.store_copy_threads;
   return s;

@@ -31,6 +31,9 @@ struct WorkerOptions {
   std::vector<std::string> stores;
   // Deadline of each store control-plane call. Default: 2000 ms.
   int64_t store_rpc_timeout_ms = 2000;
+  // Deadline of each batch of store transfers; past it the data-plane connection is closed and
+  // the node skipped (docs/store-protocol.md, "Failure model"). Default: 10000 ms.
+  int64_t store_transfer_timeout_ms = 10000;
   // How long a failed store node is skipped. Default: 1000 ms.
   int64_t store_retry_after_ms = 1000;
   // Memory of the engine's paged KV cache. Default: 256 MiB.

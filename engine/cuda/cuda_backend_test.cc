@@ -7,6 +7,7 @@
 // batching). Every test skips when no CUDA device is present. Errors are printed so that the
 // log shows the margins.
 #include <cuda_runtime.h>
+#include <sys/mman.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -1533,6 +1534,54 @@ TEST(CudaEngineMiscTest, PinnedAndRegisteredMemoryMoveBlocksDirectly) {
   std::fill(back.begin(), back.end(), 0);
   ASSERT_TRUE(e->ExportPages(third, absl::MakeSpan(back)).ok());
   EXPECT_TRUE(back == data);
+}
+
+// A restarted store's pool is mapped at the address of the dead one's (docs/serving.md, "KvTier
+// and the store pools"): registering, unregistering, unmapping, mapping other memory at the same
+// address and registering again must make imports read the new memory, not the pages the first
+// registration pinned.
+TEST(CudaEngineMiscTest, RegisteredMemoryRemappedAtTheSameAddressIsReadAnew) {
+  SKIP_WITHOUT_CUDA();
+  std::unique_ptr<Engine> e = MakeEngine("tiny", EngineArgs{});
+  ASSERT_NE(e, nullptr);
+  const size_t block = e->kv_layout().BlockBytes();
+  PagePool pool(e->num_pages(), 16);
+  const int n = 8;
+  const std::vector<int32_t> pages = pool.Take(n);
+  const size_t bytes = size_t(n) * block;
+  // Two shared-memory segments, as two store incarnations' pools.
+  int fd[2];
+  for (int i = 0; i < 2; ++i) {
+    fd[i] = memfd_create(i == 0 ? "old-pool" : "new-pool", 0);
+    ASSERT_GE(fd[i], 0);
+    ASSERT_EQ(ftruncate(fd[i], static_cast<off_t>(bytes)), 0);
+  }
+  void* at = mmap(nullptr, bytes, PROT_READ | PROT_WRITE, MAP_SHARED, fd[0], 0);
+  ASSERT_NE(at, MAP_FAILED);
+  auto fill_and_import = [&](uint8_t seed) {
+    std::vector<uint8_t> data(bytes);
+    std::mt19937_64 rng(seed);
+    for (uint8_t& x : data) x = static_cast<uint8_t>(rng());
+    std::memcpy(at, data.data(), bytes);
+    std::vector<const uint8_t*> blocks(n);
+    for (int i = 0; i < n; ++i) blocks[i] = static_cast<const uint8_t*>(at) + size_t(i) * block;
+    EXPECT_TRUE(e->ImportBlocks(pages, blocks).ok());
+    std::vector<uint8_t> back(bytes);
+    EXPECT_TRUE(e->ExportPages(pages, absl::MakeSpan(back)).ok());
+    return back == data;
+  };
+  ASSERT_TRUE(e->RegisterHostMemory(at, bytes).ok());
+  EXPECT_TRUE(fill_and_import(1));
+  // The old pool goes: unregistered first, then unmapped; the new one comes at the same place.
+  e->UnregisterHostMemory(at);
+  ASSERT_EQ(munmap(at, bytes), 0);
+  void* again = mmap(at, bytes, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_FIXED, fd[1], 0);
+  ASSERT_EQ(again, at);
+  ASSERT_TRUE(e->RegisterHostMemory(at, bytes).ok());
+  EXPECT_TRUE(fill_and_import(2));  // the new segment's bytes, through the new registration
+  e->UnregisterHostMemory(at);
+  munmap(at, bytes);
+  for (int f : fd) close(f);
 }
 
 // Long context (tiny-llama3, 8192 positions): a chunked prefill, whose last chunk computes the

@@ -11,7 +11,10 @@
 //
 // Failure model: the cache is an optimisation. A node that is down, restarted or slow costs
 // misses (Get/Lookup report a shorter prefix; Put reports blocks as skipped), never an error
-// and never wrong bytes. Errors are returned only for bad arguments.
+// and never wrong bytes. Errors are returned only for bad arguments. Every call is bounded:
+// control calls by rpc_timeout, each batch of transfers by transfer_timeout, after which the
+// data-plane endpoint is force-closed and the node skipped for retry_after
+// (docs/store-protocol.md, "Failure model").
 //
 // Ownership: a MappedPrefix borrows the client that made it, which must outlive it.
 // Thread-safety: a StoreClient is safe for concurrent use without external synchronization;
@@ -22,6 +25,7 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <string>
 #include <vector>
@@ -58,11 +62,25 @@ struct PutResult {
   uint32_t skipped = 0;  // not stored: no space, node down, transfer or checksum failure
 };
 
-// A store pool mapped into this process: [base, base + bytes).
+// A store pool mapped into this process: [base, base + bytes). A restarted store's new pool
+// may be mapped at the same address: `incarnation` (the store process's, from GetInfo) tells
+// the pools apart.
 struct MappedPool {
   const uint8_t* base = nullptr;
   size_t bytes = 0;
+  uint64_t incarnation = 0;
+  bool operator==(const MappedPool&) const = default;
 };
+
+// The parents of consecutive blocks of one prefix, for StoreClient::Put: {prev, keys[0], ...,
+// keys[n-2]}, where `prev` is the key before keys[0] (the namespace id for a first block).
+inline std::vector<BlockKey> ChainParents(const BlockKey& prev, absl::Span<const BlockKey> keys) {
+  std::vector<BlockKey> out;
+  out.reserve(keys.size());
+  if (!keys.empty()) out.push_back(prev);
+  for (size_t i = 0; i + 1 < keys.size(); ++i) out.push_back(keys[i]);
+  return out;
+}
 
 // Per-node view, for tools and tests.
 struct StoreNodeInfo {
@@ -111,8 +129,9 @@ class MappedPrefix {
   // StoreClient::Get can fetch it).
   size_t stored() const { return stored_; }
 
-  // Number of leading blocks whose bytes match their checksums. Check before using the bytes.
-  size_t Verify() const;
+  // Number of leading blocks of [first, first + count) (clamped to size()) whose bytes match
+  // their checksums. Check after reading the bytes (docs/store-protocol.md, "Late writes").
+  size_t Verify(size_t first = 0, size_t count = SIZE_MAX) const;
   // Releases the leases and empties the handle. Returns false when a lease had expired (or its
   // store could not confirm it): the blocks may have been reused while read, so whatever was
   // read from them must be dropped. True for an empty handle.
@@ -139,8 +158,12 @@ class StoreClient {
   // Number of leading `keys` (consecutive blocks of one prefix) stored anywhere. Moves no data.
   virtual absl::StatusOr<size_t> Lookup(const NamespaceId& ns, absl::Span<const BlockKey> keys) = 0;
 
-  // Stores blocks[i] (block_bytes each) under keys[i]. Keys already present are not rewritten.
+  // Stores blocks[i] (block_bytes each) under keys[i], whose parent is parents[i]: the key it
+  // was chained from (ChainBlockKey's `prev`: the block before it in its prefix, or `ns` for a
+  // prefix's first block). One call may mix blocks of several prefixes (ChainParents gives
+  // the parents of one). Keys already present are not rewritten.
   virtual absl::StatusOr<PutResult> Put(const NamespaceId& ns, absl::Span<const BlockKey> keys,
+                                        absl::Span<const BlockKey> parents,
                                         absl::Span<const void* const> blocks,
                                         size_t block_bytes) = 0;
 
@@ -151,6 +174,10 @@ class StoreClient {
 
   // Contacts every node (connecting if needed) and reports what it knows.
   virtual std::vector<StoreNodeInfo> Nodes() = 0;
+  // Whether some node's data plane is connected, as of this client's last call. Contacts
+  // nothing and takes no lock of the client: any thread, at any time (e.g. a status RPC while
+  // another thread transfers).
+  virtual bool AnyNodeConnected() const = 0;
 
   // Same-host zero-copy reads (docs/serving.md, "Decode scheduler"): the longest stored prefix
   // of `keys` whose blocks are all in pools mapped into this process, leased and not copied.
@@ -165,6 +192,12 @@ class StoreClient {
   // The pools of the stores this client reaches through shared memory (connecting to every
   // available node first). A pool's mapping changes when its store restarts.
   virtual std::vector<MappedPool> MappedPools() = 0;
+  // `callback` runs with each pool from MappedPools just before the client unmaps it (its
+  // store restarted or failed), so that whoever registered the pool (with CUDA: KvTier,
+  // docs/serving.md) unregisters it first. It runs on the thread of the call that unmaps, with
+  // the client's lock held: it must not call the client. Not run by the destructor (unregister
+  // before destroying the client). Null: none.
+  virtual void SetUnmapCallback(std::function<void(const MappedPool&)> callback) = 0;
 
  protected:
   StoreClient() = default;
