@@ -1,7 +1,9 @@
 #include "cachestore/spill_store.h"
 
+#include <algorithm>
 #include <cstring>
 #include <filesystem>
+#include <set>
 #include <string_view>
 #include <system_error>
 #include <utility>
@@ -9,7 +11,10 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/string_view.h"
+#include "absl/time/clock.h"
+#include "absl/time/time.h"
 #include "common/checksum.h"
+#include "common/status_macros.h"
 #include "rocksdb/db.h"
 #include "rocksdb/options.h"
 #include "rocksdb/slice.h"
@@ -30,11 +35,6 @@ constexpr size_t kMetaBytes = 1 + kBlockKeyBytes + 1 + kBlockKeyBytes + 8 + 8;
 
 // Values at least this large go to blob files (the payloads, ~MiBs); smaller ones stay inline.
 constexpr uint64_t kMinBlobSize = 4096;
-constexpr size_t kDataWriteBufferSize = 64 << 20;
-// Bounds the WAL: the meta CF receives tiny writes and would rarely flush on its own, which
-// would pin WAL files full of payload bytes; past this size RocksDB flushes the CFs holding
-// the oldest WAL so it can be deleted.
-constexpr uint64_t kMaxTotalWalSize = 256 << 20;
 
 void AppendKey(std::string* out, const BlockKey& key) {
   out->append(reinterpret_cast<const char*>(key.data()), key.size());
@@ -124,56 +124,228 @@ absl::Status ToAbsl(const rocksdb::Status& s, absl::string_view context) {
   }
 }
 
-}  // namespace
+namespace fs = std::filesystem;
 
-absl::StatusOr<std::unique_ptr<SpillStore>> SpillStore::Open(const std::string& dir) {
-  // RocksDB's create_if_missing only creates the last path component; create the parents too.
+std::string DbDir(const std::string& dir) { return (fs::path(dir) / "db").string(); }
+std::string QuarantineDir(const std::string& dir) {
+  return (fs::path(dir) / "quarantine").string();
+}
+
+// RocksDB's write buffer for the data CF, also the WAL bound and the blob file size: 1/16 of
+// the capacity within 1..64 MiB.
+uint64_t WriteBufferBytes(uint64_t capacity) {
+  return std::clamp<uint64_t>(capacity / 16, 1ull << 20, 64ull << 20);
+}
+// MANIFEST, OPTIONS and info LOG files, bounded by the options below.
+constexpr uint64_t kMiscBytes = 8ull << 20;
+constexpr uint64_t kMaxManifestBytes = 4ull << 20;
+constexpr uint64_t kMaxInfoLogBytes = 1ull << 20;
+// Blob garbage collection runs when garbage reaches this share of the blob files, so garbage
+// stays below 1/3 of the payload: the payload is at most 3/4 of what remains.
+constexpr double kBlobGarbageShare = 0.25;
+
+struct DiskFile {
+  std::string name;
+  uint64_t bytes = 0;
+};
+
+std::vector<DiskFile> ListFiles(const std::string& dir) {
+  std::vector<DiskFile> out;
   std::error_code ec;
-  std::filesystem::create_directories(dir, ec);
-  if (ec) {
-    return absl::FailedPreconditionError(
-        absl::StrCat("spill store: cannot create directory '", dir, "': ", ec.message()));
+  for (const auto& entry : fs::directory_iterator(dir, ec)) {
+    std::error_code fec;
+    if (!entry.is_regular_file(fec)) continue;
+    out.push_back({entry.path().filename().string(), entry.file_size(fec)});
   }
+  return out;
+}
 
-  rocksdb::DBOptions db_options;
-  db_options.create_if_missing = true;
-  db_options.create_missing_column_families = true;
-  db_options.max_total_wal_size = kMaxTotalWalSize;
-  db_options.keep_log_file_num = 5;  // RocksDB's own info LOG files
+bool EndsWith(const std::string& s, absl::string_view suffix) {
+  return s.size() >= suffix.size() &&
+         s.compare(s.size() - suffix.size(), suffix.size(), suffix.data(), suffix.size()) == 0;
+}
 
-  // meta: small records, scanned at start-up; RocksDB defaults are fine.
+bool IsTableOrBlob(const std::string& name) {
+  return EndsWith(name, ".sst") || EndsWith(name, ".blob");
+}
+
+std::vector<rocksdb::ColumnFamilyDescriptor> ColumnFamilies(uint64_t capacity) {
+  const uint64_t buffer = WriteBufferBytes(capacity);
+  // meta: small records, scanned at start-up.
   rocksdb::ColumnFamilyOptions meta_options;
-
+  meta_options.write_buffer_size = std::min<uint64_t>(buffer, 4ull << 20);
   // data: MiB-sized payloads that are already dense (K/V tensors), so no compression. Large
   // values are kept in blob files (integrated BlobDB) so compaction moves only small blob
   // references instead of rewriting the payloads; blob GC reclaims space of deleted blocks.
   rocksdb::ColumnFamilyOptions data_options;
-  data_options.write_buffer_size = kDataWriteBufferSize;
+  data_options.write_buffer_size = buffer;
   data_options.compression = rocksdb::kNoCompression;
   data_options.enable_blob_files = true;
   data_options.min_blob_size = kMinBlobSize;
+  data_options.blob_file_size = buffer;
   data_options.blob_compression_type = rocksdb::kNoCompression;
   data_options.enable_blob_garbage_collection = true;
-
-  std::vector<rocksdb::ColumnFamilyDescriptor> cfs = {
+  data_options.blob_garbage_collection_age_cutoff = 1.0;
+  data_options.blob_garbage_collection_force_threshold = kBlobGarbageShare;
+  return {
       {rocksdb::kDefaultColumnFamilyName, rocksdb::ColumnFamilyOptions()},
       {kMetaCf, meta_options},
       {kDataCf, data_options},
   };
+}
+
+rocksdb::DBOptions DbOptions(uint64_t capacity) {
+  rocksdb::DBOptions o;
+  o.create_if_missing = true;
+  o.create_missing_column_families = true;
+  // Bounds the WAL: past this size RocksDB flushes the CFs holding the oldest WAL so that it
+  // can be deleted (the meta CF's tiny writes would otherwise pin WAL files full of payloads).
+  o.max_total_wal_size = WriteBufferBytes(capacity);
+  o.max_manifest_file_size = kMaxManifestBytes;
+  o.max_log_file_size = kMaxInfoLogBytes;
+  o.keep_log_file_num = 2;  // RocksDB's own info LOG files
+  return o;
+}
+
+// Damage that RocksDB would open silently as an empty or partial database: CURRENT missing
+// beside other database files, or table and blob files the MANIFEST no longer names (beyond
+// what a flush or compaction interrupted by a kill leaves). Read-only, before the real open
+// (which deletes unreferenced files).
+absl::Status CheckIntact(const std::string& db_dir, uint64_t capacity) {
+  const std::vector<DiskFile> files = ListFiles(db_dir);
+  bool has_current = false, has_data = false;
+  for (const DiskFile& f : files) {
+    has_current |= f.name == "CURRENT";
+    has_data |=
+        IsTableOrBlob(f.name) || EndsWith(f.name, ".log") || f.name.rfind("MANIFEST-", 0) == 0;
+  }
+  if (!has_current) {
+    if (!has_data) return absl::OkStatus();  // a new database
+    return absl::DataLossError(
+        absl::StrCat("spill store: '", db_dir, "' has database files but no CURRENT file"));
+  }
+  rocksdb::DB* raw = nullptr;
+  std::vector<rocksdb::ColumnFamilyHandle*> handles;
+  rocksdb::Status s = rocksdb::DB::OpenForReadOnly(DbOptions(capacity), db_dir,
+                                                   ColumnFamilies(capacity), &handles, &raw);
+  if (!s.ok()) return ToAbsl(s, absl::StrCat("spill store: opening '", db_dir, "' read-only"));
+  std::unique_ptr<rocksdb::DB> db(raw);
+  std::vector<std::string> live;
+  uint64_t manifest_bytes = 0;
+  s = db->GetLiveFiles(live, &manifest_bytes, /*flush_memtable=*/false);
+  for (auto* h : handles) db->DestroyColumnFamilyHandle(h);
+  db->Close();
+  if (!s.ok()) return ToAbsl(s, "spill store: listing live files");
+  std::set<std::string> live_names;
+  for (const std::string& name : live) live_names.insert(fs::path(name).filename().string());
+  uint64_t orphan_bytes = 0, orphans = 0;
+  for (const DiskFile& f : files) {
+    if (!IsTableOrBlob(f.name) || live_names.contains(f.name)) continue;
+    orphan_bytes += f.bytes;
+    ++orphans;
+  }
+  if (orphan_bytes > 2 * WriteBufferBytes(capacity)) {
+    return absl::DataLossError(absl::StrCat(
+        "spill store: the MANIFEST of '", db_dir, "' does not name ", orphans,
+        " table and blob files (", orphan_bytes, " bytes): truncated or damaged MANIFEST"));
+  }
+  return absl::OkStatus();
+}
+
+}  // namespace
+
+uint64_t SpillStore::PayloadBytes(uint64_t capacity) {
+  const uint64_t fixed = 3 * WriteBufferBytes(capacity) + kMiscBytes;
+  if (capacity <= fixed) return 0;
+  return static_cast<uint64_t>(static_cast<double>(capacity - fixed) * (1 - kBlobGarbageShare));
+}
+
+absl::StatusOr<std::unique_ptr<SpillStore>> SpillStore::Open(const std::string& dir,
+                                                             uint64_t capacity_bytes) {
+  const std::string db_dir = DbDir(dir);
+  // RocksDB's create_if_missing only creates the last path component; create the parents too.
+  std::error_code ec;
+  fs::create_directories(db_dir, ec);
+  if (ec) {
+    return absl::FailedPreconditionError(
+        absl::StrCat("spill store: cannot create directory '", db_dir, "': ", ec.message()));
+  }
+  // Opening replays the WAL and may flush it; on a full disk RocksDB can then trip its own
+  // asserts (Debian builds keep them), so a disk without room for that is not opened.
+  uint64_t wal_bytes = 0;
+  for (const DiskFile& f : ListFiles(db_dir)) {
+    if (EndsWith(f.name, ".log")) wal_bytes += f.bytes;
+  }
+  const uint64_t need = wal_bytes + 2 * WriteBufferBytes(capacity_bytes);
+  const fs::space_info space = fs::space(db_dir, ec);
+  if (!ec && space.available < need) {
+    return absl::ResourceExhaustedError(
+        absl::StrCat("spill store: '", db_dir, "' has ", space.available,
+                     " bytes free; opening the database needs ", need));
+  }
+  KVTIER_RETURN_IF_ERROR(CheckIntact(db_dir, capacity_bytes));
+
   std::vector<rocksdb::ColumnFamilyHandle*> handles;
   rocksdb::DB* raw_db = nullptr;
-  rocksdb::Status s = rocksdb::DB::Open(db_options, dir, cfs, &handles, &raw_db);
+  rocksdb::Status s = rocksdb::DB::Open(DbOptions(capacity_bytes), db_dir,
+                                        ColumnFamilies(capacity_bytes), &handles, &raw_db);
   if (!s.ok()) {
     // On failure RocksDB returns neither a DB nor handles.
-    return ToAbsl(s, absl::StrCat("spill store: opening RocksDB in '", dir, "'"));
+    return ToAbsl(s, absl::StrCat("spill store: opening RocksDB in '", db_dir, "'"));
   }
 
   std::unique_ptr<SpillStore> store(new SpillStore());
+  store->db_dir_ = db_dir;
   store->db_.reset(raw_db);
   store->default_cf_ = handles[0];
   store->meta_cf_ = handles[1];
   store->data_cf_ = handles[2];
   return store;
+}
+
+absl::Status SpillStore::Quarantine(const std::string& dir, uint32_t keep) {
+  const std::string db_dir = DbDir(dir);
+  std::error_code ec;
+  if (!fs::exists(db_dir, ec)) return absl::OkStatus();
+  if (keep == 0) return Destroy(dir);
+  const fs::path root = QuarantineDir(dir);
+  fs::create_directories(root, ec);
+  if (ec) {
+    return absl::FailedPreconditionError(
+        absl::StrCat("spill store: cannot create '", root.string(), "': ", ec.message()));
+  }
+  // Names sort by time: the oldest go first when more than `keep` are there.
+  std::string name = absl::FormatTime("%Y%m%dT%H%M%E6SZ", absl::Now(), absl::UTCTimeZone());
+  fs::rename(db_dir, root / name, ec);
+  if (ec) {
+    return absl::FailedPreconditionError(absl::StrCat("spill store: cannot move '", db_dir,
+                                                      "' to '", (root / name).string(),
+                                                      "': ", ec.message()));
+  }
+  std::vector<fs::path> kept;
+  for (const auto& entry : fs::directory_iterator(root, ec)) kept.push_back(entry.path());
+  std::sort(kept.begin(), kept.end());
+  for (size_t i = 0; i + keep < kept.size(); ++i) fs::remove_all(kept[i], ec);
+  spdlog::error("spill store: damaged database moved to '{}' ({} kept at most)",
+                (root / name).string(), keep);
+  return absl::OkStatus();
+}
+
+absl::Status SpillStore::Destroy(const std::string& dir) {
+  const std::string db_dir = DbDir(dir);
+  std::error_code ec;
+  fs::remove_all(db_dir, ec);
+  if (ec) {
+    return absl::FailedPreconditionError(
+        absl::StrCat("spill store: cannot delete '", db_dir, "': ", ec.message()));
+  }
+  return absl::OkStatus();
+}
+
+uint64_t SpillStore::DiskBytes() const {
+  uint64_t total = 0;
+  for (const DiskFile& f : ListFiles(db_dir_)) total += f.bytes;
+  return total;
 }
 
 SpillStore::~SpillStore() {

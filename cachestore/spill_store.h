@@ -1,11 +1,20 @@
 // The store's spill tier: evicted blocks in RocksDB on local disk.
 //
+// Layout of a spill directory: `db/` is the RocksDB database, `quarantine/<time>/` holds
+// databases moved aside because they were damaged (docs/store-protocol.md, "Spill tier").
 // Two column families: "meta" (key -> SpillMeta, small, scanned on start-up to rebuild the
 // index) and "data" (key -> payload). A block's meta and data are written in one WriteBatch so
 // a crash never leaves one without the other. Writes go through RocksDB's WAL without fsync:
-// a killed process loses nothing, a power loss may lose the last writes.
+// a killed process loses nothing, a power loss may lose the last writes. RocksDB's write
+// buffers, WAL and blob files are sized from the capacity so that the whole directory stays
+// within it (Overhead()).
 //
-// Thread-safety: safe for concurrent use without external synchronization.
+// A SpillStore does not recover from its own errors: after any failed write its owner closes
+// it (destroys it) and opens a new one, never writing to it again (RocksDB's asserts fire when
+// a file is written after a failed sync). Store (cachestore/store.h) does that.
+//
+// Thread-safety: safe for concurrent use without external synchronization; the static
+// functions must not run while a SpillStore is open on the same directory.
 #ifndef KVTIER_CACHESTORE_SPILL_STORE_H_
 #define KVTIER_CACHESTORE_SPILL_STORE_H_
 
@@ -36,8 +45,27 @@ struct SpillMeta {
 
 class SpillStore {
  public:
-  // Opens (creating if missing) the database in `dir`.
-  static absl::StatusOr<std::unique_ptr<SpillStore>> Open(const std::string& dir);
+  // Opens (creating if missing) the database of the spill directory `dir`, sized for
+  // `capacity_bytes`. DataLoss when the database is damaged (RocksDB reports corruption, CURRENT
+  // is missing beside other database files, or the MANIFEST no longer names files that hold
+  // data): the caller moves it aside with Quarantine. Other errors (permissions, a full disk)
+  // leave the directory as it is.
+  static absl::StatusOr<std::unique_ptr<SpillStore>> Open(const std::string& dir,
+                                                          uint64_t capacity_bytes);
+
+  // Moves the database of `dir` to dir/quarantine/<UTC time>, then deletes the oldest
+  // quarantined databases beyond `keep` (0: the database is deleted instead).
+  static absl::Status Quarantine(const std::string& dir, uint32_t keep);
+  // Deletes the database of `dir` (the quarantine stays).
+  static absl::Status Destroy(const std::string& dir);
+
+  // Payload bytes a tier of `capacity_bytes` may hold: the capacity less what RocksDB keeps
+  // beside the payloads, at most (write-ahead log and memtables being flushed, blob garbage
+  // awaiting collection, its own files). 0 when the capacity is too small for that overhead.
+  static uint64_t PayloadBytes(uint64_t capacity_bytes);
+
+  // Bytes the database's files take on disk now (every file under dir/db).
+  uint64_t DiskBytes() const;
   ~SpillStore();
 
   SpillStore(const SpillStore&) = delete;
@@ -59,6 +87,7 @@ class SpillStore {
 
  private:
   SpillStore() = default;
+  std::string db_dir_;
   std::unique_ptr<rocksdb::DB> db_;
   rocksdb::ColumnFamilyHandle* default_cf_ = nullptr;
   rocksdb::ColumnFamilyHandle* meta_cf_ = nullptr;

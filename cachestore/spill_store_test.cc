@@ -25,6 +25,7 @@ namespace {
 using ::testing::HasSubstr;
 
 constexpr size_t kPayloadBytes = 2 << 20;
+constexpr uint64_t kCapacity = 256ull << 20;
 
 std::vector<uint8_t> RandomBytes(size_t n, uint64_t seed) {
   std::mt19937_64 rng(seed);
@@ -77,7 +78,7 @@ class SpillStoreTest : public ::testing::Test {
   }
 
   std::unique_ptr<SpillStore> OpenOrDie() {
-    auto store = SpillStore::Open(dir_);
+    auto store = SpillStore::Open(dir_, kCapacity);
     EXPECT_TRUE(store.ok()) << store.status();
     return store.ok() ? std::move(store).value() : nullptr;
   }
@@ -220,7 +221,7 @@ TEST_F(SpillStoreTest, MalformedMetaIsDroppedOnScan) {
     };
     std::vector<rocksdb::ColumnFamilyHandle*> handles;
     rocksdb::DB* raw = nullptr;
-    rocksdb::Status s = rocksdb::DB::Open(options, dir_, cfs, &handles, &raw);
+    rocksdb::Status s = rocksdb::DB::Open(options, dir_ + "/db", cfs, &handles, &raw);
     ASSERT_TRUE(s.ok()) << s.ToString();
     std::unique_ptr<rocksdb::DB> db(raw);
     auto key_slice = [](const BlockKey& k) {
@@ -262,7 +263,7 @@ TEST_F(SpillStoreTest, MalformedMetaIsDroppedOnScan) {
 TEST_F(SpillStoreTest, OpenOnRegularFileFails) {
   const std::string file = (std::filesystem::path(root_) / "not_a_dir").string();
   { std::ofstream(file) << "x"; }
-  auto store = SpillStore::Open(file);
+  auto store = SpillStore::Open(file, kCapacity);
   ASSERT_FALSE(store.ok());
   EXPECT_THAT(store.status().message(), HasSubstr(file));
 }

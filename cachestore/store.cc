@@ -7,24 +7,31 @@
 #include "common/checksum.h"
 #include "common/logging.h"
 #include "common/parallel.h"
+#include "common/status_macros.h"
 
 namespace kvtier::cachestore {
 namespace {
 
 // A commit's checksums are verified by one thread per this many bytes, up to verify_threads_.
 constexpr uint64_t kParallelVerifyBytes = 4ull << 20;
+// Blocks the spiller writes per round (the lock is taken between rounds).
+constexpr size_t kSpillBatchBlocks = 8;
+// Ancestors the spiller writes before a block, at most (bounds its work under the lock).
+constexpr size_t kSpillAncestors = 256;
+// The spiller looks for work at least this often.
+constexpr absl::Duration kSpillerPoll = absl::Milliseconds(100);
 
 }  // namespace
 
-Store::Store(const StoreOptions& options, uint8_t* pool, SpillStore* spill,
-             MetricsRegistry* metrics, Clock clock)
+Store::Store(const StoreOptions& options, uint8_t* pool, MetricsRegistry* metrics, Clock clock)
     : options_(options),
       verify_threads_(
           options.verify_threads > 0
               ? options.verify_threads
               : static_cast<int>(std::clamp(std::thread::hardware_concurrency() / 2, 2u, 8u))),
       pool_(pool),
-      spill_(spill),
+      spill_payload_bytes_(
+          options.spill_dir.empty() ? 0 : SpillStore::PayloadBytes(options.spill_capacity_bytes)),
       clock_(std::move(clock)) {
   KVTIER_CHECK(options_.slot_bytes > 0 && options_.slot_count > 0, "empty pool");
   if (metrics == nullptr) {
@@ -61,16 +68,27 @@ Store::Store(const StoreOptions& options, uint8_t* pool, SpillStore* spill,
   blocks_spill_g_ = m.AddGauge("kvtier_store_blocks", "Committed blocks.", {{"tier", "spill"}});
   leases_g_ = m.AddGauge("kvtier_store_active_leases", "Leases held.");
   reservations_g_ = m.AddGauge("kvtier_store_active_reservations", "Reservations open.");
+  spill_writes_ = m.AddCounter("kvtier_store_spill_writes_total",
+                               "Blocks the spiller wrote to the spill tier.");
+  spill_errors_ = m.AddCounter("kvtier_store_spill_errors_total",
+                               "RocksDB failures that took the spill tier offline or kept it so.");
+  spill_quarantines_ =
+      m.AddCounter("kvtier_store_spill_quarantines_total", "Damaged spill databases moved aside.");
+  spill_online_g_ = m.AddGauge("kvtier_store_spill_online",
+                               "1 while the spill tier is open; 0 while it is off or offline.");
+  spill_disk_bytes_g_ =
+      m.AddGauge("kvtier_store_spill_disk_bytes", "Bytes the spill database takes on disk.");
 
   free_slots_.reserve(options_.slot_count);
   for (int64_t s = static_cast<int64_t>(options_.slot_count) - 1; s >= 0; --s) {
     free_slots_.push_back(s);
   }
   absl::MutexLock lock(&mu_);
+  retry_ = options_.spill_retry;
   UpdateGauges();
 }
 
-Store::~Store() = default;
+Store::~Store() { StopSpiller(); }
 
 // ---------------------------------------------------------------------------------------------
 // Index bookkeeping
@@ -112,10 +130,11 @@ void Store::Touch(Entry* e) {
 
 void Store::UpdateEligibility(Entry* e) {
   const bool committed = e->state == State::kCommitted;
+  const bool unpinned = committed && e->leases == 0 && !e->busy;
   SetMembership(evictable_, e->in_evictable,
-                committed && e->tier == Tier::kMemory && e->leases == 0 && e->mem_children == 0, e);
+                unpinned && e->tier == Tier::kMemory && e->mem_children == 0, e);
   SetMembership(spill_lru_, e->in_spill_lru,
-                committed && e->tier == Tier::kSpilled && e->leases == 0 && e->children == 0, e);
+                unpinned && e->tier == Tier::kSpilled && e->children == 0, e);
 }
 
 void Store::LinkParent(Entry* e) {
@@ -126,6 +145,12 @@ void Store::LinkParent(Entry* e) {
   ++p->children;
   if (e->tier == Tier::kMemory) ++p->mem_children;
   UpdateEligibility(p);
+}
+
+Store::Entry* Store::LinkedParent(const Entry* e) {
+  if (e->linked_parent_id == 0) return nullptr;
+  Entry* p = Find(*e->parent);
+  return p != nullptr && p->id == e->linked_parent_id ? p : nullptr;
 }
 
 void Store::UnlinkParent(Entry* e) {
@@ -154,6 +179,7 @@ void Store::FreeSlot(Entry* e) {
 }
 
 void Store::RemoveEntry(Entry* e) {
+  KVTIER_CHECK(!e->busy, "removing block {} while its I/O runs", KeyToHex(e->key));
   SetMembership(evictable_, e->in_evictable, false, e);
   SetMembership(spill_lru_, e->in_spill_lru, false, e);
   UnlinkParent(e);
@@ -162,13 +188,21 @@ void Store::RemoveEntry(Entry* e) {
       --blocks_in_memory_;
     } else {
       --blocks_spilled_;
-      spill_bytes_ -= e->size;
-      absl::Status s = spill_->Delete(e->key);
-      if (!s.ok()) spdlog::warn("spill delete {}: {}", KeyToHex(e->key), s.ToString());
     }
   }
+  DropDiskCopy(e);
   FreeSlot(e);
   entries_.erase(e->key);
+}
+
+void Store::DropDiskCopy(Entry* e) {
+  if (!e->on_disk) return;
+  e->on_disk = false;
+  spill_bytes_ -= e->size;
+  if (db_ != nullptr) {
+    pending_deletes_.push_back(e->key);
+    spiller_wake_ = true;
+  }
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -186,100 +220,353 @@ int64_t Store::AllocateSlot() {
 bool Store::EvictOne() {
   if (evictable_.empty()) return false;
   Entry* e = evictable_.begin()->second;
-  // A block whose spilled descendants need it is spilled regardless of its hits.
-  const bool earned = e->hits >= options_.spill_min_hits || e->children > e->mem_children;
-  if (spill_ != nullptr && earned && SpillEntry(e, /*make_room=*/true)) return true;
-  evictions_->Increment();
-  RemoveEntry(e);
-  return true;
-}
-
-bool Store::SpillEntry(Entry* e, bool make_room) {
-  if (e->size > options_.spill_capacity_bytes) return false;
-  while (spill_bytes_ + e->size > options_.spill_capacity_bytes) {
-    if (!make_room || spill_lru_.empty()) return false;
-    spill_drops_->Increment();
-    RemoveEntry(spill_lru_.begin()->second);
+  // Among the spill queue (the least recently used candidates), a block already on disk
+  // leaves memory without I/O and without being lost.
+  if (db_ != nullptr) {
+    uint32_t seen = 0;
+    for (auto it = evictable_.begin(); it != evictable_.end() && seen < options_.spill_queue_blocks;
+         ++it, ++seen) {
+      if (it->second->on_disk) {
+        e = it->second;
+        break;
+      }
+    }
   }
-  SpillMeta meta;
-  meta.ns = ns_by_id_[e->ns_id];
-  meta.has_parent = e->parent.has_value();
-  if (meta.has_parent) meta.parent = *e->parent;
-  meta.size = e->size;
-  meta.checksum = e->checksum;
-  absl::Status s = spill_->Put(e->key, meta, SlotPtr(e->slot), e->size);
-  if (!s.ok()) {
-    spdlog::warn("spill of {} failed: {}", KeyToHex(e->key), s.ToString());
-    return false;
+  spiller_wake_ = true;
+  if (!e->on_disk) {
+    evictions_->Increment();
+    RemoveEntry(e);
+    return true;
   }
   spills_->Increment();
   FreeSlot(e);
   e->tier = Tier::kSpilled;
   --blocks_in_memory_;
   ++blocks_spilled_;
-  spill_bytes_ += e->size;
   AdjustParentMemChildren(e, -1);
   UpdateEligibility(e);
   return true;
 }
 
-absl::Status Store::Promote(Entry* e) {
-  int64_t slot = AllocateSlot();
-  if (slot < 0) return absl::ResourceExhaustedError("no slot to promote into");
-  absl::Status s = spill_->Read(e->key, SlotPtr(slot), e->size, e->checksum);
-  if (!s.ok()) {
-    free_slots_.push_back(slot);
-    spdlog::warn("promotion of {} failed: {}", KeyToHex(e->key), s.ToString());
-    if (absl::IsDataLoss(s)) checksum_failures_->Increment();
-    return s;
-  }
-  // The block lives in memory again; its spilled copy goes (one tier per block).
-  absl::Status d = spill_->Delete(e->key);
-  if (!d.ok()) spdlog::warn("spill delete {}: {}", KeyToHex(e->key), d.ToString());
-  e->slot = slot;
-  e->tier = Tier::kMemory;
-  --blocks_spilled_;
-  ++blocks_in_memory_;
-  spill_bytes_ -= e->size;
-  promotions_->Increment();
-  AdjustParentMemChildren(e, +1);
-  UpdateEligibility(e);
-  return absl::OkStatus();
+bool Store::EarnedSpill(const Entry* e) const {
+  // A block whose spilled descendants need it is spilled regardless of its hits.
+  return e->hits >= options_.spill_min_hits || e->children > e->mem_children;
 }
 
-// ---------------------------------------------------------------------------------------------
-// Protocol
+bool Store::MakeDiskRoom(uint64_t bytes) {
+  while (spill_bytes_ + bytes > spill_payload_bytes_) {
+    if (spill_lru_.empty()) return false;
+    spill_drops_->Increment();
+    RemoveEntry(spill_lru_.begin()->second);
+  }
+  return true;
+}
 
-absl::Status Store::Recover() {
-  if (spill_ == nullptr) return absl::OkStatus();
+uint64_t Store::WriteBlocks(const std::vector<Entry*>& batch) {
+  struct Job {
+    Entry* e;
+    SpillMeta meta;
+    const uint8_t* data;
+  };
+  std::vector<Job> jobs;
+  for (Entry* e : batch) {
+    e->busy = true;
+    UpdateEligibility(e);
+    SpillMeta meta;
+    meta.ns = ns_by_id_[e->ns_id];
+    meta.has_parent = e->parent.has_value();
+    if (meta.has_parent) meta.parent = *e->parent;
+    meta.size = e->size;
+    meta.checksum = e->checksum;
+    jobs.push_back({e, meta, SlotPtr(e->slot)});
+  }
+  // Deletes first: a key deleted and written again is written after its deletion.
+  std::vector<BlockKey> deletes = std::move(pending_deletes_);
+  pending_deletes_.clear();
+  std::shared_ptr<SpillStore> db = db_;
+  const uint64_t epoch = tier_epoch_;
+  mu_.Unlock();
+  absl::Status s;
+  const char* op = "delete";
+  for (const BlockKey& key : deletes) {
+    s = db->Delete(key);
+    if (!s.ok()) break;
+  }
+  size_t written = 0;
+  if (s.ok()) {
+    op = "write";
+    for (; written < jobs.size(); ++written) {
+      const Job& j = jobs[written];
+      s = db->Put(j.e->key, j.meta, j.data, j.meta.size);
+      if (!s.ok()) break;
+    }
+  }
+  const uint64_t disk_bytes = db->DiskBytes();
+  mu_.Lock();
+  disk_bytes_ = disk_bytes;
+  spill_disk_bytes_g_->Set(static_cast<double>(disk_bytes));
+  const bool current = epoch == tier_epoch_;
+  for (size_t i = 0; i < jobs.size(); ++i) {
+    Entry* e = jobs[i].e;
+    e->busy = false;
+    if (i < written && current) {
+      e->on_disk = true;
+      spill_bytes_ += e->size;
+      spill_writes_->Increment();
+    }
+    UpdateEligibility(e);
+  }
+  if (!s.ok()) TierFailed(db.get(), s, op);
+  return current ? written : 0;
+}
+
+std::vector<absl::Status> Store::ReadBlocks(const std::vector<Entry*>& batch) {
+  std::vector<absl::Status> out;
+  std::shared_ptr<SpillStore> db = db_;
+  mu_.Unlock();
+  absl::Status failed;  // a failure of the database, not of one block
+  for (Entry* e : batch) {
+    if (!failed.ok()) {
+      out.push_back(failed);
+      continue;
+    }
+    // key, size and checksum of a committed block do not change; the slot is the lookup's.
+    absl::Status s = db->Read(e->key, SlotPtr(e->slot), e->size, e->checksum);
+    if (!s.ok() && !absl::IsDataLoss(s) && !absl::IsNotFound(s)) failed = s;
+    out.push_back(std::move(s));
+  }
+  mu_.Lock();
+  if (!failed.ok()) TierFailed(db.get(), failed, "read");
+  return out;
+}
+
+void Store::TierFailed(const SpillStore* db, const absl::Status& s, const char* op) {
+  if (db_ == nullptr || db_.get() != db) return;  // already offline, or a newer database
+  spill_errors_->Increment();
+  // Corruption: the database is moved aside for inspection. Anything else (a full disk, EIO,
+  // lost permissions): the index forgets the spilled blocks now, so the files are wiped.
+  reopen_ = absl::IsDataLoss(s) ? Reopen::kQuarantine : Reopen::kWipe;
+  ++tier_epoch_;
+  db_.reset();  // closes once the last reader lets go; never written again
+  pending_deletes_.clear();
+  std::vector<Entry*> gone;
+  for (auto& [key, e] : entries_) {
+    if (e.busy) continue;  // its I/O finishes, sees the new epoch and drops the disk copy
+    if (e.tier == Tier::kSpilled) {
+      gone.push_back(&e);
+    } else if (e.on_disk) {
+      e.on_disk = false;
+      spill_bytes_ -= e.size;
+    }
+  }
+  for (Entry* e : gone) RemoveEntry(e);
+  retry_ = options_.spill_retry;
+  next_open_ = absl::Now() + retry_;
+  UpdateGauges();
+  spdlog::error(
+      "spill tier offline: {} failed: {}; {} spilled blocks dropped, serving from memory, "
+      "reopening in {}",
+      op, std::string(s.message()), gone.size(), absl::FormatDuration(retry_));
+}
+
+absl::Status Store::OpenTier() {
+  const std::string& dir = options_.spill_dir;
+  Reopen mode;
+  {
+    absl::MutexLock lock(&mu_);
+    mode = reopen_;
+  }
+  auto quarantine = [&]() -> absl::Status {
+    KVTIER_RETURN_IF_ERROR(SpillStore::Quarantine(dir, options_.spill_quarantine_max));
+    spill_quarantines_->Increment();
+    return absl::OkStatus();
+  };
+  if (mode == Reopen::kQuarantine) KVTIER_RETURN_IF_ERROR(quarantine());
+  if (mode == Reopen::kWipe) KVTIER_RETURN_IF_ERROR(SpillStore::Destroy(dir));
+  {
+    absl::MutexLock lock(&mu_);
+    reopen_ = Reopen::kAsIs;
+  }
+  absl::StatusOr<std::unique_ptr<SpillStore>> opened =
+      SpillStore::Open(dir, options_.spill_capacity_bytes);
+  if (absl::IsDataLoss(opened.status())) {
+    spdlog::error("spill tier: {}; moving the database aside and starting a new one",
+                  std::string(opened.status().message()));
+    KVTIER_RETURN_IF_ERROR(quarantine());
+    opened = SpillStore::Open(dir, options_.spill_capacity_bytes);
+  }
+  if (!opened.ok()) return opened.status();
+  std::shared_ptr<SpillStore> db = std::move(*opened);
+  std::vector<std::pair<BlockKey, SpillMeta>> metas;
+  absl::Status scanned = db->ForEachMeta(
+      [&](const BlockKey& key, const SpillMeta& meta) { metas.emplace_back(key, meta); });
+  if (!scanned.ok()) {
+    absl::MutexLock lock(&mu_);
+    if (absl::IsDataLoss(scanned)) reopen_ = Reopen::kQuarantine;
+    return scanned;
+  }
+  const uint64_t disk_bytes = db->DiskBytes();
+
   absl::MutexLock lock(&mu_);
   std::vector<Entry*> loaded;
-  absl::Status s = spill_->ForEachMeta([&](const BlockKey& key, const SpillMeta& meta) {
-    auto [it, inserted] = entries_.try_emplace(key);
-    if (!inserted) return;
-    Entry& e = it->second;
+  for (const auto& [key, meta] : metas) {
+    // Everything read back is checked before the index trusts it: a size beyond this store's
+    // slots would overflow a slot when promoted (another slot size, or a damaged record).
+    const bool valid = meta.size > 0 && meta.size <= options_.slot_bytes &&
+                       !(meta.has_parent && meta.parent == key) && !entries_.contains(key);
+    if (!valid) {
+      block_failures_.Log(spdlog::level::warn,
+                          "spill tier: deleting recovered block {} (size {}, slot size {}{})",
+                          KeyToHex(key), meta.size, options_.slot_bytes,
+                          entries_.contains(key) ? ", already in memory" : "");
+      pending_deletes_.push_back(key);
+      continue;
+    }
+    Entry& e = entries_[key];
     e.key = key;
     e.id = next_id_++;
     e.ns_id = InternNamespace(meta.ns);
     e.state = State::kCommitted;
     e.tier = Tier::kSpilled;
+    e.on_disk = true;
     e.size = meta.size;
     e.checksum = meta.checksum;
     if (meta.has_parent) e.parent = meta.parent;
     ++blocks_spilled_;
     spill_bytes_ += meta.size;
     loaded.push_back(&e);
-  });
-  if (!s.ok()) return s;
+  }
+  db_ = std::move(db);
   for (Entry* e : loaded) LinkParent(e);
   for (Entry* e : loaded) Touch(e);
-  while (spill_bytes_ > options_.spill_capacity_bytes && !spill_lru_.empty()) {
-    spill_drops_->Increment();
-    RemoveEntry(spill_lru_.begin()->second);
-  }
+  MakeDiskRoom(0);
+  disk_bytes_ = disk_bytes;
+  spill_disk_bytes_g_->Set(static_cast<double>(disk_bytes));
+  retry_ = options_.spill_retry;
+  spiller_wake_ = true;
   UpdateGauges();
-  spdlog::info("recovered {} spilled blocks ({} bytes) in {} namespaces", blocks_spilled_,
-               spill_bytes_, ns_ids_.size());
+  spdlog::info("spill tier online in '{}': {} blocks ({} bytes) recovered, {} namespaces", dir,
+               loaded.size(), spill_bytes_, ns_ids_.size());
+  return absl::OkStatus();
+}
+
+void Store::SpillerLoop() {
+  absl::MutexLock lock(&mu_);
+  while (!spiller_stop_) {
+    if (db_ == nullptr) {
+      spiller_idle_ = true;
+      spiller_wake_ = false;
+      if (absl::Now() < next_open_) {
+        mu_.AwaitWithDeadline(absl::Condition(&spiller_stop_), next_open_);
+        continue;
+      }
+      spiller_idle_ = false;
+      mu_.Unlock();
+      absl::Status s = OpenTier();
+      mu_.Lock();
+      if (!s.ok()) {
+        spill_errors_->Increment();
+        next_open_ = absl::Now() + retry_;
+        spdlog::warn("spill tier still offline: {}; next try in {}", std::string(s.message()),
+                     absl::FormatDuration(retry_));
+        retry_ = std::min(retry_ * 2, options_.spill_retry * 64);
+      }
+      continue;
+    }
+    // The spill queue: the least recently used evictable blocks, written ahead of eviction.
+    std::vector<Entry*> batch;
+    uint64_t batch_bytes = 0;
+    if (disk_bytes_ <= options_.spill_capacity_bytes) {
+      uint32_t seen = 0;
+      for (auto it = evictable_.begin();
+           it != evictable_.end() && seen < options_.spill_queue_blocks &&
+           batch.size() < kSpillBatchBlocks;
+           ++it, ++seen) {
+        Entry* e = it->second;
+        if (e->on_disk || !EarnedSpill(e)) continue;
+        // Its ancestors not yet on disk go first, roots first: a parent becomes evictable
+        // right after its last child left memory, and a chain on disk is useful only whole.
+        std::vector<Entry*> path = {e};
+        for (Entry* p = LinkedParent(e); p != nullptr && path.size() < kSpillAncestors &&
+                                         p->tier == Tier::kMemory && !p->on_disk && !p->busy;
+             p = LinkedParent(p)) {
+          path.push_back(p);
+        }
+        for (auto r = path.rbegin(); r != path.rend() && batch.size() < kSpillBatchBlocks; ++r) {
+          if (std::find(batch.begin(), batch.end(), *r) == batch.end()) batch.push_back(*r);
+        }
+      }
+      // Room on disk; dropping spilled leaves never touches these in-memory blocks.
+      size_t fit = 0;
+      for (; fit < batch.size() && MakeDiskRoom(batch_bytes + batch[fit]->size); ++fit) {
+        batch_bytes += batch[fit]->size;
+      }
+      batch.resize(fit);
+    } else {
+      block_failures_.Log(spdlog::level::warn,
+                          "spill tier: the directory takes {} bytes, over its capacity of {}; "
+                          "spilling paused until RocksDB reclaims space",
+                          disk_bytes_, options_.spill_capacity_bytes);
+    }
+    if (batch.empty() && pending_deletes_.empty()) {
+      spiller_idle_ = true;
+      spiller_wake_ = false;
+      mu_.AwaitWithTimeout(absl::Condition(
+                               +[](Store* s) ABSL_EXCLUSIVE_LOCKS_REQUIRED(s->mu_) {
+                                 return s->spiller_wake_ || s->spiller_stop_;
+                               },
+                               this),
+                           kSpillerPoll);
+      spiller_idle_ = false;
+      continue;
+    }
+    WriteBlocks(batch);
+    UpdateGauges();
+  }
+  spiller_idle_ = true;
+}
+
+void Store::StopSpiller() {
+  {
+    absl::MutexLock lock(&mu_);
+    spiller_stop_ = true;
+  }
+  if (spiller_.joinable()) spiller_.join();
+}
+
+void Store::WaitForSpiller() {
+  absl::MutexLock lock(&mu_);
+  if (!spiller_.joinable()) return;
+  spiller_wake_ = true;
+  mu_.Await(absl::Condition(
+      +[](Store* s) ABSL_EXCLUSIVE_LOCKS_REQUIRED(s->mu_) {
+        return s->spiller_stop_ || (s->spiller_idle_ && !s->spiller_wake_);
+      },
+      this));
+}
+
+// ---------------------------------------------------------------------------------------------
+// Protocol
+
+absl::Status Store::Recover() {
+  if (options_.spill_dir.empty()) return absl::OkStatus();
+  absl::Status s = OpenTier();
+  if (!s.ok()) {
+    spill_errors_->Increment();
+    if (options_.spill_required) {
+      return absl::Status(s.code(), absl::StrCat("the spill tier is required (spill_required) "
+                                                 "and cannot be opened: ",
+                                                 s.message()));
+    }
+    absl::MutexLock lock(&mu_);
+    next_open_ = absl::Now() + retry_;
+    spdlog::error(
+        "spill tier unavailable: {}; STARTING WITHOUT SPILL (memory only), retrying in {} "
+        "(set spill_required to refuse to start instead)",
+        std::string(s.message()), absl::FormatDuration(retry_));
+    UpdateGauges();
+  }
+  spiller_ = std::thread([this] { SpillerLoop(); });
   return absl::OkStatus();
 }
 
@@ -294,42 +581,99 @@ absl::StatusOr<LookupResult> Store::Lookup(const NamespaceId& ns, absl::Span<con
   lookups_->Increment();
   LookupResult result;
   auto ns_it = ns_ids_.find(ns);
-  std::vector<Entry*> pinned;
+  std::vector<Entry*> hits;     // pinned when leasing
+  std::vector<Entry*> promote;  // spilled hits, each given a slot and marked busy
   if (ns_it != ns_ids_.end()) {
     for (const BlockKey& key : keys) {
       Entry* e = Find(key);
       if (e == nullptr || e->state != State::kCommitted || e->ns_id != ns_it->second) break;
-      if (lease) {
-        ++e->leases;  // pin first: promotion may evict, never this block or its prefix
+      if (lease && e->tier == Tier::kSpilled) {
+        // Being promoted by another lookup, or no slot: the prefix ends here.
+        if (e->busy) break;
+        ++e->leases;  // pinned first: AllocateSlot evicts, never this block or its prefix
         UpdateEligibility(e);
-        if (e->tier == Tier::kSpilled) {
-          absl::Status promoted = Promote(e);
-          if (!promoted.ok()) {
-            --e->leases;
-            if (absl::IsDataLoss(promoted) || absl::IsNotFound(promoted)) {
-              RemoveEntry(e);  // the spilled copy is bad or gone: forget the block
-            } else {
-              UpdateEligibility(e);
-            }
-            break;
-          }
-          ++result.promoted;
+        const int64_t slot = AllocateSlot();
+        if (slot < 0) {
+          --e->leases;
+          UpdateEligibility(e);
+          break;
         }
-        pinned.push_back(e);
-        result.blocks.push_back(
-            {static_cast<uint64_t>(e->slot) * options_.slot_bytes, e->size, e->checksum});
-        bytes_out_->Increment(static_cast<double>(e->size));
+        e->slot = slot;
+        e->busy = true;
+        promote.push_back(e);
+      } else if (lease) {
+        ++e->leases;
+        UpdateEligibility(e);
       }
       ++e->hits;
       Touch(e);
-      ++result.hit_count;
+      hits.push_back(e);
     }
   }
+  if (!promote.empty()) {
+    // The reads run without the lock; every other call goes on meanwhile.
+    const uint64_t epoch = tier_epoch_;
+    const std::vector<absl::Status> read = ReadBlocks(promote);
+    // promote is a subsequence of hits: where each one is.
+    std::vector<size_t> at(promote.size());
+    for (size_t i = 0, j = 0; i < hits.size() && j < promote.size(); ++i) {
+      if (hits[i] == promote[j]) at[j++] = i;
+    }
+    std::vector<bool> failed(hits.size(), false);
+    size_t cut = hits.size();
+    for (size_t j = 0; j < promote.size(); ++j) {
+      Entry* e = promote[j];
+      e->busy = false;
+      if (epoch != tier_epoch_ && e->on_disk) {  // the tier failed meanwhile
+        e->on_disk = false;
+        spill_bytes_ -= e->size;
+      }
+      if (read[j].ok()) {
+        e->tier = Tier::kMemory;
+        --blocks_spilled_;
+        ++blocks_in_memory_;
+        promotions_->Increment();
+        if (at[j] < cut) ++result.promoted;
+        AdjustParentMemChildren(e, +1);
+        UpdateEligibility(e);
+        continue;
+      }
+      failed[at[j]] = true;
+      cut = std::min(cut, at[j]);
+      --e->leases;
+      if (absl::IsDataLoss(read[j])) checksum_failures_->Increment();
+      if (absl::IsDataLoss(read[j]) || absl::IsNotFound(read[j]) || !e->on_disk) {
+        // The disk copy is bad, gone or forgotten: so is the block (a miss, never wrong bytes).
+        block_failures_.Log(spdlog::level::warn, "promotion of {} failed: {}", KeyToHex(e->key),
+                            read[j].ToString());
+        RemoveEntry(e);
+      } else {
+        FreeSlot(e);
+        UpdateEligibility(e);
+      }
+    }
+    // The prefix ends at the first failed promotion: later hits are unpinned (the promoted
+    // ones stay in memory).
+    for (size_t i = cut; i < hits.size(); ++i) {
+      if (failed[i]) continue;  // handled above, maybe removed
+      --hits[i]->leases;
+      UpdateEligibility(hits[i]);
+    }
+    hits.resize(cut);
+  }
+  if (lease) {
+    for (Entry* e : hits) {
+      result.blocks.push_back(
+          {static_cast<uint64_t>(e->slot) * options_.slot_bytes, e->size, e->checksum});
+      bytes_out_->Increment(static_cast<double>(e->size));
+    }
+  }
+  result.hit_count = static_cast<uint32_t>(hits.size());
   hit_blocks_->Increment(result.hit_count);
   miss_blocks_->Increment(static_cast<double>(keys.size() - result.hit_count));
-  if (!pinned.empty()) {
+  if (lease && !hits.empty()) {
     result.lease_id = next_id_++;
-    leases_[result.lease_id] = Lease{std::move(pinned), clock_() + options_.lease_timeout};
+    leases_[result.lease_id] = Lease{std::move(hits), clock_() + options_.lease_timeout};
   }
   UpdateGauges();
   return result;
@@ -447,6 +791,7 @@ absl::StatusOr<CommitResult> Store::Commit(uint64_t reservation_id,
     Touch(e);
     ++result.committed;
   }
+  spiller_wake_ = true;
   UpdateGauges();
   return result;
 }
@@ -478,6 +823,7 @@ void Store::ReleaseLease(Lease& lease) {
     --e->leases;
     UpdateEligibility(e);
   }
+  spiller_wake_ = true;
   lease.entries.clear();
 }
 
@@ -521,7 +867,7 @@ DropResult Store::DropNamespace(const NamespaceId& ns) {
   std::vector<Entry*> victims;
   for (auto& [key, e] : entries_) {
     if (e.ns_id != ns_it->second) continue;
-    if (e.state != State::kCommitted || e.leases > 0) {
+    if (e.state != State::kCommitted || e.leases > 0 || e.busy) {
       ++result.pinned_kept;
     } else {
       victims.push_back(&e);
@@ -534,18 +880,41 @@ DropResult Store::DropNamespace(const NamespaceId& ns) {
 }
 
 uint64_t Store::SpillAll() {
-  if (spill_ == nullptr) return 0;
+  StopSpiller();
   absl::MutexLock lock(&mu_);
-  std::vector<Entry*> hot;
+  if (db_ == nullptr) return 0;
+  // Depth of each block in its chain (0: no parent in the index), memoized along the way.
+  absl::flat_hash_map<const Entry*, uint32_t> depth;
+  auto depth_of = [&](Entry* e) {
+    std::vector<Entry*> path;  // e and its ancestors not yet measured
+    Entry* c = e;
+    for (; c != nullptr && !depth.contains(c); c = LinkedParent(c)) {
+      path.push_back(c);
+      depth[c] = 0;  // provisional: a cycle of parents ends the walk
+    }
+    uint32_t d = c == nullptr ? 0 : depth[c] + 1;
+    for (auto it = path.rbegin(); it != path.rend(); ++it) depth[*it] = d++;
+    return depth[e];
+  };
+  std::vector<std::pair<uint32_t, Entry*>> order;
   for (auto& [key, e] : entries_) {
-    if (e.state == State::kCommitted && e.tier == Tier::kMemory) hot.push_back(&e);
+    if (e.state == State::kCommitted && e.tier == Tier::kMemory && !e.on_disk && !e.busy) {
+      order.emplace_back(depth_of(&e), &e);
+    }
   }
-  std::sort(hot.begin(), hot.end(), [](Entry* a, Entry* b) { return a->tick > b->tick; });
+  // Roots first, then each depth; hottest first within a depth.
+  std::sort(order.begin(), order.end(), [](const auto& a, const auto& b) {
+    return a.first != b.first ? a.first < b.first : a.second->tick > b.second->tick;
+  });
   uint64_t written = 0;
-  for (Entry* e : hot) {
-    if (spill_bytes_ + e->size > options_.spill_capacity_bytes) break;
-    if (SpillEntry(e, /*make_room=*/false)) ++written;
+  for (const auto& [d, e] : order) {
+    if (db_ == nullptr) break;
+    const Entry* p = LinkedParent(e);
+    if (p != nullptr && !p->on_disk) continue;  // its prefix is not on disk: useless there
+    if (spill_bytes_ + e->size > spill_payload_bytes_) continue;
+    written += WriteBlocks({e});
   }
+  if (db_ != nullptr && !pending_deletes_.empty()) WriteBlocks({});
   UpdateGauges();
   return written;
 }
@@ -557,7 +926,8 @@ void Store::UpdateGauges() {
   pool_bytes_used_g_->Set(static_cast<double>(used * options_.slot_bytes));
   spill_bytes_g_->Set(static_cast<double>(spill_bytes_));
   spill_capacity_g_->Set(
-      static_cast<double>(spill_ == nullptr ? 0 : options_.spill_capacity_bytes));
+      static_cast<double>(options_.spill_dir.empty() ? 0 : options_.spill_capacity_bytes));
+  spill_online_g_->Set(db_ != nullptr ? 1 : 0);
   blocks_memory_g_->Set(static_cast<double>(blocks_in_memory_));
   blocks_spill_g_->Set(static_cast<double>(blocks_spilled_));
   leases_g_->Set(static_cast<double>(leases_.size()));
@@ -572,7 +942,9 @@ StoreStats Store::Stats() const {
   s.slots_total = options_.slot_count;
   s.slots_used = options_.slot_count - free_slots_.size();
   s.spill_bytes = spill_bytes_;
-  s.spill_capacity_bytes = spill_ == nullptr ? 0 : options_.spill_capacity_bytes;
+  s.spill_capacity_bytes = options_.spill_dir.empty() ? 0 : options_.spill_capacity_bytes;
+  s.spill_online = db_ != nullptr;
+  s.spill_disk_bytes = disk_bytes_;
   auto v = [](const Counter* c) { return static_cast<uint64_t>(c->Value()); };
   s.lookups = v(lookups_);
   s.hit_blocks = v(hit_blocks_);
@@ -586,6 +958,9 @@ StoreStats Store::Stats() const {
   s.checksum_failures = v(checksum_failures_);
   s.expired_reservations = v(expired_reservations_);
   s.expired_leases = v(expired_leases_);
+  s.spill_writes = v(spill_writes_);
+  s.spill_errors = v(spill_errors_);
+  s.spill_quarantines = v(spill_quarantines_);
   s.active_leases = leases_.size();
   s.active_reservations = reservations_.size();
   s.namespaces = ns_ids_.size();

@@ -1,12 +1,15 @@
 // The cache store's state machine: block index, slot pool, reservations, leases, leaf-first LRU
 // eviction and the RocksDB spill tier. It knows nothing of gRPC or UCX: it is given the pool's
 // base pointer (UCX-registered memory in the server, plain memory in tests) and works in slot
-// offsets from it. See docs/store-protocol.md for the protocol it implements.
+// offsets from it. See docs/store-protocol.md for the protocol it implements and for the spill
+// tier's states (online, offline and retrying).
 //
-// Ownership: borrows the pool memory, the SpillStore (nullptr: spill off) and the
-// MetricsRegistry (nullptr: a private one); all must outlive the Store.
+// Ownership: borrows the pool memory and the MetricsRegistry (nullptr: a private one), which
+// must outlive the Store; owns the spill tier (a SpillStore on options.spill_dir) and its
+// background spiller thread.
 // Thread-safety: safe for concurrent use without external synchronization. One mutex guards
-// the index; Commit verifies checksums outside it.
+// the index and covers no I/O: Commit verifies checksums outside it, Lookup reads promoted
+// blocks outside it, and the spiller thread writes and deletes outside it.
 #ifndef KVTIER_CACHESTORE_STORE_H_
 #define KVTIER_CACHESTORE_STORE_H_
 
@@ -15,6 +18,8 @@
 #include <memory>
 #include <optional>
 #include <set>
+#include <string>
+#include <thread>
 #include <utility>
 #include <vector>
 
@@ -22,10 +27,12 @@
 #include "absl/container/flat_hash_map.h"
 #include "absl/container/node_hash_map.h"
 #include "absl/status/statusor.h"
+#include "absl/strings/string_view.h"
 #include "absl/synchronization/mutex.h"
 #include "absl/time/time.h"
 #include "absl/types/span.h"
 #include "cachestore/spill_store.h"
+#include "common/log_limiter.h"
 #include "common/metrics.h"
 #include "kvtier/block_key.h"
 
@@ -42,11 +49,25 @@ struct StoreOptions {
   absl::Duration reservation_timeout = absl::Seconds(30);
   // Most keys one Lookup or Reserve may name. Default: 4096.
   uint32_t max_batch_keys = 4096;
-  // Bytes the spill tier may hold; used only with a SpillStore. Default: 0.
+  // Spill directory (RocksDB in spill_dir/db); empty turns spill off. Default: empty.
+  std::string spill_dir;
+  // Bytes the whole spill directory may take (payloads and RocksDB's WAL, memtable flushes,
+  // blob files; quarantined databases aside). Default: 0.
   uint64_t spill_capacity_bytes = 0;
   // Hits a block needs before eviction writes it to the spill tier (0: every block; a block
   // whose descendants are spilled is always spilled, so chains stay whole). Default: 0.
   uint32_t spill_min_hits = 0;
+  // Recover fails when the spill tier cannot be opened; otherwise the store starts from memory
+  // only and keeps retrying. Default: false.
+  bool spill_required = false;
+  // Least recently used evictable blocks the spiller keeps written to disk ahead of eviction
+  // (the spill queue), so that eviction moves a block to disk without I/O. Default: 64.
+  uint32_t spill_queue_blocks = 64;
+  // Wait before reopening an offline spill tier; doubles after each failed try, up to 64x.
+  // Default: 1 s.
+  absl::Duration spill_retry = absl::Seconds(1);
+  // Damaged databases kept under spill_dir/quarantine (0: deleted instead). Default: 2.
+  uint32_t spill_quarantine_max = 2;
   // Threads that verify a large commit's checksums (the committing writer waits on them);
   // 0: half the cores, at least 2 and at most 8. Default: 0.
   int verify_threads = 0;
@@ -90,19 +111,23 @@ struct StoreStats {
   uint64_t evictions = 0, spills = 0, promotions = 0, spill_drops = 0, checksum_failures = 0;
   uint64_t expired_reservations = 0, expired_leases = 0;
   uint64_t active_leases = 0, active_reservations = 0, namespaces = 0;
+  bool spill_online = false;
+  uint64_t spill_writes = 0, spill_errors = 0, spill_quarantines = 0, spill_disk_bytes = 0;
 };
 
 class Store {
  public:
   using Clock = std::function<absl::Time()>;
 
-  Store(const StoreOptions& options, uint8_t* pool, SpillStore* spill, MetricsRegistry* metrics,
+  Store(const StoreOptions& options, uint8_t* pool, MetricsRegistry* metrics,
         Clock clock = &absl::Now);
-  ~Store();
+  ~Store();  // Stops the spiller.
   Store(const Store&) = delete;
   Store& operator=(const Store&) = delete;
 
-  // Rebuilds the index from the spill tier (after a restart). Call once, before serving.
+  // With a spill directory: opens the spill tier, rebuilds the index from it (after a
+  // restart) and starts the spiller. Call once, before serving. An error only when the tier
+  // cannot be opened and spill_required is set; otherwise a failure is logged and retried.
   absl::Status Recover();
 
   // Longest present prefix of `keys`. With `lease`, spilled hits are promoted to memory and
@@ -129,9 +154,14 @@ class Store {
   // Admin: removes every unpinned block of `ns` from memory and the spill tier.
   DropResult DropNamespace(const NamespaceId& ns);
 
-  // Writes every committed in-memory block to the spill tier, hottest first, while capacity
-  // lasts (graceful shutdown). Returns how many were written.
+  // Stops the spiller and writes the committed in-memory blocks to the spill tier while
+  // capacity lasts, whole prefixes: roots first, then each depth of the chains, hottest first
+  // within a depth, and a block only when its parent is on disk (graceful shutdown). Returns
+  // how many were written.
   uint64_t SpillAll();
+
+  // Blocks until the spiller has nothing to do (tests).
+  void WaitForSpiller();
 
   StoreStats Stats() const;
   const StoreOptions& options() const { return options_; }
@@ -157,6 +187,12 @@ class Store {
     uint64_t tick = 0;  // last access, from tick_
     bool in_evictable = false;
     bool in_spill_lru = false;
+    // A copy is in the spill tier (always so for Tier::kSpilled; a block in memory keeps the
+    // copy the spiller wrote or it was promoted from, so evicting it needs no I/O).
+    bool on_disk = false;
+    // The spiller reads its slot, or a Lookup reads its disk copy into its slot, outside the
+    // lock: pinned (neither evicted nor removed) until the I/O is finished.
+    bool busy = false;
   };
   struct Reservation {
     std::vector<Entry*> entries;
@@ -175,15 +211,36 @@ class Store {
   // Puts `e` into, or takes it out of, the eviction and spill-drop sets per its state.
   void UpdateEligibility(Entry* e) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   void LinkParent(Entry* e) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // The entry `e` is counted in as a child; nullptr if none.
+  Entry* LinkedParent(const Entry* e) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   void UnlinkParent(Entry* e) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   // Parent's mem_children changes when `e` moves between tiers.
   void AdjustParentMemChildren(Entry* e, int delta) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   // A free slot, evicting the least recently used evictable leaf if needed; -1 if none.
   int64_t AllocateSlot() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   bool EvictOne() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
-  // Writes `e` to the spill tier, dropping older spilled leaves to make room.
-  bool SpillEntry(Entry* e, bool make_room) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
-  absl::Status Promote(Entry* e) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // Whether eviction should keep `e` on disk.
+  bool EarnedSpill(const Entry* e) const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // Makes room for `bytes` more on disk by dropping the least recently used spilled leaves.
+  bool MakeDiskRoom(uint64_t bytes) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // Forgets the disk copy of `e` (queueing its deletion while the tier is online).
+  void DropDiskCopy(Entry* e) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // Writes `batch` (marked busy) to the spill tier with the lock released, then records the
+  // outcome. Returns how many were written.
+  uint64_t WriteBlocks(const std::vector<Entry*>& batch) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // Reads the disk copies of `batch` (marked busy, slots allocated) with the lock released;
+  // returns each one's status.
+  std::vector<absl::Status> ReadBlocks(const std::vector<Entry*>& batch)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // Takes the tier offline after `db` failed: one error line and the metrics, every spilled
+  // block forgotten, a reopen scheduled. No-op when `db` is no longer the open one.
+  void TierFailed(const SpillStore* db, const absl::Status& s, const char* op)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // Opens the tier (quarantining or wiping the old database as the last failure requires),
+  // scans it and adds its blocks to the index. Called without the lock.
+  absl::Status OpenTier() ABSL_LOCKS_EXCLUDED(mu_);
+  void SpillerLoop() ABSL_LOCKS_EXCLUDED(mu_);
+  void StopSpiller() ABSL_LOCKS_EXCLUDED(mu_);
   void FreeSlot(Entry* e) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   void RemoveEntry(Entry* e) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   void ReleaseLease(Lease& lease) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
@@ -194,9 +251,10 @@ class Store {
   const StoreOptions options_;
   const int verify_threads_;
   uint8_t* const pool_;
-  SpillStore* const spill_;
+  const uint64_t spill_payload_bytes_;  // what the spill capacity leaves for payloads
   std::unique_ptr<MetricsRegistry> own_metrics_;
   const Clock clock_;
+  LogLimiter block_failures_;  // per-block spill faults (read, checksum, bad meta)
 
   mutable absl::Mutex mu_;
   absl::node_hash_map<BlockKey, Entry> entries_ ABSL_GUARDED_BY(mu_);
@@ -211,13 +269,31 @@ class Store {
   uint64_t next_id_ ABSL_GUARDED_BY(mu_) = 1;
   uint64_t blocks_in_memory_ ABSL_GUARDED_BY(mu_) = 0;
   uint64_t blocks_spilled_ ABSL_GUARDED_BY(mu_) = 0;
-  uint64_t spill_bytes_ ABSL_GUARDED_BY(mu_) = 0;
+  uint64_t spill_bytes_ ABSL_GUARDED_BY(mu_) = 0;  // payload bytes of blocks with on_disk
+
+  // Spill tier. db_ is null while the tier is offline (or spill is off); readers and the
+  // spiller hold their own reference while doing I/O, so the database closes when the last
+  // of them lets go.
+  std::shared_ptr<SpillStore> db_ ABSL_GUARDED_BY(mu_);
+  uint64_t tier_epoch_ ABSL_GUARDED_BY(mu_) = 0;  // +1 each time the tier goes offline
+  uint64_t disk_bytes_ ABSL_GUARDED_BY(mu_) = 0;  // measured after each spiller round
+  enum class Reopen { kAsIs, kWipe, kQuarantine };
+  Reopen reopen_ ABSL_GUARDED_BY(mu_) = Reopen::kAsIs;
+  absl::Time next_open_ ABSL_GUARDED_BY(mu_);  // when the spiller tries to reopen
+  absl::Duration retry_ ABSL_GUARDED_BY(mu_);  // current backoff
+  std::vector<BlockKey> pending_deletes_ ABSL_GUARDED_BY(mu_);
+  bool spiller_wake_ ABSL_GUARDED_BY(mu_) = false;  // work may be waiting
+  bool spiller_idle_ ABSL_GUARDED_BY(mu_) = false;  // found nothing to do
+  bool spiller_stop_ ABSL_GUARDED_BY(mu_) = false;
+  std::thread spiller_;
 
   // Metrics (owned by the registry).
   Counter *lookups_, *hit_blocks_, *miss_blocks_, *bytes_in_, *bytes_out_, *evictions_, *spills_,
-      *promotions_, *spill_drops_, *checksum_failures_, *expired_reservations_, *expired_leases_;
+      *promotions_, *spill_drops_, *checksum_failures_, *expired_reservations_, *expired_leases_,
+      *spill_writes_, *spill_errors_, *spill_quarantines_;
   Gauge *slots_total_g_, *slots_used_g_, *pool_bytes_used_g_, *spill_bytes_g_, *spill_capacity_g_,
-      *blocks_memory_g_, *blocks_spill_g_, *leases_g_, *reservations_g_;
+      *blocks_memory_g_, *blocks_spill_g_, *leases_g_, *reservations_g_, *spill_online_g_,
+      *spill_disk_bytes_g_;
 };
 
 }  // namespace kvtier::cachestore

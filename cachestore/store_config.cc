@@ -17,11 +17,20 @@ void DeclareStoreConfig(StoreConfig* c, OptionTable* t) {
   t->Add("reservation_timeout_ms", &o->reservation_timeout, "writers must Commit within this time")
       .Positive();
   t->Add("max_batch_keys", &o->max_batch_keys, "most keys in one Lookup or Reserve").Positive();
-  t->Add("spill_dir", &c->spill_dir, "RocksDB spill directory (empty: spill off)");
+  t->Add("spill_dir", &o->spill_dir, "RocksDB spill directory (empty: spill off)");
   t->AddBytes("spill_capacity_bytes", &o->spill_capacity_bytes,
-              "spill tier capacity, e.g. 100GiB (required with spill_dir)")
+              "bytes the whole spill directory may take, e.g. 100GiB (required with spill_dir)")
       .Flag("--spill-capacity");
   t->Add("spill_min_hits", &o->spill_min_hits, "hits a block needs to be spilled");
+  t->Add("spill_required", &o->spill_required,
+         "refuse to start when the spill tier cannot be opened (default: start memory-only)");
+  t->Add("spill_queue_blocks", &o->spill_queue_blocks,
+         "coldest blocks written to disk ahead of eviction")
+      .Positive();
+  t->Add("spill_retry_ms", &o->spill_retry, "first wait before reopening a failed spill tier")
+      .Positive();
+  t->Add("spill_quarantine_max", &o->spill_quarantine_max,
+         "damaged spill databases kept under spill_dir/quarantine (0: deleted)");
   t->Add("spill_on_shutdown", &c->spill_on_shutdown,
          "SIGTERM writes the in-memory blocks to the spill tier");
   t->Add("ready_file", &c->ready_file, "write {grpc_port, metrics_port, pid} here when serving");
@@ -32,9 +41,11 @@ void DeclareStoreConfig(StoreConfig* c, OptionTable* t) {
       return absl::InvalidArgumentError(absl::StrCat(
           "pool_bytes ", c->pool_bytes, " holds no slot of ", o->slot_bytes, " bytes"));
     }
-    if (!c->spill_dir.empty() && o->spill_capacity_bytes < o->slot_bytes) {
-      return absl::InvalidArgumentError(
-          "spill_dir is set but spill_capacity_bytes holds no block; set spill_capacity_bytes");
+    if (!o->spill_dir.empty() &&
+        SpillStore::PayloadBytes(o->spill_capacity_bytes) < o->slot_bytes) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "spill_dir is set but spill_capacity_bytes (", o->spill_capacity_bytes,
+          ") holds no block beside RocksDB's own files; set a larger spill_capacity_bytes"));
     }
     return absl::OkStatus();
   });

@@ -23,15 +23,13 @@ struct StoreConfig {
   std::string metrics_listen = "127.0.0.1:9100";
   // Host pool size; rounded down to whole slots. Default: 1 GiB.
   uint64_t pool_bytes = 1ull << 30;
-  // Spill directory (RocksDB); empty turns spill off. Default: empty.
-  std::string spill_dir;
   // Write every in-memory block to the spill tier on SIGTERM. Default: true.
   bool spill_on_shutdown = true;
   // Written (atomically) once serving: {"grpc_port":..,"metrics_port":..,"pid":..}. Default: none.
   std::string ready_file;
   // spdlog level. Default: info.
   std::string log_level = "info";
-  // slot_bytes, timeouts, batch bound, spill capacity and min hits.
+  // slot_bytes, timeouts, batch bound, the spill tier's options.
   StoreOptions store;
 };
 

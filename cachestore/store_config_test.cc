@@ -51,7 +51,7 @@ TEST(StoreConfigTest, ClearErrors) {
   tiny.store.slot_bytes = 2 << 20;
   EXPECT_EQ(FinalizeStoreConfig(&tiny).code(), absl::StatusCode::kInvalidArgument);
   StoreConfig spill;
-  spill.spill_dir = "/tmp/x";
+  spill.store.spill_dir = "/tmp/x";
   EXPECT_EQ(FinalizeStoreConfig(&spill).code(), absl::StatusCode::kInvalidArgument);
 }
 

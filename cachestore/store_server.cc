@@ -6,7 +6,6 @@
 #include <random>
 
 #include "absl/strings/str_cat.h"
-#include "cachestore/spill_store.h"
 #include "cachestore/store.h"
 #include "cachestore/store_service.h"
 #include "common/host_port.h"
@@ -49,10 +48,9 @@ absl::StatusOr<std::unique_ptr<StoreServer>> StoreServer::Start(const StoreConfi
   KVTIER_ASSIGN_OR_RETURN(std::string rkey, s->pool_->PackRkey());
   KVTIER_ASSIGN_OR_RETURN(s->progress_, transport::ProgressThread::Start(s->worker_.get()));
 
-  if (!s->config_.spill_dir.empty()) {
-    KVTIER_ASSIGN_OR_RETURN(s->spill_, SpillStore::Open(s->config_.spill_dir));
-  }
-  s->store_ = std::make_unique<Store>(opts, s->pool_->data(), s->spill_.get(), s->metrics_.get());
+  // The spill tier is optional: Recover fails only when spill_required is set (a tier that
+  // cannot be opened is retried in the background otherwise).
+  s->store_ = std::make_unique<Store>(opts, s->pool_->data(), s->metrics_.get());
   KVTIER_RETURN_IF_ERROR(s->store_->Recover());
 
   DataPlaneInfo info;
@@ -62,7 +60,7 @@ absl::StatusOr<std::unique_ptr<StoreServer>> StoreServer::Start(const StoreConfi
   info.pool_base_address = reinterpret_cast<uint64_t>(s->pool_->data());
   info.ucx_memory_types = s->ucx_->memory_types();
   info.cuda_memory_supported = s->ucx_->cuda_memory_supported();
-  info.spill_enabled = s->spill_ != nullptr;
+  info.spill_enabled = !opts.spill_dir.empty();
   s->service_ = std::make_unique<StoreService>(s->store_.get(), std::move(info), s->metrics_.get());
 
   KVTIER_ASSIGN_OR_RETURN(s->grpc_,
@@ -81,7 +79,7 @@ absl::StatusOr<std::unique_ptr<StoreServer>> StoreServer::Start(const StoreConfi
     }
   });
   spdlog::info("kvtier-store serving: grpc port {}, metrics port {}, spill {}", s->grpc_port_,
-               s->metrics_port_, s->spill_ ? s->config_.spill_dir : "off");
+               s->metrics_port_, opts.spill_dir.empty() ? "off" : opts.spill_dir);
   return s;
 }
 
@@ -94,7 +92,7 @@ void StoreServer::Shutdown() {
     stop_reaper_.Notify();
     reaper_.join();
   }
-  if (store_ != nullptr && spill_ != nullptr && config_.spill_on_shutdown) {
+  if (store_ != nullptr && !config_.store.spill_dir.empty() && config_.spill_on_shutdown) {
     uint64_t n = store_->SpillAll();
     spdlog::info("shutdown: wrote {} in-memory blocks to the spill tier", n);
   }

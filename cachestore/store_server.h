@@ -31,7 +31,6 @@ class ProgressThread;
 namespace cachestore {
 
 class Store;
-class SpillStore;
 class StoreService;
 
 class StoreServer {
@@ -55,7 +54,6 @@ class StoreServer {
   std::unique_ptr<transport::UcxWorker> worker_;
   std::unique_ptr<transport::MemoryRegion> pool_;
   std::unique_ptr<transport::ProgressThread> progress_;
-  std::unique_ptr<SpillStore> spill_;
   std::unique_ptr<Store> store_;
   std::unique_ptr<StoreService> service_;
   std::unique_ptr<grpc::Server> grpc_;
