@@ -217,21 +217,38 @@ int64_t Store::AllocateSlot() {
   return s;
 }
 
-bool Store::EvictOne() {
-  if (evictable_.empty()) return false;
-  Entry* e = evictable_.begin()->second;
-  // Among the spill queue (the least recently used candidates), a block already on disk
-  // leaves memory without I/O and without being lost.
-  if (db_ != nullptr) {
-    uint32_t seen = 0;
-    for (auto it = evictable_.begin(); it != evictable_.end() && seen < options_.spill_queue_blocks;
-         ++it, ++seen) {
-      if (it->second->on_disk) {
-        e = it->second;
-        break;
-      }
-    }
+Store::Entry* Store::CleanVictim() const {
+  if (db_ == nullptr) return nullptr;
+  uint32_t seen = 0;
+  for (auto it = evictable_.begin(); it != evictable_.end() && seen < options_.spill_queue_blocks;
+       ++it, ++seen) {
+    if (it->second->on_disk) return it->second;
   }
+  return nullptr;
+}
+
+bool Store::VictimReady() const {
+  if (!free_slots_.empty() || db_ == nullptr || CleanVictim() != nullptr) return true;
+  // No candidate: only the spiller's blocks in flight can become ones.
+  if (evictable_.empty()) return blocks_in_flight_ == 0;
+  return !EarnedSpill(evictable_.begin()->second);
+}
+
+bool Store::EvictOne() {
+  // Among the spill queue (the least recently used candidates), a block already on disk
+  // leaves memory without I/O and without being lost. When none is, the spiller is behind:
+  // wait for it a little (without the lock) rather than lose the block, or find none to
+  // evict while it writes the only candidates.
+  Entry* e = CleanVictim();
+  if (e == nullptr && db_ != nullptr && options_.spill_wait > absl::ZeroDuration() &&
+      !VictimReady()) {
+    spiller_wake_ = true;
+    mu_.AwaitWithTimeout(absl::Condition(this, &Store::VictimReady), options_.spill_wait);
+    if (!free_slots_.empty()) return true;
+    e = CleanVictim();
+  }
+  if (evictable_.empty()) return false;
+  if (e == nullptr) e = evictable_.begin()->second;
   spiller_wake_ = true;
   if (!e->on_disk) {
     evictions_->Increment();
@@ -246,6 +263,14 @@ bool Store::EvictOne() {
   AdjustParentMemChildren(e, -1);
   UpdateEligibility(e);
   return true;
+}
+
+void Store::EndIo(Entry* e, uint64_t epoch) {
+  e->busy = false;
+  if (epoch != tier_epoch_ && e->on_disk) {  // the tier failed meanwhile
+    e->on_disk = false;
+    spill_bytes_ -= e->size;
+  }
 }
 
 bool Store::EarnedSpill(const Entry* e) const {
@@ -285,6 +310,7 @@ uint64_t Store::WriteBlocks(const std::vector<Entry*>& batch) {
   pending_deletes_.clear();
   std::shared_ptr<SpillStore> db = db_;
   const uint64_t epoch = tier_epoch_;
+  blocks_in_flight_ += jobs.size();
   mu_.Unlock();
   absl::Status s;
   const char* op = "delete";
@@ -303,6 +329,7 @@ uint64_t Store::WriteBlocks(const std::vector<Entry*>& batch) {
   }
   const uint64_t disk_bytes = db->DiskBytes();
   mu_.Lock();
+  blocks_in_flight_ -= jobs.size();
   disk_bytes_ = disk_bytes;
   spill_disk_bytes_g_->Set(static_cast<double>(disk_bytes));
   const bool current = epoch == tier_epoch_;
@@ -583,23 +610,32 @@ absl::StatusOr<LookupResult> Store::Lookup(const NamespaceId& ns, absl::Span<con
   auto ns_it = ns_ids_.find(ns);
   std::vector<Entry*> hits;     // pinned when leasing
   std::vector<Entry*> promote;  // spilled hits, each given a slot and marked busy
+  const uint64_t epoch = tier_epoch_;
   if (ns_it != ns_ids_.end()) {
+    const uint32_t ns_id = ns_it->second;  // AllocateSlot may release the lock
     for (const BlockKey& key : keys) {
       Entry* e = Find(key);
-      if (e == nullptr || e->state != State::kCommitted || e->ns_id != ns_it->second) break;
+      if (e == nullptr || e->state != State::kCommitted || e->ns_id != ns_id) break;
       if (lease && e->tier == Tier::kSpilled) {
         // Being promoted by another lookup, or no slot: the prefix ends here.
         if (e->busy) break;
-        ++e->leases;  // pinned first: AllocateSlot evicts, never this block or its prefix
+        // Pinned and busy first: AllocateSlot evicts (and may wait for the spiller), never
+        // this block or its prefix, and a failing tier leaves it to this lookup.
+        ++e->leases;
+        e->busy = true;
         UpdateEligibility(e);
         const int64_t slot = AllocateSlot();
         if (slot < 0) {
+          EndIo(e, epoch);
           --e->leases;
-          UpdateEligibility(e);
+          if (!e->on_disk) {
+            RemoveEntry(e);
+          } else {
+            UpdateEligibility(e);
+          }
           break;
         }
         e->slot = slot;
-        e->busy = true;
         promote.push_back(e);
       } else if (lease) {
         ++e->leases;
@@ -612,7 +648,6 @@ absl::StatusOr<LookupResult> Store::Lookup(const NamespaceId& ns, absl::Span<con
   }
   if (!promote.empty()) {
     // The reads run without the lock; every other call goes on meanwhile.
-    const uint64_t epoch = tier_epoch_;
     const std::vector<absl::Status> read = ReadBlocks(promote);
     // promote is a subsequence of hits: where each one is.
     std::vector<size_t> at(promote.size());
@@ -623,11 +658,7 @@ absl::StatusOr<LookupResult> Store::Lookup(const NamespaceId& ns, absl::Span<con
     size_t cut = hits.size();
     for (size_t j = 0; j < promote.size(); ++j) {
       Entry* e = promote[j];
-      e->busy = false;
-      if (epoch != tier_epoch_ && e->on_disk) {  // the tier failed meanwhile
-        e->on_disk = false;
-        spill_bytes_ -= e->size;
-      }
+      EndIo(e, epoch);
       if (read[j].ok()) {
         e->tier = Tier::kMemory;
         --blocks_spilled_;
@@ -710,6 +741,12 @@ absl::StatusOr<ReserveResult> Store::Reserve(const NamespaceId& ns, absl::Span<c
     if (slot < 0) {
       no_space = true;
       result.outcomes.push_back(ReserveOutcome::kNoSpace);
+      result.offsets.push_back(0);
+      continue;
+    }
+    if (Find(keys[i]) != nullptr) {  // another writer took it while eviction waited
+      free_slots_.push_back(slot);
+      result.outcomes.push_back(ReserveOutcome::kPresent);
       result.offsets.push_back(0);
       continue;
     }
@@ -906,17 +943,18 @@ uint64_t Store::SpillAll() {
   std::sort(order.begin(), order.end(), [](const auto& a, const auto& b) {
     return a.first != b.first ? a.first < b.first : a.second->tick > b.second->tick;
   });
-  uint64_t written = 0;
   for (const auto& [d, e] : order) {
     if (db_ == nullptr) break;
     const Entry* p = LinkedParent(e);
     if (p != nullptr && !p->on_disk) continue;  // its prefix is not on disk: useless there
     if (spill_bytes_ + e->size > spill_payload_bytes_) continue;
-    written += WriteBlocks({e});
+    WriteBlocks({e});
   }
   if (db_ != nullptr && !pending_deletes_.empty()) WriteBlocks({});
   UpdateGauges();
-  return written;
+  uint64_t on_disk = 0;
+  for (const auto& [key, e] : entries_) on_disk += e.tier == Tier::kMemory && e.on_disk;
+  return on_disk;
 }
 
 void Store::UpdateGauges() {

@@ -63,6 +63,9 @@ struct StoreOptions {
   // Least recently used evictable blocks the spiller keeps written to disk ahead of eviction
   // (the spill queue), so that eviction moves a block to disk without I/O. Default: 64.
   uint32_t spill_queue_blocks = 64;
+  // Longest an eviction waits (without the lock) for the spiller to write a block it would
+  // otherwise drop; 0: drop it at once. Default: 20 ms.
+  absl::Duration spill_wait = absl::Milliseconds(20);
   // Wait before reopening an offline spill tier; doubles after each failed try, up to 64x.
   // Default: 1 s.
   absl::Duration spill_retry = absl::Seconds(1);
@@ -156,8 +159,9 @@ class Store {
 
   // Stops the spiller and writes the committed in-memory blocks to the spill tier while
   // capacity lasts, whole prefixes: roots first, then each depth of the chains, hottest first
-  // within a depth, and a block only when its parent is on disk (graceful shutdown). Returns
-  // how many were written.
+  // within a depth, and a block only when its parent is on disk (graceful shutdown; no other
+  // call may run). Returns how many in-memory blocks are on disk afterwards (written now or
+  // by the spiller before).
   uint64_t SpillAll();
 
   // Blocks until the spiller has nothing to do (tests).
@@ -216,9 +220,18 @@ class Store {
   void UnlinkParent(Entry* e) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   // Parent's mem_children changes when `e` moves between tiers.
   void AdjustParentMemChildren(Entry* e, int delta) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
-  // A free slot, evicting the least recently used evictable leaf if needed; -1 if none.
+  // A free slot, evicting the least recently used evictable leaf if needed; -1 if none. May
+  // release the lock (see EvictOne): callers keep no iterators across it.
   int64_t AllocateSlot() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // May release the lock while it waits for the spiller (options_.spill_wait).
   bool EvictOne() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // The first block of the spill queue that is on disk, if any.
+  Entry* CleanVictim() const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // What EvictOne waits for: a slot, a block it can move to disk, or no reason to wait.
+  bool VictimReady() const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // Ends the I/O of `e` begun in tier epoch `epoch`: not busy, and without its disk copy if
+  // the tier failed since.
+  void EndIo(Entry* e, uint64_t epoch) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   // Whether eviction should keep `e` on disk.
   bool EarnedSpill(const Entry* e) const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   // Makes room for `bytes` more on disk by dropping the least recently used spilled leaves.
@@ -275,8 +288,9 @@ class Store {
   // spiller hold their own reference while doing I/O, so the database closes when the last
   // of them lets go.
   std::shared_ptr<SpillStore> db_ ABSL_GUARDED_BY(mu_);
-  uint64_t tier_epoch_ ABSL_GUARDED_BY(mu_) = 0;  // +1 each time the tier goes offline
-  uint64_t disk_bytes_ ABSL_GUARDED_BY(mu_) = 0;  // measured after each spiller round
+  uint64_t tier_epoch_ ABSL_GUARDED_BY(mu_) = 0;        // +1 each time the tier goes offline
+  uint64_t disk_bytes_ ABSL_GUARDED_BY(mu_) = 0;        // measured after each spiller round
+  uint64_t blocks_in_flight_ ABSL_GUARDED_BY(mu_) = 0;  // the spiller's writes under way
   enum class Reopen { kAsIs, kWipe, kQuarantine };
   Reopen reopen_ ABSL_GUARDED_BY(mu_) = Reopen::kAsIs;
   absl::Time next_open_ ABSL_GUARDED_BY(mu_);  // when the spiller tries to reopen

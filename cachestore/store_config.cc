@@ -27,6 +27,8 @@ void DeclareStoreConfig(StoreConfig* c, OptionTable* t) {
   t->Add("spill_queue_blocks", &o->spill_queue_blocks,
          "coldest blocks written to disk ahead of eviction")
       .Positive();
+  t->Add("spill_wait_ms", &o->spill_wait,
+         "longest an eviction waits for the spiller to write a block (0: drop it)");
   t->Add("spill_retry_ms", &o->spill_retry, "first wait before reopening a failed spill tier")
       .Positive();
   t->Add("spill_quarantine_max", &o->spill_quarantine_max,

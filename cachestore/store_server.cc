@@ -93,8 +93,8 @@ void StoreServer::Shutdown() {
     reaper_.join();
   }
   if (store_ != nullptr && !config_.store.spill_dir.empty() && config_.spill_on_shutdown) {
-    uint64_t n = store_->SpillAll();
-    spdlog::info("shutdown: wrote {} in-memory blocks to the spill tier", n);
+    const uint64_t n = store_->SpillAll();
+    spdlog::info("shutdown: {} in-memory blocks on disk", n);
   }
   if (metrics_http_ != nullptr) metrics_http_->Stop();
   if (progress_ != nullptr) progress_->Stop();
