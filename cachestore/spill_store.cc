@@ -1,6 +1,10 @@
 #include "cachestore/spill_store.h"
 
+#include <sys/stat.h>
+
 #include <algorithm>
+#include <cstdarg>
+#include <cstdio>
 #include <cstring>
 #include <filesystem>
 #include <set>
@@ -16,6 +20,7 @@
 #include "common/checksum.h"
 #include "common/status_macros.h"
 #include "rocksdb/db.h"
+#include "rocksdb/env.h"
 #include "rocksdb/options.h"
 #include "rocksdb/slice.h"
 #include "rocksdb/status.h"
@@ -136,10 +141,9 @@ std::string QuarantineDir(const std::string& dir) {
 uint64_t WriteBufferBytes(uint64_t capacity) {
   return std::clamp<uint64_t>(capacity / 16, 1ull << 20, 64ull << 20);
 }
-// MANIFEST, OPTIONS and info LOG files, bounded by the options below.
-constexpr uint64_t kMiscBytes = 8ull << 20;
-constexpr uint64_t kMaxManifestBytes = 4ull << 20;
-constexpr uint64_t kMaxInfoLogBytes = 1ull << 20;
+// MANIFEST and OPTIONS files, bounded by the options below.
+constexpr uint64_t kMiscBytes = 4ull << 20;
+constexpr uint64_t kMaxManifestBytes = 1ull << 20;
 // Blob garbage collection runs when garbage reaches this share of the blob files, so garbage
 // stays below 1/3 of the payload: the payload is at most 3/4 of what remains.
 constexpr double kBlobGarbageShare = 0.25;
@@ -149,13 +153,16 @@ struct DiskFile {
   uint64_t bytes = 0;
 };
 
+// Regular files of `dir` with the bytes each takes on disk (allocated blocks, or the size if
+// larger).
 std::vector<DiskFile> ListFiles(const std::string& dir) {
   std::vector<DiskFile> out;
   std::error_code ec;
   for (const auto& entry : fs::directory_iterator(dir, ec)) {
-    std::error_code fec;
-    if (!entry.is_regular_file(fec)) continue;
-    out.push_back({entry.path().filename().string(), entry.file_size(fec)});
+    struct stat st;
+    if (::stat(entry.path().c_str(), &st) != 0 || !S_ISREG(st.st_mode)) continue;
+    out.push_back({entry.path().filename().string(),
+                   std::max<uint64_t>(st.st_size, uint64_t{512} * st.st_blocks)});
   }
   return out;
 }
@@ -194,16 +201,36 @@ std::vector<rocksdb::ColumnFamilyDescriptor> ColumnFamilies(uint64_t capacity) {
   };
 }
 
+// RocksDB's info log goes to our log, not to a file in the spill directory: a LOG file that
+// hits a full disk trips an assert in RocksDB's next log line (Debian builds keep asserts).
+class SpdlogLogger : public rocksdb::Logger {
+ public:
+  SpdlogLogger() : rocksdb::Logger(rocksdb::InfoLogLevel::WARN_LEVEL) {}
+  using rocksdb::Logger::Logv;
+  void Logv(const char* format, va_list ap) override {
+    Logv(rocksdb::InfoLogLevel::INFO_LEVEL, format, ap);
+  }
+  void Logv(const rocksdb::InfoLogLevel level, const char* format, va_list ap) override {
+    if (level < GetInfoLogLevel()) return;
+    char line[1024];
+    std::vsnprintf(line, sizeof(line), format, ap);
+    spdlog::log(
+        level >= rocksdb::InfoLogLevel::ERROR_LEVEL ? spdlog::level::err : spdlog::level::warn,
+        "rocksdb: {}", line);
+  }
+};
+
 rocksdb::DBOptions DbOptions(uint64_t capacity) {
   rocksdb::DBOptions o;
+  o.info_log = std::make_shared<SpdlogLogger>();
   o.create_if_missing = true;
   o.create_missing_column_families = true;
   // Bounds the WAL: past this size RocksDB flushes the CFs holding the oldest WAL so that it
   // can be deleted (the meta CF's tiny writes would otherwise pin WAL files full of payloads).
   o.max_total_wal_size = WriteBufferBytes(capacity);
   o.max_manifest_file_size = kMaxManifestBytes;
-  o.max_log_file_size = kMaxInfoLogBytes;
-  o.keep_log_file_num = 2;  // RocksDB's own info LOG files
+  // Files take what they hold: preallocated WAL and blob space would escape the accounting.
+  o.allow_fallocate = false;
   return o;
 }
 
@@ -270,14 +297,24 @@ absl::StatusOr<std::unique_ptr<SpillStore>> SpillStore::Open(const std::string& 
     return absl::FailedPreconditionError(
         absl::StrCat("spill store: cannot create directory '", db_dir, "': ", ec.message()));
   }
-  // Opening replays the WAL and may flush it; on a full disk RocksDB can then trip its own
-  // asserts (Debian builds keep them), so a disk without room for that is not opened.
-  uint64_t wal_bytes = 0;
+  // The capacity the file system can hold: what the database takes plus what is free. A
+  // larger configured capacity would only fill the disk.
+  uint64_t db_bytes = 0, wal_bytes = 0;
   for (const DiskFile& f : ListFiles(db_dir)) {
+    db_bytes += f.bytes;
     if (EndsWith(f.name, ".log")) wal_bytes += f.bytes;
   }
-  const uint64_t need = wal_bytes + 2 * WriteBufferBytes(capacity_bytes);
   const fs::space_info space = fs::space(db_dir, ec);
+  if (!ec && db_bytes + space.available < capacity_bytes) {
+    spdlog::warn(
+        "spill store: capacity {} bytes is more than '{}' can hold ({} bytes used, {} free); "
+        "using {}",
+        capacity_bytes, db_dir, db_bytes, space.available, db_bytes + space.available);
+    capacity_bytes = db_bytes + space.available;
+  }
+  // Opening replays the WAL and may flush it; on a full disk RocksDB can then trip its own
+  // asserts (Debian builds keep them), so a disk without room for that is not opened.
+  const uint64_t need = wal_bytes + kMiscBytes;
   if (!ec && space.available < need) {
     return absl::ResourceExhaustedError(
         absl::StrCat("spill store: '", db_dir, "' has ", space.available,
@@ -296,6 +333,7 @@ absl::StatusOr<std::unique_ptr<SpillStore>> SpillStore::Open(const std::string& 
 
   std::unique_ptr<SpillStore> store(new SpillStore());
   store->db_dir_ = db_dir;
+  store->capacity_bytes_ = capacity_bytes;
   store->db_.reset(raw_db);
   store->default_cf_ = handles[0];
   store->meta_cf_ = handles[1];
@@ -340,6 +378,16 @@ absl::Status SpillStore::Destroy(const std::string& dir) {
         absl::StrCat("spill store: cannot delete '", db_dir, "': ", ec.message()));
   }
   return absl::OkStatus();
+}
+
+uint64_t SpillStore::FreeBytes() const {
+  std::error_code ec;
+  const fs::space_info space = fs::space(db_dir_, ec);
+  return ec ? 0 : space.available;
+}
+
+uint64_t SpillStore::HeadroomBytes() const {
+  return 2 * WriteBufferBytes(capacity_bytes_) + kMiscBytes;
 }
 
 uint64_t SpillStore::DiskBytes() const {

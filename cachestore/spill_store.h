@@ -46,10 +46,10 @@ struct SpillMeta {
 class SpillStore {
  public:
   // Opens (creating if missing) the database of the spill directory `dir`, sized for
-  // `capacity_bytes`. DataLoss when the database is damaged (RocksDB reports corruption, CURRENT
-  // is missing beside other database files, or the MANIFEST no longer names files that hold
-  // data): the caller moves it aside with Quarantine. Other errors (permissions, a full disk)
-  // leave the directory as it is.
+  // `capacity_bytes` (or what the file system can hold, if less). DataLoss when the database is
+  // damaged (RocksDB reports corruption, CURRENT is missing beside other database files, or the
+  // MANIFEST no longer names files that hold data): the caller moves it aside with Quarantine.
+  // Other errors (permissions, a full disk) leave the directory as it is.
   static absl::StatusOr<std::unique_ptr<SpillStore>> Open(const std::string& dir,
                                                           uint64_t capacity_bytes);
 
@@ -66,6 +66,15 @@ class SpillStore {
 
   // Bytes the database's files take on disk now (every file under dir/db).
   uint64_t DiskBytes() const;
+  // Bytes free on the file system, and how many must stay free for RocksDB to flush and
+  // compact: writes that would eat into them are not made (a full disk trips RocksDB's
+  // asserts).
+  uint64_t FreeBytes() const;
+  uint64_t HeadroomBytes() const;
+  // The capacity it was opened with, lowered to what the file system holds, and its
+  // PayloadBytes.
+  uint64_t capacity_bytes() const { return capacity_bytes_; }
+  uint64_t payload_bytes() const { return PayloadBytes(capacity_bytes_); }
   ~SpillStore();
 
   SpillStore(const SpillStore&) = delete;
@@ -88,6 +97,7 @@ class SpillStore {
  private:
   SpillStore() = default;
   std::string db_dir_;
+  uint64_t capacity_bytes_ = 0;
   std::unique_ptr<rocksdb::DB> db_;
   rocksdb::ColumnFamilyHandle* default_cf_ = nullptr;
   rocksdb::ColumnFamilyHandle* meta_cf_ = nullptr;

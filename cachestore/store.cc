@@ -30,8 +30,6 @@ Store::Store(const StoreOptions& options, uint8_t* pool, MetricsRegistry* metric
               ? options.verify_threads
               : static_cast<int>(std::clamp(std::thread::hardware_concurrency() / 2, 2u, 8u))),
       pool_(pool),
-      spill_payload_bytes_(
-          options.spill_dir.empty() ? 0 : SpillStore::PayloadBytes(options.spill_capacity_bytes)),
       clock_(std::move(clock)) {
   KVTIER_CHECK(options_.slot_bytes > 0 && options_.slot_count > 0, "empty pool");
   if (metrics == nullptr) {
@@ -463,6 +461,7 @@ absl::Status Store::OpenTier() {
     spill_bytes_ += meta.size;
     loaded.push_back(&e);
   }
+  spill_payload_bytes_ = db->payload_bytes();
   db_ = std::move(db);
   for (Entry* e : loaded) LinkParent(e);
   for (Entry* e : loaded) Touch(e);
@@ -503,7 +502,8 @@ void Store::SpillerLoop() {
     // The spill queue: the least recently used evictable blocks, written ahead of eviction.
     std::vector<Entry*> batch;
     uint64_t batch_bytes = 0;
-    if (disk_bytes_ <= options_.spill_capacity_bytes) {
+    const uint64_t capacity = db_->capacity_bytes();
+    if (disk_bytes_ <= capacity) {
       uint32_t seen = 0;
       for (auto it = evictable_.begin();
            it != evictable_.end() && seen < options_.spill_queue_blocks &&
@@ -529,11 +529,19 @@ void Store::SpillerLoop() {
         batch_bytes += batch[fit]->size;
       }
       batch.resize(fit);
+      // Room on the file system, which others may be filling too.
+      const uint64_t free_bytes = batch.empty() ? 0 : db_->FreeBytes();
+      if (!batch.empty() && free_bytes < batch_bytes + db_->HeadroomBytes()) {
+        block_failures_.Log(spdlog::level::warn,
+                            "spill tier: {} bytes free on the disk, {} needed; spilling paused",
+                            free_bytes, batch_bytes + db_->HeadroomBytes());
+        batch.clear();
+      }
     } else {
       block_failures_.Log(spdlog::level::warn,
                           "spill tier: the directory takes {} bytes, over its capacity of {}; "
                           "spilling paused until RocksDB reclaims space",
-                          disk_bytes_, options_.spill_capacity_bytes);
+                          disk_bytes_, capacity);
     }
     if (batch.empty() && pending_deletes_.empty()) {
       spiller_idle_ = true;

@@ -264,7 +264,6 @@ class Store {
   const StoreOptions options_;
   const int verify_threads_;
   uint8_t* const pool_;
-  const uint64_t spill_payload_bytes_;  // what the spill capacity leaves for payloads
   std::unique_ptr<MetricsRegistry> own_metrics_;
   const Clock clock_;
   LogLimiter block_failures_;  // per-block spill faults (read, checksum, bad meta)
@@ -282,7 +281,8 @@ class Store {
   uint64_t next_id_ ABSL_GUARDED_BY(mu_) = 1;
   uint64_t blocks_in_memory_ ABSL_GUARDED_BY(mu_) = 0;
   uint64_t blocks_spilled_ ABSL_GUARDED_BY(mu_) = 0;
-  uint64_t spill_bytes_ ABSL_GUARDED_BY(mu_) = 0;  // payload bytes of blocks with on_disk
+  uint64_t spill_bytes_ ABSL_GUARDED_BY(mu_) = 0;          // payload bytes of blocks with on_disk
+  uint64_t spill_payload_bytes_ ABSL_GUARDED_BY(mu_) = 0;  // room for them (open tier's)
 
   // Spill tier. db_ is null while the tier is offline (or spill is off); readers and the
   // spiller hold their own reference while doing I/O, so the database closes when the last
