@@ -85,6 +85,14 @@ bool DecodeMeta(std::string_view in, SpillMeta* meta) {
   return true;
 }
 
+// WAL on, no fsync (see the header on durability); a write that would wait for RocksDB to
+// flush or compact fails at once instead (Incomplete), so that the spiller never hangs.
+rocksdb::WriteOptions NoStall() {
+  rocksdb::WriteOptions o;
+  o.no_slowdown = true;
+  return o;
+}
+
 rocksdb::Slice KeySlice(const BlockKey& key) {
   return rocksdb::Slice(reinterpret_cast<const char*>(key.data()), key.size());
 }
@@ -120,8 +128,9 @@ absl::Status ToAbsl(const rocksdb::Status& s, absl::string_view context) {
       return absl::ResourceExhaustedError(msg);
     case C::kColumnFamilyDropped:
       return absl::FailedPreconditionError(msg);
+    case C::kIncomplete:  // a write stall (WriteOptions::no_slowdown): try again later
+      return absl::AbortedError(msg);
     case C::kMergeInProgress:
-    case C::kIncomplete:
     case C::kExpired:
       return absl::InternalError(msg);
     default:
@@ -255,7 +264,15 @@ absl::Status CheckIntact(const std::string& db_dir, uint64_t capacity) {
   std::vector<rocksdb::ColumnFamilyHandle*> handles;
   rocksdb::Status s = rocksdb::DB::OpenForReadOnly(DbOptions(capacity), db_dir,
                                                    ColumnFamilies(capacity), &handles, &raw);
-  if (!s.ok()) return ToAbsl(s, absl::StrCat("spill store: opening '", db_dir, "' read-only"));
+  if (!s.ok()) {
+    // This process created the database with these column families: anything but an I/O
+    // error (permissions, a full disk) means it is damaged.
+    if (s.IsIOError()) {
+      return ToAbsl(s, absl::StrCat("spill store: opening '", db_dir, "' read-only"));
+    }
+    return absl::DataLossError(
+        absl::StrCat("spill store: the database in '", db_dir, "' is damaged: ", s.ToString()));
+  }
   std::unique_ptr<rocksdb::DB> db(raw);
   std::vector<std::string> live;
   uint64_t manifest_bytes = 0;
@@ -422,8 +439,7 @@ absl::Status SpillStore::Put(const BlockKey& key, const SpillMeta& meta, const v
   if (s.ok()) {
     s = batch.Put(data_cf_, KeySlice(key), rocksdb::Slice(static_cast<const char*>(data), size));
   }
-  // Default WriteOptions: WAL on, no fsync (see the header on durability).
-  if (s.ok()) s = db_->Write(rocksdb::WriteOptions(), &batch);
+  if (s.ok()) s = db_->Write(NoStall(), &batch);
   return ToAbsl(s, absl::StrCat("spill put of ", KeyToHex(key)));
 }
 
@@ -455,7 +471,7 @@ absl::Status SpillStore::Delete(const BlockKey& key) {
   rocksdb::WriteBatch batch;
   rocksdb::Status s = batch.Delete(meta_cf_, KeySlice(key));
   if (s.ok()) s = batch.Delete(data_cf_, KeySlice(key));
-  if (s.ok()) s = db_->Write(rocksdb::WriteOptions(), &batch);
+  if (s.ok()) s = db_->Write(NoStall(), &batch);
   return ToAbsl(s, absl::StrCat("spill delete of ", KeyToHex(key)));
 }
 

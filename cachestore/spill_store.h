@@ -80,6 +80,8 @@ class SpillStore {
   SpillStore(const SpillStore&) = delete;
   SpillStore& operator=(const SpillStore&) = delete;
 
+  // Put and Delete fail with Aborted, and change nothing, while RocksDB stalls writes (its
+  // memtables wait for a flush): the caller tries again later.
   // Stores meta and payload atomically; overwrites an existing key.
   absl::Status Put(const BlockKey& key, const SpillMeta& meta, const void* data, size_t size);
 

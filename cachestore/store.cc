@@ -18,6 +18,9 @@ constexpr uint64_t kParallelVerifyBytes = 4ull << 20;
 constexpr size_t kSpillBatchBlocks = 8;
 // Ancestors the spiller writes before a block, at most (bounds its work under the lock).
 constexpr size_t kSpillAncestors = 256;
+// A write stall pauses the spiller this long; one that lasts kStallLimit fails the tier.
+constexpr absl::Duration kStallPause = absl::Milliseconds(20);
+constexpr absl::Duration kStallLimit = absl::Seconds(10);
 // The spiller looks for work at least this often.
 constexpr absl::Duration kSpillerPoll = absl::Milliseconds(100);
 
@@ -312,8 +315,9 @@ uint64_t Store::WriteBlocks(const std::vector<Entry*>& batch) {
   mu_.Unlock();
   absl::Status s;
   const char* op = "delete";
-  for (const BlockKey& key : deletes) {
-    s = db->Delete(key);
+  size_t deleted = 0;
+  for (; deleted < deletes.size(); ++deleted) {
+    s = db->Delete(deletes[deleted]);
     if (!s.ok()) break;
   }
   size_t written = 0;
@@ -341,7 +345,18 @@ uint64_t Store::WriteBlocks(const std::vector<Entry*>& batch) {
     }
     UpdateEligibility(e);
   }
-  if (!s.ok()) TierFailed(db.get(), s, op);
+  // A write stall is no failure, unless it lasts: what is left is tried again later.
+  if (absl::IsAborted(s) && absl::Now() - stalled_since_ < kStallLimit) {
+    if (stalled_since_ == absl::InfiniteFuture()) stalled_since_ = absl::Now();
+    if (current) {
+      pending_deletes_.insert(pending_deletes_.begin(), deletes.begin() + deleted, deletes.end());
+    }
+    stalled_ = true;
+  } else if (!s.ok()) {
+    TierFailed(db.get(), s, op);
+  }
+  if (s.ok()) stalled_since_ = absl::InfiniteFuture();
+  CloseIfLast(std::move(db));
   return current ? written : 0;
 }
 
@@ -362,7 +377,15 @@ std::vector<absl::Status> Store::ReadBlocks(const std::vector<Entry*>& batch) {
   }
   mu_.Lock();
   if (!failed.ok()) TierFailed(db.get(), failed, "read");
+  CloseIfLast(std::move(db));
   return out;
+}
+
+void Store::CloseIfLast(std::shared_ptr<SpillStore> db) {
+  if (db.use_count() > 1) return;
+  mu_.Unlock();  // closing waits for RocksDB's background work
+  db.reset();
+  mu_.Lock();
 }
 
 void Store::TierFailed(const SpillStore* db, const absl::Status& s, const char* op) {
@@ -557,6 +580,10 @@ void Store::SpillerLoop() {
     }
     WriteBlocks(batch);
     UpdateGauges();
+    if (stalled_) {  // RocksDB is busy flushing: give it a moment
+      stalled_ = false;
+      mu_.AwaitWithTimeout(absl::Condition(&spiller_stop_), kStallPause);
+    }
   }
   spiller_idle_ = true;
 }

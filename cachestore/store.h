@@ -249,6 +249,9 @@ class Store {
   // block forgotten, a reopen scheduled. No-op when `db` is no longer the open one.
   void TierFailed(const SpillStore* db, const absl::Status& s, const char* op)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // Drops a reference to a database taken off db_, closing it without the lock if it is the
+  // last one (callers keep no iterators across it).
+  void CloseIfLast(std::shared_ptr<SpillStore> db) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   // Opens the tier (quarantining or wiping the old database as the last failure requires),
   // scans it and adds its blocks to the index. Called without the lock.
   absl::Status OpenTier() ABSL_LOCKS_EXCLUDED(mu_);
@@ -299,6 +302,8 @@ class Store {
   bool spiller_wake_ ABSL_GUARDED_BY(mu_) = false;  // work may be waiting
   bool spiller_idle_ ABSL_GUARDED_BY(mu_) = false;  // found nothing to do
   bool spiller_stop_ ABSL_GUARDED_BY(mu_) = false;
+  bool stalled_ ABSL_GUARDED_BY(mu_) = false;  // the last write met a RocksDB write stall
+  absl::Time stalled_since_ ABSL_GUARDED_BY(mu_) = absl::InfiniteFuture();
   std::thread spiller_;
 
   // Metrics (owned by the registry).

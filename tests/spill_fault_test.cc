@@ -33,6 +33,7 @@ using testing::TestNamespace;
 
 constexpr size_t kBlock = 256 * 1024;
 constexpr uint32_t kChain = 8;  // blocks per Put
+constexpr char kSmallCapacity[] = "64MiB";
 
 class SpillFaultTest : public ::testing::Test {
  protected:
@@ -140,6 +141,16 @@ class SpillFaultTest : public ::testing::Test {
     EXPECT_TRUE(s.process().Running());
   }
 
+  // Spills 12 chains (24 MiB, past RocksDB's write buffers: blob and table files on disk) and
+  // stops the store gracefully.
+  void WriteAndStop(const std::string& spill) {
+    StoreProcess store = StartStore(spill, {}, kSmallCapacity);
+    auto client = Client(store);
+    for (uint32_t seed = 1; seed <= 12; ++seed) EXPECT_EQ(PutChain(*client, seed), kChain);
+    auto st = store.process().Signal(SIGTERM, absl::Seconds(20));
+    ASSERT_TRUE(st.has_value() && WIFEXITED(*st) && WEXITSTATUS(*st) == 0) << store.log();
+  }
+
   static size_t Count(const std::string& text, const std::string& what) {
     size_t n = 0;
     for (size_t p = text.find(what); p != std::string::npos; p = text.find(what, p + 1)) ++n;
@@ -243,9 +254,11 @@ TEST_F(SpillFaultTest, UnopenableDirectoryAtStart) {
       << store.log();
 
   // Required: a clear error and a non-zero exit.
-  ASSERT_EQ(mount(nullptr, mnt.c_str(), nullptr, MS_REMOUNT | MS_RDONLY, "size=8m"), 0);
-  fs::path required = dir_ + "/ro2";
-  auto s = StoreProcess::Start(dir_, Options(mnt + "/other", {"--spill-required"}, "256MiB"));
+  ASSERT_TRUE(MountTmpfs("ro2", "8m", &why)) << why;
+  const std::string mnt2 = dir_ + "/ro2";
+  ASSERT_EQ(mount(nullptr, mnt2.c_str(), nullptr, MS_REMOUNT | MS_RDONLY, "size=8m"), 0)
+      << strerror(errno);
+  auto s = StoreProcess::Start(dir_, Options(mnt2 + "/spill", {"--spill-required=true"}, "256MiB"));
   ASSERT_FALSE(s.ok());
   EXPECT_NE(s.status().message().find("spill tier is required"), std::string::npos) << s.status();
 }
@@ -257,12 +270,7 @@ TEST_F(SpillFaultTest, DamagedBlobFilesBetweenRuns) {
   for (const bool truncate : {false, true}) {
     SCOPED_TRACE(truncate ? "truncated" : "bit-flipped");
     fs::remove_all(spill);
-    {
-      StoreProcess store = StartStore(spill);
-      auto client = Client(store);
-      for (uint32_t seed = 1; seed <= 6; ++seed) EXPECT_EQ(PutChain(*client, seed), kChain);
-      ASSERT_TRUE(store.process().Signal(SIGTERM, absl::Seconds(20)).has_value());
-    }
+    WriteAndStop(spill);
     size_t damaged = 0;
     for (const auto& f : fs::directory_iterator(spill + "/db")) {
       if (f.path().extension() != ".blob") continue;
@@ -279,13 +287,13 @@ TEST_F(SpillFaultTest, DamagedBlobFilesBetweenRuns) {
       ++damaged;
     }
     ASSERT_GT(damaged, 0u);
-    StoreProcess store = StartStore(spill);
+    StoreProcess store = StartStore(spill, {}, kSmallCapacity);
     auto client = Client(store);
-    for (uint32_t seed = 1; seed <= 6; ++seed) GetChain(*client, seed);  // exact or missing
-    for (uint32_t seed = 1; seed <= 6; ++seed) GetChain(*client, seed);  // and again
+    for (uint32_t seed = 1; seed <= 12; ++seed) GetChain(*client, seed);  // exact or missing
+    for (uint32_t seed = 1; seed <= 12; ++seed) GetChain(*client, seed);  // and again
     // Spilling and deleting go on afterwards.
     const double writes = Metric(store, "kvtier_store_spill_writes_total");
-    for (uint32_t seed = 10; seed <= 16; ++seed) EXPECT_EQ(PutChain(*client, seed), kChain);
+    for (uint32_t seed = 20; seed <= 26; ++seed) EXPECT_EQ(PutChain(*client, seed), kChain);
     ASSERT_TRUE(WaitFor(
         [&] {
           return Metric(store, "kvtier_store_spill_online") == 1 &&
@@ -293,7 +301,7 @@ TEST_F(SpillFaultTest, DamagedBlobFilesBetweenRuns) {
         },
         absl::Seconds(20)))
         << store.log();
-    for (uint32_t seed = 10; seed <= 16; ++seed) GetChain(*client, seed);
+    for (uint32_t seed = 20; seed <= 26; ++seed) GetChain(*client, seed);
     EXPECT_TRUE(store.process().Running()) << store.log();
     const double faults = Metric(store, "kvtier_store_checksum_failures_total") +
                           Metric(store, "kvtier_store_spill_quarantines_total") +
@@ -329,23 +337,18 @@ TEST_F(SpillFaultTest, DamagedDatabaseIsQuarantinedNotFatalNorSilentlyEmpty) {
   for (const Damage& d : damages) {
     SCOPED_TRACE(d.name);
     fs::remove_all(spill);
-    {
-      StoreProcess store = StartStore(spill);
-      auto client = Client(store);
-      for (uint32_t seed = 1; seed <= 6; ++seed) EXPECT_EQ(PutChain(*client, seed), kChain);
-      ASSERT_TRUE(store.process().Signal(SIGTERM, absl::Seconds(20)).has_value());
-    }
+    WriteAndStop(spill);
     d.apply(spill + "/db");
     for (int start = 0; start < 2; ++start) {  // and it stays so on the next start
-      StoreProcess store = StartStore(spill);
+      StoreProcess store = StartStore(spill, {}, kSmallCapacity);
       EXPECT_EQ(Metric(store, "kvtier_store_spill_online"), 1) << store.log();
       if (start == 0) {
         EXPECT_EQ(Metric(store, "kvtier_store_spill_quarantines_total"), 1) << store.log();
         EXPECT_NE(store.log().find("moved to"), std::string::npos) << store.log();
       }
       auto client = Client(store);
-      for (uint32_t seed = 1; seed <= 6; ++seed) GetChain(*client, seed);  // exact or missing
-      ExpectServesFromMemory(store, 20 + start);
+      for (uint32_t seed = 1; seed <= 12; ++seed) GetChain(*client, seed);  // exact or missing
+      ExpectServesFromMemory(store, 30 + start);
       ASSERT_TRUE(store.process().Signal(SIGTERM, absl::Seconds(20)).has_value());
     }
     EXPECT_TRUE(fs::exists(spill + "/quarantine"));
