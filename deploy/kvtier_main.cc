@@ -147,14 +147,36 @@ int DropNamespace(const std::string& addr, const std::string& ns_hex) {
   return 0;
 }
 
+// Most bytes of blocks `store demo` holds at once.
+constexpr uint64_t kDemoMaxBytes = 4ull << 30;
+
 // A conversation: every turn appends the model's answer and the next question, fetches the
 // cached prefix, "computes" the rest and stores it, as a prefill worker will.
 int Demo(const std::string& addr, int turns, uint32_t block_tokens, size_t block_bytes,
          int tokens_per_turn) {
+  // Bad arguments get a clear error before anything is allocated.
+  if (turns < 1 || tokens_per_turn < 1 || block_tokens == 0) {
+    return Fail(absl::InvalidArgumentError(
+        "--turns, --tokens-per-turn and --block-tokens must be at least 1"));
+  }
   StoreClientOptions o;
   o.stores = {addr};
   auto c = StoreClient::Create(o);
   if (!c.ok()) return Fail(c.status());
+  for (const StoreNodeInfo& n : (*c)->Nodes()) {
+    if (n.connected && (block_bytes == 0 || block_bytes > n.slot_bytes)) {
+      return Fail(absl::InvalidArgumentError(
+          absl::StrCat("--block-bytes ", block_bytes, " is outside 1..", n.slot_bytes,
+                       " (the slot size of store ", n.address, ")")));
+    }
+  }
+  // The last turn holds every block in memory here.
+  const uint64_t blocks = static_cast<uint64_t>(turns) * tokens_per_turn / block_tokens;
+  if (block_bytes == 0 || blocks * block_bytes > kDemoMaxBytes) {
+    return Fail(absl::InvalidArgumentError(
+        absl::StrCat("the demo would hold ", blocks, " blocks of ", block_bytes, " bytes; at most ",
+                     kDemoMaxBytes, " bytes (fewer turns or tokens, or smaller blocks)")));
+  }
   const NamespaceId ns = DemoNamespace();
   std::mt19937 rng(7);
   std::vector<TokenId> tokens;

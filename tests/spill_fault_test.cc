@@ -355,5 +355,26 @@ TEST_F(SpillFaultTest, DamagedDatabaseIsQuarantinedNotFatalNorSilentlyEmpty) {
   }
 }
 
+// Issue 15, item 8: `kvtier store demo` with absurd sizes gets a clear error before it
+// allocates anything (it died of std::bad_alloc, or ran with "0 tokens per block").
+TEST_F(SpillFaultTest, DemoRejectsBadSizesBeforeAllocating) {
+  StoreProcess store = StartStore("");
+  struct Case {
+    std::string flag, message;
+  };
+  for (const Case& c : std::vector<Case>{{"--block-bytes=1TiB", "is outside 1..262144"},
+                                         {"--block-tokens=0", "must be at least 1"},
+                                         {"--block-bytes=0", "is outside 1..262144"}}) {
+    const std::string out = dir_ + "/demo.out";
+    const int rc = std::system((std::string(KVTIER_BIN_DIR) + "/kvtier store demo --store " +
+                                store.address() + " " + c.flag + " >" + out + " 2>&1")
+                                   .c_str());
+    ASSERT_TRUE(WIFEXITED(rc)) << c.flag << ": " << FileTail(out);
+    EXPECT_NE(WEXITSTATUS(rc), 0) << c.flag << ": " << FileTail(out);
+    EXPECT_NE(FileTail(out).find(c.message), std::string::npos) << c.flag << ": " << FileTail(out);
+  }
+  EXPECT_TRUE(store.process().Running());
+}
+
 }  // namespace
 }  // namespace kvtier
