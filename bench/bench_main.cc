@@ -78,6 +78,8 @@ int main(int argc, char** argv) {
   store->add_option("--store", so.store, "use a running store HOST:PORT instead of starting one");
   store->add_flag("--json", so.json, "print one JSON object as the last stdout line");
   store->add_flag("--skip-anchors", so.skip_anchors, "do not run ucx_perftest and redis");
+  store->add_flag("--spill", so.spill,
+                  "instead: Reserve/Lookup latency while every put evicts, spill on vs off");
 
   kvtier::bench::EngineBenchOptions eb;
   eb.hf_script = std::string(KVTIER_SOURCE_DIR) + "/bench/engine_hf.py";

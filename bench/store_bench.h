@@ -1,6 +1,6 @@
 // `kvtier-bench store`: bandwidth and lookup latency of a kvtier-store through the client
-// library (include/kvtier/store_client.h), with the anchors of docs/BENCHMARKS.md measured in the same
-// run: a single-thread memcpy over buffers far larger than the caches, ucx_perftest's
+// library (include/kvtier/store_client.h), with the anchors of docs/BENCHMARKS.md measured in the
+// same run: a single-thread memcpy over buffers far larger than the caches, ucx_perftest's
 // ucp_put_bw, and a real redis-server driven by redis-benchmark.
 //
 // The benchmark starts what it measures itself (kvtier-store, redis-server, ucx_perftest, and
@@ -36,6 +36,9 @@ struct StoreBenchOptions {
   bool json = false;
   // Skip the ucx_perftest and redis anchors (reported as null). Default: false.
   bool skip_anchors = false;
+  // Instead: Reserve and Lookup latency while every put evicts, with the spill tier on and
+  // off (docs/BENCHMARKS.md). Default: false.
+  bool spill = false;
 };
 
 // Runs the whole benchmark; returns the process exit code (0 unless something failed; a

@@ -231,6 +231,13 @@ class SpdlogLogger : public rocksdb::Logger {
 
 rocksdb::DBOptions DbOptions(uint64_t capacity) {
   rocksdb::DBOptions o;
+  // Flushes and compactions yield the CPU to the store's control calls.
+  static const bool lowered = [] {
+    rocksdb::Env::Default()->LowerThreadPoolCPUPriority(rocksdb::Env::Priority::LOW);
+    rocksdb::Env::Default()->LowerThreadPoolCPUPriority(rocksdb::Env::Priority::HIGH);
+    return true;
+  }();
+  (void)lowered;
   o.info_log = std::make_shared<SpdlogLogger>();
   o.create_if_missing = true;
   o.create_missing_column_families = true;

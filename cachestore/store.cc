@@ -1,5 +1,9 @@
 #include "cachestore/store.h"
 
+#include <sys/resource.h>
+#include <sys/syscall.h>
+#include <unistd.h>
+
 #include <algorithm>
 #include <thread>
 
@@ -21,6 +25,10 @@ constexpr size_t kSpillAncestors = 256;
 // A write stall pauses the spiller this long; one that lasts kStallLimit fails the tier.
 constexpr absl::Duration kStallPause = absl::Milliseconds(20);
 constexpr absl::Duration kStallLimit = absl::Seconds(10);
+// Longest an eviction waits for the spiller's writes when they hold every candidate.
+constexpr absl::Duration kInFlightWait = absl::Seconds(1);
+// Nice value of the spiller thread (and RocksDB's background threads lower theirs too).
+constexpr int kSpillerNice = 10;
 // The spiller looks for work at least this often.
 constexpr absl::Duration kSpillerPoll = absl::Milliseconds(100);
 
@@ -238,15 +246,18 @@ bool Store::VictimReady() const {
 bool Store::EvictOne() {
   // Among the spill queue (the least recently used candidates), a block already on disk
   // leaves memory without I/O and without being lost. When none is, the spiller is behind:
-  // wait for it a little (without the lock) rather than lose the block, or find none to
-  // evict while it writes the only candidates.
+  // with spill_wait, wait for it a little (without the lock) rather than lose the block. The
+  // only candidates being written is no reason to answer NO_SPACE: that wait is bounded by
+  // one write.
   Entry* e = CleanVictim();
-  if (e == nullptr && db_ != nullptr && options_.spill_wait > absl::ZeroDuration() &&
-      !VictimReady()) {
-    spiller_wake_ = true;
-    mu_.AwaitWithTimeout(absl::Condition(this, &Store::VictimReady), options_.spill_wait);
-    if (!free_slots_.empty()) return true;
-    e = CleanVictim();
+  if (e == nullptr && !VictimReady()) {
+    const absl::Duration wait = evictable_.empty() ? kInFlightWait : options_.spill_wait;
+    if (wait > absl::ZeroDuration()) {
+      spiller_wake_ = true;
+      mu_.AwaitWithTimeout(absl::Condition(this, &Store::VictimReady), wait);
+      if (!free_slots_.empty()) return true;
+      e = CleanVictim();
+    }
   }
   if (evictable_.empty()) return false;
   if (e == nullptr) e = evictable_.begin()->second;
@@ -500,6 +511,8 @@ absl::Status Store::OpenTier() {
 }
 
 void Store::SpillerLoop() {
+  // Disk work yields the CPU to the control calls (docs/store-protocol.md, "Spill tier").
+  setpriority(PRIO_PROCESS, static_cast<id_t>(syscall(SYS_gettid)), kSpillerNice);
   absl::MutexLock lock(&mu_);
   while (!spiller_stop_) {
     if (db_ == nullptr) {

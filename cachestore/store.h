@@ -64,8 +64,8 @@ struct StoreOptions {
   // (the spill queue), so that eviction moves a block to disk without I/O. Default: 64.
   uint32_t spill_queue_blocks = 64;
   // Longest an eviction waits (without the lock) for the spiller to write a block it would
-  // otherwise drop; 0: drop it at once. Default: 20 ms.
-  absl::Duration spill_wait = absl::Milliseconds(20);
+  // otherwise drop; 0: drop it, control calls never wait for the disk. Default: 0.
+  absl::Duration spill_wait = absl::ZeroDuration();
   // Wait before reopening an offline spill tier; doubles after each failed try, up to 64x.
   // Default: 1 s.
   absl::Duration spill_retry = absl::Seconds(1);

@@ -214,6 +214,7 @@ TEST_P(StoreIntegrationTest, StoreKilledAndRestartedServesSpilledBlocks) {
   o.pool_bytes = "1MiB";  // 16 slots
   o.slot_bytes = "64KiB";
   o.spill_dir = dir_ + "/spill";
+  o.extra_args = {"--spill-wait-ms=1000"};  // evictions wait for the spiller: all 16 spilled
   StoreProcess store = StartStore(o);
   auto client = Client(store);
   std::vector<BlockKey> old_keys = TestKeys(40, 16), new_keys = TestKeys(41, 16);
