@@ -144,7 +144,8 @@ class SpillFaultTest : public ::testing::Test {
   // Spills 12 chains (24 MiB, past RocksDB's write buffers: blob and table files on disk) and
   // stops the store gracefully.
   void WriteAndStop(const std::string& spill) {
-    StoreProcess store = StartStore(spill, {}, kSmallCapacity);
+    // Evictions wait for the spiller: every block reaches the disk.
+    StoreProcess store = StartStore(spill, {"--spill-wait-ms=1000"}, kSmallCapacity);
     auto client = Client(store);
     for (uint32_t seed = 1; seed <= 12; ++seed) EXPECT_EQ(PutChain(*client, seed), kChain);
     auto st = store.process().Signal(SIGTERM, absl::Seconds(20));
@@ -174,7 +175,9 @@ TEST_F(SpillFaultTest, FullDiskKill9AndRestart) {
   EXPECT_NE(store.log().find("is more than"), std::string::npos) << store.log();
   auto client = Client(store);
   for (uint32_t seed = 1; seed <= 4; ++seed) EXPECT_EQ(PutChain(*client, seed), kChain);
-  EXPECT_GE(Metric(store, "kvtier_store_spill_writes_total"), 1) << store.log();
+  EXPECT_TRUE(WaitFor([&] { return Metric(store, "kvtier_store_spill_writes_total") >= 1; },
+                      absl::Seconds(10)))
+      << store.log();
   EXPECT_GT(fs::space(disk).available, 0u) << "the store filled the disk itself";
   // Another writer fills the disk completely while the store spills.
   Run("dd if=/dev/zero of=" + disk + "/filler bs=1M count=64");
