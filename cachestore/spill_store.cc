@@ -164,6 +164,11 @@ struct DiskFile {
 
 // Regular files of `dir` with the bytes each takes on disk (allocated blocks, or the size if
 // larger).
+absl::Status FsError(const std::string& what, const std::string& path, const std::error_code& ec) {
+  return absl::FailedPreconditionError(
+      absl::StrCat("spill store: cannot ", what, " '", path, "': ", ec.message()));
+}
+
 std::vector<DiskFile> ListFiles(const std::string& dir) {
   std::vector<DiskFile> out;
   std::error_code ec;
@@ -317,10 +322,7 @@ absl::StatusOr<std::unique_ptr<SpillStore>> SpillStore::Open(const std::string& 
   // RocksDB's create_if_missing only creates the last path component; create the parents too.
   std::error_code ec;
   fs::create_directories(db_dir, ec);
-  if (ec) {
-    return absl::FailedPreconditionError(
-        absl::StrCat("spill store: cannot create directory '", db_dir, "': ", ec.message()));
-  }
+  if (ec) return FsError("create directory", db_dir, ec);
   // The capacity the file system can hold: what the database takes plus what is free. A
   // larger configured capacity would only fill the disk.
   uint64_t db_bytes = 0, wal_bytes = 0;
@@ -372,18 +374,11 @@ absl::Status SpillStore::Quarantine(const std::string& dir, uint32_t keep) {
   if (keep == 0) return Destroy(dir);
   const fs::path root = QuarantineDir(dir);
   fs::create_directories(root, ec);
-  if (ec) {
-    return absl::FailedPreconditionError(
-        absl::StrCat("spill store: cannot create '", root.string(), "': ", ec.message()));
-  }
+  if (ec) return FsError("create directory", root.string(), ec);
   // Names sort by time: the oldest go first when more than `keep` are there.
   std::string name = absl::FormatTime("%Y%m%dT%H%M%E6SZ", absl::Now(), absl::UTCTimeZone());
   fs::rename(db_dir, root / name, ec);
-  if (ec) {
-    return absl::FailedPreconditionError(absl::StrCat("spill store: cannot move '", db_dir,
-                                                      "' to '", (root / name).string(),
-                                                      "': ", ec.message()));
-  }
+  if (ec) return FsError("move " + db_dir + " to", (root / name).string(), ec);
   std::vector<fs::path> kept;
   for (const auto& entry : fs::directory_iterator(root, ec)) kept.push_back(entry.path());
   std::sort(kept.begin(), kept.end());
@@ -397,10 +392,7 @@ absl::Status SpillStore::Destroy(const std::string& dir) {
   const std::string db_dir = DbDir(dir);
   std::error_code ec;
   fs::remove_all(db_dir, ec);
-  if (ec) {
-    return absl::FailedPreconditionError(
-        absl::StrCat("spill store: cannot delete '", db_dir, "': ", ec.message()));
-  }
+  if (ec) return FsError("delete", db_dir, ec);
   return absl::OkStatus();
 }
 
