@@ -1122,7 +1122,7 @@ absl::StatusOr<SpillRun> MeasureSpillRun(const StoreBenchOptions& o, const std::
         FillSyntheticBlock(keys[j], data[j].data(), o.block_bytes);
         src.push_back(data[j].data());
       }
-      auto r = client->Put(ns, keys, src, o.block_bytes);
+      auto r = client->Put(ns, keys, ChainParents(ns, keys), src, o.block_bytes);
       if (!r.ok()) {
         writer_status = r.status();
         return;

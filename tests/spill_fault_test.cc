@@ -101,7 +101,7 @@ class SpillFaultTest : public ::testing::Test {
       FillSyntheticBlock(keys[i], data[i].data(), kBlock);
       src.push_back(data[i].data());
     }
-    auto r = c.Put(TestNamespace(), keys, src, kBlock);
+    auto r = c.Put(TestNamespace(), keys, ChainParents(TestNamespace(), keys), src, kBlock);
     EXPECT_TRUE(r.ok()) << r.status();
     return r.ok() ? r->stored : 0;
   }
