@@ -1,13 +1,42 @@
 # Helpers shared by every folder's CMakeLists.txt: one per target kind.
 
-function(kvtier_setup_sanitizer which)
+# Sanitizers and fuzzing (docs/testing.md). `which`: "" or a comma-separated list of address,
+# undefined and thread (thread alone). Undefined behaviour aborts (no recovery), so a test that
+# hits it fails. With `fuzz` (KVTIER_FUZZ=ON, clang only) every target is also built with
+# -fsanitize=fuzzer-no-link (libFuzzer's coverage) and `which` defaults to address,undefined;
+# kvtier_fuzzer() links the libFuzzer driver into the fuzz targets alone.
+function(kvtier_setup_sanitizer which fuzz)
+  if(fuzz)
+    if(NOT CMAKE_CXX_COMPILER_ID STREQUAL "Clang")
+      message(FATAL_ERROR "KVTIER_FUZZ=ON needs clang: configure a separate tree with "
+                          "-DCMAKE_CXX_COMPILER=clang++ -DCMAKE_C_COMPILER=clang")
+    endif()
+    if(which STREQUAL "")
+      set(which "address,undefined")
+    endif()
+  endif()
   if(which STREQUAL "")
     return()
   endif()
-  if(NOT which MATCHES "^(address|thread|undefined)$")
-    message(FATAL_ERROR "KVTIER_SANITIZE must be address, thread or undefined, got '${which}'")
+  string(REPLACE "," ";" list "${which}")
+  foreach(s ${list})
+    if(NOT s MATCHES "^(address|thread|undefined)$")
+      message(FATAL_ERROR
+              "KVTIER_SANITIZE is a comma-separated list of address, undefined, thread; got '${which}'")
+    endif()
+  endforeach()
+  if("thread" IN_LIST list AND NOT which STREQUAL "thread")
+    message(FATAL_ERROR "KVTIER_SANITIZE=thread combines with no other sanitizer")
   endif()
-  add_compile_options(-fsanitize=${which} -fno-omit-frame-pointer)
+  set(flags -fsanitize=${which} -fno-omit-frame-pointer)
+  if("undefined" IN_LIST list)
+    list(APPEND flags -fno-sanitize-recover=undefined)
+  endif()
+  if(fuzz)
+    list(APPEND flags -fsanitize=fuzzer-no-link)
+  endif()
+  # Not for nvcc (a sanitizer tree builds without CUDA; docs/testing.md).
+  add_compile_options("$<$<COMPILE_LANGUAGE:C,CXX>:${flags}>")
   add_link_options(-fsanitize=${which})
 endfunction()
 
@@ -100,6 +129,23 @@ function(kvtier_test name)
                                              KVTIER_SOURCE_DIR="${PROJECT_SOURCE_DIR}")
   set_target_properties(${name} PROPERTIES RUNTIME_OUTPUT_DIRECTORY ${CMAKE_BINARY_DIR}/tests)
   gtest_discover_tests(${name} PROPERTIES LABELS ${A_LABEL} DISCOVERY_TIMEOUT 60)
+  _kvtier_register(${name} test)
+endfunction()
+
+# kvtier_fuzzer(name SRCS x_fuzzer.cc ... DEPS target ...) (KVTIER_FUZZ=ON): a libFuzzer
+# binary in ${CMAKE_BINARY_DIR}/fuzz/, test-only like a test, and a unit test that runs it once
+# over its checked-in corpus fuzz/corpus/<name without _fuzzer>/ (docs/testing.md).
+function(kvtier_fuzzer name)
+  cmake_parse_arguments(A "" "" "SRCS;DEPS" ${ARGN})
+  add_executable(${name} ${A_SRCS})
+  target_link_libraries(${name} PRIVATE ${A_DEPS})
+  target_compile_options(${name} PRIVATE ${KVTIER_WARNINGS})
+  target_link_options(${name} PRIVATE -fsanitize=fuzzer)
+  set_target_properties(${name} PROPERTIES RUNTIME_OUTPUT_DIRECTORY ${CMAKE_BINARY_DIR}/fuzz)
+  string(REGEX REPLACE "_fuzzer$" "" corpus ${name})
+  add_test(NAME ${name}_corpus
+           COMMAND ${name} -runs=0 ${CMAKE_CURRENT_SOURCE_DIR}/corpus/${corpus})
+  set_tests_properties(${name}_corpus PROPERTIES LABELS unit)
   _kvtier_register(${name} test)
 endfunction()
 
