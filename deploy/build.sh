@@ -1,8 +1,31 @@
 #!/usr/bin/env bash
-# Installs the build's Debian packages (idempotent) and builds kvtier into build/.
+# Installs the build's Debian packages (idempotent) and builds kvtier:
+#   deploy/build.sh        build/       (the compiler CMake finds; CUDA when nvcc is there)
+#   deploy/build.sh asan   build-asan/  (clang, AddressSanitizer + UBSan, the fuzzers, no CUDA)
+#   deploy/build.sh tsan   build-tsan/  (clang, ThreadSanitizer, no CUDA)
+# Sanitizer trees are built at -O1 with line tables only (docs/testing.md). KVTIER_CMAKE_ARGS
+# adds CMake arguments; KVTIER_BUILD_TARGETS builds only those targets.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ./deploy/install-deps.sh
-cmake -S . -B build -G Ninja -DCMAKE_BUILD_TYPE="${KVTIER_BUILD_TYPE:-RelWithDebInfo}" \
-  ${KVTIER_CMAKE_ARGS:-} >/dev/null
-cmake --build build -j "$(nproc)"
+dir=build
+args=(-DCMAKE_BUILD_TYPE="${KVTIER_BUILD_TYPE:-RelWithDebInfo}")
+case "${1:-}" in
+  "") ;;
+  asan | tsan)
+    dir="build-$1"
+    sanitize=thread
+    fuzz=OFF
+    if [ "$1" = asan ]; then sanitize=address,undefined fuzz=ON; fi
+    args+=(-DCMAKE_C_COMPILER=clang -DCMAKE_CXX_COMPILER=clang++ -DKVTIER_CUDA=OFF
+      "-DCMAKE_C_FLAGS_RELWITHDEBINFO=-O1 -gline-tables-only"
+      "-DCMAKE_CXX_FLAGS_RELWITHDEBINFO=-O1 -gline-tables-only"
+      -DKVTIER_SANITIZE="$sanitize" -DKVTIER_FUZZ="$fuzz")
+    ;;
+  *)
+    echo "usage: deploy/build.sh [asan|tsan]" >&2
+    exit 2
+    ;;
+esac
+cmake -S . -B "$dir" -G Ninja "${args[@]}" ${KVTIER_CMAKE_ARGS:-} >/dev/null
+cmake --build "$dir" -j "$(nproc)" ${KVTIER_BUILD_TARGETS:+--target $KVTIER_BUILD_TARGETS}

@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <charconv>
+#include <cmath>
 #include <cstdint>
 #include <cstdlib>
 #include <cstring>
@@ -9,6 +10,8 @@
 #include <limits>
 #include <optional>
 #include <sstream>
+#include <tuple>
+#include <utility>
 
 #include "absl/status/status.h"
 #include "absl/strings/str_cat.h"
@@ -198,12 +201,13 @@ absl::Status ParseRope(const Fields& f, ModelConfig& c) {
   rs.low_freq_factor = static_cast<float>(low);
   rs.high_freq_factor = static_cast<float>(high);
   rs.original_max_position_embeddings = *orig;
-  if (!(rs.factor > 0) || !(rs.low_freq_factor > 0) ||
-      !(rs.high_freq_factor > rs.low_freq_factor) || rs.original_max_position_embeddings <= 0) {
+  if (!(rs.factor > 0) || !std::isfinite(rs.factor) || !(rs.low_freq_factor > 0) ||
+      !(rs.high_freq_factor > rs.low_freq_factor) || !std::isfinite(rs.high_freq_factor) ||
+      rs.original_max_position_embeddings <= 0) {
     return absl::InvalidArgumentError(
         absl::StrCat(kWhere, ": ", spec_name,
-                     " llama3 needs factor > 0, 0 < low_freq_factor < high_freq_factor and "
-                     "original_max_position_embeddings > 0"));
+                     " llama3 needs finite factor > 0, 0 < low_freq_factor < high_freq_factor "
+                     "(finite) and original_max_position_embeddings > 0"));
   }
   return absl::OkStatus();
 }
@@ -254,7 +258,16 @@ absl::Status ParseSlidingWindow(const Fields& f, ModelConfig& c) {
   return absl::OkStatus();
 }
 
-absl::Status Validate(const ModelConfig& c) {
+// Upper bounds of the sizes: far above any released model (Llama-3.1-405B: hidden 16384,
+// intermediate 53248, 126 layers, 128 x 128 query width, vocabulary 128256), low enough that
+// every size derived from them (ParamCount, KvBytesPerToken, a layer's weights) fits in int64
+// and every width in int.
+constexpr int64_t kMaxWidth = int64_t{1} << 20;   // hidden, intermediate, heads x head_dim
+constexpr int64_t kMaxLayers = int64_t{1} << 12;  // num_hidden_layers
+constexpr int64_t kMaxVocab = int64_t{1} << 24;   // vocab_size
+
+// The sizes, checked before anything computes with them: positive and within the bounds above.
+absl::Status ValidateSizes(const ModelConfig& c) {
   const std::pair<const char*, int> positive[] = {
       {"hidden_size", c.hidden_size},
       {"intermediate_size", c.intermediate_size},
@@ -268,6 +281,24 @@ absl::Status Validate(const ModelConfig& c) {
   for (const auto& [name, value] : positive) {
     if (value <= 0) return FieldError(name, absl::StrCat("must be positive, got ", value));
   }
+  const std::tuple<const char*, int64_t, int64_t> bounded[] = {
+      {"hidden_size", c.hidden_size, kMaxWidth},
+      {"intermediate_size", c.intermediate_size, kMaxWidth},
+      {"num_hidden_layers", c.num_layers, kMaxLayers},
+      {"vocab_size", c.vocab_size, kMaxVocab},
+      {"num_attention_heads x head_dim", int64_t{c.num_heads} * c.head_dim, kMaxWidth},
+      {"num_key_value_heads x head_dim", int64_t{c.num_kv_heads} * c.head_dim, kMaxWidth},
+  };
+  for (const auto& [name, value, max] : bounded) {
+    if (value > max) {
+      return FieldError(name, absl::StrCat("is ", value, "; at most ", max, " is supported"));
+    }
+  }
+  return absl::OkStatus();
+}
+
+absl::Status Validate(const ModelConfig& c) {
+  KVTIER_RETURN_IF_ERROR(ValidateSizes(c));
   if (c.num_heads % c.num_kv_heads != 0) {
     return absl::InvalidArgumentError(absl::StrCat(kWhere, ": num_attention_heads (", c.num_heads,
                                                    ") is not a multiple of num_key_value_heads (",
@@ -275,8 +306,12 @@ absl::Status Validate(const ModelConfig& c) {
   }
   if (c.head_dim % 2 != 0)
     return FieldError("head_dim", absl::StrCat("must be even, got ", c.head_dim));
-  if (!(c.rms_norm_eps > 0)) return FieldError("rms_norm_eps", "must be positive");
-  if (!(c.rope_theta > 0)) return FieldError("rope_theta", "must be positive");
+  if (!(c.rms_norm_eps > 0) || !std::isfinite(c.rms_norm_eps)) {
+    return FieldError("rms_norm_eps", "must be positive and finite");
+  }
+  if (!(c.rope_theta > 0) || !std::isfinite(c.rope_theta)) {
+    return FieldError("rope_theta", "must be positive and finite");
+  }
   if (c.sliding_window < 0) return FieldError("sliding_window", "must not be negative");
   if (c.bos_token_id >= c.vocab_size) {
     return FieldError("bos_token_id", absl::StrCat("is outside the vocabulary: ", c.bos_token_id));
@@ -321,6 +356,7 @@ absl::StatusOr<ModelConfig> Parse(const Json& root) {
   if (c.architecture == Architecture::kQwen2) default_max_pos = 32768;
   KVTIER_ASSIGN_OR_RETURN(std::optional<int> max_pos, f.Int("max_position_embeddings"));
   c.max_position_embeddings = max_pos.value_or(default_max_pos);
+  KVTIER_RETURN_IF_ERROR(ValidateSizes(c));
   KVTIER_ASSIGN_OR_RETURN(std::optional<double> eps, f.Number("rms_norm_eps"));
   c.rms_norm_eps = static_cast<float>(eps.value_or(1e-6));
   KVTIER_RETURN_IF_ERROR(ParseRope(f, c));

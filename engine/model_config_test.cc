@@ -371,6 +371,39 @@ TEST(ModelConfigTest, Errors) {
   EXPECT_EQ(CodeOf(Minimal(R"(, "rope_theta": -1)")), absl::StatusCode::kInvalidArgument);
 }
 
+// Found by fuzz/model_config_fuzzer (docs/testing.md): sizes are checked before anything
+// computes with them, and bounded so that every size derived from them fits in 64 bits.
+TEST(ModelConfigTest, SizesAreCheckedBeforeUseAndBounded) {
+  // A negative layer count reached the Qwen2 sliding-window arithmetic (num_hidden_layers -
+  // max_window_layers overflowed int).
+  const std::string negative_layers = R"({
+    "architectures": ["Qwen2ForCausalLM"], "hidden_size": 512, "intermediate_size": 1024,
+    "num_hidden_layers": -2147483648, "num_attention_heads": 8, "vocab_size": 1000,
+    "use_sliding_window": true, "sliding_window": 4096, "max_window_layers": 1})";
+  EXPECT_EQ(CodeOf(negative_layers), absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(MessageOf(negative_layers), HasSubstr("num_hidden_layers"));
+
+  // Each size fits an int, but their products (ParamCount, KvBytesPerToken, a layer's weights)
+  // overflowed int64.
+  const std::string wide =
+      absl::StrReplaceAll(kMinimal, {{"\"hidden_size\": 512", "\"hidden_size\": 1073741824"}});
+  EXPECT_EQ(CodeOf(wide), absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(MessageOf(wide), HasSubstr("hidden_size"));
+  const std::string wide_heads = Minimal(R"(, "head_dim": 1073741824)");
+  EXPECT_EQ(CodeOf(wide_heads), absl::StatusCode::kInvalidArgument);
+  const std::string deep = absl::StrReplaceAll(
+      kMinimal, {{"\"num_hidden_layers\": 2", "\"num_hidden_layers\": 2147483647"}});
+  EXPECT_EQ(CodeOf(deep), absl::StatusCode::kInvalidArgument);
+  EXPECT_THAT(MessageOf(deep), HasSubstr("num_hidden_layers"));
+  const std::string big_vocab =
+      absl::StrReplaceAll(kMinimal, {{"\"vocab_size\": 1000", "\"vocab_size\": 2147483647"}});
+  EXPECT_EQ(CodeOf(big_vocab), absl::StatusCode::kInvalidArgument);
+
+  // Non-finite floats (a JSON number too large for a float).
+  EXPECT_EQ(CodeOf(Minimal(R"(, "rope_theta": 1e300)")), absl::StatusCode::kInvalidArgument);
+  EXPECT_EQ(CodeOf(Minimal(R"(, "rms_norm_eps": 1e300)")), absl::StatusCode::kInvalidArgument);
+}
+
 TEST(ModelConfigTest, RoundTripsEveryPreset) {
   for (const std::string& name : PresetNames()) {
     SCOPED_TRACE(name);
