@@ -3,7 +3,8 @@
 // namespaces of any length, through StoreService (cachestore/store_service.h) over a real Store
 // (spill off) on a small pool, with a clock the input advances. Checks after every call: every
 // offset the store hands out lies inside the pool, no more slots are used than exist; at the
-// end, once every lease and reservation is released or expired, none is left active.
+// end, once every lease and reservation is released or expired, none is left active and every
+// block is evictable (a new chain as long as the pool fits).
 #include <fuzzer/FuzzedDataProvider.h>
 
 #include <algorithm>
@@ -72,6 +73,7 @@ class Driver {
     store_.ReapExpired();
     const StoreStats s = store_.Stats();
     if (s.active_leases != 0 || s.active_reservations != 0) std::abort();
+    CheckEverythingEvictable();
   }
 
  private:
@@ -173,6 +175,26 @@ class Driver {
     v1::ReleaseResponse resp;
     req.set_lease_id(Id(leases_));
     service_.Release(nullptr, &req, &resp);
+  }
+
+  // With no lease or reservation open every block is evictable: a new chain as long as the
+  // pool gets a slot for every block (docs/store-protocol.md), in batches the store accepts.
+  void CheckEverythingEvictable() {
+    std::string parent;
+    for (uint64_t first = 0; first < kSlotCount; first += 4) {
+      v1::ReserveRequest req;
+      v1::ReserveResponse resp;
+      req.set_namespace_id(std::string(32, '\x7f'));
+      for (uint64_t i = first; i < first + 4; ++i)
+        req.add_keys(std::string(32, static_cast<char>(0x80 + i)));
+      req.set_parent_key(parent);
+      req.set_block_bytes(kSlotBytes);
+      if (!service_.Reserve(nullptr, &req, &resp).ok()) std::abort();
+      for (int o : resp.outcomes()) {
+        if (o == v1::RESERVE_OUTCOME_NO_SPACE) std::abort();
+      }
+      parent = req.keys(3);
+    }
   }
 
   void CheckStats() {
