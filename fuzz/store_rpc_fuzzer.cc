@@ -185,8 +185,9 @@ class Driver {
       v1::ReserveRequest req;
       v1::ReserveResponse resp;
       req.set_namespace_id(std::string(32, '\x7f'));
-      for (uint64_t i = first; i < first + 4; ++i)
+      for (uint64_t i = first; i < first + 4; ++i) {
         req.add_keys(std::string(32, static_cast<char>(0x80 + i)));
+      }
       req.set_parent_key(parent);
       req.set_block_bytes(kSlotBytes);
       if (!service_.Reserve(nullptr, &req, &resp).ok()) std::abort();
