@@ -3,8 +3,10 @@
 // styles, engine/testing/tokenizer_writer.h). The first byte picks the tokenizer and whether
 // special tokens are recognised, the rest is the text. Checks: every id is below vocab_size;
 // with the Llama-3 tokenizer (no normalizer) decoding gives back the exact bytes; streaming
-// detokenization gives the same text as decoding at once; a chat message with this content
-// renders and encodes.
+// detokenization gives the same text as decoding at once; a user message with this content
+// encodes through the chat template (text/chat_template.h EncodeChat, the router's path) with no
+// more special tokens than an empty one.
+#include <algorithm>
 #include <cstdint>
 #include <cstdlib>
 #include <memory>
@@ -61,11 +63,19 @@ void Check(const uint8_t* data, size_t size) {
   streamed += stream.Flush();
   if (streamed != Utf8Lossy(decoded)) std::abort();
 
+  // The router's path: a user message through the chat template. Its content is text: it adds
+  // no special token to those of an empty message, whatever it spells.
   const ChatMessage message{"user", std::string(text)};
-  absl::StatusOr<std::string> prompt = RenderChat(format, {&message, 1}, true);
-  if (!prompt.ok()) std::abort();
-  absl::StatusOr<std::vector<TokenId>> prompt_ids = tok.Encode(*prompt, true);
-  if (prompt_ids.ok()) CheckIds(tok, *prompt_ids);
+  absl::StatusOr<std::vector<TokenId>> chat = EncodeChat(tok, format, {&message, 1}, true);
+  if (!chat.ok()) std::abort();
+  CheckIds(tok, *chat);
+  const ChatMessage empty{"user", ""};
+  absl::StatusOr<std::vector<TokenId>> bare = EncodeChat(tok, format, {&empty, 1}, true);
+  if (!bare.ok()) std::abort();
+  auto specials = [&tok](const std::vector<TokenId>& ids) {
+    return std::count_if(ids.begin(), ids.end(), [&tok](TokenId id) { return tok.IsSpecial(id); });
+  };
+  if (specials(*chat) != specials(*bare)) std::abort();
 }
 
 }  // namespace
