@@ -162,8 +162,14 @@ function(kvtier_finish_targets)
   get_property(layers GLOBAL PROPERTY KVTIER_LAYERS)
   set(edges "")
   set(testonly "")
+  # Every test program and fuzzer, with the binaries they start (their dependencies): what a
+  # sanitizer tree builds (deploy/build.sh asan|tsan; docs/testing.md).
+  add_custom_target(kvtier_tests)
   foreach(t ${targets})
     get_target_property(kind ${t} KVTIER_KIND)
+    if(kind STREQUAL "test")
+      add_dependencies(kvtier_tests ${t})
+    endif()
     get_target_property(src_dir ${t} SOURCE_DIR)
     get_target_property(srcs ${t} SOURCES)
     # Headers of the folders of the target's sources, linked under include/<target>/.

@@ -3,17 +3,20 @@
 #   deploy/build.sh        build/       (the compiler CMake finds; CUDA when nvcc is there)
 #   deploy/build.sh asan   build-asan/  (clang, AddressSanitizer + UBSan, the fuzzers, no CUDA)
 #   deploy/build.sh tsan   build-tsan/  (clang, ThreadSanitizer, no CUDA)
-# Sanitizer trees are built at -O1 with line tables only (docs/testing.md). KVTIER_CMAKE_ARGS
-# adds CMake arguments; KVTIER_BUILD_TARGETS builds only those targets.
+# Sanitizer trees are built at -O1 with line tables only, and only what the tests run (target
+# kvtier_tests: no benchmarks); docs/testing.md. KVTIER_CMAKE_ARGS adds CMake arguments;
+# KVTIER_BUILD_TARGETS builds only those targets.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ./deploy/install-deps.sh
 dir=build
+targets="${KVTIER_BUILD_TARGETS:-}"
 args=(-DCMAKE_BUILD_TYPE="${KVTIER_BUILD_TYPE:-RelWithDebInfo}")
 case "${1:-}" in
   "") ;;
   asan | tsan)
     dir="build-$1"
+    targets="${KVTIER_BUILD_TARGETS:-kvtier_tests}"
     sanitize=thread
     fuzz=OFF
     if [ "$1" = asan ]; then sanitize=address,undefined fuzz=ON; fi
@@ -28,4 +31,4 @@ case "${1:-}" in
     ;;
 esac
 cmake -S . -B "$dir" -G Ninja "${args[@]}" ${KVTIER_CMAKE_ARGS:-} >/dev/null
-cmake --build "$dir" -j "$(nproc)" ${KVTIER_BUILD_TARGETS:+--target $KVTIER_BUILD_TARGETS}
+cmake --build "$dir" -j "$(nproc)" ${targets:+--target $targets}
