@@ -30,7 +30,7 @@ class Driver {
   explicit Driver(FuzzedDataProvider* in)
       : in_(in),
         pool_(kPoolBytes),
-        store_(Options(), pool_.data(), nullptr, &metrics_, [this] { return now_; }),
+        store_(Options(), pool_.data(), &metrics_, [this] { return now_; }),
         service_(&store_, DataPlaneInfo{}, &metrics_) {}
 
   void Run() {
