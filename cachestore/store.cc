@@ -149,7 +149,7 @@ void Store::UpdateEligibility(Entry* e) {
 void Store::LinkParent(Entry* e) {
   if (!e->parent.has_value()) return;
   Entry* p = Find(*e->parent);
-  if (p == nullptr || p->state != State::kCommitted) return;
+  if (p == nullptr || p == e || p->state != State::kCommitted) return;
   e->linked_parent_id = p->id;
   ++p->children;
   if (e->tier == Tier::kMemory) ++p->mem_children;
@@ -770,6 +770,14 @@ absl::StatusOr<ReserveResult> Store::Reserve(const NamespaceId& ns, absl::Span<c
     return absl::InvalidArgumentError(absl::StrCat("block_bytes ", block_bytes, " is outside 1..",
                                                    options_.slot_bytes,
                                                    " (the store's slot size)"));
+  }
+  // A block that is its own parent would count as its own child and never be evictable
+  // (issue 10, defect 4). Longer cycles cannot form: a block links to its parent only when it
+  // is committed and only to a parent committed before it (LinkParent), so every link points
+  // from a newer block to an older one.
+  if (parent.has_value() && *parent == keys[0]) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("reserve names block ", KeyToHex(keys[0]), " as its own parent"));
   }
   absl::MutexLock lock(&mu_);
   const uint32_t ns_id = InternNamespace(ns);
