@@ -12,6 +12,7 @@
 #include "absl/synchronization/mutex.h"
 #include "cachestore/store_node.h"
 #include "common/checksum.h"
+#include "common/log_limiter.h"
 #include "common/logging.h"
 #include "common/parallel.h"
 #include "common/status_macros.h"
@@ -64,8 +65,9 @@ size_t MappedPrefix::Verify(size_t first, size_t count) const {
   });
   for (size_t i = 0; i < count; ++i) {
     if (!ok[i]) {
-      spdlog::warn("store block {} of a mapped prefix failed its checksum; treated as a miss",
-                   first + i);
+      KVTIER_LOG_LIMITED(warn,
+                         "store block {} of a mapped prefix failed its checksum; treated as a miss",
+                         first + i);
       return i;
     }
   }
@@ -416,8 +418,9 @@ absl::StatusOr<size_t> RemoteStoreClient::Get(const NamespaceId& ns,
     }
     for (size_t j = 0; j < sums->size() && s.index[j] < prefix; ++j) {
       if ((*sums)[j] != resp[n].blocks[j].checksum()) {
-        spdlog::warn("store {}: block {} failed its checksum after get; treated as a miss",
-                     s.node->address(), KeyToHex(keys[s.index[j]]));
+        KVTIER_LOG_LIMITED(warn,
+                           "store {}: block {} failed its checksum after get; treated as a miss",
+                           s.node->address(), KeyToHex(keys[s.index[j]]));
         prefix = s.index[j];
         break;
       }

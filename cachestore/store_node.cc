@@ -8,6 +8,7 @@
 #include "absl/strings/str_cat.h"
 #include "common/checksum.h"
 #include "common/grpc_status.h"
+#include "common/log_limiter.h"
 #include "common/logging.h"
 #include "common/parallel.h"
 #include "common/status_macros.h"
@@ -78,15 +79,16 @@ void StoreNode::Disconnect() {
 }
 
 void StoreNode::MarkDown(const absl::Status& why) {
-  spdlog::warn("store {} unavailable for {}: {}", address_,
-               absl::FormatDuration(options_.retry_after), why.ToString());
+  KVTIER_LOG_LIMITED(warn, "store {} unavailable for {}: {}", address_,
+                     absl::FormatDuration(options_.retry_after), why.ToString());
   Disconnect();
   down_until_ = absl::Now() + options_.retry_after;
 }
 
 absl::Status StoreNode::Failed(absl::Status status) {
   if (absl::IsInvalidArgument(status)) {
-    spdlog::error("store {} rejected a request: {}", address_, std::string(status.message()));
+    KVTIER_LOG_LIMITED(err, "store {} rejected a request: {}", address_,
+                       std::string(status.message()));
   } else {
     MarkDown(status);
   }
@@ -221,7 +223,8 @@ absl::StatusOr<v1::CommitResponse> StoreNode::Commit(uint64_t reservation_id,
   absl::Status st = FromGrpc(stub_->Commit(Context().get(), req, &resp));
   if (!st.ok()) return Failed(st);
   if (resp.rejected_keys_size() > 0) {
-    spdlog::warn("store {} rejected {} blocks on checksum", address_, resp.rejected_keys_size());
+    KVTIER_LOG_LIMITED(warn, "store {} rejected {} blocks on checksum", address_,
+                       resp.rejected_keys_size());
   }
   return resp;
 }

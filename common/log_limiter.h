@@ -6,6 +6,7 @@
 //   spill_failures_.Log(spdlog::level::warn, "spill of {} failed: {}", key, status);
 //   -> "spill of ab.. failed: ... [412 more like this in the last 10s]"
 //
+// KVTIER_LOG_LIMITED (below) gives one call site a limiter of its own.
 // Messages are formatted only when written. Thread-safety: Log may be called from any thread.
 #ifndef KVTIER_COMMON_LOG_LIMITER_H_
 #define KVTIER_COMMON_LOG_LIMITER_H_
@@ -57,5 +58,14 @@ class LogLimiter {
 };
 
 }  // namespace kvtier
+
+// KVTIER_LOG_LIMITED(warn, "format", args...): like spdlog::warn(...), through a LogLimiter of
+// this call site's own (default interval), for a failure that may repeat at a high rate. The
+// first argument names a spdlog::level (trace, debug, info, warn, err, critical).
+#define KVTIER_LOG_LIMITED(severity, ...)                            \
+  do {                                                               \
+    static ::kvtier::LogLimiter kvtier_log_limiter_;                 \
+    kvtier_log_limiter_.Log(::spdlog::level::severity, __VA_ARGS__); \
+  } while (0)
 
 #endif  // KVTIER_COMMON_LOG_LIMITER_H_

@@ -55,5 +55,15 @@ TEST_F(LogLimiterTest, FirstPerIntervalIsWrittenTheRestCounted) {
   EXPECT_THAT(out_.str(), testing::EndsWith("failure 1001\n"));
 }
 
+TEST_F(LogLimiterTest, EachCallSiteOfTheMacroHasItsOwnLimiter) {
+  for (int i = 0; i < 100; ++i) {
+    KVTIER_LOG_LIMITED(warn, "site a {}", i);
+    KVTIER_LOG_LIMITED(err, "site b {}", i);
+  }
+  EXPECT_EQ(Lines(), 2);
+  EXPECT_THAT(out_.str(), HasSubstr("site a 0"));
+  EXPECT_THAT(out_.str(), HasSubstr("site b 0"));
+}
+
 }  // namespace
 }  // namespace kvtier

@@ -5,6 +5,7 @@
 #include <utility>
 
 #include "absl/strings/str_cat.h"
+#include "common/log_limiter.h"
 #include "common/logging.h"
 
 namespace kvtier::decode {
@@ -397,7 +398,7 @@ bool Scheduler::Step() {
   if (!st.ok()) {
     // Arguments are checked before anything runs, so this is a bug or a device failure: fail
     // the requests of this batch rather than the worker.
-    spdlog::error("forward failed: {}", st.ToString());
+    KVTIER_LOG_LIMITED(err, "forward failed: {}", st.ToString());
     for (auto& [a, s] : owners_) {
       if (!a->done) FinishRequest(*a, absl::InternalError(absl::StrCat("forward: ", st.message())));
     }
@@ -545,7 +546,7 @@ void Scheduler::FinishRequest(Active& a, absl::Status status) {
     --stats_.active_requests;
   }
   if (!status.ok() && !absl::IsCancelled(status)) {
-    spdlog::warn("request '{}' failed: {}", a.spec.request_id, status.ToString());
+    KVTIER_LOG_LIMITED(warn, "request '{}' failed: {}", a.spec.request_id, status.ToString());
   }
   if (status.ok() && a.write_ticket > tier_->written()) {
     finishing_.push_back({a.stream, a.write_ticket});

@@ -4,6 +4,7 @@
 #include <utility>
 
 #include "absl/strings/str_cat.h"
+#include "common/log_limiter.h"
 #include "common/logging.h"
 #include "router/placement.h"
 #include "router/stop_matcher.h"
@@ -152,8 +153,8 @@ std::optional<ApiError> Generation::RunPrompt(const GenerationRequest& request, 
       return std::nullopt;
     }
     if (pool_->stopping()) return ServerError(503, "the router is shutting down");
-    spdlog::warn("generate on {} failed ({}){}", worker.address(), st.ToString(),
-                 emitted ? "" : ", nothing streamed yet");
+    KVTIER_LOG_LIMITED(warn, "generate on {} failed ({}){}", worker.address(), st.ToString(),
+                       emitted ? "" : ", nothing streamed yet");
     last_error = ToApiError(st);
     if (emitted || !Retriable(st.code()) || attempt == 1) return last_error;
     if (st.code() == absl::StatusCode::kUnavailable) pool_->MarkDown(w);
@@ -179,8 +180,8 @@ uint32_t Generation::MaybePrefill(const std::string& request_id, const std::vect
   if (!resp.ok()) {
     // Not fatal: the decode worker computes what is missing.
     prefill_calls_failed_->Increment();
-    spdlog::warn("prefill on {} failed ({}): decode recomputes", lease->address(),
-                 resp.status().ToString());
+    KVTIER_LOG_LIMITED(warn, "prefill on {} failed ({}): decode recomputes", lease->address(),
+                       resp.status().ToString());
     return 0;
   }
   prefill_calls_ok_->Increment();

@@ -12,6 +12,7 @@
 #include "absl/strings/str_format.h"
 #include "absl/time/clock.h"
 #include "common/host_port.h"
+#include "common/log_limiter.h"
 #include "common/logging.h"
 #include "common/status_macros.h"
 #include "router/grpc_worker_client.h"
@@ -206,7 +207,7 @@ void Router::RegisterRoutes() {
     try {
       fn();
     } catch (const std::exception& e) {
-      spdlog::error("{} {}: {}", req.method, req.path, e.what());
+      KVTIER_LOG_LIMITED(err, "{} {}: {}", req.method, req.path, e.what());
       SendError(ServerError(500, absl::StrCat("internal error: ", e.what())), res);
     }
   };
@@ -487,7 +488,7 @@ void Router::HandleGenerate(Endpoint endpoint, const httplib::Request& http_req,
           sink.done();
           return true;
         } catch (const std::exception& ex) {
-          spdlog::error("{}: {}", id, ex.what());
+          KVTIER_LOG_LIMITED(err, "{}: {}", id, ex.what());
           write(SseEvent(ErrorBody(ServerError(500, "internal error"))));
           sink.done();
           return true;

@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <utility>
 
+#include "common/log_limiter.h"
 #include "common/logging.h"
 
 namespace kvtier::router {
@@ -93,8 +94,8 @@ void WorkerPool::Refresh() {
       if (ok && !s.alive) {
         spdlog::info("{} worker {} is up", RoleName(role), clients(role)[i]->address());
       } else if (!ok && s.alive) {
-        spdlog::warn("{} worker {} does not answer ({})", RoleName(role),
-                     clients(role)[i]->address(), info.status().ToString());
+        KVTIER_LOG_LIMITED(warn, "{} worker {} does not answer ({})", RoleName(role),
+                           clients(role)[i]->address(), info.status().ToString());
       }
       s.alive = ok;
       s.up_gauge->Set(ok ? 1 : 0);

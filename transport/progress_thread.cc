@@ -8,6 +8,7 @@
 #include <cstring>
 
 #include "absl/strings/str_cat.h"
+#include "common/log_limiter.h"
 #include "spdlog/spdlog.h"
 
 namespace kvtier::transport {
@@ -58,14 +59,14 @@ void ProgressThread::Run() {
     ucs_status_t st = ucp_worker_arm(worker_->handle());
     if (st == UCS_ERR_BUSY) continue;  // events arrived meanwhile: progress again
     if (st != UCS_OK) {
-      spdlog::error("ucp_worker_arm: {}", ucs_status_string(st));
+      KVTIER_LOG_LIMITED(err, "ucp_worker_arm: {}", ucs_status_string(st));
       // Fall back to a slow poll rather than spinning or stopping service.
       usleep(1000);
       continue;
     }
     int n = epoll_wait(epoll_fd_, events, 2, /*timeout_ms=*/1000);
     if (n < 0 && errno != EINTR) {
-      spdlog::error("epoll_wait: {}", std::strerror(errno));
+      KVTIER_LOG_LIMITED(err, "epoll_wait: {}", std::strerror(errno));
       usleep(1000);
     }
   }

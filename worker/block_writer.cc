@@ -2,6 +2,7 @@
 
 #include <utility>
 
+#include "common/log_limiter.h"
 #include "common/logging.h"
 
 namespace kvtier::worker {
@@ -107,7 +108,7 @@ void BlockWriter::Loop() {
     absl::StatusOr<PutResult> r =
         store_->Put(namespace_, batch.keys, batch.parents, blocks, block_bytes_);
     if (!r.ok()) {
-      spdlog::error("block writer: put failed: {}", r.status().ToString());
+      KVTIER_LOG_LIMITED(err, "block writer: put failed: {}", r.status().ToString());
       r = PutResult{0, 0, static_cast<uint32_t>(batch.keys.size())};
     }
     spdlog::debug("wrote {} blocks back: {} stored, {} present, {} skipped", batch.keys.size(),

@@ -5,6 +5,7 @@
 
 #include "absl/time/clock.h"
 #include "absl/time/time.h"
+#include "common/log_limiter.h"
 #include "common/logging.h"
 
 namespace kvtier::worker {
@@ -63,13 +64,11 @@ std::vector<BlockKey> KvTier::Keys(absl::Span<const TokenId> tokens) const {
 
 void KvTier::LogFailure(const char* what, const absl::Status& status) {
   ++stats_.failures;
-  // Once at warning level (a misconfiguration shows up without flooding the log), then debug.
-  if (!failure_logged_) {
-    spdlog::warn("store tier: {} failed, serving by recompute: {}", what, status.ToString());
-    failure_logged_ = true;
-  } else {
-    spdlog::debug("store tier: {} failed: {}", what, status.ToString());
-  }
+  // One warning per interval with a count (a misconfiguration shows up without flooding the
+  // log); every failure at debug level.
+  KVTIER_LOG_LIMITED(warn, "store tier: {} failed, serving by recompute: {}", what,
+                     status.ToString());
+  spdlog::debug("store tier: {} failed: {}", what, status.ToString());
 }
 
 absl::Status KvTier::EnsureStaging(size_t blocks) {

@@ -130,7 +130,6 @@ class KvTier {
   std::vector<void*> dst_;
   std::vector<const void*> src_;
   Stats stats_;
-  bool failure_logged_ = false;
   std::vector<MappedPool> registered_;   // pools registered with the engine
   uint64_t final_ticket_ = 0;            // written() once the writer is stopped
   std::unique_ptr<BlockWriter> writer_;  // declared last: its thread stops first
