@@ -84,12 +84,7 @@ class SpillFaultTest : public ::testing::Test {
   }
 
   static std::unique_ptr<StoreClient> Client(const StoreProcess& s) {
-    StoreClientOptions o;
-    o.stores = {s.address()};
-    o.retry_after = absl::Milliseconds(50);
-    auto c = StoreClient::Create(o);
-    EXPECT_TRUE(c.ok()) << c.status();
-    return std::move(*c);
+    return testing::ConnectStoreClient(s.address());
   }
 
   // Puts chain `seed` (kChain synthetic blocks); returns how many were stored.

@@ -81,12 +81,7 @@ class StoreIntegrationTest : public ::testing::TestWithParam<const char*> {
   }
 
   std::unique_ptr<StoreClient> Client(const StoreProcess& s) {
-    StoreClientOptions o;
-    o.stores = {s.address()};
-    o.retry_after = absl::Milliseconds(50);
-    auto c = StoreClient::Create(o);
-    EXPECT_TRUE(c.ok()) << c.status();
-    return std::move(*c);
+    return testing::ConnectStoreClient(s.address());
   }
 
   ChildProcess SpawnClient(std::vector<std::string> args) {

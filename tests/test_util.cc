@@ -4,8 +4,11 @@
 
 #include <cstdlib>
 #include <filesystem>
+#include <utility>
 
 #include "absl/strings/str_cat.h"
+#include "absl/time/time.h"
+#include "gtest/gtest.h"
 
 namespace kvtier::testing {
 
@@ -16,6 +19,15 @@ std::string MakeTempDir(const std::string& name) {
   std::filesystem::remove_all(p);
   std::filesystem::create_directories(p);
   return p.string();
+}
+
+std::unique_ptr<StoreClient> ConnectStoreClient(const std::string& address) {
+  StoreClientOptions o;
+  o.stores = {address};
+  o.retry_after = absl::Milliseconds(50);
+  auto c = StoreClient::Create(o);
+  EXPECT_TRUE(c.ok()) << c.status();
+  return c.ok() ? std::move(*c) : nullptr;
 }
 
 }  // namespace kvtier::testing

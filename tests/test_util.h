@@ -1,16 +1,23 @@
 // Test-only helpers of the multi-process integration tests.
 //
-// Plain functions; thread-safe.
+// Plain functions; thread-safe (ConnectStoreClient reports failures to the calling test).
 #ifndef KVTIER_TESTS_TEST_UTIL_H_
 #define KVTIER_TESTS_TEST_UTIL_H_
 
+#include <memory>
 #include <string>
+
+#include "kvtier/store_client.h"
 
 namespace kvtier::testing {
 
 // A fresh empty directory "kvtier_`name`_<pid>" under $TEST_TMPDIR (or /tmp), as gtest's
 // TempDir(). The caller removes it (tests keep it, with the logs, when they fail).
 std::string MakeTempDir(const std::string& name);
+
+// A store client of the one store at `address`, retrying a failed node after 50 ms (tests
+// restart and stop stores). A failure to create it fails the test (EXPECT) and returns null.
+std::unique_ptr<StoreClient> ConnectStoreClient(const std::string& address);
 
 }  // namespace kvtier::testing
 
