@@ -130,6 +130,7 @@ function(kvtier_test name)
   set_target_properties(${name} PROPERTIES RUNTIME_OUTPUT_DIRECTORY ${CMAKE_BINARY_DIR}/tests)
   gtest_discover_tests(${name} PROPERTIES LABELS ${A_LABEL} DISCOVERY_TIMEOUT 60)
   _kvtier_register(${name} test)
+  set_target_properties(${name} PROPERTIES KVTIER_LABEL ${A_LABEL})
 endfunction()
 
 # kvtier_fuzzer(name SRCS x_fuzzer.cc ... DEPS target ...) (KVTIER_FUZZ=ON): a libFuzzer
@@ -147,6 +148,7 @@ function(kvtier_fuzzer name)
            COMMAND ${name} -runs=0 ${CMAKE_CURRENT_SOURCE_DIR}/corpus/${corpus})
   set_tests_properties(${name}_corpus PROPERTIES LABELS unit)
   _kvtier_register(${name} test)
+  set_target_properties(${name} PROPERTIES KVTIER_LABEL unit)
 endfunction()
 
 # The folder of `dir` relative to the repository root.
@@ -165,10 +167,18 @@ function(kvtier_finish_targets)
   # Every test program and fuzzer, with the binaries they start (their dependencies): what a
   # sanitizer tree builds (deploy/build.sh asan|tsan; docs/testing.md).
   add_custom_target(kvtier_tests)
+  # Everything but the unit-test programs: the binaries, benchmarks and the integration and gpu
+  # test programs. CI's plain tree builds this; the unit tests build and run in its sanitizer
+  # tree (deploy/test.sh; docs/testing.md, "What CI runs").
+  add_custom_target(kvtier_no_unit_tests)
   foreach(t ${targets})
     get_target_property(kind ${t} KVTIER_KIND)
+    get_target_property(label ${t} KVTIER_LABEL)
     if(kind STREQUAL "test")
       add_dependencies(kvtier_tests ${t})
+    endif()
+    if(NOT kind STREQUAL "library" AND NOT label STREQUAL "unit")
+      add_dependencies(kvtier_no_unit_tests ${t})
     endif()
     get_target_property(src_dir ${t} SOURCE_DIR)
     get_target_property(srcs ${t} SOURCES)

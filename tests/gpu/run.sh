@@ -8,7 +8,8 @@
 # history, next to the pinned host-to-device copy bandwidth measured in the same run; twice:
 # decode keeping finished blocks in its GPU pages (first tier), then with keep_blocks: false
 # (every turn's history comes from the store through host memory);
-# store: kvtier-bench store (shm 1 and 2 clients, tcp) on this many-core host.
+# store: kvtier-bench store (shm 1 and 2 clients, tcp) on this many-core host;
+# spill: kvtier-bench store --spill (control calls while spilling, spill off vs on), twice.
 # Logs go to $OUT (the device tool brings them back); a summary is printed last.
 set -u
 steps=("$@")
@@ -93,6 +94,16 @@ PY
         grep -vE '^\{' "$OUT/store.log" | tail -22
         tail -1 "$OUT/store.log" >>"$OUT/store-json.log"
         summary+=("store $args: rc=$rc")
+      done
+      ;;
+    spill)
+      # Control-call latency while every put evicts, spill off vs on (issue 15), twice.
+      for i in 1 2; do
+        echo "== kvtier-bench store --spill ($i)"
+        $BIN/kvtier-bench store --spill --seconds 5 --json >"$OUT/spill-$i.log" 2>&1
+        rc=$?
+        grep -vE '^\{' "$OUT/spill-$i.log" | tail -20
+        summary+=("spill $i: rc=$rc")
       done
       ;;
     bench)
