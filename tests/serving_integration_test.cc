@@ -514,8 +514,10 @@ TEST_F(ServingIntegrationTest, AStoreStoppedMidFetchCostsOnlyRecomputeWithinTheD
     if (stopped_mid_fetch) {
       // (Unfixed, it waited for the store: 1.9 s. The bound leaves room for a loaded CI host.)
       EXPECT_LT(info_took, absl::Seconds(1)) << "GetWorkerInfo waited for the store";
-      // One transfer deadline (or one control deadline), then the node is skipped.
-      EXPECT_LT(took, compute + absl::Seconds(1) + absl::Seconds(3)) << "compute " << compute;
+      // One transfer deadline (or one control deadline), then the node is skipped. (Unfixed,
+      // it waited for the watchdog's SIGCONT, 15 s.) A fifth more than compute: on a loaded
+      // host two recomputes of the same prompt differ by seconds.
+      EXPECT_LT(took, compute * 1.2 + absl::Seconds(1) + absl::Seconds(3)) << "compute " << compute;
       // Stopped store: SIGTERM ends the worker in bounded time, a request in flight included.
       std::thread late([&] { Generate(Request(Prompt(500, 70), 200)); });
       absl::SleepFor(absl::Milliseconds(300));
