@@ -24,6 +24,7 @@
 #include "engine/engine.h"
 #include "engine/generator.h"
 #include "engine/testing/model_writer.h"
+#include "engine/testing/test_util.h"
 #include "gtest/gtest.h"
 #include "kvtier/v1/cachestore.grpc.pb.h"
 #include "kvtier/v1/worker.grpc.pb.h"
@@ -540,7 +541,9 @@ TEST_F(ServingIntegrationTest, AStoreStoppedMidFetchCostsOnlyRecomputeWithinTheD
 // that one is done; the queued ones get UNAVAILABLE instead of being computed first (issue #9).
 TEST_F(ServingIntegrationTest, PrefillStopsWithoutComputingItsQueuedRequests) {
   ASSERT_NO_FATAL_FAILURE(StartAll());
-  const std::vector<TokenId> warm = Prompt(1000, 30);
+  // Long enough that requests queue behind it (shorter under a sanitizer, 5-10 x slower).
+  const int len = testing::kSanitized ? 300 : 1000;
+  const std::vector<TokenId> warm = Prompt(len, 30);
   v1::PrefillResponse p;
   const absl::Time t0 = absl::Now();
   ASSERT_TRUE(Prefill(warm, &p).ok());
@@ -551,7 +554,7 @@ TEST_F(ServingIntegrationTest, PrefillStopsWithoutComputingItsQueuedRequests) {
   for (int i = 0; i <= kQueued; ++i) {
     clients.emplace_back([&, i] {
       v1::PrefillResponse r;
-      status[i] = Prefill(Prompt(1000, 40 + i), &r);
+      status[i] = Prefill(Prompt(len, 40 + i), &r);
     });
   }
   ASSERT_TRUE(

@@ -20,6 +20,21 @@
 
 namespace kvtier::testing {
 
+// Whether this program is built with a sanitizer (the ASan+UBSan or TSan tree of
+// docs/testing.md). The CPU engine runs 5-10 x slower there, so a test whose point is a timing
+// bound relative to compute skips itself or widens the bound (the plain tree checks the tight one).
+#if defined(__SANITIZE_ADDRESS__) || defined(__SANITIZE_THREAD__)
+inline constexpr bool kSanitized = true;
+#elif defined(__has_feature)
+#if __has_feature(address_sanitizer) || __has_feature(thread_sanitizer)
+inline constexpr bool kSanitized = true;
+#else
+inline constexpr bool kSanitized = false;
+#endif
+#else
+inline constexpr bool kSanitized = false;
+#endif
+
 // A fresh empty directory under the test temp dir (::testing::TempDir()) named after `name`,
 // removed with everything in it on destruction. Move-only.
 class ScopedTempDir {
