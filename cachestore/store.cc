@@ -1,8 +1,9 @@
+#include "cachestore/store.h"
+
 #include <algorithm>
 #include <thread>
 
 #include "absl/strings/str_cat.h"
-#include "cachestore/store.h"
 #include "common/checksum.h"
 #include "common/logging.h"
 #include "common/parallel.h"
@@ -17,19 +18,41 @@ constexpr uint64_t kParallelVerifyBytes = 4ull << 20;
 constexpr size_t kSpillBatchBlocks = 8;
 // Ancestors the spiller writes before a block, at most (bounds its work under the lock).
 constexpr size_t kSpillAncestors = 256;
+// The default grace period of a freed slot, at least: a client's default transfer_timeout
+// (10 s) plus 2 s for its endpoint's close (docs/store-protocol.md, "Late writes").
+constexpr absl::Duration kDefaultQuarantine = absl::Seconds(12);
+// Progress passes that must end after a slot is freed before it is reused: the first may have
+// begun before the free, the second began after it.
+constexpr uint64_t kQuarantinePasses = 2;
 // Longest an eviction waits for the spiller's writes when they hold every candidate.
 constexpr absl::Duration kInFlightWait = absl::Seconds(1);
 
+absl::Status ClientLimitError(absl::string_view client, uint32_t max) {
+  return absl::ResourceExhaustedError(
+      absl::StrCat("client ", client.empty() ? "(unnamed)" : client, " holds ", max,
+                   " leases and reservations open, the most one client may "
+                   "(max_open_per_client): release or commit some first"));
+}
+
+absl::Duration ResolveQuarantine(const StoreOptions& o) {
+  return std::max(o.reservation_timeout, o.slot_quarantine > absl::ZeroDuration()
+                                             ? o.slot_quarantine
+                                             : kDefaultQuarantine);
+}
+
 }  // namespace
 
-Store::Store(const StoreOptions& options, uint8_t* pool, MetricsRegistry* metrics, Clock clock)
+Store::Store(const StoreOptions& options, uint8_t* pool, MetricsRegistry* metrics, Clock clock,
+             ProgressCount data_plane_progress)
     : options_(options),
       verify_threads_(
           options.verify_threads > 0
               ? options.verify_threads
               : static_cast<int>(std::clamp(std::thread::hardware_concurrency() / 2, 2u, 8u))),
       pool_(pool),
-      clock_(std::move(clock)) {
+      clock_(std::move(clock)),
+      data_plane_progress_(std::move(data_plane_progress)),
+      quarantine_time_(ResolveQuarantine(options)) {
   KVTIER_CHECK(options_.slot_bytes > 0 && options_.slot_count > 0, "empty pool");
   if (metrics == nullptr) {
     own_metrics_ = std::make_unique<MetricsRegistry>();
@@ -65,6 +88,11 @@ Store::Store(const StoreOptions& options, uint8_t* pool, MetricsRegistry* metric
   blocks_spill_g_ = m.AddGauge("kvtier_store_blocks", "Committed blocks.", {{"tier", "spill"}});
   leases_g_ = m.AddGauge("kvtier_store_active_leases", "Leases held.");
   reservations_g_ = m.AddGauge("kvtier_store_active_reservations", "Reservations open.");
+  slots_quarantined_g_ = m.AddGauge(
+      "kvtier_store_pool_slots_quarantined",
+      "Slots freed by an abort or an expired reservation, not reused until late writes are over.");
+  namespaces_g_ =
+      m.AddGauge("kvtier_store_namespaces", "Namespaces with blocks, reservations or leases.");
   spiller_ = std::make_unique<Spiller>(options_, &mu_, static_cast<Spiller::Index*>(this), metrics);
 
   free_slots_.reserve(options_.slot_count);
@@ -80,10 +108,63 @@ Store::~Store() { spiller_->Stop(); }
 // ---------------------------------------------------------------------------------------------
 // Index bookkeeping
 
-uint32_t Store::InternNamespace(const NamespaceId& ns) {
-  auto [it, inserted] = ns_ids_.try_emplace(ns, static_cast<uint32_t>(ns_by_id_.size()));
-  if (inserted) ns_by_id_.push_back(ns);
+uint32_t Store::RefNamespace(const NamespaceId& ns) {
+  auto [it, inserted] = ns_ids_.try_emplace(ns, 0);
+  if (inserted) {
+    if (free_ns_ids_.empty()) {
+      it->second = static_cast<uint32_t>(ns_by_id_.size());
+      ns_by_id_.emplace_back();
+    } else {
+      it->second = free_ns_ids_.back();
+      free_ns_ids_.pop_back();
+    }
+    ns_by_id_[it->second] = NamespaceSlot{ns, 0};
+  }
+  ++ns_by_id_[it->second].refs;
   return it->second;
+}
+
+void Store::UnrefNamespace(uint32_t id) {
+  NamespaceSlot& n = ns_by_id_[id];
+  KVTIER_CHECK(n.refs > 0, "namespace id {} unreferenced twice", id);
+  if (--n.refs > 0) return;
+  ns_ids_.erase(n.ns);
+  free_ns_ids_.push_back(id);
+}
+
+bool Store::TakeClientHandle(absl::string_view client) {
+  uint32_t& open = open_by_client_[client];
+  if (open >= options_.max_open_per_client) {
+    if (open == 0) open_by_client_.erase(client);
+    return false;
+  }
+  ++open;
+  return true;
+}
+
+void Store::ReturnClientHandle(absl::string_view client) {
+  auto it = open_by_client_.find(client);
+  KVTIER_CHECK(it != open_by_client_.end() && it->second > 0, "client handle returned twice");
+  if (--it->second == 0) open_by_client_.erase(it);
+}
+
+void Store::QuarantineSlot(Entry* e) {
+  if (e->slot < 0) return;
+  quarantine_.push_back(
+      {e->slot, clock_() + quarantine_time_, data_plane_progress_ ? data_plane_progress_() : 0});
+  e->slot = -1;
+}
+
+void Store::ReleaseQuarantine() {
+  if (quarantine_.empty()) return;
+  // Oldest first: both the deadline and the progress count grow along the queue.
+  const absl::Time now = clock_();
+  const uint64_t progress = data_plane_progress_ ? data_plane_progress_() : kQuarantinePasses;
+  while (!quarantine_.empty() && quarantine_.front().until <= now &&
+         progress >= quarantine_.front().progress + kQuarantinePasses) {
+    free_slots_.push_back(quarantine_.front().slot);
+    quarantine_.pop_front();
+  }
 }
 
 Store::Entry* Store::Find(const BlockKey& key) {
@@ -179,7 +260,9 @@ void Store::RemoveEntry(Entry* e) {
   }
   DropDiskCopy(e);
   FreeSlot(e);
+  const uint32_t ns_id = e->ns_id;
   entries_.erase(e->key);
+  UnrefNamespace(ns_id);
 }
 
 void Store::DropDiskCopy(Entry* e) {
@@ -193,6 +276,7 @@ void Store::DropDiskCopy(Entry* e) {
 // Eviction, spill and promotion
 
 int64_t Store::AllocateSlot() {
+  ReleaseQuarantine();
   while (free_slots_.empty()) {
     if (!EvictOne()) return -1;
   }
@@ -281,7 +365,7 @@ uint64_t Store::WriteBlocks(const std::vector<Entry*>& batch) {
     UpdateEligibility(e);
     Spiller::WriteJob j;
     j.key = e->key;
-    j.meta.ns = ns_by_id_[e->ns_id];
+    j.meta.ns = ns_by_id_[e->ns_id].ns;
     j.meta.has_parent = e->parent.has_value();
     if (j.meta.has_parent) j.meta.parent = *e->parent;
     j.meta.size = e->size;
@@ -343,7 +427,7 @@ void Store::AddRecovered(const std::vector<std::pair<BlockKey, SpillMeta>>& meta
     Entry& e = entries_[key];
     e.key = key;
     e.id = next_id_++;
-    e.ns_id = InternNamespace(meta.ns);
+    e.ns_id = RefNamespace(meta.ns);
     e.state = State::kCommitted;
     e.tier = Tier::kSpilled;
     e.on_disk = true;
@@ -409,7 +493,7 @@ void Store::WaitForSpiller() { spiller_->WaitIdle(); }
 absl::Status Store::Recover() { return spiller_->Start(); }
 
 absl::StatusOr<LookupResult> Store::Lookup(const NamespaceId& ns, absl::Span<const BlockKey> keys,
-                                           bool lease) {
+                                           bool lease, absl::string_view client) {
   if (keys.empty()) return absl::InvalidArgumentError("lookup names no keys");
   if (keys.size() > options_.max_batch_keys) {
     return absl::InvalidArgumentError(
@@ -418,12 +502,18 @@ absl::StatusOr<LookupResult> Store::Lookup(const NamespaceId& ns, absl::Span<con
   absl::MutexLock lock(&mu_);
   lookups_->Increment();
   LookupResult result;
-  auto ns_it = ns_ids_.find(ns);
+  // An unknown namespace is a miss, without a lease.
+  const bool known = ns_ids_.contains(ns);
+  if (lease && known && !TakeClientHandle(client)) {
+    return ClientLimitError(client, options_.max_open_per_client);
+  }
   std::vector<Entry*> hits;     // pinned when leasing
   std::vector<Entry*> promote;  // spilled hits, each given a slot and marked busy
   const uint64_t epoch = spiller_->epoch();
-  if (ns_it != ns_ids_.end()) {
-    const uint32_t ns_id = ns_it->second;  // AllocateSlot may release the lock
+  uint32_t ns_id = 0;
+  if (known) {
+    // AllocateSlot may release the lock: the reference keeps the id from being reused.
+    ns_id = RefNamespace(ns);
     for (const BlockKey& key : keys) {
       Entry* e = Find(key);
       if (e == nullptr || e->state != State::kCommitted || e->ns_id != ns_id) break;
@@ -515,15 +605,19 @@ absl::StatusOr<LookupResult> Store::Lookup(const NamespaceId& ns, absl::Span<con
   miss_blocks_->Increment(static_cast<double>(keys.size() - result.hit_count));
   if (lease && !hits.empty()) {
     result.lease_id = next_id_++;
-    leases_[result.lease_id] = Lease{std::move(hits), clock_() + options_.lease_timeout};
+    leases_[result.lease_id] =
+        Lease{std::move(hits), clock_() + options_.lease_timeout, std::string(client)};
+  } else if (lease && known) {
+    ReturnClientHandle(client);
   }
+  if (known) UnrefNamespace(ns_id);
   UpdateGauges();
   return result;
 }
 
 absl::StatusOr<ReserveResult> Store::Reserve(const NamespaceId& ns, absl::Span<const BlockKey> keys,
                                              const std::optional<BlockKey>& parent,
-                                             uint64_t block_bytes) {
+                                             uint64_t block_bytes, absl::string_view client) {
   if (keys.empty()) return absl::InvalidArgumentError("reserve names no keys");
   if (keys.size() > options_.max_batch_keys) {
     return absl::InvalidArgumentError(
@@ -543,17 +637,31 @@ absl::StatusOr<ReserveResult> Store::Reserve(const NamespaceId& ns, absl::Span<c
         absl::StrCat("reserve names block ", KeyToHex(keys[0]), " as its own parent"));
   }
   absl::MutexLock lock(&mu_);
-  const uint32_t ns_id = InternNamespace(ns);
+  if (!ns_ids_.contains(ns) && ns_ids_.size() >= options_.max_namespaces) {
+    return absl::ResourceExhaustedError(
+        absl::StrCat("the store holds ", ns_ids_.size(),
+                     " namespaces, the most it may (max_namespaces); namespace ", KeyToHex(ns),
+                     " gets none until one is dropped or emptied"));
+  }
+  if (!TakeClientHandle(client)) return ClientLimitError(client, options_.max_open_per_client);
+  // This call's reference keeps the id while AllocateSlot may release the lock.
+  const uint32_t ns_id = RefNamespace(ns);
   ReserveResult result;
   result.outcomes.reserve(keys.size());
   result.offsets.reserve(keys.size());
   Reservation reservation;
   bool no_space = false;
+  // A key committed is present; one reserved by another writer is in progress (that writer
+  // may still fail: the caller must not count it as stored).
+  auto existing = [&](Entry* e) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
+    result.offsets.push_back(0);
+    if (e->state != State::kCommitted) return ReserveOutcome::kInProgress;
+    Touch(e);
+    return ReserveOutcome::kPresent;
+  };
   for (size_t i = 0; i < keys.size(); ++i) {
     if (Entry* e = Find(keys[i]); e != nullptr) {
-      if (e->state == State::kCommitted) Touch(e);
-      result.outcomes.push_back(ReserveOutcome::kPresent);
-      result.offsets.push_back(0);
+      result.outcomes.push_back(existing(e));
       continue;
     }
     int64_t slot = no_space ? -1 : AllocateSlot();
@@ -563,16 +671,16 @@ absl::StatusOr<ReserveResult> Store::Reserve(const NamespaceId& ns, absl::Span<c
       result.offsets.push_back(0);
       continue;
     }
-    if (Find(keys[i]) != nullptr) {  // another writer took it while eviction waited
-      free_slots_.push_back(slot);
-      result.outcomes.push_back(ReserveOutcome::kPresent);
-      result.offsets.push_back(0);
+    if (Entry* e = Find(keys[i]); e != nullptr) {  // another writer took it while eviction waited
+      free_slots_.push_back(slot);                 // never handed out: no write can land in it
+      result.outcomes.push_back(existing(e));
       continue;
     }
     Entry& e = entries_[keys[i]];
     e.key = keys[i];
     e.id = next_id_++;
     e.ns_id = ns_id;
+    ++ns_by_id_[ns_id].refs;
     e.state = State::kReserved;
     e.tier = Tier::kMemory;
     e.slot = slot;
@@ -585,8 +693,12 @@ absl::StatusOr<ReserveResult> Store::Reserve(const NamespaceId& ns, absl::Span<c
   if (!reservation.entries.empty()) {
     result.reservation_id = next_id_++;
     reservation.deadline = clock_() + options_.reservation_timeout;
+    reservation.client = std::string(client);
     reservations_[result.reservation_id] = std::move(reservation);
+  } else {
+    ReturnClientHandle(client);
   }
+  UnrefNamespace(ns_id);
   UpdateGauges();
   return result;
 }
@@ -630,6 +742,7 @@ absl::StatusOr<CommitResult> Store::Commit(uint64_t reservation_id,
                reservation_id);
   CommitResult result;
   std::vector<Entry*> entries = std::move(it->second.entries);
+  ReturnClientHandle(it->second.client);
   reservations_.erase(it);
   for (size_t i = 0; i < entries.size(); ++i) {
     Entry* e = entries[i];
@@ -653,8 +766,12 @@ absl::StatusOr<CommitResult> Store::Commit(uint64_t reservation_id,
 }
 
 void Store::AbortReservation(Reservation& r) {
-  for (Entry* e : r.entries) RemoveEntry(e);
+  for (Entry* e : r.entries) {
+    QuarantineSlot(e);  // a put of the writer may still land in it
+    RemoveEntry(e);
+  }
   r.entries.clear();
+  ReturnClientHandle(r.client);
 }
 
 absl::Status Store::Abort(uint64_t reservation_id) {
@@ -681,6 +798,7 @@ void Store::ReleaseLease(Lease& lease) {
   }
   spiller_->Wake();
   lease.entries.clear();
+  ReturnClientHandle(lease.client);
 }
 
 absl::Status Store::Release(uint64_t lease_id) {
@@ -712,6 +830,7 @@ void Store::ReapExpired() {
     ReleaseLease(cur->second);
     leases_.erase(cur);
   }
+  ReleaseQuarantine();
   UpdateGauges();
 }
 
@@ -720,9 +839,10 @@ DropResult Store::DropNamespace(const NamespaceId& ns) {
   DropResult result;
   auto ns_it = ns_ids_.find(ns);
   if (ns_it == ns_ids_.end()) return result;
+  const uint32_t ns_id = ns_it->second;  // freed with its last entry
   std::vector<Entry*> victims;
   for (auto& [key, e] : entries_) {
-    if (e.ns_id != ns_it->second) continue;
+    if (e.ns_id != ns_id) continue;
     if (e.state != State::kCommitted || e.leases > 0 || e.busy) {
       ++result.pinned_kept;
     } else {
@@ -788,6 +908,8 @@ void Store::UpdateGauges() {
   blocks_spill_g_->Set(static_cast<double>(blocks_spilled_));
   leases_g_->Set(static_cast<double>(leases_.size()));
   reservations_g_->Set(static_cast<double>(reservations_.size()));
+  slots_quarantined_g_->Set(static_cast<double>(quarantine_.size()));
+  namespaces_g_->Set(static_cast<double>(ns_ids_.size()));
 }
 
 StoreStats Store::Stats() const {
@@ -797,6 +919,7 @@ StoreStats Store::Stats() const {
   s.blocks_spilled = blocks_spilled_;
   s.slots_total = options_.slot_count;
   s.slots_used = options_.slot_count - free_slots_.size();
+  s.slots_quarantined = quarantine_.size();
   s.spill_bytes = spill_bytes_;
   s.spill_capacity_bytes = options_.spill_dir.empty() ? 0 : options_.spill_capacity_bytes;
   s.spill_online = spiller_->online();

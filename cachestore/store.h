@@ -14,6 +14,7 @@
 #define KVTIER_CACHESTORE_STORE_H_
 
 #include <cstdint>
+#include <deque>
 #include <functional>
 #include <memory>
 #include <optional>
@@ -40,7 +41,9 @@
 
 namespace kvtier::cachestore {
 
-enum class ReserveOutcome { kReserved, kPresent, kNoSpace };
+// kInProgress: another writer has reserved the key and not committed it yet (it may still
+// fail): not stored by this call, and not known to be stored.
+enum class ReserveOutcome { kReserved, kPresent, kNoSpace, kInProgress };
 
 struct BlockLocation {
   uint64_t offset = 0;  // from the pool base
@@ -73,6 +76,7 @@ struct DropResult {
 
 struct StoreStats {
   uint64_t blocks_in_memory = 0, blocks_spilled = 0, slots_total = 0, slots_used = 0;
+  uint64_t slots_quarantined = 0;  // counted in slots_used too
   uint64_t spill_bytes = 0, spill_capacity_bytes = 0;
   uint64_t lookups = 0, hit_blocks = 0, miss_blocks = 0, bytes_in = 0, bytes_out = 0;
   uint64_t evictions = 0, spills = 0, promotions = 0, spill_drops = 0, checksum_failures = 0;
@@ -85,9 +89,13 @@ struct StoreStats {
 class Store : private Spiller::Index {
  public:
   using Clock = std::function<absl::Time()>;
+  // How many times the data plane's progress thread has found nothing left to do (a count
+  // that grows while it runs; transport/progress_thread.h). A quarantined slot is reused only
+  // once it has grown by 2 since the slot was freed. nullptr: no data plane (tests).
+  using ProgressCount = std::function<uint64_t()>;
 
   Store(const StoreOptions& options, uint8_t* pool, MetricsRegistry* metrics,
-        Clock clock = &absl::Now);
+        Clock clock = &absl::Now, ProgressCount data_plane_progress = nullptr);
   ~Store() override;  // Stops the spiller.
   Store(const Store&) = delete;
   Store& operator=(const Store&) = delete;
@@ -99,14 +107,16 @@ class Store : private Spiller::Index {
 
   // Longest present prefix of `keys`. With `lease`, spilled hits are promoted to memory and
   // every hit is pinned until Release or the lease timeout. An unknown namespace is a miss.
+  // `client` names the caller (its gRPC peer) for max_open_per_client.
   absl::StatusOr<LookupResult> Lookup(const NamespaceId& ns, absl::Span<const BlockKey> keys,
-                                      bool lease);
+                                      bool lease, absl::string_view client = {});
 
   // Slots for `keys` (consecutive blocks; `parent` is the block before keys[0]). Keys already
-  // present are kPresent; when no slot can be freed the key and all later ones are kNoSpace.
+  // committed are kPresent, keys another writer has reserved kInProgress; when no slot can be
+  // freed the key and all later ones are kNoSpace.
   absl::StatusOr<ReserveResult> Reserve(const NamespaceId& ns, absl::Span<const BlockKey> keys,
-                                        const std::optional<BlockKey>& parent,
-                                        uint64_t block_bytes);
+                                        const std::optional<BlockKey>& parent, uint64_t block_bytes,
+                                        absl::string_view client = {});
 
   // Verifies each reserved slot against its checksum (one per kReserved key, in order) and
   // makes matching blocks visible; mismatches are dropped and reported.
@@ -115,7 +125,8 @@ class Store : private Spiller::Index {
   absl::Status Abort(uint64_t reservation_id);
   absl::Status Release(uint64_t lease_id);
 
-  // Aborts reservations and drops leases past their deadline. Called periodically.
+  // Aborts reservations and drops leases past their deadline, and returns quarantined slots
+  // whose time is up to the free list. Called periodically.
   void ReapExpired();
 
   // Admin: removes every unpinned block of `ns` from memory and the spill tier.
@@ -165,15 +176,38 @@ class Store : private Spiller::Index {
   struct Reservation {
     std::vector<Entry*> entries;
     absl::Time deadline;
+    std::string client;
     bool committing = false;
   };
   struct Lease {
     std::vector<Entry*> entries;
     absl::Time deadline;
+    std::string client;
+  };
+  // A slot freed while a write to it may still land (docs/store-protocol.md, "Late writes").
+  struct QuarantinedSlot {
+    int64_t slot;
+    absl::Time until;   // grace period over
+    uint64_t progress;  // data_plane_progress_ when freed
+  };
+  struct NamespaceSlot {
+    NamespaceId ns{};
+    uint64_t refs = 0;  // entries, and calls under way, that use the id
   };
   using LruSet = std::set<std::pair<uint64_t, Entry*>>;
 
-  uint32_t InternNamespace(const NamespaceId& ns) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // The id of `ns`, a new one if it has none, with one more reference. Ids are reused once
+  // nothing refers to them (UnrefNamespace).
+  uint32_t RefNamespace(const NamespaceId& ns) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  void UnrefNamespace(uint32_t id) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // Counts one more lease or reservation of `client`; false when it holds max_open_per_client.
+  bool TakeClientHandle(absl::string_view client) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  void ReturnClientHandle(absl::string_view client) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // Frees the slot of `e` (a reservation that will not be committed) into the quarantine.
+  void QuarantineSlot(Entry* e) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // Moves quarantined slots whose grace period is over, and which the progress thread has
+  // passed since, to the free list.
+  void ReleaseQuarantine() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   Entry* Find(const BlockKey& key) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   void Touch(Entry* e) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   // Puts `e` into, or takes it out of, the eviction and spill-drop sets per its state.
@@ -226,13 +260,18 @@ class Store : private Spiller::Index {
   uint8_t* const pool_;
   std::unique_ptr<MetricsRegistry> own_metrics_;
   const Clock clock_;
-  LogLimiter block_failures_;  // per-block spill faults (read, checksum, bad meta)
+  const ProgressCount data_plane_progress_;
+  const absl::Duration quarantine_time_;  // slot_quarantine, resolved
+  LogLimiter block_failures_;             // per-block spill faults (read, checksum, bad meta)
 
   mutable absl::Mutex mu_;
   absl::node_hash_map<BlockKey, Entry> entries_ ABSL_GUARDED_BY(mu_);
   absl::flat_hash_map<NamespaceId, uint32_t> ns_ids_ ABSL_GUARDED_BY(mu_);
-  std::vector<NamespaceId> ns_by_id_ ABSL_GUARDED_BY(mu_);
+  std::vector<NamespaceSlot> ns_by_id_ ABSL_GUARDED_BY(mu_);
+  std::vector<uint32_t> free_ns_ids_ ABSL_GUARDED_BY(mu_);
+  absl::flat_hash_map<std::string, uint32_t> open_by_client_ ABSL_GUARDED_BY(mu_);
   std::vector<int64_t> free_slots_ ABSL_GUARDED_BY(mu_);
+  std::deque<QuarantinedSlot> quarantine_ ABSL_GUARDED_BY(mu_);  // oldest first
   LruSet evictable_ ABSL_GUARDED_BY(mu_);  // committed, in memory, unpinned, no memory children
   LruSet spill_lru_ ABSL_GUARDED_BY(mu_);  // spilled, unpinned, no children
   absl::flat_hash_map<uint64_t, Reservation> reservations_ ABSL_GUARDED_BY(mu_);
@@ -249,7 +288,8 @@ class Store : private Spiller::Index {
   Counter *lookups_, *hit_blocks_, *miss_blocks_, *bytes_in_, *bytes_out_, *evictions_, *spills_,
       *promotions_, *spill_drops_, *checksum_failures_, *expired_reservations_, *expired_leases_;
   Gauge *slots_total_g_, *slots_used_g_, *pool_bytes_used_g_, *spill_bytes_g_, *spill_capacity_g_,
-      *blocks_memory_g_, *blocks_spill_g_, *leases_g_, *reservations_g_;
+      *blocks_memory_g_, *blocks_spill_g_, *leases_g_, *reservations_g_, *slots_quarantined_g_,
+      *namespaces_g_;
 };
 
 }  // namespace kvtier::cachestore

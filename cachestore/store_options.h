@@ -45,6 +45,19 @@ struct StoreOptions {
   absl::Duration spill_retry = absl::Seconds(1);
   // Damaged databases kept under spill_dir/quarantine (0: deleted instead). Default: 2.
   uint32_t spill_quarantine_max = 2;
+  // Limits and late writes (docs/store-protocol.md, "Limits" and "Late writes").
+  // A slot freed by Abort or by an expired reservation is quarantined this long (and until
+  // the UCX progress thread has run since) before it is reused: a put of the old writer may
+  // still land in it. 0: the larger of reservation_timeout and 12 s (a client's default
+  // transfer_timeout of 10 s, plus 2 s); set, it must be at least reservation_timeout.
+  // Default: 0.
+  absl::Duration slot_quarantine = absl::ZeroDuration();
+  // Namespaces held at once (each with a block, reservation or lease); a Reserve that would
+  // add one more gets RESOURCE_EXHAUSTED. Default: 4096.
+  uint32_t max_namespaces = 4096;
+  // Leases and reservations one client (one gRPC connection) may hold open at once; a Lookup
+  // with a lease or a Reserve beyond it gets RESOURCE_EXHAUSTED. Default: 1024.
+  uint32_t max_open_per_client = 1024;
   // Threads that verify a large commit's checksums (the committing writer waits on them);
   // 0: half the cores, at least 2 and at most 8. Default: 0.
   int verify_threads = 0;
