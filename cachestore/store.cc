@@ -1,9 +1,5 @@
 #include "cachestore/store.h"
 
-#include <sys/resource.h>
-#include <sys/syscall.h>
-#include <unistd.h>
-
 #include <algorithm>
 #include <thread>
 
@@ -22,26 +18,41 @@ constexpr uint64_t kParallelVerifyBytes = 4ull << 20;
 constexpr size_t kSpillBatchBlocks = 8;
 // Ancestors the spiller writes before a block, at most (bounds its work under the lock).
 constexpr size_t kSpillAncestors = 256;
-// A write stall pauses the spiller this long; one that lasts kStallLimit fails the tier.
-constexpr absl::Duration kStallPause = absl::Milliseconds(20);
-constexpr absl::Duration kStallLimit = absl::Seconds(10);
+// The default grace period of a freed slot, at least: a client's default transfer_timeout
+// (10 s) plus 2 s for its endpoint's close (docs/store-protocol.md, "Late writes").
+constexpr absl::Duration kDefaultQuarantine = absl::Seconds(12);
+// Progress passes that must end after a slot is freed before it is reused: the first may have
+// begun before the free, the second began after it.
+constexpr uint64_t kQuarantinePasses = 2;
 // Longest an eviction waits for the spiller's writes when they hold every candidate.
 constexpr absl::Duration kInFlightWait = absl::Seconds(1);
-// Nice value of the spiller thread (and RocksDB's background threads lower theirs too).
-constexpr int kSpillerNice = 10;
-// The spiller looks for work at least this often.
-constexpr absl::Duration kSpillerPoll = absl::Milliseconds(100);
+
+absl::Status ClientLimitError(absl::string_view client, uint32_t max) {
+  return absl::ResourceExhaustedError(
+      absl::StrCat("client ", client.empty() ? "(unnamed)" : client, " holds ", max,
+                   " leases and reservations open, the most one client may "
+                   "(max_open_per_client): release or commit some first"));
+}
+
+absl::Duration ResolveQuarantine(const StoreOptions& o) {
+  return std::max(o.reservation_timeout, o.slot_quarantine > absl::ZeroDuration()
+                                             ? o.slot_quarantine
+                                             : kDefaultQuarantine);
+}
 
 }  // namespace
 
-Store::Store(const StoreOptions& options, uint8_t* pool, MetricsRegistry* metrics, Clock clock)
+Store::Store(const StoreOptions& options, uint8_t* pool, MetricsRegistry* metrics, Clock clock,
+             ProgressCount data_plane_progress)
     : options_(options),
       verify_threads_(
           options.verify_threads > 0
               ? options.verify_threads
               : static_cast<int>(std::clamp(std::thread::hardware_concurrency() / 2, 2u, 8u))),
       pool_(pool),
-      clock_(std::move(clock)) {
+      clock_(std::move(clock)),
+      data_plane_progress_(std::move(data_plane_progress)),
+      quarantine_time_(ResolveQuarantine(options)) {
   KVTIER_CHECK(options_.slot_bytes > 0 && options_.slot_count > 0, "empty pool");
   if (metrics == nullptr) {
     own_metrics_ = std::make_unique<MetricsRegistry>();
@@ -77,35 +88,83 @@ Store::Store(const StoreOptions& options, uint8_t* pool, MetricsRegistry* metric
   blocks_spill_g_ = m.AddGauge("kvtier_store_blocks", "Committed blocks.", {{"tier", "spill"}});
   leases_g_ = m.AddGauge("kvtier_store_active_leases", "Leases held.");
   reservations_g_ = m.AddGauge("kvtier_store_active_reservations", "Reservations open.");
-  spill_writes_ = m.AddCounter("kvtier_store_spill_writes_total",
-                               "Blocks the spiller wrote to the spill tier.");
-  spill_errors_ = m.AddCounter("kvtier_store_spill_errors_total",
-                               "RocksDB failures that took the spill tier offline or kept it so.");
-  spill_quarantines_ =
-      m.AddCounter("kvtier_store_spill_quarantines_total", "Damaged spill databases moved aside.");
-  spill_online_g_ = m.AddGauge("kvtier_store_spill_online",
-                               "1 while the spill tier is open; 0 while it is off or offline.");
-  spill_disk_bytes_g_ =
-      m.AddGauge("kvtier_store_spill_disk_bytes", "Bytes the spill database takes on disk.");
+  slots_quarantined_g_ = m.AddGauge(
+      "kvtier_store_pool_slots_quarantined",
+      "Slots freed by an abort or an expired reservation, not reused until late writes are over.");
+  namespaces_g_ =
+      m.AddGauge("kvtier_store_namespaces", "Namespaces with blocks, reservations or leases.");
+  spiller_ = std::make_unique<Spiller>(options_, &mu_, static_cast<Spiller::Index*>(this), metrics);
 
   free_slots_.reserve(options_.slot_count);
   for (int64_t s = static_cast<int64_t>(options_.slot_count) - 1; s >= 0; --s) {
     free_slots_.push_back(s);
   }
   absl::MutexLock lock(&mu_);
-  retry_ = options_.spill_retry;
   UpdateGauges();
 }
 
-Store::~Store() { StopSpiller(); }
+Store::~Store() { spiller_->Stop(); }
 
 // ---------------------------------------------------------------------------------------------
 // Index bookkeeping
 
-uint32_t Store::InternNamespace(const NamespaceId& ns) {
-  auto [it, inserted] = ns_ids_.try_emplace(ns, static_cast<uint32_t>(ns_by_id_.size()));
-  if (inserted) ns_by_id_.push_back(ns);
+uint32_t Store::RefNamespace(const NamespaceId& ns) {
+  auto [it, inserted] = ns_ids_.try_emplace(ns, 0);
+  if (inserted) {
+    if (free_ns_ids_.empty()) {
+      it->second = static_cast<uint32_t>(ns_by_id_.size());
+      ns_by_id_.emplace_back();
+    } else {
+      it->second = free_ns_ids_.back();
+      free_ns_ids_.pop_back();
+    }
+    ns_by_id_[it->second] = NamespaceSlot{ns, 0};
+  }
+  ++ns_by_id_[it->second].refs;
   return it->second;
+}
+
+void Store::UnrefNamespace(uint32_t id) {
+  NamespaceSlot& n = ns_by_id_[id];
+  KVTIER_CHECK(n.refs > 0, "namespace id {} unreferenced twice", id);
+  if (--n.refs > 0) return;
+  ns_ids_.erase(n.ns);
+  free_ns_ids_.push_back(id);
+}
+
+bool Store::TakeClientHandle(absl::string_view client) {
+  uint32_t& open = open_by_client_[client];
+  if (open >= options_.max_open_per_client) {
+    if (open == 0) open_by_client_.erase(client);
+    return false;
+  }
+  ++open;
+  return true;
+}
+
+void Store::ReturnClientHandle(absl::string_view client) {
+  auto it = open_by_client_.find(client);
+  KVTIER_CHECK(it != open_by_client_.end() && it->second > 0, "client handle returned twice");
+  if (--it->second == 0) open_by_client_.erase(it);
+}
+
+void Store::QuarantineSlot(Entry* e) {
+  if (e->slot < 0) return;
+  quarantine_.push_back(
+      {e->slot, clock_() + quarantine_time_, data_plane_progress_ ? data_plane_progress_() : 0});
+  e->slot = -1;
+}
+
+void Store::ReleaseQuarantine() {
+  if (quarantine_.empty()) return;
+  // Oldest first: both the deadline and the progress count grow along the queue.
+  const absl::Time now = clock_();
+  const uint64_t progress = data_plane_progress_ ? data_plane_progress_() : kQuarantinePasses;
+  while (!quarantine_.empty() && quarantine_.front().until <= now &&
+         progress >= quarantine_.front().progress + kQuarantinePasses) {
+    free_slots_.push_back(quarantine_.front().slot);
+    quarantine_.pop_front();
+  }
 }
 
 Store::Entry* Store::Find(const BlockKey& key) {
@@ -201,23 +260,23 @@ void Store::RemoveEntry(Entry* e) {
   }
   DropDiskCopy(e);
   FreeSlot(e);
+  const uint32_t ns_id = e->ns_id;
   entries_.erase(e->key);
+  UnrefNamespace(ns_id);
 }
 
 void Store::DropDiskCopy(Entry* e) {
   if (!e->on_disk) return;
   e->on_disk = false;
   spill_bytes_ -= e->size;
-  if (db_ != nullptr) {
-    pending_deletes_.push_back(e->key);
-    spiller_wake_ = true;
-  }
+  spiller_->QueueDelete(e->key);
 }
 
 // ---------------------------------------------------------------------------------------------
 // Eviction, spill and promotion
 
 int64_t Store::AllocateSlot() {
+  ReleaseQuarantine();
   while (free_slots_.empty()) {
     if (!EvictOne()) return -1;
   }
@@ -227,7 +286,7 @@ int64_t Store::AllocateSlot() {
 }
 
 Store::Entry* Store::CleanVictim() const {
-  if (db_ == nullptr) return nullptr;
+  if (!spiller_->online()) return nullptr;
   uint32_t seen = 0;
   for (auto it = evictable_.begin(); it != evictable_.end() && seen < options_.spill_queue_blocks;
        ++it, ++seen) {
@@ -237,9 +296,9 @@ Store::Entry* Store::CleanVictim() const {
 }
 
 bool Store::VictimReady() const {
-  if (!free_slots_.empty() || db_ == nullptr || CleanVictim() != nullptr) return true;
+  if (!free_slots_.empty() || !spiller_->online() || CleanVictim() != nullptr) return true;
   // No candidate: only the spiller's blocks in flight can become ones.
-  if (evictable_.empty()) return blocks_in_flight_ == 0;
+  if (evictable_.empty()) return spiller_->blocks_in_flight() == 0;
   return !EarnedSpill(evictable_.begin()->second);
 }
 
@@ -253,7 +312,7 @@ bool Store::EvictOne() {
   if (e == nullptr && !VictimReady()) {
     const absl::Duration wait = evictable_.empty() ? kInFlightWait : options_.spill_wait;
     if (wait > absl::ZeroDuration()) {
-      spiller_wake_ = true;
+      spiller_->Wake();
       mu_.AwaitWithTimeout(absl::Condition(this, &Store::VictimReady), wait);
       if (!free_slots_.empty()) return true;
       e = CleanVictim();
@@ -261,7 +320,7 @@ bool Store::EvictOne() {
   }
   if (evictable_.empty()) return false;
   if (e == nullptr) e = evictable_.begin()->second;
-  spiller_wake_ = true;
+  spiller_->Wake();
   if (!e->on_disk) {
     evictions_->Increment();
     RemoveEntry(e);
@@ -279,7 +338,7 @@ bool Store::EvictOne() {
 
 void Store::EndIo(Entry* e, uint64_t epoch) {
   e->busy = false;
-  if (epoch != tier_epoch_ && e->on_disk) {  // the tier failed meanwhile
+  if (epoch != spiller_->epoch() && e->on_disk) {  // the tier failed meanwhile
     e->on_disk = false;
     spill_bytes_ -= e->size;
   }
@@ -291,7 +350,7 @@ bool Store::EarnedSpill(const Entry* e) const {
 }
 
 bool Store::MakeDiskRoom(uint64_t bytes) {
-  while (spill_bytes_ + bytes > spill_payload_bytes_) {
+  while (spill_bytes_ + bytes > spiller_->payload_bytes()) {
     if (spill_lru_.empty()) return false;
     spill_drops_->Increment();
     RemoveEntry(spill_lru_.begin()->second);
@@ -300,114 +359,41 @@ bool Store::MakeDiskRoom(uint64_t bytes) {
 }
 
 uint64_t Store::WriteBlocks(const std::vector<Entry*>& batch) {
-  struct Job {
-    Entry* e;
-    SpillMeta meta;
-    const uint8_t* data;
-  };
-  std::vector<Job> jobs;
+  std::vector<Spiller::WriteJob> jobs;
   for (Entry* e : batch) {
     e->busy = true;
     UpdateEligibility(e);
-    SpillMeta meta;
-    meta.ns = ns_by_id_[e->ns_id];
-    meta.has_parent = e->parent.has_value();
-    if (meta.has_parent) meta.parent = *e->parent;
-    meta.size = e->size;
-    meta.checksum = e->checksum;
-    jobs.push_back({e, meta, SlotPtr(e->slot)});
+    Spiller::WriteJob j;
+    j.key = e->key;
+    j.meta.ns = ns_by_id_[e->ns_id].ns;
+    j.meta.has_parent = e->parent.has_value();
+    if (j.meta.has_parent) j.meta.parent = *e->parent;
+    j.meta.size = e->size;
+    j.meta.checksum = e->checksum;
+    j.data = SlotPtr(e->slot);
+    jobs.push_back(j);
   }
-  // Deletes first: a key deleted and written again is written after its deletion.
-  std::vector<BlockKey> deletes = std::move(pending_deletes_);
-  pending_deletes_.clear();
-  std::shared_ptr<SpillStore> db = db_;
-  const uint64_t epoch = tier_epoch_;
-  blocks_in_flight_ += jobs.size();
-  mu_.Unlock();
-  absl::Status s;
-  const char* op = "delete";
-  size_t deleted = 0;
-  for (; deleted < deletes.size(); ++deleted) {
-    s = db->Delete(deletes[deleted]);
-    if (!s.ok()) break;
-  }
-  size_t written = 0;
-  if (s.ok()) {
-    op = "write";
-    for (; written < jobs.size(); ++written) {
-      const Job& j = jobs[written];
-      s = db->Put(j.e->key, j.meta, j.data, j.meta.size);
-      if (!s.ok()) break;
-    }
-  }
-  const uint64_t disk_bytes = db->DiskBytes();
-  mu_.Lock();
-  blocks_in_flight_ -= jobs.size();
-  disk_bytes_ = disk_bytes;
-  spill_disk_bytes_g_->Set(static_cast<double>(disk_bytes));
-  const bool current = epoch == tier_epoch_;
-  for (size_t i = 0; i < jobs.size(); ++i) {
-    Entry* e = jobs[i].e;
+  const size_t written = spiller_->Write(jobs);
+  for (size_t i = 0; i < batch.size(); ++i) {
+    Entry* e = batch[i];
     e->busy = false;
-    if (i < written && current) {
+    if (i < written) {
       e->on_disk = true;
       spill_bytes_ += e->size;
-      spill_writes_->Increment();
     }
     UpdateEligibility(e);
   }
-  // A write stall is no failure, unless it lasts: what is left is tried again later.
-  if (absl::IsAborted(s) && absl::Now() - stalled_since_ < kStallLimit) {
-    if (stalled_since_ == absl::InfiniteFuture()) stalled_since_ = absl::Now();
-    if (current) {
-      pending_deletes_.insert(pending_deletes_.begin(), deletes.begin() + deleted, deletes.end());
-    }
-    stalled_ = true;
-  } else if (!s.ok()) {
-    TierFailed(db.get(), s, op);
-  }
-  if (s.ok()) stalled_since_ = absl::InfiniteFuture();
-  CloseIfLast(std::move(db));
-  return current ? written : 0;
+  return written;
 }
 
 std::vector<absl::Status> Store::ReadBlocks(const std::vector<Entry*>& batch) {
-  std::vector<absl::Status> out;
-  std::shared_ptr<SpillStore> db = db_;
-  mu_.Unlock();
-  absl::Status failed;  // a failure of the database, not of one block
-  for (Entry* e : batch) {
-    if (!failed.ok()) {
-      out.push_back(failed);
-      continue;
-    }
-    // key, size and checksum of a committed block do not change; the slot is the lookup's.
-    absl::Status s = db->Read(e->key, SlotPtr(e->slot), e->size, e->checksum);
-    if (!s.ok() && !absl::IsDataLoss(s) && !absl::IsNotFound(s)) failed = s;
-    out.push_back(std::move(s));
-  }
-  mu_.Lock();
-  if (!failed.ok()) TierFailed(db.get(), failed, "read");
-  CloseIfLast(std::move(db));
-  return out;
+  // key, size and checksum of a committed block do not change; the slot is the lookup's.
+  std::vector<Spiller::ReadJob> jobs;
+  for (Entry* e : batch) jobs.push_back({e->key, SlotPtr(e->slot), e->size, e->checksum});
+  return spiller_->Read(jobs);
 }
 
-void Store::CloseIfLast(std::shared_ptr<SpillStore> db) {
-  if (db.use_count() > 1) return;
-  mu_.Unlock();  // closing waits for RocksDB's background work
-  db.reset();
-  mu_.Lock();
-}
-
-void Store::TierFailed(const SpillStore* db, const absl::Status& s, const char* op) {
-  if (db_ == nullptr || db_.get() != db) return;  // already offline, or a newer database
-  spill_errors_->Increment();
-  // Corruption: the database is moved aside for inspection. Anything else (a full disk, EIO,
-  // lost permissions): the index forgets the spilled blocks now, so the files are wiped.
-  reopen_ = absl::IsDataLoss(s) ? Reopen::kQuarantine : Reopen::kWipe;
-  ++tier_epoch_;
-  db_.reset();  // closes once the last reader lets go; never written again
-  pending_deletes_.clear();
+uint64_t Store::ForgetSpilled() {
   std::vector<Entry*> gone;
   for (auto& [key, e] : entries_) {
     if (e.busy) continue;  // its I/O finishes, sees the new epoch and drops the disk copy
@@ -419,54 +405,11 @@ void Store::TierFailed(const SpillStore* db, const absl::Status& s, const char* 
     }
   }
   for (Entry* e : gone) RemoveEntry(e);
-  retry_ = options_.spill_retry;
-  next_open_ = absl::Now() + retry_;
   UpdateGauges();
-  spdlog::error(
-      "spill tier offline: {} failed: {}; {} spilled blocks dropped, serving from memory, "
-      "reopening in {}",
-      op, std::string(s.message()), gone.size(), absl::FormatDuration(retry_));
+  return gone.size();
 }
 
-absl::Status Store::OpenTier() {
-  const std::string& dir = options_.spill_dir;
-  Reopen mode;
-  {
-    absl::MutexLock lock(&mu_);
-    mode = reopen_;
-  }
-  auto quarantine = [&]() -> absl::Status {
-    KVTIER_RETURN_IF_ERROR(SpillStore::Quarantine(dir, options_.spill_quarantine_max));
-    spill_quarantines_->Increment();
-    return absl::OkStatus();
-  };
-  if (mode == Reopen::kQuarantine) KVTIER_RETURN_IF_ERROR(quarantine());
-  if (mode == Reopen::kWipe) KVTIER_RETURN_IF_ERROR(SpillStore::Destroy(dir));
-  {
-    absl::MutexLock lock(&mu_);
-    reopen_ = Reopen::kAsIs;
-  }
-  absl::StatusOr<std::unique_ptr<SpillStore>> opened =
-      SpillStore::Open(dir, options_.spill_capacity_bytes);
-  if (absl::IsDataLoss(opened.status())) {
-    spdlog::error("spill tier: {}; moving the database aside and starting a new one",
-                  std::string(opened.status().message()));
-    KVTIER_RETURN_IF_ERROR(quarantine());
-    opened = SpillStore::Open(dir, options_.spill_capacity_bytes);
-  }
-  if (!opened.ok()) return opened.status();
-  std::shared_ptr<SpillStore> db = std::move(*opened);
-  std::vector<std::pair<BlockKey, SpillMeta>> metas;
-  absl::Status scanned = db->ForEachMeta(
-      [&](const BlockKey& key, const SpillMeta& meta) { metas.emplace_back(key, meta); });
-  if (!scanned.ok()) {
-    absl::MutexLock lock(&mu_);
-    if (absl::IsDataLoss(scanned)) reopen_ = Reopen::kQuarantine;
-    return scanned;
-  }
-  const uint64_t disk_bytes = db->DiskBytes();
-
-  absl::MutexLock lock(&mu_);
+void Store::AddRecovered(const std::vector<std::pair<BlockKey, SpillMeta>>& metas) {
   std::vector<Entry*> loaded;
   for (const auto& [key, meta] : metas) {
     // Everything read back is checked before the index trusts it: a size beyond this store's
@@ -478,13 +421,13 @@ absl::Status Store::OpenTier() {
                           "spill tier: deleting recovered block {} (size {}, slot size {}{})",
                           KeyToHex(key), meta.size, options_.slot_bytes,
                           entries_.contains(key) ? ", already in memory" : "");
-      pending_deletes_.push_back(key);
+      spiller_->QueueDelete(key);
       continue;
     }
     Entry& e = entries_[key];
     e.key = key;
     e.id = next_id_++;
-    e.ns_id = InternNamespace(meta.ns);
+    e.ns_id = RefNamespace(meta.ns);
     e.state = State::kCommitted;
     e.tier = Tier::kSpilled;
     e.on_disk = true;
@@ -495,158 +438,62 @@ absl::Status Store::OpenTier() {
     spill_bytes_ += meta.size;
     loaded.push_back(&e);
   }
-  spill_payload_bytes_ = db->payload_bytes();
-  db_ = std::move(db);
   for (Entry* e : loaded) LinkParent(e);
   for (Entry* e : loaded) Touch(e);
   MakeDiskRoom(0);
-  disk_bytes_ = disk_bytes;
-  spill_disk_bytes_g_->Set(static_cast<double>(disk_bytes));
-  retry_ = options_.spill_retry;
-  spiller_wake_ = true;
   UpdateGauges();
-  spdlog::info("spill tier online in '{}': {} blocks ({} bytes) recovered, {} namespaces", dir,
-               loaded.size(), spill_bytes_, ns_ids_.size());
-  return absl::OkStatus();
+  spdlog::info("spill tier online in '{}': {} blocks ({} bytes) recovered, {} namespaces",
+               options_.spill_dir, loaded.size(), spill_bytes_, ns_ids_.size());
 }
 
-void Store::SpillerLoop() {
-  // Disk work yields the CPU to the control calls (docs/store-protocol.md, "Spill tier").
-  setpriority(PRIO_PROCESS, static_cast<id_t>(syscall(SYS_gettid)), kSpillerNice);
-  absl::MutexLock lock(&mu_);
-  while (!spiller_stop_) {
-    if (db_ == nullptr) {
-      spiller_idle_ = true;
-      spiller_wake_ = false;
-      if (absl::Now() < next_open_) {
-        mu_.AwaitWithDeadline(absl::Condition(&spiller_stop_), next_open_);
-        continue;
+bool Store::SpillRound(bool disk_has_room) {
+  // The spill queue: the least recently used evictable blocks, written ahead of eviction.
+  std::vector<Entry*> batch;
+  uint64_t batch_bytes = 0;
+  if (disk_has_room) {
+    uint32_t seen = 0;
+    for (auto it = evictable_.begin();
+         it != evictable_.end() && seen < options_.spill_queue_blocks &&
+         batch.size() < kSpillBatchBlocks;
+         ++it, ++seen) {
+      Entry* e = it->second;
+      if (e->on_disk || !EarnedSpill(e)) continue;
+      // Its ancestors not yet on disk go first, roots first: a parent becomes evictable
+      // right after its last child left memory, and a chain on disk is useful only whole.
+      std::vector<Entry*> path = {e};
+      for (Entry* p = LinkedParent(e); p != nullptr && path.size() < kSpillAncestors &&
+                                       p->tier == Tier::kMemory && !p->on_disk && !p->busy;
+           p = LinkedParent(p)) {
+        path.push_back(p);
       }
-      spiller_idle_ = false;
-      mu_.Unlock();
-      absl::Status s = OpenTier();
-      mu_.Lock();
-      if (!s.ok()) {
-        spill_errors_->Increment();
-        next_open_ = absl::Now() + retry_;
-        spdlog::warn("spill tier still offline: {}; next try in {}", std::string(s.message()),
-                     absl::FormatDuration(retry_));
-        retry_ = std::min(retry_ * 2, options_.spill_retry * 64);
+      for (auto r = path.rbegin(); r != path.rend() && batch.size() < kSpillBatchBlocks; ++r) {
+        if (std::find(batch.begin(), batch.end(), *r) == batch.end()) batch.push_back(*r);
       }
-      continue;
     }
-    // The spill queue: the least recently used evictable blocks, written ahead of eviction.
-    std::vector<Entry*> batch;
-    uint64_t batch_bytes = 0;
-    const uint64_t capacity = db_->capacity_bytes();
-    if (disk_bytes_ <= capacity) {
-      uint32_t seen = 0;
-      for (auto it = evictable_.begin();
-           it != evictable_.end() && seen < options_.spill_queue_blocks &&
-           batch.size() < kSpillBatchBlocks;
-           ++it, ++seen) {
-        Entry* e = it->second;
-        if (e->on_disk || !EarnedSpill(e)) continue;
-        // Its ancestors not yet on disk go first, roots first: a parent becomes evictable
-        // right after its last child left memory, and a chain on disk is useful only whole.
-        std::vector<Entry*> path = {e};
-        for (Entry* p = LinkedParent(e); p != nullptr && path.size() < kSpillAncestors &&
-                                         p->tier == Tier::kMemory && !p->on_disk && !p->busy;
-             p = LinkedParent(p)) {
-          path.push_back(p);
-        }
-        for (auto r = path.rbegin(); r != path.rend() && batch.size() < kSpillBatchBlocks; ++r) {
-          if (std::find(batch.begin(), batch.end(), *r) == batch.end()) batch.push_back(*r);
-        }
-      }
-      // Room on disk; dropping spilled leaves never touches these in-memory blocks.
-      size_t fit = 0;
-      for (; fit < batch.size() && MakeDiskRoom(batch_bytes + batch[fit]->size); ++fit) {
-        batch_bytes += batch[fit]->size;
-      }
-      batch.resize(fit);
-      // Room on the file system, which others may be filling too.
-      const uint64_t free_bytes = batch.empty() ? 0 : db_->FreeBytes();
-      if (!batch.empty() && free_bytes < batch_bytes + db_->HeadroomBytes()) {
-        block_failures_.Log(spdlog::level::warn,
-                            "spill tier: {} bytes free on the disk, {} needed; spilling paused",
-                            free_bytes, batch_bytes + db_->HeadroomBytes());
-        batch.clear();
-      }
-    } else {
-      block_failures_.Log(spdlog::level::warn,
-                          "spill tier: the directory takes {} bytes, over its capacity of {}; "
-                          "spilling paused until RocksDB reclaims space",
-                          disk_bytes_, capacity);
+    // Room on disk; dropping spilled leaves never touches these in-memory blocks.
+    size_t fit = 0;
+    for (; fit < batch.size() && MakeDiskRoom(batch_bytes + batch[fit]->size); ++fit) {
+      batch_bytes += batch[fit]->size;
     }
-    if (batch.empty() && pending_deletes_.empty()) {
-      spiller_idle_ = true;
-      spiller_wake_ = false;
-      mu_.AwaitWithTimeout(absl::Condition(
-                               +[](Store* s) ABSL_EXCLUSIVE_LOCKS_REQUIRED(s->mu_) {
-                                 return s->spiller_wake_ || s->spiller_stop_;
-                               },
-                               this),
-                           kSpillerPoll);
-      spiller_idle_ = false;
-      continue;
-    }
-    WriteBlocks(batch);
-    UpdateGauges();
-    if (stalled_) {  // RocksDB is busy flushing: give it a moment
-      stalled_ = false;
-      mu_.AwaitWithTimeout(absl::Condition(&spiller_stop_), kStallPause);
-    }
+    batch.resize(fit);
+    // Room on the file system, which others may be filling too.
+    if (!batch.empty() && !spiller_->FileSystemHasRoom(batch_bytes)) batch.clear();
   }
-  spiller_idle_ = true;
+  if (batch.empty() && !spiller_->has_pending_deletes()) return false;
+  WriteBlocks(batch);
+  UpdateGauges();
+  return true;
 }
 
-void Store::StopSpiller() {
-  {
-    absl::MutexLock lock(&mu_);
-    spiller_stop_ = true;
-  }
-  if (spiller_.joinable()) spiller_.join();
-}
-
-void Store::WaitForSpiller() {
-  absl::MutexLock lock(&mu_);
-  if (!spiller_.joinable()) return;
-  spiller_wake_ = true;
-  mu_.Await(absl::Condition(
-      +[](Store* s) ABSL_EXCLUSIVE_LOCKS_REQUIRED(s->mu_) {
-        return s->spiller_stop_ || (s->spiller_idle_ && !s->spiller_wake_);
-      },
-      this));
-}
+void Store::WaitForSpiller() { spiller_->WaitIdle(); }
 
 // ---------------------------------------------------------------------------------------------
 // Protocol
 
-absl::Status Store::Recover() {
-  if (options_.spill_dir.empty()) return absl::OkStatus();
-  absl::Status s = OpenTier();
-  if (!s.ok()) {
-    spill_errors_->Increment();
-    if (options_.spill_required) {
-      return absl::Status(s.code(), absl::StrCat("the spill tier is required (spill_required) "
-                                                 "and cannot be opened: ",
-                                                 s.message()));
-    }
-    absl::MutexLock lock(&mu_);
-    next_open_ = absl::Now() + retry_;
-    spdlog::error(
-        "spill tier unavailable: {}; STARTING WITHOUT SPILL (memory only), retrying in {} "
-        "(set spill_required to refuse to start instead)",
-        std::string(s.message()), absl::FormatDuration(retry_));
-    UpdateGauges();
-  }
-  spiller_ = std::thread([this] { SpillerLoop(); });
-  return absl::OkStatus();
-}
+absl::Status Store::Recover() { return spiller_->Start(); }
 
 absl::StatusOr<LookupResult> Store::Lookup(const NamespaceId& ns, absl::Span<const BlockKey> keys,
-                                           bool lease) {
+                                           bool lease, absl::string_view client) {
   if (keys.empty()) return absl::InvalidArgumentError("lookup names no keys");
   if (keys.size() > options_.max_batch_keys) {
     return absl::InvalidArgumentError(
@@ -655,12 +502,18 @@ absl::StatusOr<LookupResult> Store::Lookup(const NamespaceId& ns, absl::Span<con
   absl::MutexLock lock(&mu_);
   lookups_->Increment();
   LookupResult result;
-  auto ns_it = ns_ids_.find(ns);
+  // An unknown namespace is a miss, without a lease.
+  const bool known = ns_ids_.contains(ns);
+  if (lease && known && !TakeClientHandle(client)) {
+    return ClientLimitError(client, options_.max_open_per_client);
+  }
   std::vector<Entry*> hits;     // pinned when leasing
   std::vector<Entry*> promote;  // spilled hits, each given a slot and marked busy
-  const uint64_t epoch = tier_epoch_;
-  if (ns_it != ns_ids_.end()) {
-    const uint32_t ns_id = ns_it->second;  // AllocateSlot may release the lock
+  const uint64_t epoch = spiller_->epoch();
+  uint32_t ns_id = 0;
+  if (known) {
+    // AllocateSlot may release the lock: the reference keeps the id from being reused.
+    ns_id = RefNamespace(ns);
     for (const BlockKey& key : keys) {
       Entry* e = Find(key);
       if (e == nullptr || e->state != State::kCommitted || e->ns_id != ns_id) break;
@@ -752,15 +605,19 @@ absl::StatusOr<LookupResult> Store::Lookup(const NamespaceId& ns, absl::Span<con
   miss_blocks_->Increment(static_cast<double>(keys.size() - result.hit_count));
   if (lease && !hits.empty()) {
     result.lease_id = next_id_++;
-    leases_[result.lease_id] = Lease{std::move(hits), clock_() + options_.lease_timeout};
+    leases_[result.lease_id] =
+        Lease{std::move(hits), clock_() + options_.lease_timeout, std::string(client)};
+  } else if (lease && known) {
+    ReturnClientHandle(client);
   }
+  if (known) UnrefNamespace(ns_id);
   UpdateGauges();
   return result;
 }
 
 absl::StatusOr<ReserveResult> Store::Reserve(const NamespaceId& ns, absl::Span<const BlockKey> keys,
                                              const std::optional<BlockKey>& parent,
-                                             uint64_t block_bytes) {
+                                             uint64_t block_bytes, absl::string_view client) {
   if (keys.empty()) return absl::InvalidArgumentError("reserve names no keys");
   if (keys.size() > options_.max_batch_keys) {
     return absl::InvalidArgumentError(
@@ -780,17 +637,31 @@ absl::StatusOr<ReserveResult> Store::Reserve(const NamespaceId& ns, absl::Span<c
         absl::StrCat("reserve names block ", KeyToHex(keys[0]), " as its own parent"));
   }
   absl::MutexLock lock(&mu_);
-  const uint32_t ns_id = InternNamespace(ns);
+  if (!ns_ids_.contains(ns) && ns_ids_.size() >= options_.max_namespaces) {
+    return absl::ResourceExhaustedError(
+        absl::StrCat("the store holds ", ns_ids_.size(),
+                     " namespaces, the most it may (max_namespaces); namespace ", KeyToHex(ns),
+                     " gets none until one is dropped or emptied"));
+  }
+  if (!TakeClientHandle(client)) return ClientLimitError(client, options_.max_open_per_client);
+  // This call's reference keeps the id while AllocateSlot may release the lock.
+  const uint32_t ns_id = RefNamespace(ns);
   ReserveResult result;
   result.outcomes.reserve(keys.size());
   result.offsets.reserve(keys.size());
   Reservation reservation;
   bool no_space = false;
+  // A key committed is present; one reserved by another writer is in progress (that writer
+  // may still fail: the caller must not count it as stored).
+  auto existing = [&](Entry* e) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
+    result.offsets.push_back(0);
+    if (e->state != State::kCommitted) return ReserveOutcome::kInProgress;
+    Touch(e);
+    return ReserveOutcome::kPresent;
+  };
   for (size_t i = 0; i < keys.size(); ++i) {
     if (Entry* e = Find(keys[i]); e != nullptr) {
-      if (e->state == State::kCommitted) Touch(e);
-      result.outcomes.push_back(ReserveOutcome::kPresent);
-      result.offsets.push_back(0);
+      result.outcomes.push_back(existing(e));
       continue;
     }
     int64_t slot = no_space ? -1 : AllocateSlot();
@@ -800,16 +671,16 @@ absl::StatusOr<ReserveResult> Store::Reserve(const NamespaceId& ns, absl::Span<c
       result.offsets.push_back(0);
       continue;
     }
-    if (Find(keys[i]) != nullptr) {  // another writer took it while eviction waited
-      free_slots_.push_back(slot);
-      result.outcomes.push_back(ReserveOutcome::kPresent);
-      result.offsets.push_back(0);
+    if (Entry* e = Find(keys[i]); e != nullptr) {  // another writer took it while eviction waited
+      free_slots_.push_back(slot);                 // never handed out: no write can land in it
+      result.outcomes.push_back(existing(e));
       continue;
     }
     Entry& e = entries_[keys[i]];
     e.key = keys[i];
     e.id = next_id_++;
     e.ns_id = ns_id;
+    ++ns_by_id_[ns_id].refs;
     e.state = State::kReserved;
     e.tier = Tier::kMemory;
     e.slot = slot;
@@ -822,8 +693,12 @@ absl::StatusOr<ReserveResult> Store::Reserve(const NamespaceId& ns, absl::Span<c
   if (!reservation.entries.empty()) {
     result.reservation_id = next_id_++;
     reservation.deadline = clock_() + options_.reservation_timeout;
+    reservation.client = std::string(client);
     reservations_[result.reservation_id] = std::move(reservation);
+  } else {
+    ReturnClientHandle(client);
   }
+  UnrefNamespace(ns_id);
   UpdateGauges();
   return result;
 }
@@ -867,6 +742,7 @@ absl::StatusOr<CommitResult> Store::Commit(uint64_t reservation_id,
                reservation_id);
   CommitResult result;
   std::vector<Entry*> entries = std::move(it->second.entries);
+  ReturnClientHandle(it->second.client);
   reservations_.erase(it);
   for (size_t i = 0; i < entries.size(); ++i) {
     Entry* e = entries[i];
@@ -884,14 +760,18 @@ absl::StatusOr<CommitResult> Store::Commit(uint64_t reservation_id,
     Touch(e);
     ++result.committed;
   }
-  spiller_wake_ = true;
+  spiller_->Wake();
   UpdateGauges();
   return result;
 }
 
 void Store::AbortReservation(Reservation& r) {
-  for (Entry* e : r.entries) RemoveEntry(e);
+  for (Entry* e : r.entries) {
+    QuarantineSlot(e);  // a put of the writer may still land in it
+    RemoveEntry(e);
+  }
   r.entries.clear();
+  ReturnClientHandle(r.client);
 }
 
 absl::Status Store::Abort(uint64_t reservation_id) {
@@ -916,8 +796,9 @@ void Store::ReleaseLease(Lease& lease) {
     --e->leases;
     UpdateEligibility(e);
   }
-  spiller_wake_ = true;
+  spiller_->Wake();
   lease.entries.clear();
+  ReturnClientHandle(lease.client);
 }
 
 absl::Status Store::Release(uint64_t lease_id) {
@@ -949,6 +830,7 @@ void Store::ReapExpired() {
     ReleaseLease(cur->second);
     leases_.erase(cur);
   }
+  ReleaseQuarantine();
   UpdateGauges();
 }
 
@@ -957,9 +839,10 @@ DropResult Store::DropNamespace(const NamespaceId& ns) {
   DropResult result;
   auto ns_it = ns_ids_.find(ns);
   if (ns_it == ns_ids_.end()) return result;
+  const uint32_t ns_id = ns_it->second;  // freed with its last entry
   std::vector<Entry*> victims;
   for (auto& [key, e] : entries_) {
-    if (e.ns_id != ns_it->second) continue;
+    if (e.ns_id != ns_id) continue;
     if (e.state != State::kCommitted || e.leases > 0 || e.busy) {
       ++result.pinned_kept;
     } else {
@@ -973,9 +856,9 @@ DropResult Store::DropNamespace(const NamespaceId& ns) {
 }
 
 uint64_t Store::SpillAll() {
-  StopSpiller();
+  spiller_->Stop();
   absl::MutexLock lock(&mu_);
-  if (db_ == nullptr) return 0;
+  if (!spiller_->online()) return 0;
   // Depth of each block in its chain (0: no parent in the index), memoized along the way.
   absl::flat_hash_map<const Entry*, uint32_t> depth;
   auto depth_of = [&](Entry* e) {
@@ -1000,13 +883,13 @@ uint64_t Store::SpillAll() {
     return a.first != b.first ? a.first < b.first : a.second->tick > b.second->tick;
   });
   for (const auto& [d, e] : order) {
-    if (db_ == nullptr) break;
+    if (!spiller_->online()) break;
     const Entry* p = LinkedParent(e);
     if (p != nullptr && !p->on_disk) continue;  // its prefix is not on disk: useless there
-    if (spill_bytes_ + e->size > spill_payload_bytes_) continue;
+    if (spill_bytes_ + e->size > spiller_->payload_bytes()) continue;
     WriteBlocks({e});
   }
-  if (db_ != nullptr && !pending_deletes_.empty()) WriteBlocks({});
+  if (spiller_->online() && spiller_->has_pending_deletes()) WriteBlocks({});
   UpdateGauges();
   uint64_t on_disk = 0;
   for (const auto& [key, e] : entries_) on_disk += e.tier == Tier::kMemory && e.on_disk;
@@ -1021,11 +904,12 @@ void Store::UpdateGauges() {
   spill_bytes_g_->Set(static_cast<double>(spill_bytes_));
   spill_capacity_g_->Set(
       static_cast<double>(options_.spill_dir.empty() ? 0 : options_.spill_capacity_bytes));
-  spill_online_g_->Set(db_ != nullptr ? 1 : 0);
   blocks_memory_g_->Set(static_cast<double>(blocks_in_memory_));
   blocks_spill_g_->Set(static_cast<double>(blocks_spilled_));
   leases_g_->Set(static_cast<double>(leases_.size()));
   reservations_g_->Set(static_cast<double>(reservations_.size()));
+  slots_quarantined_g_->Set(static_cast<double>(quarantine_.size()));
+  namespaces_g_->Set(static_cast<double>(ns_ids_.size()));
 }
 
 StoreStats Store::Stats() const {
@@ -1035,10 +919,11 @@ StoreStats Store::Stats() const {
   s.blocks_spilled = blocks_spilled_;
   s.slots_total = options_.slot_count;
   s.slots_used = options_.slot_count - free_slots_.size();
+  s.slots_quarantined = quarantine_.size();
   s.spill_bytes = spill_bytes_;
   s.spill_capacity_bytes = options_.spill_dir.empty() ? 0 : options_.spill_capacity_bytes;
-  s.spill_online = db_ != nullptr;
-  s.spill_disk_bytes = disk_bytes_;
+  s.spill_online = spiller_->online();
+  s.spill_disk_bytes = spiller_->disk_bytes();
   auto v = [](const Counter* c) { return static_cast<uint64_t>(c->Value()); };
   s.lookups = v(lookups_);
   s.hit_blocks = v(hit_blocks_);
@@ -1052,9 +937,9 @@ StoreStats Store::Stats() const {
   s.checksum_failures = v(checksum_failures_);
   s.expired_reservations = v(expired_reservations_);
   s.expired_leases = v(expired_leases_);
-  s.spill_writes = v(spill_writes_);
-  s.spill_errors = v(spill_errors_);
-  s.spill_quarantines = v(spill_quarantines_);
+  s.spill_writes = spiller_->writes();
+  s.spill_errors = spiller_->errors();
+  s.spill_quarantines = spiller_->quarantines();
   s.active_leases = leases_.size();
   s.active_reservations = reservations_.size();
   s.namespaces = ns_ids_.size();

@@ -12,10 +12,12 @@
 #include "absl/synchronization/mutex.h"
 #include "cachestore/store_node.h"
 #include "common/checksum.h"
+#include "common/host_port.h"
 #include "common/log_limiter.h"
 #include "common/logging.h"
 #include "common/parallel.h"
 #include "common/status_macros.h"
+#include "transport/net_devices.h"
 #include "transport/ucx.h"
 
 #define XXH_INLINE_ALL
@@ -130,7 +132,16 @@ class RemoteStoreClient final : public StoreClient {
                                                std::thread::hardware_concurrency() / 2, 1u, 8u))) {}
 
   absl::Status Init() {
-    KVTIER_ASSIGN_OR_RETURN(ucx_, transport::UcxContext::Create());
+    // The data plane stays on the interfaces that reach the stores, or the configured one.
+    std::vector<std::string> hosts;
+    for (const std::string& addr : options_.stores) {
+      KVTIER_ASSIGN_OR_RETURN(HostPort hp, ParseHostPort(addr));
+      hosts.push_back(hp.host);
+    }
+    transport::UcxContextOptions ucx_options;
+    KVTIER_ASSIGN_OR_RETURN(ucx_options.net_devices,
+                            transport::ResolveNetDevices(options_.data_interface, hosts));
+    KVTIER_ASSIGN_OR_RETURN(ucx_, transport::UcxContext::Create(ucx_options));
     KVTIER_ASSIGN_OR_RETURN(worker_, transport::UcxWorker::Create(ucx_.get()));
     for (const std::string& addr : options_.stores) {
       nodes_.push_back(
@@ -307,6 +318,9 @@ absl::StatusOr<bool> RemoteStoreClient::PutRun(const NamespaceId& ns, const Slic
         break;
       case v1::RESERVE_OUTCOME_PRESENT:
         ++result->present;
+        break;
+      case v1::RESERVE_OUTCOME_IN_PROGRESS:  // another writer's, which may still fail
+        ++result->skipped;
         break;
       default:
         ++result->skipped;

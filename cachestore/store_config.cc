@@ -33,6 +33,16 @@ void DeclareStoreConfig(StoreConfig* c, OptionTable* t) {
       .Positive();
   t->Add("spill_quarantine_max", &o->spill_quarantine_max,
          "damaged spill databases kept under spill_dir/quarantine (0: deleted)");
+  // Data plane and limits (docs/store-protocol.md).
+  t->Add("data_interface", &c->data_interface,
+         "data-plane interface, address of one, or 'all' (empty: listen's interface)");
+  t->Add("slot_quarantine_ms", &o->slot_quarantine,
+         "slots freed by an abort or expired reservation stay unused this long "
+         "(0: max(reservation_timeout, 12 s))");
+  t->Add("max_namespaces", &o->max_namespaces, "namespaces the store holds at once").Positive();
+  t->Add("max_open_per_client", &o->max_open_per_client,
+         "leases and reservations one client (gRPC connection) may hold open")
+      .Positive();
   t->Add("spill_on_shutdown", &c->spill_on_shutdown,
          "SIGTERM writes the in-memory blocks to the spill tier");
   t->Add("ready_file", &c->ready_file, "write {grpc_port, metrics_port, pid} here when serving");
@@ -42,6 +52,13 @@ void DeclareStoreConfig(StoreConfig* c, OptionTable* t) {
     if (o->slot_count == 0) {
       return absl::InvalidArgumentError(absl::StrCat(
           "pool_bytes ", c->pool_bytes, " holds no slot of ", o->slot_bytes, " bytes"));
+    }
+    if (o->slot_quarantine > absl::ZeroDuration() && o->slot_quarantine < o->reservation_timeout) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("slot_quarantine_ms (", absl::ToInt64Milliseconds(o->slot_quarantine),
+                       ") must be at least reservation_timeout_ms (",
+                       absl::ToInt64Milliseconds(o->reservation_timeout),
+                       "): a writer may write until its reservation expires"));
     }
     if (!o->spill_dir.empty() &&
         SpillStore::PayloadBytes(o->spill_capacity_bytes) < o->slot_bytes) {

@@ -23,6 +23,11 @@ struct StoreConfig {
   std::string metrics_listen = "127.0.0.1:9100";
   // Host pool size; rounded down to whole slots. Default: 1 GiB.
   uint64_t pool_bytes = 1ull << 30;
+  // The data plane's network interface: a name ("eth1"), an address of one, or "all"; UCX
+  // listens and connects only there (docs/store-protocol.md, "Data plane: interfaces and
+  // trust"). Empty: the interface of `listen`'s host (loopback for 127.0.0.1; every interface
+  // for 0.0.0.0). Default: empty.
+  std::string data_interface;
   // Write every in-memory block to the spill tier on SIGTERM. Default: true.
   bool spill_on_shutdown = true;
   // Written (atomically) once serving: {"grpc_port":..,"metrics_port":..,"pid":..}. Default: none.

@@ -53,6 +53,25 @@ TEST(StoreConfigTest, ClearErrors) {
   StoreConfig spill;
   spill.store.spill_dir = "/tmp/x";
   EXPECT_EQ(FinalizeStoreConfig(&spill).code(), absl::StatusCode::kInvalidArgument);
+  // A freed slot may be written until its reservation would have expired.
+  auto short_quarantine = LoadStoreConfig(
+      WriteFile("quarantine.yaml", "reservation_timeout_ms: 30000\nslot_quarantine_ms: 5000\n"));
+  ASSERT_TRUE(short_quarantine.ok()) << short_quarantine.status();
+  absl::Status q = FinalizeStoreConfig(&*short_quarantine);
+  EXPECT_EQ(q.code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_NE(q.message().find("slot_quarantine_ms"), std::string::npos) << q;
+}
+
+TEST(StoreConfigTest, LimitsAndDataInterfaceLoad) {
+  auto c = LoadStoreConfig(WriteFile("limits.yaml",
+                                     "data_interface: lo\nslot_quarantine_ms: 60000\n"
+                                     "max_namespaces: 7\nmax_open_per_client: 9\n"));
+  ASSERT_TRUE(c.ok()) << c.status();
+  ASSERT_TRUE(FinalizeStoreConfig(&*c).ok());
+  EXPECT_EQ(c->data_interface, "lo");
+  EXPECT_EQ(c->store.slot_quarantine, absl::Seconds(60));
+  EXPECT_EQ(c->store.max_namespaces, 7u);
+  EXPECT_EQ(c->store.max_open_per_client, 9u);
 }
 
 }  // namespace

@@ -13,6 +13,7 @@
 #include "common/metrics_http.h"
 #include "common/service.h"
 #include "common/status_macros.h"
+#include "transport/net_devices.h"
 #include "transport/progress_thread.h"
 #include "transport/ucx.h"
 
@@ -33,7 +34,18 @@ absl::StatusOr<std::unique_ptr<StoreServer>> StoreServer::Start(const StoreConfi
 
   // Data plane: UCX allocates and registers the pool once (shared-memory peers map it, so
   // their put/get is one-sided); the progress thread serves transports that need the target.
-  KVTIER_ASSIGN_OR_RETURN(s->ucx_, transport::UcxContext::Create());
+  // The data plane stays on the configured interface (UCX's TCP transport would listen on every
+  // one, without authentication).
+  KVTIER_ASSIGN_OR_RETURN(HostPort listen, ParseHostPort(s->config_.listen));
+  transport::UcxContextOptions ucx_options;
+  KVTIER_ASSIGN_OR_RETURN(ucx_options.net_devices,
+                          transport::ResolveNetDevices(s->config_.data_interface, {listen.host}));
+  if (ucx_options.net_devices.empty()) {
+    spdlog::warn(
+        "data plane on every network interface: UCX has no authentication, keep this host's "
+        "networks private or set data_interface (docs/store-protocol.md)");
+  }
+  KVTIER_ASSIGN_OR_RETURN(s->ucx_, transport::UcxContext::Create(ucx_options));
   KVTIER_ASSIGN_OR_RETURN(s->worker_, transport::UcxWorker::Create(s->ucx_.get()));
   const uint64_t pool_bytes = opts.slot_bytes * opts.slot_count;
   absl::Time t0 = absl::Now();
@@ -50,7 +62,8 @@ absl::StatusOr<std::unique_ptr<StoreServer>> StoreServer::Start(const StoreConfi
 
   // The spill tier is optional: Recover fails only when spill_required is set (a tier that
   // cannot be opened is retried in the background otherwise).
-  s->store_ = std::make_unique<Store>(opts, s->pool_->data(), s->metrics_.get());
+  s->store_ = std::make_unique<Store>(opts, s->pool_->data(), s->metrics_.get(), &absl::Now,
+                                      [p = s->progress_.get()] { return p->passes(); });
   KVTIER_RETURN_IF_ERROR(s->store_->Recover());
 
   DataPlaneInfo info;

@@ -20,6 +20,13 @@ absl::StatusOr<std::vector<BlockKey>> ParseKeys(
   return keys;
 }
 
+// Who holds a lease or reservation, for max_open_per_client: the gRPC peer (address and
+// port: one connection; docs/store-protocol.md, "Limits"). No context (in-process callers,
+// the fuzzer): one anonymous client.
+std::string ClientOf(const grpc::ServerContext* ctx) {
+  return ctx == nullptr ? std::string() : ctx->peer();
+}
+
 }  // namespace
 
 // Observes the method's latency, and counts errors, when it goes out of scope.
@@ -70,14 +77,14 @@ grpc::Status StoreService::GetInfo(grpc::ServerContext*, const v1::GetInfoReques
   return t.Done(absl::OkStatus());
 }
 
-grpc::Status StoreService::Lookup(grpc::ServerContext*, const v1::LookupRequest* req,
+grpc::Status StoreService::Lookup(grpc::ServerContext* ctx, const v1::LookupRequest* req,
                                   v1::LookupResponse* resp) {
   Timer t(this, kLookup);
   auto ns = KeyFromBytes(req->namespace_id(), "namespace_id");
   if (!ns.ok()) return t.Done(ns.status());
   auto keys = ParseKeys(req->keys());
   if (!keys.ok()) return t.Done(keys.status());
-  auto r = store_->Lookup(*ns, *keys, req->lease());
+  auto r = store_->Lookup(*ns, *keys, req->lease(), ClientOf(ctx));
   if (!r.ok()) return t.Done(r.status());
   resp->set_incarnation(info_.incarnation);
   resp->set_hit_count(r->hit_count);
@@ -93,7 +100,7 @@ grpc::Status StoreService::Lookup(grpc::ServerContext*, const v1::LookupRequest*
   return t.Done(absl::OkStatus());
 }
 
-grpc::Status StoreService::Reserve(grpc::ServerContext*, const v1::ReserveRequest* req,
+grpc::Status StoreService::Reserve(grpc::ServerContext* ctx, const v1::ReserveRequest* req,
                                    v1::ReserveResponse* resp) {
   Timer t(this, kReserve);
   auto ns = KeyFromBytes(req->namespace_id(), "namespace_id");
@@ -106,7 +113,7 @@ grpc::Status StoreService::Reserve(grpc::ServerContext*, const v1::ReserveReques
     if (!p.ok()) return t.Done(p.status());
     parent = *p;
   }
-  auto r = store_->Reserve(*ns, *keys, parent, req->block_bytes());
+  auto r = store_->Reserve(*ns, *keys, parent, req->block_bytes(), ClientOf(ctx));
   if (!r.ok()) return t.Done(r.status());
   resp->set_incarnation(info_.incarnation);
   resp->set_reservation_id(r->reservation_id);
@@ -120,6 +127,9 @@ grpc::Status StoreService::Reserve(grpc::ServerContext*, const v1::ReserveReques
         break;
       case ReserveOutcome::kNoSpace:
         resp->add_outcomes(v1::RESERVE_OUTCOME_NO_SPACE);
+        break;
+      case ReserveOutcome::kInProgress:
+        resp->add_outcomes(v1::RESERVE_OUTCOME_IN_PROGRESS);
         break;
     }
     resp->add_offsets(r->offsets[i]);
@@ -177,6 +187,7 @@ grpc::Status StoreService::Stats(grpc::ServerContext*, const v1::StatsRequest*,
   resp->set_active_leases(s.active_leases);
   resp->set_active_reservations(s.active_reservations);
   resp->set_namespaces(s.namespaces);
+  resp->set_slots_quarantined(s.slots_quarantined);
   return t.Done(absl::OkStatus());
 }
 

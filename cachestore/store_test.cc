@@ -60,7 +60,10 @@ class StoreTest : public ::testing::Test {
       std::filesystem::remove_all(dir_);
     }
     options_.spill_dir = spill ? dir_.string() : "";
-    store_ = std::make_unique<Store>(options_, pool_.data(), nullptr, [this] { return now_; });
+    Store::ProgressCount progress = nullptr;
+    if (count_progress_) progress = [this] { return progress_; };
+    store_ = std::make_unique<Store>(
+        options_, pool_.data(), nullptr, [this] { return now_; }, progress);
     ASSERT_TRUE(store_->Recover().ok());
   }
   void TearDown() override {
@@ -119,6 +122,8 @@ class StoreTest : public ::testing::Test {
   std::unique_ptr<Store> store_;
   std::filesystem::path dir_;
   absl::Time now_ = absl::FromUnixSeconds(1000);
+  bool count_progress_ = false;  // Make gives the store progress_ as its data plane's count
+  uint64_t progress_ = 0;
 };
 
 TEST_F(StoreTest, PutThenLookupReturnsLongestPrefix) {
@@ -147,10 +152,10 @@ TEST_F(StoreTest, SecondWriterIsToldPresent) {
   EXPECT_EQ(r->outcomes[0], ReserveOutcome::kPresent);
   EXPECT_EQ(r->outcomes[1], ReserveOutcome::kPresent);
   EXPECT_EQ(r->outcomes[2], ReserveOutcome::kReserved);
-  // A concurrent writer of a key still being written is told present too.
+  // A concurrent writer of a key still being written is told it is in progress.
   auto r2 = store_->Reserve(Ns(1), {Key(3)}, Key(2), kSlot);
   ASSERT_TRUE(r2.ok());
-  EXPECT_EQ(r2->outcomes[0], ReserveOutcome::kPresent);
+  EXPECT_EQ(r2->outcomes[0], ReserveOutcome::kInProgress);
   EXPECT_EQ(r2->reservation_id, 0u);
   // Reserved but uncommitted blocks are invisible.
   EXPECT_EQ(GetAndCheck(Ns(1), {Key(1), Key(2), Key(3)}), 2u);
@@ -224,10 +229,190 @@ TEST_F(StoreTest, ReservationTimeoutFreesSlots) {
   store_->ReapExpired();
   StoreStats s = store_->Stats();
   EXPECT_EQ(s.expired_reservations, 1u);
+  // Its slots are quarantined (a late put may still land), then free.
+  EXPECT_EQ(s.slots_used, 2u);
+  EXPECT_EQ(s.slots_quarantined, 2u);
+  now_ += options_.reservation_timeout;
+  store_->ReapExpired();
+  s = store_->Stats();
   EXPECT_EQ(s.slots_used, 0u);
+  EXPECT_EQ(s.slots_quarantined, 0u);
   EXPECT_EQ(store_->Commit(r->reservation_id, {0, 0}).status().code(), absl::StatusCode::kNotFound);
   EXPECT_EQ(GetAndCheck(Ns(1), {Key(1)}), 0u);
   EXPECT_EQ(Put(Ns(1), {Key(3)})[0], ReserveOutcome::kReserved);
+}
+
+// Issue 10, defect 6: a put of a writer that timed out may land after its Abort (or after the
+// reaper freed its reservation); the slot must not hold another block by then.
+TEST_F(StoreTest, AbortedSlotsAreQuarantinedBeforeReuse) {
+  options_.reservation_timeout = absl::Seconds(5);
+  options_.slot_quarantine = absl::Seconds(20);
+  Make(2);
+  auto r = store_->Reserve(Ns(1), {Key(1), Key(2)}, std::nullopt, kSlot);
+  ASSERT_TRUE(r.ok());
+  ASSERT_TRUE(store_->Abort(r->reservation_id).ok());
+  // Before the fix the next Reserve got the aborted slots at once.
+  auto next = store_->Reserve(Ns(1), {Key(3)}, std::nullopt, kSlot);
+  ASSERT_TRUE(next.ok());
+  EXPECT_EQ(next->outcomes[0], ReserveOutcome::kNoSpace);
+  EXPECT_EQ(store_->Stats().slots_quarantined, 2u);
+  EXPECT_EQ(store_->Stats().slots_used, 2u);
+  now_ += absl::Seconds(19);
+  store_->ReapExpired();
+  EXPECT_EQ(Put(Ns(1), {Key(3)})[0], ReserveOutcome::kNoSpace);
+  now_ += absl::Seconds(1);
+  EXPECT_EQ(Put(Ns(1), {Key(3)})[0], ReserveOutcome::kReserved);
+  EXPECT_EQ(GetAndCheck(Ns(1), {Key(3)}), 1u);
+}
+
+TEST_F(StoreTest, QuarantineIsAtLeastTheReservationTimeout) {
+  options_.reservation_timeout = absl::Seconds(40);
+  options_.slot_quarantine = absl::Seconds(1);  // the config refuses it; the store raises it
+  Make(1);
+  auto r = store_->Reserve(Ns(1), {Key(1)}, std::nullopt, kSlot);
+  ASSERT_TRUE(r.ok());
+  ASSERT_TRUE(store_->Abort(r->reservation_id).ok());
+  now_ += absl::Seconds(39);
+  EXPECT_EQ(Put(Ns(1), {Key(2)})[0], ReserveOutcome::kNoSpace);
+  now_ += absl::Seconds(1);
+  EXPECT_EQ(Put(Ns(1), {Key(2)})[0], ReserveOutcome::kReserved);
+}
+
+// A put stuck in the store's socket buffers (the store was stopped) is applied by the progress
+// thread when it runs again: a slot leaves quarantine only after a progress pass that began
+// after it was freed, however much time went by.
+TEST_F(StoreTest, QuarantineWaitsForTheDataPlanesProgress) {
+  count_progress_ = true;
+  Make(1);
+  progress_ = 7;
+  auto r = store_->Reserve(Ns(1), {Key(1)}, std::nullopt, kSlot);
+  ASSERT_TRUE(r.ok());
+  ASSERT_TRUE(store_->Abort(r->reservation_id).ok());
+  now_ += absl::Hours(1);
+  store_->ReapExpired();
+  EXPECT_EQ(Put(Ns(1), {Key(2)})[0], ReserveOutcome::kNoSpace);
+  ++progress_;  // this pass may have begun before the abort
+  EXPECT_EQ(Put(Ns(1), {Key(2)})[0], ReserveOutcome::kNoSpace);
+  ++progress_;
+  EXPECT_EQ(Put(Ns(1), {Key(2)})[0], ReserveOutcome::kReserved);
+}
+
+// Quarantined slots count as used: eviction makes room beside them, and churn of aborted
+// reservations never keeps honest writers out for longer than the grace period.
+TEST_F(StoreTest, ChurnOfAbortedReservationsDoesNotStarveHonestWriters) {
+  options_.reservation_timeout = absl::Seconds(5);
+  options_.slot_quarantine = absl::Seconds(10);
+  Make(4);
+  Put(Ns(1), {Key(1), Key(2)});  // two committed, evictable blocks
+  for (int round = 0; round < 5; ++round) {
+    // A client reserves whatever it can and aborts, again and again.
+    for (int i = 0; i < 8; ++i) {
+      auto r = store_->Reserve(Ns(2), {Key(100 + i, round)}, std::nullopt, kSlot);
+      ASSERT_TRUE(r.ok());
+      if (r->reservation_id != 0) ASSERT_TRUE(store_->Abort(r->reservation_id).ok());
+    }
+    const StoreStats s = store_->Stats();
+    EXPECT_EQ(s.slots_used, 4u);
+    EXPECT_EQ(s.slots_quarantined, 4u) << "round " << round;  // the blocks were evicted for it
+    EXPECT_EQ(Put(Ns(1), {Key(10, round)})[0], ReserveOutcome::kNoSpace);
+    now_ += absl::Seconds(10);
+    EXPECT_EQ(Put(Ns(1), {Key(10, round)})[0], ReserveOutcome::kReserved) << "round " << round;
+    EXPECT_EQ(GetAndCheck(Ns(1), {Key(10, round)}), 1u);
+  }
+}
+
+// Issue 10, 9: PRESENT for a key another writer has only reserved made a caller count a block
+// as stored that may never be.
+TEST_F(StoreTest, AKeyReservedByAnotherWriterIsInProgressNotPresent) {
+  Make(4);
+  auto a = store_->Reserve(Ns(1), {Key(1)}, std::nullopt, kSlot);
+  ASSERT_TRUE(a.ok());
+  auto b = store_->Reserve(Ns(1), {Key(1), Key(2)}, std::nullopt, kSlot);
+  ASSERT_TRUE(b.ok());
+  EXPECT_NE(b->outcomes[0], ReserveOutcome::kPresent);
+  EXPECT_EQ(b->outcomes[0], ReserveOutcome::kInProgress);
+  EXPECT_EQ(b->outcomes[1], ReserveOutcome::kReserved);
+  ASSERT_TRUE(store_->Abort(a->reservation_id).ok());  // the first writer fails
+  EXPECT_EQ(GetAndCheck(Ns(1), {Key(1)}), 0u);
+  EXPECT_EQ(Put(Ns(1), {Key(1)})[0], ReserveOutcome::kReserved);  // so the key can be written
+  EXPECT_EQ(Put(Ns(1), {Key(1)})[0], ReserveOutcome::kPresent);
+}
+
+// Issue 10, 9: a namespace id was interned on every Reserve and never freed.
+TEST_F(StoreTest, NamespaceIdsAreFreedWhenNothingUsesThem) {
+  Make(4);
+  for (uint8_t n = 1; n <= 20; ++n) {
+    auto r = store_->Reserve(Ns(n), {Key(n)}, std::nullopt, kSlot);
+    ASSERT_TRUE(r.ok());
+    ASSERT_TRUE(store_->Abort(r->reservation_id).ok());
+    now_ += absl::Hours(1);  // past the slot's quarantine
+  }
+  EXPECT_EQ(store_->Stats().namespaces, 0u);
+  Put(Ns(1), {Key(1)});
+  Put(Ns(2), {Key(2)});
+  EXPECT_EQ(store_->Stats().namespaces, 2u);
+  EXPECT_EQ(store_->DropNamespace(Ns(1)).dropped, 1u);
+  EXPECT_EQ(store_->Stats().namespaces, 1u);
+  auto lease = store_->Lookup(Ns(2), {Key(2)}, true);  // a lease keeps its namespace
+  ASSERT_TRUE(lease.ok());
+  EXPECT_EQ(store_->DropNamespace(Ns(2)).pinned_kept, 1u);
+  EXPECT_EQ(store_->Stats().namespaces, 1u);
+  ASSERT_TRUE(store_->Release(lease->lease_id).ok());
+  EXPECT_EQ(store_->DropNamespace(Ns(2)).dropped, 1u);
+  EXPECT_EQ(store_->Stats().namespaces, 0u);
+  // Eviction of a namespace's last block frees it too; a freed id serves a new namespace.
+  for (uint8_t n = 1; n <= 8; ++n) Put(Ns(n), {Key(n, 1)});
+  EXPECT_EQ(store_->Stats().namespaces, 4u);
+  EXPECT_EQ(GetAndCheck(Ns(8), {Key(8, 1)}), 1u);
+  EXPECT_EQ(GetAndCheck(Ns(1), {Key(8, 1)}), 0u);
+  EXPECT_EQ(GetAndCheck(Ns(8), {Key(1, 1)}), 0u);
+}
+
+TEST_F(StoreTest, NamespacesAreBounded) {
+  options_.max_namespaces = 2;
+  Make(8);
+  Put(Ns(1), {Key(1)});
+  Put(Ns(2), {Key(2)});
+  auto r = store_->Reserve(Ns(3), {Key(3)}, std::nullopt, kSlot);
+  EXPECT_EQ(r.status().code(), absl::StatusCode::kResourceExhausted);
+  EXPECT_NE(r.status().message().find("max_namespaces"), std::string::npos) << r.status();
+  EXPECT_EQ(Put(Ns(1), {Key(4)})[0], ReserveOutcome::kReserved);  // a known one still works
+  store_->DropNamespace(Ns(1));
+  EXPECT_EQ(Put(Ns(3), {Key(3)})[0], ReserveOutcome::kReserved);
+}
+
+// Issue 10, 9: leases per client were unbounded.
+TEST_F(StoreTest, OpenLeasesAndReservationsPerClientAreBounded) {
+  options_.max_open_per_client = 2;
+  Make(8);
+  Put(Ns(1), {Key(1)});
+  auto l1 = store_->Lookup(Ns(1), {Key(1)}, true, "a");
+  auto l2 = store_->Lookup(Ns(1), {Key(1)}, true, "a");
+  ASSERT_TRUE(l1.ok() && l2.ok());
+  auto l3 = store_->Lookup(Ns(1), {Key(1)}, true, "a");
+  EXPECT_EQ(l3.status().code(), absl::StatusCode::kResourceExhausted);
+  EXPECT_NE(l3.status().message().find("max_open_per_client"), std::string::npos) << l3.status();
+  EXPECT_EQ(store_->Reserve(Ns(1), {Key(2)}, std::nullopt, kSlot, "a").status().code(),
+            absl::StatusCode::kResourceExhausted);
+  EXPECT_TRUE(store_->Lookup(Ns(1), {Key(1)}, false, "a").ok());            // counting pins nothing
+  auto other = store_->Reserve(Ns(1), {Key(2)}, std::nullopt, kSlot, "b");  // other clients
+  ASSERT_TRUE(other.ok());
+  EXPECT_EQ(other->outcomes[0], ReserveOutcome::kReserved);
+  // Calls that open nothing (a miss, a present key) count nothing.
+  EXPECT_TRUE(store_->Lookup(Ns(1), {Key(9)}, true, "b").ok());
+  EXPECT_TRUE(store_->Reserve(Ns(1), {Key(1)}, std::nullopt, kSlot, "b").ok());
+  EXPECT_TRUE(store_->Lookup(Ns(1), {Key(1)}, true, "b").ok());  // b's second
+  ASSERT_TRUE(store_->Release(l1->lease_id).ok());
+  auto again = store_->Reserve(Ns(1), {Key(3)}, std::nullopt, kSlot, "a");
+  ASSERT_TRUE(again.ok());
+  EXPECT_EQ(again->outcomes[0], ReserveOutcome::kReserved);
+  // Expiry gives them back too.
+  now_ += absl::Hours(1);
+  store_->ReapExpired();
+  EXPECT_EQ(store_->Stats().active_leases, 0u);
+  EXPECT_EQ(store_->Stats().active_reservations, 0u);
+  EXPECT_TRUE(store_->Lookup(Ns(1), {Key(1)}, true, "a").ok());
+  EXPECT_TRUE(store_->Lookup(Ns(1), {Key(1)}, true, "a").ok());
 }
 
 TEST_F(StoreTest, LeaseExpiryUnpins) {

@@ -2,9 +2,11 @@
 // Lookup, Reserve, Commit, Abort, Release, DropNamespace and Stats requests, with keys and
 // namespaces of any length, through StoreService (cachestore/store_service.h) over a real Store
 // (spill off) on a small pool, with a clock the input advances. Checks after every call: every
-// offset the store hands out lies inside the pool, no more slots are used than exist; at the
-// end, once every lease and reservation is released or expired, none is left active and every
-// block is evictable (a new chain as long as the pool fits).
+// offset the store hands out lies inside the pool, no more slots are used than exist, no more
+// namespaces are held than blocks; at the end, once every lease and reservation is released or
+// expired, none is left active (nor counted against the client's max_open_per_client) and
+// every block is evictable (a new chain as long as the pool fits, once the quarantine of
+// aborted slots is over).
 #include <fuzzer/FuzzedDataProvider.h>
 
 #include <algorithm>
@@ -85,6 +87,9 @@ class Driver {
     o.reservation_timeout = absl::Seconds(1);
     o.max_batch_keys = 6;
     o.verify_threads = 1;
+    // Small enough to be hit; the end needs 2 (CheckEverythingEvictable), so a lease or
+    // reservation whose count was not given back fails it.
+    o.max_open_per_client = 4;
     return o;
   }
 
@@ -203,6 +208,12 @@ class Driver {
     v1::StatsResponse resp;
     if (!service_.Stats(nullptr, &req, &resp).ok()) std::abort();
     if (resp.slots_used() > resp.slots_total() || resp.slots_total() != kSlotCount) std::abort();
+    // Without spill every namespace id belongs to a block holding a slot (ids are freed with
+    // a namespace's last block), and quarantined slots hold none.
+    if (resp.slots_quarantined() > resp.slots_used() ||
+        resp.namespaces() > resp.slots_used() - resp.slots_quarantined()) {
+      std::abort();
+    }
   }
 
   struct Pending {

@@ -56,6 +56,7 @@ void ProgressThread::Run() {
   while (!stop_.load(std::memory_order_relaxed)) {
     while (worker_->Progress()) {
     }
+    passes_.fetch_add(1, std::memory_order_release);
     ucs_status_t st = ucp_worker_arm(worker_->handle());
     if (st == UCS_ERR_BUSY) continue;  // events arrived meanwhile: progress again
     if (st != UCS_OK) {

@@ -2,7 +2,10 @@
 //
 // Transports that emulate RMA with active messages (tcp) need the target to call progress.
 // The thread progresses until idle, arms the worker (ucp_worker_arm) and sleeps in epoll on the
-// worker's event fd, so an idle store costs no CPU. An eventfd wakes it for Stop().
+// worker's event fd, so an idle store costs no CPU (it wakes at least once a second). An
+// eventfd wakes it for Stop(). passes() counts the times it found nothing left to progress:
+// once it has grown by 2 since a moment, everything the worker had received by then (a put
+// waiting in a socket buffer while the process was stopped) has been applied.
 //
 // Ownership: borrows the worker, which must outlive the thread; once started, no other thread
 // may use the worker until Stop() returns. Start/Stop from the owning thread.
@@ -10,6 +13,7 @@
 #define KVTIER_TRANSPORT_PROGRESS_THREAD_H_
 
 #include <atomic>
+#include <cstdint>
 #include <memory>
 #include <thread>
 
@@ -28,6 +32,9 @@ class ProgressThread {
   // Wakes and joins the thread. Idempotent.
   void Stop();
 
+  // Progress loops ended with nothing left to do (any thread may read it).
+  uint64_t passes() const { return passes_.load(std::memory_order_acquire); }
+
  private:
   ProgressThread() = default;
   void Run();
@@ -36,6 +43,7 @@ class ProgressThread {
   int epoll_fd_ = -1;
   int wake_fd_ = -1;
   std::atomic<bool> stop_{false};
+  std::atomic<uint64_t> passes_{0};
   std::thread thread_;
 };
 

@@ -40,7 +40,7 @@ absl::Status UcsToStatus(ucs_status_t status, absl::string_view what) {
 // ---------------------------------------------------------------------------------------------
 // UcxContext
 
-absl::StatusOr<std::unique_ptr<UcxContext>> UcxContext::Create() {
+absl::StatusOr<std::unique_ptr<UcxContext>> UcxContext::Create(const UcxContextOptions& options) {
   // PEER error handling drops posix/sysv unless their error handling is on (docs/store-protocol.md,
   // "Data plane"). The environment is the one place UCX 1.13 reads transport-level settings from
   // for every context; an explicit user setting wins (overwrite = 0).
@@ -54,6 +54,21 @@ absl::StatusOr<std::unique_ptr<UcxContext>> UcxContext::Create() {
   ucp_config_t* config = nullptr;
   ucs_status_t st = ucp_config_read(nullptr, nullptr, &config);
   if (st != UCS_OK) return UcsToStatus(st, "ucp_config_read");
+  // The data plane's interfaces are configuration, not environment: UCX's TCP transport
+  // listens on every device it may use (docs/store-protocol.md, "Data plane: interfaces and
+  // trust").
+  if (!options.net_devices.empty()) {
+    const char* env = std::getenv("UCX_NET_DEVICES");
+    if (env != nullptr && options.net_devices != env) {
+      spdlog::warn("UCX_NET_DEVICES={} is overridden by the configured data interface {}", env,
+                   options.net_devices);
+    }
+    st = ucp_config_modify(config, "NET_DEVICES", options.net_devices.c_str());
+    if (st != UCS_OK) {
+      ucp_config_release(config);
+      return UcsToStatus(st, absl::StrCat("UCX NET_DEVICES=", options.net_devices));
+    }
+  }
 
   ucp_params_t params{};
   params.field_mask = UCP_PARAM_FIELD_FEATURES | UCP_PARAM_FIELD_MT_WORKERS_SHARED;
@@ -73,9 +88,10 @@ absl::StatusOr<std::unique_ptr<UcxContext>> UcxContext::Create() {
     if (attr.memory_types & UCS_BIT(t)) ctx->memory_types_.push_back(ucs_memory_type_names[t]);
   }
   ctx->cuda_supported_ = (attr.memory_types & UCS_BIT(UCS_MEMORY_TYPE_CUDA)) != 0;
-  spdlog::info("UCX {}.{}: memory types [{}], CUDA memory {}", UCP_API_MAJOR, UCP_API_MINOR,
-               absl::StrJoin(ctx->memory_types_, ","),
-               ctx->cuda_supported_ ? "supported" : "not supported (GPU data is staged)");
+  spdlog::info("UCX {}.{}: memory types [{}], CUDA memory {}, network devices {}", UCP_API_MAJOR,
+               UCP_API_MINOR, absl::StrJoin(ctx->memory_types_, ","),
+               ctx->cuda_supported_ ? "supported" : "not supported (GPU data is staged)",
+               options.net_devices.empty() ? "all" : options.net_devices);
   return ctx;
 }
 

@@ -36,10 +36,18 @@ namespace kvtier::transport {
 // Converts a UCX status to an absl::Status carrying `what` and UCX's own message.
 absl::Status UcsToStatus(ucs_status_t status, absl::string_view what);
 
+struct UcxContextOptions {
+  // Network devices UCX may use (UCX_NET_DEVICES, from ResolveNetDevices in
+  // transport/net_devices.h): UCX's TCP transport listens on each of them. Set here, it wins
+  // over the environment. Shared memory and self are no network devices and stay available.
+  // Empty: every device (UCX's default). Default: empty.
+  std::string net_devices;
+};
+
 class UcxContext {
  public:
   // Creates a context with RMA and wakeup features.
-  static absl::StatusOr<std::unique_ptr<UcxContext>> Create();
+  static absl::StatusOr<std::unique_ptr<UcxContext>> Create(const UcxContextOptions& options = {});
   ~UcxContext();
   UcxContext(const UcxContext&) = delete;
   UcxContext& operator=(const UcxContext&) = delete;

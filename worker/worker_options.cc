@@ -25,6 +25,8 @@ void DeclareWorkerOptions(WorkerOptions* o, OptionTable* t) {
   t->Add("store_retry_after_ms", &o->store_retry_after_ms,
          "how long a failed store node is skipped")
       .Positive();
+  t->Add("data_interface", &o->data_interface,
+         "store data-plane interface, address of one, or 'all' (empty: the stores' route)");
   t->AddBytes("kv_cache_bytes", &o->kv_cache_bytes, "KV cache memory, e.g. 256MiB").Positive();
   t->Add("block_tokens", &o->block_tokens, "tokens per block").Positive();
   t->Add("max_batch_tokens", &o->max_batch_tokens, "most tokens per forward call").Positive();
@@ -85,6 +87,7 @@ StoreClientOptions ToStoreClientOptions(const WorkerOptions& o) {
   s.transfer_timeout = absl::Milliseconds(o.store_transfer_timeout_ms);
   s.retry_after = absl::Milliseconds(o.store_retry_after_ms);
   s.copy_threads = o.store_copy_threads;
+  s.data_interface = o.data_interface;
   return s;
 }
 

@@ -36,6 +36,10 @@ struct WorkerOptions {
   int64_t store_transfer_timeout_ms = 10000;
   // How long a failed store node is skipped. Default: 1000 ms.
   int64_t store_retry_after_ms = 1000;
+  // The store data plane's network interface: a name, an address of one, or "all"
+  // (docs/store-protocol.md, "Data plane: interfaces and trust"). Empty: the interfaces that
+  // reach the stores (loopback for stores on 127.0.0.1). Default: empty.
+  std::string data_interface;
   // Memory of the engine's paged KV cache. Default: 256 MiB.
   int64_t kv_cache_bytes = int64_t{256} << 20;
   // Tokens per page and per stored block (the same for every worker of one model). Default: 16.

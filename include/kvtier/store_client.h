@@ -54,12 +54,19 @@ struct StoreClientOptions {
   int copy_threads = 0;
   // After a node fails, it is skipped (its keys are misses) for this long. Default: 1 s.
   absl::Duration retry_after = absl::Seconds(1);
+  // The data plane's network interface: a name ("eth1"), an address of one, or "all" (UCX
+  // listens on and connects from it; docs/store-protocol.md, "Data plane: interfaces and
+  // trust"). Empty: the interfaces this host reaches the stores through (loopback for stores
+  // on 127.0.0.1). Default: empty.
+  std::string data_interface;
 };
 
 struct PutResult {
   uint32_t stored = 0;   // written and committed now
-  uint32_t present = 0;  // already stored (or being stored by another writer)
-  uint32_t skipped = 0;  // not stored: no space, node down, transfer or checksum failure
+  uint32_t present = 0;  // already stored (committed)
+  // Not stored: no space, node down, transfer or checksum failure, or being stored by another
+  // writer (which may still fail).
+  uint32_t skipped = 0;
 };
 
 // A store pool mapped into this process: [base, base + bytes). A restarted store's new pool
