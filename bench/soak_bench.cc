@@ -971,7 +971,8 @@ int RunSoakBench(const SoakBenchOptions& options) {
           : o.run_dir;
   c.backend = "cpu";
   c.store_pool_bytes = "8MiB";  // 128 blocks of the tiny model: the workload evicts
-  c.store_spill_capacity = "32MiB";
+  // Large enough that spill drops are rare: they would excuse lost probe blocks.
+  c.store_spill_capacity = "256MiB";
   c.prefill_workers = 1;
   c.decode_workers = 2;
   c.worker_kv_cache_bytes = "16MiB";

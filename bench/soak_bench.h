@@ -42,8 +42,8 @@ struct SoakBenchOptions {
   // Faults stop this long before the workload ends (a quiet end: no error is explained by a
   // fault there). Default: 20.
   double quiet_seconds = 20;
-  // Distinct conversations (each replayed whenever a client picks it again). Default: 16.
-  int conversations = 16;
+  // Distinct conversations (each replayed whenever a client picks it again). Default: 48.
+  int conversations = 48;
   // Turns per conversation. Default: 4.
   int turns = 4;
   // Clients in flight at once. Default: 4.
