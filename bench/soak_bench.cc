@@ -202,26 +202,24 @@ Reply Chat(int port, json request, bool stream, bool drop) {
 // ---------------------------------------------------------------------------------------------
 // The store's control plane (Stats, GetInfo), for the checks
 
-std::unique_ptr<v1::CacheStore::Stub> StoreStub(const std::string& address) {
-  return v1::CacheStore::NewStub(grpc::CreateChannel(address, grpc::InsecureChannelCredentials()));
+// One unary call of the store's control plane, bounded by 2 s.
+template <typename Request, typename Response>
+absl::StatusOr<Response> StoreCall(const std::string& address,
+                                   grpc::Status (v1::CacheStore::Stub::*call)(grpc::ClientContext*,
+                                                                              const Request&,
+                                                                              Response*)) {
+  auto stub =
+      v1::CacheStore::NewStub(grpc::CreateChannel(address, grpc::InsecureChannelCredentials()));
+  grpc::ClientContext ctx;
+  ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(2));
+  Response r;
+  grpc::Status s = (stub.get()->*call)(&ctx, Request(), &r);
+  if (!s.ok()) return absl::UnavailableError("store: " + s.error_message());
+  return r;
 }
 
 absl::StatusOr<v1::StatsResponse> StoreStats(const std::string& address) {
-  grpc::ClientContext ctx;
-  ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(2));
-  v1::StatsResponse r;
-  grpc::Status s = StoreStub(address)->Stats(&ctx, v1::StatsRequest(), &r);
-  if (!s.ok()) return absl::UnavailableError("Stats: " + s.error_message());
-  return r;
-}
-
-absl::StatusOr<v1::GetInfoResponse> StoreInfo(const std::string& address) {
-  grpc::ClientContext ctx;
-  ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(2));
-  v1::GetInfoResponse r;
-  grpc::Status s = StoreStub(address)->GetInfo(&ctx, v1::GetInfoRequest(), &r);
-  if (!s.ok()) return absl::UnavailableError("GetInfo: " + s.error_message());
-  return r;
+  return StoreCall(address, &v1::CacheStore::Stub::Stats);
 }
 
 // Blocks that left the store for good by eviction: dropped from memory without a disk copy,
@@ -777,7 +775,9 @@ int Soak::Finish() {
     }
   }
   double timeouts_s = 35;
-  if (absl::StatusOr<v1::GetInfoResponse> info = StoreInfo(StoreAddress()); info.ok()) {
+  if (absl::StatusOr<v1::GetInfoResponse> info =
+          StoreCall(StoreAddress(), &v1::CacheStore::Stub::GetInfo);
+      info.ok()) {
     timeouts_s = std::max(info->lease_timeout_ms(), info->reservation_timeout_ms()) * 1e-3 + 5;
   }
   const double drain_until = std::max(Now() + 10, last_fault_s + timeouts_s);
