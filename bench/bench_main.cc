@@ -17,7 +17,7 @@
 //   kvtier-bench soak [--seconds 600] [--quiet-seconds 20] [--conversations 48] [--turns 4]
 //                     [--concurrency 4] [--seed 1] [--fault-interval 6]
 //                     [--faults store-kill,store-stop,worker-kill,conn-kill]
-//                     [--drop-rate 0.05]
+//                     [--stop-max-seconds 5] [--drop-rate 0.05]
 //                     [--rss-cap 1GiB] [--run-dir DIR] [--json]
 //       A local cluster under a multi-turn workload while a fault injector kills, restarts and
 //       stops its processes; fails on a wrong response, an unexplained error, a crash, a leaked
@@ -171,6 +171,9 @@ int main(int argc, char** argv) {
   soak->add_option("--faults", sk.faults,
                    "fault kinds: store-kill, store-stop, worker-kill, conn-kill")
       ->delimiter(',')
+      ->capture_default_str();
+  soak->add_option("--stop-max-seconds", sk.stop_max_s, "longest SIGSTOP of the store")
+      ->check(CLI::Range(1.0, 600.0))
       ->capture_default_str();
   soak->add_option("--drop-rate", sk.drop_rate,
                    "fraction of streamed requests closed by the client mid-stream")

@@ -278,7 +278,8 @@ class Soak {
   // A fault starts now (it explains failures from now on: see Explained); EndFault logs it.
   size_t BeginFault(const std::string& kind, const std::string& target);
   void EndFault(size_t index, const std::string& detail);
-  // Whether a worker's kill or restart (or a crash) overlapped [t0, t1], with the grace period.
+  // Whether a worker's kill and restart, a reset of its connections or a crash overlapped
+  // [t0, t1] or ended less than kFaultGraceS before t0.
   bool Explained(double t0, double t1);
 
   // Clients.
@@ -584,7 +585,7 @@ void Soak::Injector() {
       // plane, and the soak's probe client).
       s = KillConnections(Find(target)->port);
     } else if (kind == "store-stop") {
-      const double secs = std::uniform_real_distribution<double>(1, 5)(rng);
+      const double secs = std::uniform_real_distribution<double>(1, o_.stop_max_s)(rng);
       StopStore(secs);
       detail = absl::StrFormat("SIGSTOP for %.1f s", secs);
     } else {

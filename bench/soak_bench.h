@@ -52,11 +52,13 @@ struct SoakBenchOptions {
   uint64_t seed = 1;
   // Mean seconds between faults (exponential, at least 1 s). Default: 6.
   double fault_interval_s = 6;
-  // Fault kinds to inject: store-kill (kill -9, restart on the same port), store-stop (SIGSTOP
-  // for 1-5 s), worker-kill (a prefill or decode worker: kill -9, restart), conn-kill (`ss -K`
-  // the TCP connections to the store or a worker; left out where that needs privileges we
-  // lack). Default: all.
+  // Fault kinds to inject: store-kill (kill -9, restart on the same port), store-stop
+  // (SIGSTOP for 1 s to stop_max_s), worker-kill (a prefill or decode worker: kill -9,
+  // restart), conn-kill (`ss -K` the TCP connections to the store or a worker; left out where
+  // that needs privileges we lack). Default: all.
   std::vector<std::string> faults = {"store-kill", "store-stop", "worker-kill", "conn-kill"};
+  // store-stop lasts 1 s to this long (uniform). Default: 5.
+  double stop_max_s = 5;
   // Fraction of streamed requests whose client closes the connection after the first text,
   // while faults run. Default: 0.05.
   double drop_rate = 0.05;
