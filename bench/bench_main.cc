@@ -14,7 +14,7 @@
 //       Multi-turn chat replayed against a running router (OpenAI API, streaming): TTFT, time
 //       per output token, throughput and cache hit rate with the tier off and on in one run;
 //       see bench/serve_bench.h.
-//   kvtier-bench soak [--seconds 600] [--quiet-seconds 20] [--conversations 48] [--turns 4]
+//   kvtier-bench soak [--seconds 600] [--quiet-seconds 40] [--conversations 48] [--turns 4]
 //                     [--concurrency 4] [--seed 1] [--fault-interval 6]
 //                     [--faults store-kill,store-stop,worker-kill,conn-kill]
 //                     [--stop-max-seconds 5] [--drop-rate 0.05]
