@@ -64,6 +64,8 @@ constexpr double kProbeIntervalS = 2;
 constexpr double kRssIntervalS = 2;
 constexpr double kRssGrowth = 1.25;
 constexpr double kRssSlackBytes = 16 * kMiB;
+// The first fault comes after this long.
+constexpr double kWarmupS = 5;
 // Bound on a restarted process's start.
 constexpr absl::Duration kRestartTimeout = absl::Seconds(60);
 
@@ -558,7 +560,7 @@ void Soak::Injector() {
       workers.push_back(p.name);
     }
   }
-  SleepFor(std::min(5.0, fault_end_s()));  // warm-up
+  SleepFor(std::min(kWarmupS, fault_end_s()));
   while (!stop_ && FaultsActive() && !o_.faults.empty()) {
     std::exponential_distribution<double> gap(1.0 / o_.fault_interval_s);
     SleepFor(std::clamp(gap(rng), 1.0, 3 * o_.fault_interval_s));
@@ -840,11 +842,16 @@ int Soak::Finish() {
   bool pass = true;
   for (const Check& c : checks) pass = pass && c.ok;
 
+  const std::string fault_plan =
+      fault_end_s() > kWarmupS && !o_.faults.empty()
+          ? absl::StrFormat("faults from %.0f s to %.0f s, mean gap %.1f s: %s; drop rate %.2f",
+                            kWarmupS, fault_end_s(), o_.fault_interval_s,
+                            absl::StrJoin(o_.faults, ", "), o_.drop_rate)
+          : std::string("no faults");
   std::printf(
-      "\nkvtier-bench soak: %.0f s (faults from 5 s to %.0f s, mean gap %.1f s: %s; drop rate "
-      "%.2f), %d conversations x %d turns, concurrency %d, seed %llu\n\n",
-      o_.seconds, fault_end_s(), o_.fault_interval_s, absl::StrJoin(o_.faults, ", ").c_str(),
-      o_.drop_rate, o_.conversations, o_.turns, o_.concurrency,
+      "\nkvtier-bench soak: %.0f s (%s), %d conversations x %d turns, concurrency %d, "
+      "seed %llu\n\n",
+      o_.seconds, fault_plan.c_str(), o_.conversations, o_.turns, o_.concurrency,
       static_cast<unsigned long long>(o_.seed));
   std::printf(
       "requests sent                  %lld (%zu distinct requests recomputed with cache off)\n",
