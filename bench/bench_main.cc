@@ -14,12 +14,21 @@
 //       Multi-turn chat replayed against a running router (OpenAI API, streaming): TTFT, time
 //       per output token, throughput and cache hit rate with the tier off and on in one run;
 //       see bench/serve_bench.h.
+//   kvtier-bench soak [--seconds 600] [--quiet-seconds 40] [--conversations 48] [--turns 4]
+//                     [--concurrency 4] [--seed 1] [--fault-interval 6]
+//                     [--faults store-kill,store-stop,worker-kill,conn-kill]
+//                     [--stop-max-seconds 5] [--drop-rate 0.05]
+//                     [--rss-cap 1GiB] [--run-dir DIR] [--json]
+//       A local cluster under a multi-turn workload while a fault injector kills, restarts and
+//       stops its processes; fails on a wrong response, an unexplained error, a crash, a leaked
+//       lease or reservation, a lost block or RSS growth; see bench/soak_bench.h.
 #include <cstdio>
 #include <string>
 
 #include "CLI/CLI.hpp"
 #include "bench/engine_bench.h"
 #include "bench/serve_bench.h"
+#include "bench/soak_bench.h"
 #include "bench/store_bench.h"
 #include "common/parse_bytes.h"
 #include "spdlog/sinks/stdout_color_sinks.h"
@@ -133,6 +142,50 @@ int main(int argc, char** argv) {
       ->capture_default_str();
   serve->add_flag("--json", sb.json, "print one JSON object as the last stdout line");
 
+  kvtier::bench::SoakBenchOptions sk;
+  uint64_t rss_cap = sk.rss_cap_bytes;
+  CLI::App* soak = app.add_subcommand(
+      "soak",
+      "a local cluster under a multi-turn workload and injected faults: checks answers, leases, "
+      "blocks, RSS");
+  soak->add_option("--seconds", sk.seconds, "length of the workload")
+      ->check(CLI::Range(10.0, 86400.0))
+      ->capture_default_str();
+  soak->add_option("--quiet-seconds", sk.quiet_seconds, "faults stop this long before the end")
+      ->check(CLI::Range(0.0, 86400.0))
+      ->capture_default_str();
+  soak->add_option("--conversations", sk.conversations, "distinct conversations")
+      ->check(CLI::Range(1, 100000))
+      ->capture_default_str();
+  soak->add_option("--turns", sk.turns, "turns per conversation")
+      ->check(CLI::Range(1, 100))
+      ->capture_default_str();
+  soak->add_option("--concurrency", sk.concurrency, "clients in flight at once")
+      ->check(CLI::Range(1, 64))
+      ->capture_default_str();
+  soak->add_option("--seed", sk.seed, "seed of the conversations and the fault schedule")
+      ->capture_default_str();
+  soak->add_option("--fault-interval", sk.fault_interval_s, "mean seconds between faults")
+      ->check(CLI::Range(1.0, 3600.0))
+      ->capture_default_str();
+  soak->add_option("--faults", sk.faults,
+                   "fault kinds: store-kill, store-stop, worker-kill, conn-kill")
+      ->delimiter(',')
+      ->capture_default_str();
+  soak->add_option("--stop-max-seconds", sk.stop_max_s, "longest SIGSTOP of the store")
+      ->check(CLI::Range(1.0, 600.0))
+      ->capture_default_str();
+  soak->add_option("--drop-rate", sk.drop_rate,
+                   "fraction of streamed requests closed by the client mid-stream")
+      ->check(CLI::Range(0.0, 1.0))
+      ->capture_default_str();
+  soak->add_option("--rss-cap", rss_cap, "RSS cap of every process, e.g. 1GiB")
+      ->transform(BytesValidator())
+      ->default_str("1GiB");
+  soak->add_option("--run-dir", sk.run_dir,
+                   "run directory (default: a fresh one in $TMPDIR, removed when the soak passes)");
+  soak->add_flag("--json", sk.json, "print one JSON object as the last stdout line");
+
   // Hidden: one client process of `store --clients N`.
   kvtier::bench::StoreWorkerOptions wo;
   CLI::App* worker = app.add_subcommand("store-worker", "")->group("");
@@ -157,6 +210,10 @@ int main(int argc, char** argv) {
   }
   if (*engine) return kvtier::bench::RunEngineBench(eb);
   if (*serve) return kvtier::bench::RunServeBench(sb);
+  if (*soak) {
+    sk.rss_cap_bytes = rss_cap;
+    return kvtier::bench::RunSoakBench(sk);
+  }
   if (*worker) return kvtier::bench::RunStoreWorker(wo);
   return 2;
 }

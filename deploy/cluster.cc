@@ -5,12 +5,14 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <filesystem>
 #include <memory>
 #include <sstream>
 
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_split.h"
 #include "common/parse_bytes.h"
 #include "common/process.h"
 #include "common/service.h"
@@ -74,7 +76,8 @@ absl::Status WriteState(const ClusterState& s) {
             {"backend", s.backend},
             {"processes", json::array()}};
   for (const ClusterProcess& p : s.processes) {
-    j["processes"].push_back({{"name", p.name}, {"pid", p.pid}, {"port", p.port}, {"log", p.log}});
+    j["processes"].push_back(
+        {{"name", p.name}, {"pid", p.pid}, {"port", p.port}, {"log", p.log}, {"argv", p.argv}});
   }
   return WriteFileAtomically(StateFilePath(s.run_dir), j.dump(2) + "\n");
 }
@@ -126,6 +129,23 @@ bool RouterHealthy(int port) {
   cli.set_read_timeout(2, 0);
   httplib::Result r = cli.Get("/health");
   return r && r->status == 200;
+}
+
+// The command line of the live process `pid` (/proc) as RestartClusterProcess replays it:
+// without the --ready-file that ServerProcess adds, --listen naming the port it bound (it may
+// have asked for port 0).
+std::vector<std::string> ReplayableArgv(pid_t pid, int port) {
+  std::vector<std::string> argv;
+  const std::string raw = FileTail(absl::StrCat("/proc/", pid, "/cmdline"), std::string::npos);
+  for (absl::string_view a : absl::StrSplit(raw, '\0', absl::SkipEmpty())) {
+    if (absl::StartsWith(a, "--ready-file=")) continue;
+    if (absl::StartsWith(a, "--listen=") && a.rfind(':') != absl::string_view::npos) {
+      argv.push_back(absl::StrCat(a.substr(0, a.rfind(':') + 1), port));
+    } else {
+      argv.emplace_back(a);
+    }
+  }
+  return argv;
 }
 
 std::string PortArg(int base, int index) { return std::to_string(base == 0 ? 0 : base + index); }
@@ -191,8 +211,10 @@ class Starting {
   std::vector<ClusterProcess> Release() {
     std::vector<ClusterProcess> out;
     for (Server& s : servers_) {
+      const int port = s.server.grpc_port();
+      std::vector<std::string> argv = ReplayableArgv(s.server.process().pid(), port);
       out.push_back(
-          {s.name, s.server.process().Release(), s.server.grpc_port(), s.server.log_path()});
+          {s.name, s.server.process().Release(), port, s.server.log_path(), std::move(argv)});
     }
     servers_.clear();
     return out;
@@ -246,7 +268,8 @@ absl::StatusOr<std::optional<ClusterState>> ReadClusterState(const std::string& 
     s.backend = j.value("backend", "");
     for (const json& p : j.at("processes")) {
       s.processes.push_back({p.at("name").get<std::string>(), p.at("pid").get<pid_t>(),
-                             p.at("port").get<int>(), p.value("log", "")});
+                             p.at("port").get<int>(), p.value("log", ""),
+                             p.value("argv", std::vector<std::string>())});
     }
     return std::optional<ClusterState>(std::move(s));
   } catch (const json::exception& e) {
@@ -348,6 +371,26 @@ absl::StatusOr<ClusterState> StartCluster(const ClusterConfig& c, const std::str
     return written;
   }
   return state;
+}
+
+absl::Status RestartClusterProcess(ClusterState* state, const std::string& name,
+                                   absl::Duration timeout) {
+  auto p = std::find_if(state->processes.begin(), state->processes.end(),
+                        [&](const ClusterProcess& q) { return q.name == name; });
+  if (p == state->processes.end()) return absl::NotFoundError("no cluster process " + name);
+  if (IsOurs(p->pid)) {
+    return absl::FailedPreconditionError(absl::StrCat(name, " (pid ", p->pid, ") still runs"));
+  }
+  if (p->argv.empty()) return absl::FailedPreconditionError("no command line recorded for " + name);
+  SpawnOptions o;
+  o.argv = p->argv;
+  o.new_session = true;
+  o.die_with_parent = false;
+  o.stop_grace = absl::ZeroDuration();  // a restart that fails is killed at once
+  KVTIER_ASSIGN_OR_RETURN(ServerProcess server, ServerProcess::Spawn(o, state->run_dir, name));
+  KVTIER_RETURN_IF_ERROR(server.AwaitReady(timeout));
+  p->pid = server.process().Release();
+  return WriteState(*state);
 }
 
 absl::Status StopCluster(const std::string& run_dir_in, absl::Duration grace, std::ostream& log) {

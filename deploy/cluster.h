@@ -90,6 +90,9 @@ struct ClusterProcess {
   pid_t pid = -1;
   int port = 0;  // gRPC port (router: HTTP port)
   std::string log;
+  // Its command line, without --ready-file and with the port it bound in --listen: what
+  // RestartClusterProcess starts again.
+  std::vector<std::string> argv;
 };
 
 struct ClusterState {
@@ -112,6 +115,13 @@ absl::StatusOr<std::optional<ClusterState>> ReadClusterState(const std::string& 
 // `bin_dir` holds the kvtier-* binaries.
 absl::StatusOr<ClusterState> StartCluster(const ClusterConfig& config, const std::string& bin_dir,
                                           std::ostream& log);
+
+// Starts process `name` of a running cluster again after it died (the fault injector of
+// `kvtier-bench soak`, bench/soak_bench.h): its recorded command line, on the same port, in a
+// session of its own as StartCluster starts it; waits up to `timeout` until it is ready, then
+// records its new pid in `state` and in the state file. FailedPrecondition while it still runs.
+absl::Status RestartClusterProcess(ClusterState* state, const std::string& name,
+                                   absl::Duration timeout);
 
 // Stops the cluster of `run_dir`: SIGTERM to every live process (router first), SIGKILL to
 // those still alive after `grace`; removes the state file. NotFound if there is none.
