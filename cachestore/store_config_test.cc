@@ -47,10 +47,12 @@ TEST(StoreConfigTest, ClearErrors) {
   EXPECT_FALSE(LoadStoreConfig("/nonexistent/kvtier.yaml").ok());
 
   StoreConfig tiny;
+  tiny.tls.plaintext = true;
   tiny.pool_bytes = 1 << 20;
   tiny.store.slot_bytes = 2 << 20;
   EXPECT_EQ(FinalizeStoreConfig(&tiny).code(), absl::StatusCode::kInvalidArgument);
   StoreConfig spill;
+  spill.tls.plaintext = true;
   spill.store.spill_dir = "/tmp/x";
   EXPECT_EQ(FinalizeStoreConfig(&spill).code(), absl::StatusCode::kInvalidArgument);
   // A freed slot may be written until its reservation would have expired.
@@ -72,6 +74,24 @@ TEST(StoreConfigTest, LimitsAndDataInterfaceLoad) {
   EXPECT_EQ(c->store.slot_quarantine, absl::Seconds(60));
   EXPECT_EQ(c->store.max_namespaces, 7u);
   EXPECT_EQ(c->store.max_open_per_client, 9u);
+}
+
+// A store with neither TLS files nor plain text configured refuses to start, saying why.
+TEST(StoreConfigTest, NeitherTlsNorPlaintextIsAnError) {
+  StoreConfig c;
+  absl::Status s = FinalizeStoreConfig(&c);
+  EXPECT_EQ(s.code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_NE(s.message().find("--plaintext"), std::string::npos) << s;
+  c.tls.plaintext = true;
+  EXPECT_TRUE(FinalizeStoreConfig(&c).ok());
+  c.tls.service_token_file = "/t";  // plain text sends no token: both is a contradiction
+  EXPECT_EQ(FinalizeStoreConfig(&c).code(), absl::StatusCode::kInvalidArgument);
+  c.tls.plaintext = false;
+  c.tls.cert_file = "/c";
+  c.tls.key_file = "/k";
+  EXPECT_TRUE(FinalizeStoreConfig(&c).ok());
+  c.tls.mutual = true;  // client certificates need the CA that signs them
+  EXPECT_NE(FinalizeStoreConfig(&c).message().find("tls.ca_file"), std::string::npos);
 }
 
 }  // namespace
