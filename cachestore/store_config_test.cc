@@ -56,8 +56,10 @@ TEST(StoreConfigTest, ClearErrors) {
   spill.store.spill_dir = "/tmp/x";
   EXPECT_EQ(FinalizeStoreConfig(&spill).code(), absl::StatusCode::kInvalidArgument);
   // A freed slot may be written until its reservation would have expired.
-  auto short_quarantine = LoadStoreConfig(
-      WriteFile("quarantine.yaml", "reservation_timeout_ms: 30000\nslot_quarantine_ms: 5000\n"));
+  auto short_quarantine =
+      LoadStoreConfig(WriteFile("quarantine.yaml",
+                                "tls:\n  plaintext: true\nreservation_timeout_ms: 30000\n"
+                                "slot_quarantine_ms: 5000\n"));
   ASSERT_TRUE(short_quarantine.ok()) << short_quarantine.status();
   absl::Status q = FinalizeStoreConfig(&*short_quarantine);
   EXPECT_EQ(q.code(), absl::StatusCode::kInvalidArgument);
@@ -66,6 +68,7 @@ TEST(StoreConfigTest, ClearErrors) {
 
 TEST(StoreConfigTest, LimitsAndDataInterfaceLoad) {
   auto c = LoadStoreConfig(WriteFile("limits.yaml",
+                                     "tls:\n  plaintext: true\n"
                                      "data_interface: lo\nslot_quarantine_ms: 60000\n"
                                      "max_namespaces: 7\nmax_open_per_client: 9\n"));
   ASSERT_TRUE(c.ok()) << c.status();
