@@ -114,7 +114,11 @@ int main(int argc, char** argv) {
       "serve",
       "multi-turn chat against a running router: TTFT, TPOT, throughput, cache hit rate, "
       "tier off vs on");
-  serve->add_option("--url", sb.url, "the router, http://HOST:PORT")->required();
+  serve->add_option("--url", sb.url, "the router, http(s)://HOST:PORT")->required();
+  serve->add_option("--ca-file", sb.ca_file,
+                    "PEM CA of an HTTPS router (kvtier up: RUN/tls/ca.pem)");
+  serve->add_option("--api-key-file", sb.api_key_file,
+                    "file with the API key (kvtier up: RUN/api_key)");
   serve->add_option("--model", sb.model, "served model id; default: GET /v1/models");
   serve->add_option("--conversations", sb.conversations, "conversations per phase")
       ->check(CLI::Range(1, 100000))

@@ -21,6 +21,7 @@
 #include "absl/strings/strip.h"
 #include "bench/bench_util.h"
 #include "common/status_macros.h"
+#include "common/tls.h"
 #include "nlohmann/json.hpp"
 #include "spdlog/spdlog.h"
 
@@ -73,8 +74,13 @@ struct Sample {
 struct Endpoint {
   std::string url;
   int timeout_s = 600;
+  std::string ca_file;
+  std::string api_key;
   std::unique_ptr<httplib::Client> Connect() const {
     auto c = std::make_unique<httplib::Client>(url);
+    if (!ca_file.empty()) c->set_ca_cert_path(ca_file);
+    c->enable_server_certificate_verification(true);
+    if (!api_key.empty()) c->set_bearer_token_auth(api_key);
     c->set_connection_timeout(5, 0);
     c->set_read_timeout(timeout_s, 0);
     c->set_write_timeout(timeout_s, 0);
@@ -367,7 +373,10 @@ absl::Status Run(const ServeBenchOptions& o) {
     return absl::InvalidArgumentError(
         absl::StrCat("--url must look like http://HOST:PORT, got '", o.url, "'"));
   }
-  Endpoint ep{url, o.timeout_s};
+  Endpoint ep{url, o.timeout_s, o.ca_file, ""};
+  if (!o.api_key_file.empty()) {
+    KVTIER_ASSIGN_OR_RETURN(ep.api_key, ReadSecretFile(o.api_key_file));
+  }
   std::unique_ptr<httplib::Client> probe = ep.Connect();
   if (!probe->is_valid()) return absl::InvalidArgumentError("bad --url: " + o.url);
   // Always probe: an unreachable router is an error before any workload runs.

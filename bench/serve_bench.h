@@ -35,8 +35,14 @@
 namespace kvtier::bench {
 
 struct ServeBenchOptions {
-  // The router, "http://host:port". Required.
+  // The router, "http(s)://host:port". Required.
   std::string url;
+  // HTTPS: PEM CA certificates that verify the router (`kvtier up`: <run_dir>/tls/ca.pem).
+  // Default: the system's.
+  std::string ca_file;
+  // File holding the API key sent as "Authorization: Bearer KEY" (`kvtier up`:
+  // <run_dir>/api_key). Default: none.
+  std::string api_key_file;
   // The served model id; empty asks GET /v1/models (first entry). Default: empty.
   std::string model;
   // Conversations per phase. Default: 8.

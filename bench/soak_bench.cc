@@ -112,13 +112,24 @@ void ReadUsage(const json& j, Reply* r) {
   }
 }
 
+// How the soak reaches its cluster, which `kvtier up`'s code started with TLS, the service token
+// and an API key (docs/security.md): the router's CA and the key, the store's credentials.
+struct ClusterAccess {
+  std::string ca_file;
+  std::string api_key;
+  std::shared_ptr<grpc::ChannelCredentials> store_creds;
+};
+
 // POSTs `request` to /v1/chat/completions, streamed (SSE, read to [DONE]) or not. With `drop`
 // (streamed only) the client closes the connection once the first text arrived.
-Reply Chat(int port, json request, bool stream, bool drop) {
+Reply Chat(int port, const ClusterAccess& access, json request, bool stream, bool drop) {
   Reply r;
   request["stream"] = stream;
   if (stream) request["stream_options"] = {{"include_usage", true}};
-  httplib::Client client("127.0.0.1", port);
+  httplib::SSLClient client("127.0.0.1", port);
+  client.set_ca_cert_path(access.ca_file.c_str());
+  client.enable_server_certificate_verification(true);
+  client.set_bearer_token_auth(access.api_key.c_str());
   client.set_connection_timeout(5, 0);
   client.set_read_timeout(60, 0);
   client.set_write_timeout(10, 0);
@@ -206,12 +217,11 @@ Reply Chat(int port, json request, bool stream, bool drop) {
 
 // One unary call of the store's control plane, bounded by 2 s.
 template <typename Request, typename Response>
-absl::StatusOr<Response> StoreCall(const std::string& address,
+absl::StatusOr<Response> StoreCall(const std::string& address, const ClusterAccess& access,
                                    grpc::Status (v1::CacheStore::Stub::*call)(grpc::ClientContext*,
                                                                               const Request&,
                                                                               Response*)) {
-  auto stub =
-      v1::CacheStore::NewStub(grpc::CreateChannel(address, grpc::InsecureChannelCredentials()));
+  auto stub = v1::CacheStore::NewStub(grpc::CreateChannel(address, access.store_creds));
   grpc::ClientContext ctx;
   ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(2));
   Response r;
@@ -220,8 +230,9 @@ absl::StatusOr<Response> StoreCall(const std::string& address,
   return r;
 }
 
-absl::StatusOr<v1::StatsResponse> StoreStats(const std::string& address) {
-  return StoreCall(address, &v1::CacheStore::Stub::Stats);
+absl::StatusOr<v1::StatsResponse> StoreStats(const std::string& address,
+                                             const ClusterAccess& access) {
+  return StoreCall(address, access, &v1::CacheStore::Stub::Stats);
 }
 
 // Blocks that left the store for good by eviction: dropped from memory without a disk copy,
@@ -329,14 +340,20 @@ class Soak {
   int64_t probes_uncommitted_ = 0, probes_complete_ = 0, probes_explained_ = 0, probes_lost_ = 0;
   std::vector<std::string> lost_;
 
+  ClusterAccess access_;                               // set by Init
   std::map<std::string, std::vector<RssSample>> rss_;  // by process name (cluster_mu_)
 };
 
 absl::Status Soak::Init() {
   model_ = state_.model_name;
   port_ = Find("router")->port;
+  const deploy::ClusterCredentials creds = deploy::CredentialsOf(state_.run_dir);
+  access_.ca_file = creds.pki.ca_file;
+  KVTIER_ASSIGN_OR_RETURN(access_.api_key, ReadSecretFile(creds.api_key_file));
+  KVTIER_ASSIGN_OR_RETURN(access_.store_creds, MakeChannelCredentials(creds.pki.Options()));
   StoreClientOptions so;
   so.stores = {StoreAddress()};
+  so.tls = creds.pki.Options();
   so.retry_after = absl::Milliseconds(200);
   KVTIER_ASSIGN_OR_RETURN(probe_client_, StoreClient::Create(so));
   NamespaceParams np;
@@ -420,7 +437,7 @@ void Soak::Conversation(int conv, std::mt19937_64& rng) {
     if (stream && FaultsActive() &&
         std::uniform_real_distribution<double>(0, 1)(rng) < o_.drop_rate) {
       const size_t fault = BeginFault("drop", absl::StrCat("conversation ", conv, " turn ", turn));
-      Reply cut = Chat(port_, request, /*stream=*/true, /*drop=*/true);
+      Reply cut = Chat(port_, access_, request, /*stream=*/true, /*drop=*/true);
       {
         std::lock_guard<std::mutex> l(mu_);
         ++requests_;
@@ -459,7 +476,7 @@ Reply Soak::Send(const json& request, bool stream, int conv, int turn) {
   Reply r;
   for (int attempt = 1; attempt <= kAttempts; ++attempt) {
     const double t0 = Now();
-    r = Chat(port_, request, stream, /*drop=*/false);
+    r = Chat(port_, access_, request, stream, /*drop=*/false);
     const double t1 = Now();
     const bool explained = !r.ok && Explained(t0, t1);
     {
@@ -612,7 +629,7 @@ void Soak::ProbeWriter() {
 }
 
 void Soak::WriteProbe() {
-  absl::StatusOr<v1::StatsResponse> before = StoreStats(StoreAddress());
+  absl::StatusOr<v1::StatsResponse> before = StoreStats(StoreAddress(), access_);
   if (!before.ok()) return;  // no baseline, no probe
   Probe p;
   p.generation = generation_;
@@ -664,7 +681,7 @@ void Soak::CheckProbes(int generation) {
       ++probes_complete_;
       continue;
     }
-    absl::StatusOr<v1::StatsResponse> after = StoreStats(StoreAddress());
+    absl::StatusOr<v1::StatsResponse> after = StoreStats(StoreAddress(), access_);
     const uint64_t evicted = after.ok() ? EvictedForGood(*after) - p.evicted_before : 0;
     if (after.ok() && evicted >= kProbeBlocks - found) {
       ++probes_explained_;
@@ -779,7 +796,7 @@ int Soak::Finish() {
   }
   double timeouts_s = 35;
   if (absl::StatusOr<v1::GetInfoResponse> info =
-          StoreCall(StoreAddress(), &v1::CacheStore::Stub::GetInfo);
+          StoreCall(StoreAddress(), access_, &v1::CacheStore::Stub::GetInfo);
       info.ok()) {
     timeouts_s = std::max(info->lease_timeout_ms(), info->reservation_timeout_ms()) * 1e-3 + 5;
   }
@@ -789,7 +806,7 @@ int Soak::Finish() {
   const double drain_until = std::max(Now() + 10, last_fault_s + timeouts_s);
   absl::StatusOr<v1::StatsResponse> stats;
   while (true) {
-    stats = StoreStats(StoreAddress());
+    stats = StoreStats(StoreAddress(), access_);
     if ((stats.ok() && stats->active_leases() == 0 && stats->active_reservations() == 0) ||
         Now() >= drain_until) {
       break;

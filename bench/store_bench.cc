@@ -200,6 +200,7 @@ class ClientRunner {
   absl::Status Init() {
     StoreClientOptions co;
     co.stores = {o_.store};
+    co.tls.plaintext = true;  // kvtier-bench talks plain text to its stores (docs/security.md)
     co.transfer_timeout = absl::Seconds(30);
     KVTIER_ASSIGN_OR_RETURN(client_, StoreClient::Create(co));
     // Connect now (gRPC channel, UCX endpoint, rkey), outside any measurement.
@@ -537,6 +538,7 @@ absl::StatusOr<LookupStats> MeasureLookup(const std::string& address, const Name
                                           const std::function<void(std::string)>& warn) {
   StoreClientOptions co;
   co.stores = {address};
+  co.tls.plaintext = true;  // kvtier-bench talks plain text to its stores (docs/security.md)
   KVTIER_ASSIGN_OR_RETURN(auto client, StoreClient::Create(co));
   std::vector<StoreNodeInfo> nodes = client->Nodes();
   if (nodes.empty() || !nodes[0].connected) {
@@ -1108,6 +1110,7 @@ absl::StatusOr<SpillRun> MeasureSpillRun(const StoreBenchOptions& o, const std::
 
   StoreClientOptions co;
   co.stores = {store.address()};
+  co.tls.plaintext = true;  // kvtier-bench talks plain text to its stores (docs/security.md)
   KVTIER_ASSIGN_OR_RETURN(std::unique_ptr<StoreClient> client, StoreClient::Create(co));
   std::atomic<bool> stop{false};
   std::atomic<uint64_t> latest{0}, put_bytes{0};

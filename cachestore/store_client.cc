@@ -17,6 +17,7 @@
 #include "common/logging.h"
 #include "common/parallel.h"
 #include "common/status_macros.h"
+#include "common/tls.h"
 #include "transport/net_devices.h"
 #include "transport/ucx.h"
 
@@ -143,9 +144,11 @@ class RemoteStoreClient final : public StoreClient {
                             transport::ResolveNetDevices(options_.data_interface, hosts));
     KVTIER_ASSIGN_OR_RETURN(ucx_, transport::UcxContext::Create(ucx_options));
     KVTIER_ASSIGN_OR_RETURN(worker_, transport::UcxWorker::Create(ucx_.get()));
+    KVTIER_ASSIGN_OR_RETURN(std::shared_ptr<grpc::ChannelCredentials> creds,
+                            MakeChannelCredentials(options_.tls));
     for (const std::string& addr : options_.stores) {
-      nodes_.push_back(
-          std::make_unique<StoreNode>(addr, worker_.get(), options_, copy_threads_, &on_unmap_));
+      nodes_.push_back(std::make_unique<StoreNode>(addr, worker_.get(), options_, creds,
+                                                   copy_threads_, &on_unmap_));
       seeds_.push_back(XXH3_64bits(addr.data(), addr.size()));
     }
     return absl::OkStatus();

@@ -47,6 +47,7 @@ void DeclareStoreConfig(StoreConfig* c, OptionTable* t) {
          "SIGTERM writes the in-memory blocks to the spill tier");
   t->Add("ready_file", &c->ready_file, "write {grpc_port, metrics_port, pid} here when serving");
   t->Add("log_level", &c->log_level, "log level").OneOf(LogLevelNames());
+  DeclareTlsOptions(&c->tls, t, TlsRole::kServer);
   t->Finalize([c, o]() -> absl::Status {
     o->slot_count = c->pool_bytes / o->slot_bytes;
     if (o->slot_count == 0) {

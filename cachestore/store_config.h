@@ -36,6 +36,9 @@ struct StoreConfig {
   std::string log_level = "info";
   // slot_bytes, timeouts, batch bound, the spill tier's options.
   StoreOptions store;
+  // TLS, mutual TLS and the service token of the gRPC endpoint, or plain text (the tls.* keys
+  // and service_token_file, docs/security.md). Default: none (one of them must be given).
+  TlsOptions tls;
 };
 
 // Reads a YAML config file over the defaults. Unknown keys are an error (a typo must not be

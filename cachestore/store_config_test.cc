@@ -47,15 +47,19 @@ TEST(StoreConfigTest, ClearErrors) {
   EXPECT_FALSE(LoadStoreConfig("/nonexistent/kvtier.yaml").ok());
 
   StoreConfig tiny;
+  tiny.tls.plaintext = true;
   tiny.pool_bytes = 1 << 20;
   tiny.store.slot_bytes = 2 << 20;
   EXPECT_EQ(FinalizeStoreConfig(&tiny).code(), absl::StatusCode::kInvalidArgument);
   StoreConfig spill;
+  spill.tls.plaintext = true;
   spill.store.spill_dir = "/tmp/x";
   EXPECT_EQ(FinalizeStoreConfig(&spill).code(), absl::StatusCode::kInvalidArgument);
   // A freed slot may be written until its reservation would have expired.
-  auto short_quarantine = LoadStoreConfig(
-      WriteFile("quarantine.yaml", "reservation_timeout_ms: 30000\nslot_quarantine_ms: 5000\n"));
+  auto short_quarantine =
+      LoadStoreConfig(WriteFile("quarantine.yaml",
+                                "tls:\n  plaintext: true\nreservation_timeout_ms: 30000\n"
+                                "slot_quarantine_ms: 5000\n"));
   ASSERT_TRUE(short_quarantine.ok()) << short_quarantine.status();
   absl::Status q = FinalizeStoreConfig(&*short_quarantine);
   EXPECT_EQ(q.code(), absl::StatusCode::kInvalidArgument);
@@ -64,6 +68,7 @@ TEST(StoreConfigTest, ClearErrors) {
 
 TEST(StoreConfigTest, LimitsAndDataInterfaceLoad) {
   auto c = LoadStoreConfig(WriteFile("limits.yaml",
+                                     "tls:\n  plaintext: true\n"
                                      "data_interface: lo\nslot_quarantine_ms: 60000\n"
                                      "max_namespaces: 7\nmax_open_per_client: 9\n"));
   ASSERT_TRUE(c.ok()) << c.status();
@@ -72,6 +77,24 @@ TEST(StoreConfigTest, LimitsAndDataInterfaceLoad) {
   EXPECT_EQ(c->store.slot_quarantine, absl::Seconds(60));
   EXPECT_EQ(c->store.max_namespaces, 7u);
   EXPECT_EQ(c->store.max_open_per_client, 9u);
+}
+
+// A store with neither TLS files nor plain text configured refuses to start, saying why.
+TEST(StoreConfigTest, NeitherTlsNorPlaintextIsAnError) {
+  StoreConfig c;
+  absl::Status s = FinalizeStoreConfig(&c);
+  EXPECT_EQ(s.code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_NE(s.message().find("--plaintext"), std::string::npos) << s;
+  c.tls.plaintext = true;
+  EXPECT_TRUE(FinalizeStoreConfig(&c).ok());
+  c.tls.service_token_file = "/t";  // plain text sends no token: both is a contradiction
+  EXPECT_EQ(FinalizeStoreConfig(&c).code(), absl::StatusCode::kInvalidArgument);
+  c.tls.plaintext = false;
+  c.tls.cert_file = "/c";
+  c.tls.key_file = "/k";
+  EXPECT_TRUE(FinalizeStoreConfig(&c).ok());
+  c.tls.mutual = true;  // client certificates need the CA that signs them
+  EXPECT_NE(FinalizeStoreConfig(&c).message().find("tls.ca_file"), std::string::npos);
 }
 
 }  // namespace

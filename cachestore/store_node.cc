@@ -39,7 +39,9 @@ int CopyThreads(int max_threads, size_t blocks, size_t block_bytes) {
 }
 
 StoreNode::StoreNode(std::string address, transport::UcxWorker* worker,
-                     const StoreClientOptions& options, int copy_threads, const UnmapFn* on_unmap)
+                     const StoreClientOptions& options,
+                     const std::shared_ptr<grpc::ChannelCredentials>& creds, int copy_threads,
+                     const UnmapFn* on_unmap)
     : address_(std::move(address)),
       worker_(worker),
       options_(options),
@@ -47,8 +49,7 @@ StoreNode::StoreNode(std::string address, transport::UcxWorker* worker,
       on_unmap_(on_unmap) {
   grpc::ChannelArguments args;
   args.SetMaxReceiveMessageSize(16 << 20);
-  stub_ = v1::CacheStore::NewStub(
-      grpc::CreateCustomChannel(address_, grpc::InsecureChannelCredentials(), args));
+  stub_ = v1::CacheStore::NewStub(grpc::CreateCustomChannel(address_, creds, args));
 }
 
 StoreNode::~StoreNode() = default;

@@ -42,6 +42,10 @@
 #include "kvtier/v1/cachestore.grpc.pb.h"
 #include "transport/ucx.h"
 
+namespace grpc {
+class ChannelCredentials;
+}
+
 namespace kvtier {
 
 // Threads for copying or hashing `blocks` blocks of `block_bytes` in memory: one per 8 MiB, up
@@ -65,10 +69,12 @@ class StoreNode {
  public:
   using UnmapFn = std::function<void(const MappedPool&)>;
 
+  // `creds`: how the control plane is reached (common/tls.h, MakeChannelCredentials).
   // `copy_threads`: most threads of one copy on the mapped path. `on_unmap` (the client's, may
   // hold an empty function) runs before a mapped pool is unmapped.
   StoreNode(std::string address, transport::UcxWorker* worker, const StoreClientOptions& options,
-            int copy_threads, const UnmapFn* on_unmap);
+            const std::shared_ptr<grpc::ChannelCredentials>& creds, int copy_threads,
+            const UnmapFn* on_unmap);
   ~StoreNode();
   StoreNode(const StoreNode&) = delete;
   StoreNode& operator=(const StoreNode&) = delete;

@@ -77,7 +77,8 @@ absl::StatusOr<std::unique_ptr<StoreServer>> StoreServer::Start(const StoreConfi
   s->service_ = std::make_unique<StoreService>(s->store_.get(), std::move(info), s->metrics_.get());
 
   KVTIER_ASSIGN_OR_RETURN(s->grpc_,
-                          StartGrpcServer(s->config_.listen, {s->service_.get()}, &s->grpc_port_));
+                          StartGrpcServer("kvtier-store", s->config_.listen, s->config_.tls,
+                                          {s->service_.get()}, &s->grpc_port_));
 
   if (!s->config_.metrics_listen.empty()) {
     KVTIER_ASSIGN_OR_RETURN(HostPort hp, ParseHostPort(s->config_.metrics_listen));

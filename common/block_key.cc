@@ -10,6 +10,7 @@ namespace kvtier {
 namespace {
 
 constexpr absl::string_view kNamespaceTag = "kvtier-namespace-v1";
+constexpr absl::string_view kTenantTag = "kvtier-tenant-v1";
 
 }  // namespace
 
@@ -21,6 +22,15 @@ NamespaceId ComputeNamespace(const NamespaceParams& p) {
   h.UpdateU32(p.block_tokens);
   h.UpdateU32(p.layout_version);
   h.UpdateString(p.tenant_salt);
+  return h.Final();
+}
+
+NamespaceId TenantNamespace(const NamespaceId& ns, absl::string_view tenant) {
+  if (tenant.empty()) return ns;
+  Sha256 h;
+  h.Update(kTenantTag.data(), kTenantTag.size());
+  h.Update(ns.data(), ns.size());
+  h.UpdateString(tenant);
   return h.Final();
 }
 

@@ -23,6 +23,20 @@ TEST(BlockKeyTest, NamespaceVectors) {
             "95c4c18666a436ad4ea5e8ea5a8c4ed0ade2125fe113f66976b7edf083f4142b");
 }
 
+TEST(BlockKeyTest, TenantNamespaceVectorAndSeparation) {
+  EXPECT_EQ(TenantNamespace(DefaultNs(), ""), DefaultNs());  // no API keys: as before
+  EXPECT_EQ(KeyToHex(TenantNamespace(DefaultNs(), "tenant-a")),
+            "9f08c1a92abaa36b5cb7c0467fc394254729aa417d3215c5014238f59761aa1f");
+  const std::vector<TokenId> tokens(32, 7);
+  const auto a = ComputeBlockKeys(TenantNamespace(DefaultNs(), "a"), tokens, 16);
+  const auto b = ComputeBlockKeys(TenantNamespace(DefaultNs(), "b"), tokens, 16);
+  const auto none = ComputeBlockKeys(DefaultNs(), tokens, 16);
+  for (size_t i = 0; i < a.size(); ++i) {
+    EXPECT_NE(a[i], b[i]);
+    EXPECT_NE(a[i], none[i]);
+  }
+}
+
 TEST(BlockKeyTest, KeyVectors) {
   std::vector<TokenId> tokens(40);
   std::iota(tokens.begin(), tokens.end(), 0);

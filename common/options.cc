@@ -293,6 +293,87 @@ std::vector<std::string> LogLevelNames() {
   return {"trace", "debug", "info", "warn", "error", "critical", "off"};
 }
 
+void DeclareTlsOptions(TlsOptions* o, OptionTable* t, TlsRole role) {
+  const bool client = role != TlsRole::kServer;
+  const bool mutual = role != TlsRole::kHttpServerAndClient;
+  t->Add("tls.plaintext", &o->plaintext,
+         "no TLS, no service token: unauthenticated endpoints (local development only)")
+      .Flag("--plaintext");
+  t->Add("tls.ca_file", &o->ca_file,
+         client ? "PEM CA certificates that verify the servers called (and clients, with mutual)"
+                : "PEM CA certificates that verify clients (mutual TLS)");
+  t->Add("tls.cert_file", &o->cert_file, "PEM certificate chain this server presents");
+  t->Add("tls.key_file", &o->key_file, "PEM private key of tls.cert_file");
+  if (mutual) {
+    t->Add("tls.mutual", &o->mutual, "require client certificates signed by tls.ca_file");
+  }
+  if (client) {
+    t->Add("tls.client_cert_file", &o->client_cert_file,
+           "PEM certificate presented to the servers called (mutual TLS)");
+    t->Add("tls.client_key_file", &o->client_key_file, "PEM private key of tls.client_cert_file");
+  }
+  t->Add("service_token_file", &o->service_token_file,
+         "file with the service token sent and required on internal gRPC calls");
+  t->Finalize([o, client]() -> absl::Status {
+    const std::vector<std::pair<const char*, const std::string*>> files = {
+        {"tls.ca_file", &o->ca_file},
+        {"tls.cert_file", &o->cert_file},
+        {"tls.key_file", &o->key_file},
+        {"tls.client_cert_file", &o->client_cert_file},
+        {"tls.client_key_file", &o->client_key_file},
+        {"service_token_file", &o->service_token_file}};
+    if (o->plaintext) {
+      for (const auto& [key, value] : files) {
+        if (!value->empty()) {
+          return absl::InvalidArgumentError(
+              absl::StrCat("tls.plaintext (--plaintext) excludes ", key,
+                           " (TLS and the service "
+                           "token are off in plain text): give one or the other"));
+        }
+      }
+      if (o->mutual) {
+        return absl::InvalidArgumentError("tls.plaintext (--plaintext) excludes tls.mutual");
+      }
+      return absl::OkStatus();
+    }
+    if (o->cert_file.empty() || o->key_file.empty() || o->service_token_file.empty()) {
+      return absl::InvalidArgumentError(
+          "TLS needs tls.cert_file (--tls-cert-file), tls.key_file (--tls-key-file) and "
+          "service_token_file (--service-token-file); for an unauthenticated plain-text "
+          "endpoint (local development only) give --plaintext (tls.plaintext: true) "
+          "(docs/security.md)");
+    }
+    if ((client || o->mutual) && o->ca_file.empty()) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("TLS needs tls.ca_file (--tls-ca-file) to verify ",
+                       client ? "the servers this process calls" : "client certificates"));
+    }
+    if (o->client_cert_file.empty() != o->client_key_file.empty()) {
+      return absl::InvalidArgumentError("tls.client_cert_file and tls.client_key_file go together");
+    }
+    return absl::OkStatus();
+  });
+}
+
+std::vector<std::string> TlsFlags(const TlsOptions& t, TlsRole role) {
+  if (t.plaintext) return {"--plaintext"};
+  std::vector<std::pair<const char*, const std::string*>> files = {
+      {"--tls-ca-file=", &t.ca_file},
+      {"--tls-cert-file=", &t.cert_file},
+      {"--tls-key-file=", &t.key_file},
+      {"--service-token-file=", &t.service_token_file}};
+  if (role != TlsRole::kServer) {
+    files.push_back({"--tls-client-cert-file=", &t.client_cert_file});
+    files.push_back({"--tls-client-key-file=", &t.client_key_file});
+  }
+  std::vector<std::string> flags;
+  for (const auto& [flag, value] : files) {
+    if (!value->empty()) flags.push_back(flag + *value);
+  }
+  if (t.mutual && role != TlsRole::kHttpServerAndClient) flags.push_back("--tls-mutual=true");
+  return flags;
+}
+
 void OptionTable::Finalize(std::function<absl::Status()> finalize) {
   finalizers_.push_back(std::move(finalize));
 }
@@ -346,6 +427,11 @@ absl::Status OptionTable::LoadYamlFile(const std::string& path) {
   return absl::Status(s.code(), absl::StrCat("config ", path, ": ", s.message()));
 }
 
+namespace {
+const std::string kTrue = "true";
+bool IsBool(const Option& o) { return o.type_name() == "BOOL"; }
+}  // namespace
+
 void OptionTable::AddFlags(CLI::App& app, const std::vector<std::string>& keys) {
   app.add_option("--config", config_path_, "YAML config file (flags override it)")
       ->type_name("FILE");
@@ -357,6 +443,8 @@ void OptionTable::AddFlags(CLI::App& app, const std::vector<std::string>& keys) 
     o->cli_ = o->access_.is_list ? app.add_option(o->flag_, o->flag_list_, help)
                                  : app.add_option(o->flag_, o->flag_text_, help);
     o->cli_->type_name(o->access_.type_name);
+    // A bool flag alone ("--plaintext") means true.
+    if (IsBool(*o)) o->cli_->expected(0, 1);
   }
 }
 
@@ -370,7 +458,8 @@ absl::Status OptionTable::Resolve() {
   if (!config_path_.empty()) KVTIER_RETURN_IF_ERROR(LoadYamlFile(config_path_));
   for (const auto& o : options_) {
     if (o->cli_ == nullptr || o->cli_->count() == 0) continue;
-    absl::Status s = o->access_.is_list ? o->SetList(o->flag_list_) : o->SetText(o->flag_text_);
+    const std::string& text = o->flag_text_.empty() && IsBool(*o) ? kTrue : o->flag_text_;
+    absl::Status s = o->access_.is_list ? o->SetList(o->flag_list_) : o->SetText(text);
     if (!s.ok()) return absl::InvalidArgumentError(absl::StrCat(o->flag(), ": ", s.message()));
   }
   return Validate();

@@ -34,6 +34,7 @@
 #include "absl/status/statusor.h"
 #include "absl/strings/string_view.h"
 #include "absl/time/time.h"
+#include "kvtier/tls_options.h"
 
 namespace CLI {
 class App;
@@ -80,6 +81,7 @@ class Option {
 
   const std::string& key() const { return key_; }
   const std::string& flag() const { return flag_; }
+  const std::string& type_name() const { return access_.type_name; }
 
  private:
   friend class OptionTable;
@@ -172,6 +174,25 @@ class OptionTable {
 // The names a log_level option accepts (SetLogLevel of common/logging.h takes each): trace,
 // debug, info, warn, error, critical, off.
 std::vector<std::string> LogLevelNames();
+
+// Which fields of TlsOptions a process declares (docs/security.md): a gRPC server only (the
+// store), a gRPC server that also calls other kvtier servers (the workers call their stores:
+// `mutual` and the client certificate too), or an HTTP server that calls gRPC servers (the
+// router: no `mutual`, its public API authenticates callers by API key).
+enum class TlsRole { kServer, kServerAndClient, kHttpServerAndClient };
+
+// Declares `tls` into `table`: tls.plaintext (--plaintext), tls.ca_file, tls.cert_file,
+// tls.key_file, tls.mutual, tls.client_cert_file, tls.client_key_file (the flags --tls-...)
+// and service_token_file, as `role` uses them. Validation: without tls.plaintext the server
+// certificate, its key and the service token are required (a process with neither refuses to
+// start), and so is tls.ca_file where a peer's certificate is checked; tls.plaintext with any
+// of them is an error.
+void DeclareTlsOptions(TlsOptions* tls, OptionTable* table, TlsRole role);
+
+// The command-line flags that give a process of `role` the fields of `tls` it declares (for
+// launchers and tests starting kvtier servers): {"--plaintext"}, or the --tls-... flags of
+// the files set and --service-token-file.
+std::vector<std::string> TlsFlags(const TlsOptions& tls, TlsRole role);
 
 // How a service declares the fields of its options struct T into a table.
 template <typename T>

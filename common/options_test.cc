@@ -272,5 +272,71 @@ TEST_F(OptionsTest, FlagsOfChosenKeysOnly) {
   EXPECT_THAT(app.help(), ::testing::Not(HasSubstr("--count")));
 }
 
+TEST_F(OptionsTest, ABoolFlagAloneIsTrue) {
+  absl::StatusOr<Demo> d = Parse({"--enabled=false"});
+  ASSERT_TRUE(d.ok()) << d.status();
+  EXPECT_FALSE(d->enabled);
+  struct Switch {
+    bool on = false;
+    int n = 0;
+  };
+  OptionFlags<Switch> sw(Switch(), [](Switch* s, OptionTable* t) {
+    t->Add("on", &s->on, "a switch");
+    t->Add("n", &s->n, "a number");
+  });
+  absl::StatusOr<Switch> s = sw.Parse({"--on", "--n", "2"});
+  ASSERT_TRUE(s.ok()) << s.status();
+  EXPECT_TRUE(s->on);
+  EXPECT_EQ(s->n, 2);
+}
+
+// The TLS fields of every server (docs/security.md): TLS or --plaintext, one of them, and the
+// flags that pass them on to a child give the same options back.
+TEST_F(OptionsTest, TlsOptionsAndTheirFlags) {
+  struct Server {
+    TlsOptions tls;
+  };
+  auto parse = [](TlsRole role, const std::vector<std::string>& args) {
+    static TlsRole r;
+    r = role;
+    OptionFlags<Server> f(Server(),
+                          [](Server* s, OptionTable* t) { DeclareTlsOptions(&s->tls, t, r); });
+    return f.Parse(args);
+  };
+  absl::StatusOr<Server> s = parse(TlsRole::kServer, {});
+  ASSERT_FALSE(s.ok());
+  EXPECT_THAT(std::string(s.status().message()), HasSubstr("--plaintext"));
+  s = parse(TlsRole::kServer, {"--plaintext"});
+  ASSERT_TRUE(s.ok()) << s.status();
+  EXPECT_TRUE(s->tls.plaintext);
+  EXPECT_EQ(TlsFlags(s->tls, TlsRole::kServer), std::vector<std::string>{"--plaintext"});
+  EXPECT_FALSE(parse(TlsRole::kServer, {"--plaintext", "--tls-cert-file=/c"}).ok());
+  // The store declares no client certificate.
+  EXPECT_FALSE(parse(TlsRole::kServer, {"--plaintext", "--tls-client-cert-file=/c"}).ok());
+
+  TlsOptions full;
+  full.ca_file = "/ca";
+  full.cert_file = "/c";
+  full.key_file = "/k";
+  full.mutual = true;
+  full.client_cert_file = "/cc";
+  full.client_key_file = "/ck";
+  full.service_token_file = "/t";
+  for (TlsRole role :
+       {TlsRole::kServer, TlsRole::kServerAndClient, TlsRole::kHttpServerAndClient}) {
+    s = parse(role, TlsFlags(full, role));
+    ASSERT_TRUE(s.ok()) << s.status();
+    EXPECT_EQ(s->tls.cert_file, "/c");
+    EXPECT_EQ(s->tls.service_token_file, "/t");
+    EXPECT_EQ(s->tls.mutual, role != TlsRole::kHttpServerAndClient);
+    EXPECT_EQ(s->tls.client_cert_file, role == TlsRole::kServer ? "" : "/cc");
+  }
+  TlsOptions no_token = full;
+  no_token.service_token_file.clear();
+  s = parse(TlsRole::kServerAndClient, TlsFlags(no_token, TlsRole::kServerAndClient));
+  ASSERT_FALSE(s.ok());
+  EXPECT_THAT(std::string(s.status().message()), HasSubstr("service_token_file"));
+}
+
 }  // namespace
 }  // namespace kvtier

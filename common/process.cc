@@ -494,6 +494,7 @@ absl::StatusOr<StoreProcess> StoreProcess::Spawn(const std::string& dir,
   SpawnOptions so;
   so.argv = {absl::StrCat(o.bin_dir.empty() ? KVTIER_BIN_DIR : o.bin_dir, "/kvtier-store")};
   so.argv.insert(so.argv.end(), args.begin(), args.end());
+  so.argv.insert(so.argv.end(), o.security_args.begin(), o.security_args.end());
   so.argv.insert(so.argv.end(), o.extra_args.begin(), o.extra_args.end());
   so.env = o.env;
   so.stop_grace = o.stop_grace;

@@ -193,6 +193,9 @@ struct StoreProcessOptions {
   std::string spill_capacity = "256MiB";
   int64_t reservation_timeout_ms = 30000;
   int64_t lease_timeout_ms = 30000;
+  // How the store secures its gRPC endpoint (the flags of docs/security.md): plain text unless
+  // the caller gives TLS flags (--tls-cert-file=..., --service-token-file=..., ...).
+  std::vector<std::string> security_args = {"--plaintext"};
   std::vector<std::string> extra_args;     // more flags, e.g. --log-level=debug
   std::map<std::string, std::string> env;  // e.g. UCX_TLS
   absl::Duration start_timeout = absl::Seconds(20);

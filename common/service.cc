@@ -9,6 +9,8 @@
 #include <fstream>
 
 #include "absl/strings/str_join.h"
+#include "common/status_macros.h"
+#include "common/tls.h"
 #include "spdlog/spdlog.h"
 
 namespace kvtier {
@@ -86,10 +88,13 @@ absl::Status WriteReadyFile(const std::string& path,
 }
 
 absl::StatusOr<std::unique_ptr<grpc::Server>> StartGrpcServer(
-    const std::string& listen, const std::vector<grpc::Service*>& services, int* port) {
+    absl::string_view name, const std::string& listen, const TlsOptions& tls,
+    const std::vector<grpc::Service*>& services, int* port) {
+  KVTIER_ASSIGN_OR_RETURN(std::shared_ptr<grpc::ServerCredentials> creds,
+                          MakeServerCredentials(tls, absl::StrCat(name, " gRPC ", listen)));
   grpc::ServerBuilder builder;
   *port = 0;
-  builder.AddListeningPort(listen, grpc::InsecureServerCredentials(), port);
+  builder.AddListeningPort(listen, creds, port);
   for (grpc::Service* s : services) builder.RegisterService(s);
   // A prompt of 128k u32 tokens is 512 KiB on the wire (plus varint overhead).
   builder.SetMaxReceiveMessageSize(16 << 20);

@@ -27,6 +27,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/string_view.h"
 #include "common/logging.h"
+#include "kvtier/tls_options.h"
 
 namespace grpc {
 class Server;
@@ -82,10 +83,13 @@ absl::Status WriteFileAtomically(const std::string& path, absl::string_view cont
 absl::Status WriteReadyFile(const std::string& path,
                             const std::vector<std::pair<std::string, int>>& ports);
 
-// Starts a synchronous gRPC server on `listen` (host:port, port 0: any free port) with
-// `services`, and reports the port bound. Messages up to 16 MiB are accepted.
+// Starts a synchronous gRPC server `name` (for the log, e.g. "kvtier-store") on `listen`
+// (host:port, port 0: any free port) with `services`, secured as `tls` says (common/tls.h:
+// TLS and the service token, or plain text with a WARNING), and reports the port bound.
+// Messages up to 16 MiB are accepted.
 absl::StatusOr<std::unique_ptr<grpc::Server>> StartGrpcServer(
-    const std::string& listen, const std::vector<grpc::Service*>& services, int* port);
+    absl::string_view name, const std::string& listen, const TlsOptions& tls,
+    const std::vector<grpc::Service*>& services, int* port);
 
 }  // namespace kvtier
 

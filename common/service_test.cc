@@ -35,15 +35,17 @@ TEST(ServiceTest, ReadyFileHoldsThePortsAndPid) {
 
 TEST(ServiceTest, GrpcServerReportsItsPortOrFails) {
   v1::CacheStore::Service unimplemented;  // any service: gRPC refuses to serve none
+  TlsOptions plain;
+  plain.plaintext = true;
   int port = 0;
   absl::StatusOr<std::unique_ptr<grpc::Server>> server =
-      StartGrpcServer("127.0.0.1:0", {&unimplemented}, &port);
+      StartGrpcServer("test", "127.0.0.1:0", plain, {&unimplemented}, &port);
   ASSERT_TRUE(server.ok()) << server.status();
   EXPECT_GT(port, 0);
   (*server)->Shutdown();
   int bad = 0;  // not an address of this host (TEST-NET-1)
   absl::StatusOr<std::unique_ptr<grpc::Server>> none =
-      StartGrpcServer("192.0.2.1:1", {&unimplemented}, &bad);
+      StartGrpcServer("test", "192.0.2.1:1", plain, {&unimplemented}, &bad);
   EXPECT_EQ(none.status().code(), absl::StatusCode::kUnavailable);
   EXPECT_NE(none.status().message().find("192.0.2.1:1"), std::string::npos);
 }

@@ -34,6 +34,7 @@ absl::StatusOr<GenerateSpec> DecodeService::ToSpec(const v1::GenerateRequest& r)
                                  : static_cast<int>(std::min<uint32_t>(s.max_tokens(), 1u << 30));
   spec.sampling.stop_token_ids.assign(s.stop_token_ids().begin(), s.stop_token_ids().end());
   spec.use_cache = r.use_cache();
+  spec.tenant = r.tenant();
   spec.n = r.n() == 0 ? 1 : static_cast<int>(std::min<uint32_t>(r.n(), 1u << 20));
   return spec;
 }

@@ -278,8 +278,8 @@ bool Scheduler::Admit() {
     int shared = 0;
     const int need = PagesNeeded(prompt_len, spec->sampling.max_tokens, spec->n, &shared);
     if (spec->use_cache && !w->keyed) {
-      w->keys =
-          tier_->Keys(absl::MakeConstSpan(spec->prompt).first(static_cast<size_t>(shared) * b));
+      w->keys = tier_->Keys(
+          absl::MakeConstSpan(spec->prompt).first(static_cast<size_t>(shared) * b), spec->tenant);
       w->keyed = true;
     }
     std::vector<int32_t> acquired;
@@ -455,7 +455,7 @@ void Scheduler::CompleteBlocks(Active& a, Seq& s) {
     const int blk = s.blocks_done;
     const int prompt_blocks = static_cast<int>(a.prompt_keys.size());
     // The key this block is chained from: its parent in the store (docs/block-key.md).
-    const BlockKey parent = blk == 0               ? tier_->namespace_id()
+    const BlockKey parent = blk == 0               ? tier_->KeyRoot(a.spec.tenant)
                             : blk <= prompt_blocks ? a.prompt_keys[blk - 1]
                                                    : s.last_key;
     const BlockKey key =

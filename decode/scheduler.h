@@ -62,6 +62,8 @@ struct GenerateSpec {
   bool use_cache = true;
   // Completions of the prompt; completion i samples with seed + i.
   int n = 1;
+  // The caller's tenant: its blocks are keyed in its own namespace (docs/block-key.md).
+  std::string tenant;
 };
 
 // Part of a request's output.

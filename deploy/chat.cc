@@ -29,6 +29,9 @@ std::string BaseUrl(std::string url) {
 
 std::unique_ptr<httplib::Client> MakeClient(const ChatOptions& o) {
   auto cli = std::make_unique<httplib::Client>(BaseUrl(o.url));
+  if (!o.ca_file.empty()) cli->set_ca_cert_path(o.ca_file);
+  cli->enable_server_certificate_verification(true);
+  if (!o.api_key.empty()) cli->set_bearer_token_auth(o.api_key);
   cli->set_connection_timeout(5, 0);
   cli->set_read_timeout(o.timeout_s, 0);
   cli->set_write_timeout(o.timeout_s, 0);

@@ -16,8 +16,12 @@
 namespace kvtier::deploy {
 
 struct ChatOptions {
-  // Router base URL: http://HOST:PORT, with or without a trailing /v1. Required.
+  // Router base URL: http(s)://HOST:PORT, with or without a trailing /v1. Required.
   std::string url;
+  // HTTPS: PEM CA certificates that verify the router; empty: the system's. Default: empty.
+  std::string ca_file;
+  // Sent as "Authorization: Bearer API_KEY"; empty: none. Default: empty.
+  std::string api_key;
   // Served model id; empty: the first entry of GET /v1/models. Default: empty.
   std::string model;
   // User messages, one per line (blank lines skipped); empty: `turns` or stdin. Default: empty.

@@ -123,8 +123,10 @@ absl::Status EnsureModel(const ClusterConfig& c, const std::string& model_dir,
   return absl::OkStatus();
 }
 
-bool RouterHealthy(int port) {
-  httplib::Client cli("127.0.0.1", port);
+bool RouterHealthy(int port, const std::string& ca_file) {
+  httplib::SSLClient cli("127.0.0.1", port);
+  cli.set_ca_cert_path(ca_file.c_str());
+  cli.enable_server_certificate_verification(true);
   cli.set_connection_timeout(1, 0);
   cli.set_read_timeout(2, 0);
   httplib::Result r = cli.Get("/health");
@@ -156,6 +158,9 @@ class Starting {
   Starting(const ClusterConfig& c, std::string bin_dir, std::string run_dir, std::ostream& log)
       : c_(c), bin_dir_(std::move(bin_dir)), run_dir_(std::move(run_dir)), log_(log) {}
 
+  // The TLS flags of the store.
+  std::vector<std::string> store_security;
+
   // kvtier-store on 127.0.0.1; its spill directory is <run_dir>/spill.
   absl::Status SpawnStore() {
     StoreProcessOptions o;
@@ -167,6 +172,7 @@ class Starting {
       o.spill_dir = run_dir_ + "/spill";
       o.spill_capacity = c_.store_spill_capacity;
     }
+    o.security_args = store_security;
     o.extra_args = {"--log-level=" + c_.log_level};
     o.stop_grace = absl::Seconds(c_.stop_grace_s);
     o.detached = true;
@@ -253,6 +259,32 @@ absl::StatusOr<ClusterConfig> LoadClusterConfig(const std::string& path) {
 
 ClusterFlags::ClusterFlags() : OptionFlags(ClusterConfig(), DeclareClusterConfig) {}
 
+ClusterCredentials CredentialsOf(const std::string& run_dir) {
+  ClusterCredentials c;
+  c.pki = LocalPki::In(run_dir + "/tls");
+  c.api_keys_file = run_dir + "/tls/api_keys";
+  c.api_key_file = run_dir + "/api_key";
+  return c;
+}
+
+absl::StatusOr<ClusterCredentials> EnsureCredentials(const std::string& run_dir) {
+  ClusterCredentials c = CredentialsOf(run_dir);
+  const std::string dir = run_dir + "/tls";
+  std::error_code ec;
+  fs::create_directories(dir, ec);
+  fs::permissions(dir, fs::perms::owner_all, ec);
+  if (ec) return absl::InternalError("cannot create " + dir + ": " + ec.message());
+  KVTIER_RETURN_IF_ERROR(WriteLocalPki(dir).status());
+  if (!fs::exists(c.api_key_file) || !fs::exists(c.api_keys_file)) {
+    const std::string key = "sk-kvtier-" + RandomHex(24);
+    KVTIER_RETURN_IF_ERROR(WritePrivateFile(c.api_key_file, key + "\n"));
+    KVTIER_RETURN_IF_ERROR(WritePrivateFile(
+        c.api_keys_file,
+        "# API key -> tenant (router/api_keys.h), written by `kvtier up`\n" + key + " local\n"));
+  }
+  return c;
+}
+
 std::string StateFilePath(const std::string& run_dir) { return run_dir + "/cluster.json"; }
 
 absl::StatusOr<std::optional<ClusterState>> ReadClusterState(const std::string& run_dir) {
@@ -310,8 +342,12 @@ absl::StatusOr<ClusterState> StartCluster(const ClusterConfig& c, const std::str
   state.model_name = c.model_name.empty() ? fs::path(model_dir).filename().string() : c.model_name;
   log << "backend " << state.backend << ", model " << model_dir << "\n";
 
+  KVTIER_ASSIGN_OR_RETURN(const ClusterCredentials creds, EnsureCredentials(run_dir));
+  const TlsOptions tls = creds.pki.Options();
+
   const absl::Time deadline = absl::Now() + absl::Seconds(c.ready_timeout_s);
   Starting cluster(c, bin_dir, run_dir, log);
+  cluster.store_security = TlsFlags(tls, TlsRole::kServer);
   KVTIER_RETURN_IF_ERROR(cluster.SpawnStore());
   KVTIER_RETURN_IF_ERROR(cluster.AwaitReady(deadline));
   const std::string store_addr = cluster.last().address();
@@ -333,6 +369,9 @@ absl::StatusOr<ClusterState> StartCluster(const ClusterConfig& c, const std::str
       if (role == 1) {
         args.push_back(c.worker_keep_blocks ? "--keep-blocks=true" : "--keep-blocks=false");
       }
+      for (std::string& f : TlsFlags(tls, TlsRole::kServerAndClient)) {
+        args.push_back(std::move(f));
+      }
       KVTIER_RETURN_IF_ERROR(cluster.Spawn(absl::StrCat(role == 0 ? "prefill-" : "decode-", i),
                                            role == 0 ? "kvtier-prefill" : "kvtier-decode",
                                            std::move(args)));
@@ -347,21 +386,26 @@ absl::StatusOr<ClusterState> StartCluster(const ClusterConfig& c, const std::str
   for (const std::string& a : cluster.Addresses("prefill-"))
     router_args.push_back("--prefill=" + a);
   for (const std::string& a : cluster.Addresses("decode-")) router_args.push_back("--decode=" + a);
+  // HTTPS with the server certificate; no client certificates on the API, API keys instead.
+  for (std::string& f : TlsFlags(tls, TlsRole::kHttpServerAndClient)) {
+    router_args.push_back(std::move(f));
+  }
+  router_args.push_back("--api-keys-file=" + creds.api_keys_file);
   KVTIER_RETURN_IF_ERROR(cluster.Spawn("router", "kvtier-router", std::move(router_args)));
   KVTIER_RETURN_IF_ERROR(cluster.AwaitReady(deadline));
   ServerProcess& router = cluster.last();
   const int http_port = router.grpc_port();  // the router's ready file repeats its HTTP port
-  WaitFor([&] { return RouterHealthy(http_port) || !router.process().Running(); },
+  WaitFor([&] { return RouterHealthy(http_port, tls.ca_file) || !router.process().Running(); },
           deadline - absl::Now());
   if (!router.process().Running()) {
     return absl::UnavailableError("the router exited:\n" + FileTail(router.log_path()));
   }
-  if (!RouterHealthy(http_port)) {
+  if (!RouterHealthy(http_port, tls.ca_file)) {
     return absl::DeadlineExceededError(absl::StrCat(
         "the router's /health did not turn 200 in time; its log:\n", FileTail(router.log_path())));
   }
 
-  state.endpoint = absl::StrCat("http://127.0.0.1:", http_port, "/v1");
+  state.endpoint = absl::StrCat("https://127.0.0.1:", http_port, "/v1");
   state.processes = cluster.Release();
   absl::Status written = WriteState(state);
   if (!written.ok()) {

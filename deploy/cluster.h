@@ -24,6 +24,7 @@
 #include "absl/status/statusor.h"
 #include "absl/time/time.h"
 #include "common/options.h"
+#include "common/tls.h"
 
 namespace kvtier::deploy {
 
@@ -73,6 +74,20 @@ struct ClusterConfig {
   double stop_grace_s = 10;
 };
 
+// The credentials of the cluster of a run directory (docs/security.md), generated once per run
+// directory by StartCluster: the local CA, server and client certificates and the service token
+// in <run_dir>/tls/, the router's API key table <run_dir>/tls/api_keys ("KEY local") and the
+// key itself in <run_dir>/api_key (mode 0600).
+struct ClusterCredentials {
+  LocalPki pki;
+  std::string api_keys_file;
+  std::string api_key_file;
+};
+// Their paths (nothing is read or written).
+ClusterCredentials CredentialsOf(const std::string& run_dir);
+// Creates what is missing of them.
+absl::StatusOr<ClusterCredentials> EnsureCredentials(const std::string& run_dir);
+
 // Reads a YAML config; an empty path gives the defaults. Unknown keys and bad values are
 // InvalidArgument naming the key.
 absl::StatusOr<ClusterConfig> LoadClusterConfig(const std::string& path);
@@ -97,7 +112,7 @@ struct ClusterProcess {
 
 struct ClusterState {
   std::string run_dir;   // absolute
-  std::string endpoint;  // http://127.0.0.1:PORT/v1
+  std::string endpoint;  // https://127.0.0.1:PORT/v1
   std::string model_name;
   std::string backend;
   std::vector<ClusterProcess> processes;  // in start order
@@ -108,7 +123,9 @@ std::string StateFilePath(const std::string& run_dir);
 // The state file, nullopt if there is none.
 absl::StatusOr<std::optional<ClusterState>> ReadClusterState(const std::string& run_dir);
 
-// Starts the cluster (generating the model first if needed), waits until every process wrote
+// Starts the cluster (generating the model and the credentials first if needed: every process
+// serves TLS, mutual between the services, with the service token; the router takes the API
+// key of EnsureCredentials), waits until every process wrote
 // its ready file and the router's /health is 200, and writes the state file. Progress lines go
 // to `log`. On failure every started process is stopped and the error carries the failing
 // process's log tail. FailedPrecondition if a cluster of this run directory is running.

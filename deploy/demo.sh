@@ -20,10 +20,10 @@ URL=$("$BIN/kvtier" up --config "$CONFIG" --run-dir "$RUN" --router-port 0)
 echo "endpoint: $URL   (logs and state: $RUN/)"
 echo
 echo "== a 5-turn conversation, cache on: the prompt grows, the cached part grows with it"
-"$BIN/kvtier" chat --url "$URL" --turns 5 --max-tokens 32
+"$BIN/kvtier" chat --url "$URL" --run-dir "$RUN" --turns 5 --max-tokens 32
 echo
 echo "== the same 5 turns with --no-cache: every prompt token is computed again"
-"$BIN/kvtier" chat --url "$URL" --turns 5 --max-tokens 32 --no-cache
+"$BIN/kvtier" chat --url "$URL" --run-dir "$RUN" --turns 5 --max-tokens 32 --no-cache
 echo
 echo "== kvtier down"
 "$BIN/kvtier" down --config "$CONFIG" --run-dir "$RUN"

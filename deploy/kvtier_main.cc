@@ -1,5 +1,9 @@
 // kvtier: the operator's command-line tool.
 //
+// The store commands reach the store with the credentials of the local cluster of --run-dir
+// (default .kvtier-run: its CA, client certificate and service token), or in plain text with
+// --plaintext; `kvtier chat` takes the router's CA and API key from there too (docs/security.md).
+//
 //   kvtier store info   --store HOST:PORT             data-plane details of each node
 //   kvtier store stats  --store HOST:PORT             counters and usage
 //   kvtier store lookup --store HOST:PORT --namespace HEX (--tokens 1,2,... | KEYHEX...)
@@ -11,6 +15,7 @@
 #include <grpcpp/grpcpp.h>
 
 #include <cstdio>
+#include <filesystem>
 #include <iostream>
 #include <numeric>
 #include <random>
@@ -25,7 +30,9 @@
 #include "common/logging.h"
 #include "common/parse_bytes.h"
 #include "common/process.h"
+#include "common/status_macros.h"
 #include "common/synthetic_block.h"
+#include "common/tls.h"
 #include "deploy/chat.h"
 #include "deploy/cluster.h"
 #include "kvtier/block_key.h"
@@ -41,8 +48,20 @@ int Fail(const absl::Status& s) {
   return 1;
 }
 
-std::unique_ptr<v1::CacheStore::Stub> Stub(const std::string& addr) {
-  return v1::CacheStore::NewStub(grpc::CreateChannel(addr, grpc::InsecureChannelCredentials()));
+// How the store commands reach the store: set from --run-dir and --plaintext by main().
+TlsOptions g_tls;
+
+absl::StatusOr<std::unique_ptr<v1::CacheStore::Stub>> Stub(const std::string& addr) {
+  KVTIER_ASSIGN_OR_RETURN(std::shared_ptr<grpc::ChannelCredentials> creds,
+                          MakeChannelCredentials(g_tls));
+  return v1::CacheStore::NewStub(grpc::CreateChannel(addr, creds));
+}
+
+absl::StatusOr<std::unique_ptr<StoreClient>> Client(const std::string& addr) {
+  StoreClientOptions o;
+  o.stores = {addr};
+  o.tls = g_tls;
+  return StoreClient::Create(o);
 }
 
 std::unique_ptr<grpc::ClientContext> Ctx() {
@@ -60,7 +79,9 @@ NamespaceId DemoNamespace() {
 
 int Stats(const std::string& addr) {
   v1::StatsResponse r;
-  absl::Status s = FromGrpc(Stub(addr)->Stats(Ctx().get(), v1::StatsRequest(), &r));
+  auto stub = Stub(addr);
+  if (!stub.ok()) return Fail(stub.status());
+  absl::Status s = FromGrpc((*stub)->Stats(Ctx().get(), v1::StatsRequest(), &r));
   if (!s.ok()) return Fail(s);
   const auto* d = r.GetDescriptor();
   const auto* refl = r.GetReflection();
@@ -73,9 +94,7 @@ int Stats(const std::string& addr) {
 }
 
 int Info(const std::string& addr) {
-  StoreClientOptions o;
-  o.stores = {addr};
-  auto c = StoreClient::Create(o);
+  auto c = Client(addr);
   if (!c.ok()) return Fail(c.status());
   for (const StoreNodeInfo& n : (*c)->Nodes()) {
     if (!n.connected) return Fail(absl::UnavailableError("cannot reach store " + n.address));
@@ -120,9 +139,7 @@ int Lookup(const std::string& addr, const std::string& ns_hex, const std::string
     keys.push_back(*k);
   }
   if (keys.empty()) return Fail(absl::InvalidArgumentError("no keys (give --tokens or keys)"));
-  StoreClientOptions o;
-  o.stores = {addr};
-  auto c = StoreClient::Create(o);
+  auto c = Client(addr);
   if (!c.ok()) return Fail(c.status());
   auto n = (*c)->Lookup(*ns, keys);
   if (!n.ok()) return Fail(n.status());
@@ -139,7 +156,9 @@ int DropNamespace(const std::string& addr, const std::string& ns_hex) {
   v1::DropNamespaceRequest req;
   req.set_namespace_id(std::string(KeyBytes(*ns)));
   v1::DropNamespaceResponse r;
-  absl::Status s = FromGrpc(Stub(addr)->DropNamespace(Ctx().get(), req, &r));
+  auto stub = Stub(addr);
+  if (!stub.ok()) return Fail(stub.status());
+  absl::Status s = FromGrpc((*stub)->DropNamespace(Ctx().get(), req, &r));
   if (!s.ok()) return Fail(s);
   std::printf("dropped %llu blocks, kept %llu pinned\n",
               static_cast<unsigned long long>(r.dropped()),
@@ -159,9 +178,7 @@ int Demo(const std::string& addr, int turns, uint32_t block_tokens, size_t block
     return Fail(absl::InvalidArgumentError(
         "--turns, --tokens-per-turn and --block-tokens must be at least 1"));
   }
-  StoreClientOptions o;
-  o.stores = {addr};
-  auto c = StoreClient::Create(o);
+  auto c = Client(addr);
   if (!c.ok()) return Fail(c.status());
   for (const StoreNodeInfo& n : (*c)->Nodes()) {
     if (n.connected && (block_bytes == 0 || block_bytes > n.slot_bytes)) {
@@ -230,6 +247,16 @@ int Up(deploy::ClusterFlags& flags) {
   if (!state.ok()) return Fail(state.status());
   std::fprintf(stderr, "cluster up: %zu processes, logs and state in %s (stop: kvtier down)\n",
                state->processes.size(), state->run_dir.c_str());
+  const deploy::ClusterCredentials creds = deploy::CredentialsOf(state->run_dir);
+  absl::StatusOr<std::string> key = ReadSecretFile(creds.api_key_file);
+  if (!key.ok()) return Fail(key.status());
+  std::fprintf(stderr,
+               "HTTPS with the CA %s; API key (also in %s, 0600): %s\n"
+               "  kvtier chat --run-dir %s   or   curl --cacert %s -H 'Authorization: Bearer "
+               "%s' %s/models\n",
+               creds.pki.ca_file.c_str(), creds.api_key_file.c_str(), key->c_str(),
+               state->run_dir.c_str(), creds.pki.ca_file.c_str(), key->c_str(),
+               state->endpoint.c_str());
   std::printf("%s\n", state->endpoint.c_str());
   return 0;
 }
@@ -257,7 +284,14 @@ int main(int argc, char** argv) {
   uint32_t block_tokens = 16;
   int turns = 4, tokens_per_turn = 100;
   std::vector<std::string> keys;
-  auto add_store = [&](CLI::App* sub) { sub->add_option("--store", addr, "store host:port"); };
+  std::string run_dir = ".kvtier-run";
+  bool plaintext = false;
+  auto add_store = [&](CLI::App* sub) {
+    sub->add_option("--store", addr, "store host:port");
+    sub->add_option("--run-dir", run_dir, "the `kvtier up` run directory whose credentials to use")
+        ->capture_default_str();
+    sub->add_flag("--plaintext", plaintext, "plain text, no token (a store started --plaintext)");
+  };
   CLI::App* info = store->add_subcommand("info", "data-plane details");
   add_store(info);
   CLI::App* stats = store->add_subcommand("stats", "counters and usage");
@@ -295,16 +329,39 @@ int main(int argc, char** argv) {
   chat->add_option("--temperature", chat_options.temperature, "0 = greedy")->capture_default_str();
   chat->add_option("--system", chat_options.system, "system message ('' = none)");
   chat->add_flag("--no-cache", no_cache, "send \"cache\": false (recompute everything)");
+  std::string api_key_file;
+  chat->add_option("--run-dir", run_dir,
+                   "a `kvtier up` run directory: the router's CA and API key when present")
+      ->capture_default_str();
+  chat->add_option("--ca-file", chat_options.ca_file, "PEM CA of an HTTPS router");
+  chat->add_option("--api-key-file", api_key_file, "file holding the API key");
   CLI11_PARSE(app, argc, argv);
   spdlog::set_level(spdlog::level::warn);
 
   if (*up) return kvtier::Up(up_flags);
   if (*down) return kvtier::Down(down_flags);
+  const kvtier::deploy::ClusterCredentials creds = kvtier::deploy::CredentialsOf(run_dir);
   if (*chat) {
     chat_options.cache = !no_cache;
+    if (chat_options.ca_file.empty() && std::filesystem::exists(creds.pki.ca_file)) {
+      chat_options.ca_file = creds.pki.ca_file;
+    }
+    if (api_key_file.empty() && std::filesystem::exists(creds.api_key_file)) {
+      api_key_file = creds.api_key_file;
+    }
+    if (!api_key_file.empty()) {
+      auto key = kvtier::ReadSecretFile(api_key_file);
+      if (!key.ok()) return kvtier::Fail(key.status());
+      chat_options.api_key = *key;
+    }
     auto turns = kvtier::deploy::RunChat(chat_options, std::cin, std::cout);
     if (!turns.ok()) return kvtier::Fail(turns.status());
     return 0;
+  }
+  if (plaintext) {
+    kvtier::g_tls.plaintext = true;
+  } else {
+    kvtier::g_tls = creds.pki.Options();
   }
   if (*info) return kvtier::Info(addr);
   if (*stats) return kvtier::Stats(addr);

@@ -18,7 +18,8 @@ PrefillService::PrefillService(engine::Engine* engine, worker::KvTier* tier,
       free_pages_(engine->num_pages()),
       allocator_(engine->num_pages()) {}
 
-absl::StatusOr<PrefillResult> PrefillService::Run(absl::Span<const TokenId> prompt) {
+absl::StatusOr<PrefillResult> PrefillService::Run(absl::Span<const TokenId> prompt,
+                                                  absl::string_view tenant) {
   const int b = engine_->kv_layout().block_tokens;
   PrefillResult r;
   r.prompt_tokens = static_cast<uint32_t>(prompt.size());
@@ -37,7 +38,7 @@ absl::StatusOr<PrefillResult> PrefillService::Run(absl::Span<const TokenId> prom
   // Queued behind another request while the worker began to stop: not started, refused.
   if (stopping_.load()) return absl::UnavailableError("the prefill worker is shutting down");
   const absl::Span<const int32_t> blocks = prompt.first(static_cast<size_t>(full) * b);
-  const std::vector<BlockKey> keys = tier_->Keys(blocks);
+  const std::vector<BlockKey> keys = tier_->Keys(blocks, tenant);
   const size_t present = tier_->Lookup(keys);
   if (present == keys.size()) {
     r.cached_tokens = static_cast<uint32_t>(full * b);
@@ -60,7 +61,7 @@ absl::StatusOr<PrefillResult> PrefillService::Run(absl::Span<const TokenId> prom
   if (st.ok()) {
     const absl::Span<const BlockKey> computed = absl::MakeConstSpan(keys).subspan(fetched);
     const PutResult put = tier_->StoreBlocks(
-        computed, ChainParents(fetched > 0 ? keys[fetched - 1] : tier_->namespace_id(), computed),
+        computed, ChainParents(fetched > 0 ? keys[fetched - 1] : tier_->KeyRoot(tenant), computed),
         absl::MakeConstSpan(*pages).subspan(fetched));
     if (put.skipped > 0) {
       spdlog::info("prefill: {} of {} computed blocks not stored (store full or unreachable)",
@@ -83,7 +84,7 @@ grpc::Status PrefillService::Prefill(grpc::ServerContext*, const v1::PrefillRequ
     return ToGrpc(st);
   }
   active_.fetch_add(1);
-  absl::StatusOr<PrefillResult> r = Run(prompt);
+  absl::StatusOr<PrefillResult> r = Run(prompt, request->tenant());
   active_.fetch_sub(1);
   if (!r.ok()) return ToGrpc(r.status());
   spdlog::debug("prefill '{}': {} tokens, {} cached, {} computed in {:.1f} ms, {} blocks stored",

@@ -47,9 +47,11 @@ class PrefillService final : public v1::PrefillWorker::Service {
   grpc::Status GetWorkerInfo(grpc::ServerContext* context, const v1::WorkerInfoRequest* request,
                              v1::WorkerInfo* info) override;
 
-  // The work of one request on a checked prompt. ResourceExhausted when its full blocks do
-  // not fit in the KV cache; Unavailable once stopping.
-  absl::StatusOr<PrefillResult> Run(absl::Span<const TokenId> prompt);
+  // The work of one request on a checked prompt of `tenant` (its blocks are keyed in the
+  // tenant's namespace). ResourceExhausted when its full blocks do not fit in the KV cache;
+  // Unavailable once stopping.
+  absl::StatusOr<PrefillResult> Run(absl::Span<const TokenId> prompt,
+                                    absl::string_view tenant = "");
 
   // Requests that have not started computing are refused from now on (the worker stops).
   void Stop() { stopping_.store(true); }

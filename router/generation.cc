@@ -123,7 +123,7 @@ GenerationResult Generation::Run(const GenerationRequest& request, const EmitFn&
 std::optional<ApiError> Generation::RunPrompt(const GenerationRequest& request, size_t prompt_index,
                                               const EmitFn& emit, Usage* usage, bool* client_gone) {
   const std::vector<TokenId>& prompt = request.prompts[prompt_index];
-  PromptKeys keys(prompt);  // computed once for placement and for remembering
+  PromptKeys keys(prompt, request.tenant);  // computed once for placement and remembering
   std::vector<int> tried;
   std::optional<ApiError> last_error;
   for (int attempt = 0; attempt < 2; ++attempt) {
@@ -134,9 +134,9 @@ std::optional<ApiError> Generation::RunPrompt(const GenerationRequest& request, 
     }
     const int w = lease->index();
     tried.push_back(w);
-    const uint32_t prefilled =
-        request.cache ? MaybePrefill(CallId(request, prompt_index), prompt, lease->matched_tokens())
-                      : 0;
+    const uint32_t prefilled = request.cache ? MaybePrefill(request, CallId(request, prompt_index),
+                                                            prompt, lease->matched_tokens())
+                                             : 0;
     Usage u;
     bool emitted = false;
     std::vector<TokenId> generated0;
@@ -163,8 +163,8 @@ std::optional<ApiError> Generation::RunPrompt(const GenerationRequest& request, 
   return last_error;
 }
 
-uint32_t Generation::MaybePrefill(const std::string& request_id, const std::vector<TokenId>& prompt,
-                                  size_t cached_prefix_tokens) {
+uint32_t Generation::MaybePrefill(const GenerationRequest& request, const std::string& request_id,
+                                  const std::vector<TokenId>& prompt, size_t cached_prefix_tokens) {
   std::optional<WorkerPool::Lease> lease =
       prompt.size() >= cached_prefix_tokens + static_cast<size_t>(skip_prefill_below_)
           ? pool_->AcquirePrefill()
@@ -176,6 +176,7 @@ uint32_t Generation::MaybePrefill(const std::string& request_id, const std::vect
   v1::PrefillRequest req;
   req.set_request_id(absl::StrCat(request_id, "-prefill"));
   req.mutable_tokens()->Add(prompt.begin(), prompt.end());
+  req.set_tenant(request.tenant);
   absl::StatusOr<v1::PrefillResponse> resp = lease->client().Prefill(req, request_timeout_);
   if (!resp.ok()) {
     // Not fatal: the decode worker computes what is missing.
@@ -208,6 +209,7 @@ absl::Status Generation::GenerateOn(WorkerClient& worker, const GenerationReques
   sp->mutable_stop_token_ids()->Add(stop_token_ids_.begin(), stop_token_ids_.end());
   req.set_use_cache(request.cache);
   req.set_n(request.n);
+  req.set_tenant(request.tenant);
 
   struct ChoiceState {
     text::StreamDecoder decoder;

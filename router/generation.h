@@ -55,6 +55,10 @@ struct GenerationRequest {
   bool cache = true;
   // Stop sequences. Default: none.
   std::vector<std::string> stop;
+  // The caller's tenant (its API key's): the workers key its blocks in its own namespace, so
+  // it is served only its own tenant's cached blocks (docs/security.md). Default: "" (no API
+  // keys).
+  std::string tenant;
 };
 
 // Called for each piece of a choice's text, in order; `finish_reason` is non-empty on its last
@@ -87,9 +91,9 @@ class Generation {
                                     const EmitFn& emit, Usage* usage, bool* client_gone);
   // Prefill on the least-loaded live prefill worker when at least skip_prefill_below tokens
   // of the prompt are uncached. Returns the prompt tokens it computed (0 when skipped or
-  // failed).
-  uint32_t MaybePrefill(const std::string& request_id, const std::vector<TokenId>& prompt,
-                        size_t cached_prefix_tokens);
+  // failed). The call carries request.tenant.
+  uint32_t MaybePrefill(const GenerationRequest& request, const std::string& request_id,
+                        const std::vector<TokenId>& prompt, size_t cached_prefix_tokens);
   // One Generate call. `emitted` tells whether any text reached `emit`; `generated0` gets the
   // tokens of choice 0.
   absl::Status GenerateOn(WorkerClient& worker, const GenerationRequest& request,

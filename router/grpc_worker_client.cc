@@ -53,15 +53,15 @@ class GrpcWorkerClient::Stream : public GenerateStream {
   bool finished_ = false;
 };
 
-GrpcWorkerClient::GrpcWorkerClient(WorkerRole role, std::string address)
+GrpcWorkerClient::GrpcWorkerClient(WorkerRole role, std::string address,
+                                   const std::shared_ptr<grpc::ChannelCredentials>& creds)
     : role_(role), address_(std::move(address)) {
   grpc::ChannelArguments args;
   // Reconnect quickly after a worker restart.
   args.SetInt(GRPC_ARG_INITIAL_RECONNECT_BACKOFF_MS, 100);
   args.SetInt(GRPC_ARG_MIN_RECONNECT_BACKOFF_MS, 100);
   args.SetInt(GRPC_ARG_MAX_RECONNECT_BACKOFF_MS, 1000);
-  std::shared_ptr<grpc::Channel> channel =
-      grpc::CreateCustomChannel(address_, grpc::InsecureChannelCredentials(), args);
+  std::shared_ptr<grpc::Channel> channel = grpc::CreateCustomChannel(address_, creds, args);
   if (role_ == WorkerRole::kDecode) {
     decode_ = v1::DecodeWorker::NewStub(channel);
   } else {

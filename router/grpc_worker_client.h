@@ -19,14 +19,17 @@
 
 namespace grpc {
 class ClientContext;
-}
+class ChannelCredentials;
+}  // namespace grpc
 
 namespace kvtier::router {
 
 class GrpcWorkerClient : public WorkerClient {
  public:
   // Creates the channel to the `role` worker at `address` (host:port); connects lazily.
-  GrpcWorkerClient(WorkerRole role, std::string address);
+  // `creds`: TLS and the service token, or plain text (common/tls.h, MakeChannelCredentials).
+  GrpcWorkerClient(WorkerRole role, std::string address,
+                   const std::shared_ptr<grpc::ChannelCredentials>& creds);
   ~GrpcWorkerClient() override;
 
   const std::string& address() const override { return address_; }

@@ -6,6 +6,11 @@
 // reads at most max_body_bytes + kDrainBytes + kMaxHeaderBytes: past that its reads fail (httplib
 // answers 400, or the body reader gives up) and the connection is closed.
 //
+// With a TLS context (common/tls.h, MakeHttpsContext) every connection is HTTPS: the handshake
+// runs on the connection's task-queue thread under the read/write timeouts (set on the socket),
+// then the same loop reads and writes through OpenSSL (docs/security.md). httplib's own
+// SSLServer cannot be used: it has its own connection loop, without the bound.
+//
 // Everything else is httplib::Server (routes, handlers, task queue). Thread-safe as it: each
 // connection is served on one task-queue thread.
 #ifndef KVTIER_ROUTER_HTTP_SERVER_H_
@@ -14,6 +19,8 @@
 #include <httplib.h>
 
 #include <cstdint>
+
+#include "common/tls.h"
 
 namespace kvtier::router {
 
@@ -25,13 +32,15 @@ class HttpServer : public httplib::Server {
   // a client still sending it reads the 413 rather than a reset connection.
   static constexpr uint64_t kDrainBytes = 1 << 20;
 
-  explicit HttpServer(uint64_t max_body_bytes);
+  // `tls`: HTTPS; null: plain HTTP.
+  HttpServer(uint64_t max_body_bytes, SslCtxPtr tls);
 
  private:
   // Overrides httplib's (private, virtual) loop over one accepted connection.
   bool process_and_close_socket(socket_t sock) override;
 
   const uint64_t max_request_bytes_;
+  const SslCtxPtr tls_;
 };
 
 }  // namespace kvtier::router

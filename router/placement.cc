@@ -25,7 +25,7 @@ size_t KeyLru::MatchPrefix(absl::Span<const BlockKey> keys) const {
 
 const std::vector<BlockKey>& PromptKeys::Get(const NamespaceId& ns, uint32_t block_tokens) {
   auto [it, inserted] = keys_.try_emplace({ns, block_tokens});
-  if (inserted) it->second = ComputeBlockKeys(ns, prompt_, block_tokens);
+  if (inserted) it->second = ComputeBlockKeys(TenantNamespace(ns, tenant_), prompt_, block_tokens);
   return it->second;
 }
 
@@ -35,8 +35,8 @@ std::vector<BlockKey> PromptKeys::Extend(const NamespaceId& ns, uint32_t block_t
   std::vector<TokenId> tail(prompt_.begin() + keys.size() * block_tokens, prompt_.end());
   tail.insert(tail.end(), generated.begin(), generated.end());
   // The chain goes on from the last key as it starts from the namespace.
-  const std::vector<BlockKey> more =
-      ComputeBlockKeys(keys.empty() ? ns : keys.back(), tail, block_tokens);
+  const std::vector<BlockKey> more = ComputeBlockKeys(
+      keys.empty() ? TenantNamespace(ns, tenant_) : keys.back(), tail, block_tokens);
   keys.insert(keys.end(), more.begin(), more.end());
   return keys;
 }

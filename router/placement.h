@@ -13,6 +13,7 @@
 #include <cstdint>
 #include <list>
 #include <map>
+#include <string>
 #include <utility>
 #include <vector>
 
@@ -45,11 +46,13 @@ struct PlacementCandidate {
 };
 
 // The block keys (docs/block-key.md) of one prompt's full blocks, computed on first use for each
-// (namespace, block size) and kept for the request's life.
+// (namespace, block size) and kept for the request's life. The keys of a tenant are chained
+// from its namespace (TenantNamespace of the workers'), as the workers chain them.
 class PromptKeys {
  public:
   // Borrows `prompt`, which must outlive this.
-  explicit PromptKeys(absl::Span<const TokenId> prompt) : prompt_(prompt) {}
+  explicit PromptKeys(absl::Span<const TokenId> prompt, std::string tenant = "")
+      : prompt_(prompt), tenant_(std::move(tenant)) {}
 
   // The keys of the prompt's full blocks. The reference stays valid for this object's life.
   const std::vector<BlockKey>& Get(const NamespaceId& ns, uint32_t block_tokens);
@@ -60,6 +63,7 @@ class PromptKeys {
 
  private:
   absl::Span<const TokenId> prompt_;
+  const std::string tenant_;
   std::map<std::pair<NamespaceId, uint32_t>, std::vector<BlockKey>> keys_;
 };
 

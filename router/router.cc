@@ -15,6 +15,7 @@
 #include "common/log_limiter.h"
 #include "common/logging.h"
 #include "common/status_macros.h"
+#include "common/tls.h"
 #include "router/grpc_worker_client.h"
 #include "router/http_server.h"
 #include "router/http_task_queue.h"
@@ -34,11 +35,12 @@ const char* EndpointLabel(const std::string& path) {
 // GET /v1/models/{id}; ids may hold '/' ("meta-llama/Meta-Llama-3-8B-Instruct").
 constexpr char kModelPattern[] = R"(/v1/models/(.+))";
 
-std::vector<std::unique_ptr<WorkerClient>> GrpcClients(WorkerRole role,
-                                                       const std::vector<std::string>& addresses) {
+std::vector<std::unique_ptr<WorkerClient>> GrpcClients(
+    WorkerRole role, const std::vector<std::string>& addresses,
+    const std::shared_ptr<grpc::ChannelCredentials>& creds) {
   std::vector<std::unique_ptr<WorkerClient>> clients;
   for (const std::string& a : addresses)
-    clients.push_back(std::make_unique<GrpcWorkerClient>(role, a));
+    clients.push_back(std::make_unique<GrpcWorkerClient>(role, a, creds));
   return clients;
 }
 
@@ -51,10 +53,12 @@ Router::Router(RouterOptions options)
                static_cast<uint64_t>(absl::GetCurrentTimeNanos())) {}
 
 absl::StatusOr<std::unique_ptr<Router>> Router::Create(RouterOptions options) {
+  KVTIER_ASSIGN_OR_RETURN(std::shared_ptr<grpc::ChannelCredentials> creds,
+                          MakeChannelCredentials(options.tls));
   std::vector<std::unique_ptr<WorkerClient>> decode =
-      GrpcClients(WorkerRole::kDecode, options.decode_workers);
+      GrpcClients(WorkerRole::kDecode, options.decode_workers, creds);
   std::vector<std::unique_ptr<WorkerClient>> prefill =
-      GrpcClients(WorkerRole::kPrefill, options.prefill_workers);
+      GrpcClients(WorkerRole::kPrefill, options.prefill_workers, creds);
   return Create(std::move(options), std::move(decode), std::move(prefill));
 }
 
@@ -63,6 +67,10 @@ absl::StatusOr<std::unique_ptr<Router>> Router::Create(
     std::vector<std::unique_ptr<WorkerClient>> prefill_workers) {
   std::unique_ptr<Router> r(new Router(std::move(options)));
   const RouterOptions& o = r->options_;
+  if (!o.api_keys_file.empty()) {
+    KVTIER_ASSIGN_OR_RETURN(ApiKeys keys, ApiKeys::Load(o.api_keys_file));
+    r->api_keys_.emplace(std::move(keys));
+  }
   absl::StatusOr<text::Tokenizer> tok = text::Tokenizer::Load(o.model_dir);
   if (!tok.ok()) return tok.status();
   r->tokenizer_.emplace(std::move(*tok));
@@ -99,8 +107,18 @@ absl::StatusOr<std::unique_ptr<Router>> Router::Create(
 Router::~Router() { Stop(); }
 
 absl::StatusOr<int> Router::Start() {
+  KVTIER_ASSIGN_OR_RETURN(SslCtxPtr https,
+                          MakeHttpsContext(options_.tls, "kvtier-router HTTP " + options_.listen));
+  if (api_keys_.has_value()) {
+    spdlog::info("kvtier-router: {} API key(s); every path but /health requires one",
+                 api_keys_->size());
+  } else {
+    spdlog::warn(
+        "kvtier-router: no api_keys_file: the HTTP API serves ANY caller (as tenant \"\")");
+  }
   pool_->Refresh();
-  server_ = std::make_unique<HttpServer>(static_cast<uint64_t>(options_.max_body_bytes));
+  server_ = std::make_unique<HttpServer>(static_cast<uint64_t>(options_.max_body_bytes),
+                                         std::move(https));
   server_->new_task_queue = [threads = options_.http_threads,
                              queued = options_.max_queued_requests] {
     return new BoundedTaskQueue(threads, queued);
@@ -200,8 +218,30 @@ void Router::SendError(const ApiError& error, httplib::Response& res) {
   res.set_content(ErrorBody(error), "application/json");
 }
 
+bool Router::Authorized(const httplib::Request& req, httplib::Response& res) const {
+  if (!api_keys_.has_value() || req.path == "/health" ||
+      api_keys_->Tenant(req.get_header_value("Authorization")).has_value()) {
+    return true;
+  }
+  ApiError e =
+      InvalidRequest(req.has_header("Authorization")
+                         ? "incorrect API key provided"
+                         : "no API key provided: send it as 'Authorization: Bearer YOUR_KEY'");
+  e.http_status = 401;
+  e.code = "invalid_api_key";
+  res.set_header("WWW-Authenticate", "Bearer");
+  res.set_header("Connection", "close");  // the body, if any, is not read
+  SendError(e, res);
+  return false;
+}
+
 void Router::RegisterRoutes() {
   httplib::Server& s = *server_;
+  // Before routing, so that no handler (nor the body reader) runs for an unknown caller.
+  s.set_pre_routing_handler([this](const httplib::Request& req, httplib::Response& res) {
+    return Authorized(req, res) ? httplib::Server::HandlerResponse::Unhandled
+                                : httplib::Server::HandlerResponse::Handled;
+  });
   // No exception leaves a handler (docs/serving.md, "HTTP API"): the adapter answers 500.
   auto guarded = [](const httplib::Request& req, httplib::Response& res, const auto& fn) {
     try {
@@ -418,6 +458,9 @@ void Router::HandleGenerate(Endpoint endpoint, const httplib::Request& http_req,
   gen->n = static_cast<uint32_t>(request->n);
   gen->cache = request->cache && options_.cache;
   gen->stop = request->stop;
+  if (api_keys_.has_value()) {  // Authorized() let only known keys through
+    gen->tenant = api_keys_->Tenant(http_req.get_header_value("Authorization")).value_or("");
+  }
   gen->id = absl::StrFormat("%s-%016x%08x", endpoint == Endpoint::kChat ? "chatcmpl" : "cmpl",
                             id_salt_, static_cast<uint32_t>(next_id_.fetch_add(1)));
   const std::string& model = options_.model_name;

@@ -27,6 +27,7 @@
 
 #include "absl/status/statusor.h"
 #include "common/metrics.h"
+#include "router/api_keys.h"
 #include "router/generation.h"
 #include "router/openai_api.h"
 #include "router/router_options.h"
@@ -75,6 +76,9 @@ class Router {
   void HandleModel(const std::string& id, httplib::Response& res);
   void HandleHealth(httplib::Response& res);
   static void SendError(const ApiError& error, httplib::Response& res);
+  // With API keys: a request to any path but /health without a known key gets 401 (returns
+  // false).
+  bool Authorized(const httplib::Request& req, httplib::Response& res) const;
 
   // Reads the body into *body: at most max_body_bytes, with Content-Length, chunked or neither
   // (httplib checks only Content-Length). Over the limit: 413, nothing kept (a bounded excess is
@@ -94,6 +98,7 @@ class Router {
   const int64_t created_;  // Unix seconds of the start: the served model's "created"
   const uint64_t id_salt_;
   std::atomic<uint64_t> next_id_{0};
+  std::optional<ApiKeys> api_keys_;  // none: any caller is tenant "" (plain text only)
 
   MetricsRegistry metrics_;
   std::unique_ptr<WorkerPool> pool_;

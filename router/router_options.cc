@@ -47,7 +47,15 @@ void DeclareRouterOptions(RouterOptions* o, OptionTable* t) {
   t->AddBytes("max_body_bytes", &o->max_body_bytes, "largest request body").Positive();
   t->Add("ready_file", &o->ready_file, "write {http_port, grpc_port, pid} here when serving");
   t->Add("log_level", &o->log_level, "log level").OneOf(LogLevelNames());
+  DeclareTlsOptions(&o->tls, t, TlsRole::kHttpServerAndClient);
+  t->Add("api_keys_file", &o->api_keys_file,
+         "file of 'KEY TENANT' lines: the API keys callers must send");
   t->Finalize([o]() -> absl::Status {
+    if (!o->tls.plaintext && o->api_keys_file.empty()) {
+      return absl::InvalidArgumentError(
+          "TLS needs api_keys_file (--api-keys-file): the API keys callers must send "
+          "(docs/security.md)");
+    }
     if (o->model_name.empty()) {  // "dir/" names "dir" too
       o->model_name = (std::filesystem::path(o->model_dir) / "").parent_path().filename().string();
     }

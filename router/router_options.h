@@ -59,6 +59,14 @@ struct RouterOptions {
   std::string ready_file;
   // spdlog level. Default: info.
   std::string log_level = "info";
+  // HTTPS of the API and TLS of the calls to the workers, and the service token, or plain text
+  // (the tls.* keys and service_token_file, docs/security.md). Default: none (one of them must
+  // be given).
+  TlsOptions tls;
+  // "KEY TENANT" lines (router/api_keys.h): the API keys callers must send ("Authorization:
+  // Bearer KEY") and the tenant of each. Required with TLS; with plain text and none, any caller
+  // is served as tenant "" (a WARNING at start-up). Default: none.
+  std::string api_keys_file;
 };
 
 // Command-line flags over the YAML config: Register, parse, then Resolve (validated, with

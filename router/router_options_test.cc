@@ -21,8 +21,9 @@ class RouterOptionsTest : public ::testing::Test {
   }
   void TearDown() override { std::filesystem::remove_all(dir_.parent_path()); }
 
-  absl::StatusOr<RouterOptions> Parse(const std::vector<std::string>& args) {
+  absl::StatusOr<RouterOptions> Parse(std::vector<std::string> args) {
     RouterFlags flags;
+    args.push_back("--plaintext");  // TLS: RouterOptionsTest.TlsNeedsApiKeys
     return flags.Parse(args);
   }
 
@@ -63,6 +64,30 @@ TEST_F(RouterOptionsTest, YamlThenFlagsOverride) {
   EXPECT_EQ(o->model_name, "x");
   ASSERT_EQ(o->prefill_workers.size(), 1u);
   EXPECT_EQ(o->prefill_workers[0], "h:2");
+}
+
+TEST_F(RouterOptionsTest, TlsNeedsApiKeys) {
+  const std::vector<std::string> base = {"--model-dir=" + dir_.string(), "--decode=h:1"};
+  auto parse = [](std::vector<std::string> args) { return RouterFlags().Parse(args); };
+  absl::StatusOr<RouterOptions> o = parse(base);
+  ASSERT_FALSE(o.ok());
+  EXPECT_NE(o.status().message().find("--plaintext"), std::string::npos) << o.status();
+  std::vector<std::string> tls = base;
+  for (const char* f : {"--tls-cert-file=/c", "--tls-key-file=/k", "--tls-ca-file=/ca",
+                        "--service-token-file=/t"}) {
+    tls.push_back(f);
+  }
+  o = parse(tls);
+  ASSERT_FALSE(o.ok());
+  EXPECT_NE(o.status().message().find("api_keys_file"), std::string::npos) << o.status();
+  tls.push_back("--api-keys-file=/keys");
+  o = parse(tls);
+  ASSERT_TRUE(o.ok()) << o.status();
+  EXPECT_EQ(o->api_keys_file, "/keys");
+  EXPECT_FALSE(o->tls.plaintext);
+  // The router's API is public: no --tls-mutual there.
+  tls.push_back("--tls-mutual=true");
+  EXPECT_FALSE(parse(tls).ok());
 }
 
 TEST_F(RouterOptionsTest, Errors) {

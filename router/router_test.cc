@@ -10,6 +10,7 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <fstream>
 #include <memory>
 #include <string>
 #include <thread>
@@ -48,6 +49,7 @@ class RouterHttpTest : public ::testing::Test {
 
   static RouterOptions Options() {
     RouterOptions o;
+    o.tls.plaintext = true;
     o.listen = "127.0.0.1:0";
     o.model_dir = dir_->path();
     o.model_name = "m";
@@ -375,6 +377,49 @@ TEST_F(RouterHttpTest, TypedSpecialTokensInChatContentAreText) {
   ASSERT_EQ(res->status, 200) << res->body;
   const v1::GenerateRequest raw = decode_->generate_requests().back();
   EXPECT_EQ(raw.tokens(raw.tokens_size() - 1), eot);
+}
+
+// API keys (docs/security.md): every path but /health needs a key of the table, checked before
+// any body is read or any worker called; the key's tenant goes with the worker calls.
+TEST_F(RouterHttpTest, ApiKeysGuardEveryPathButHealthAndNameTheTenant) {
+  RouterOptions o = Options();
+  o.api_keys_file = dir_->path() + "/api_keys";
+  std::ofstream(o.api_keys_file) << "sk-test-alpha-0123456789 alpha\n";
+  ASSERT_NO_FATAL_FAILURE(Start(o));
+  decode_->AddGenerate(Answer());
+  for (const char* auth : {"", "Bearer sk-wrong-key-0123456789", "sk-test-alpha-0123456789"}) {
+    httplib::Headers h;
+    if (*auth != '\0') h.emplace("Authorization", auth);
+    httplib::Result models = client_->Get("/v1/models", h);
+    ExpectError(models, 401, "invalid_request_error");
+    EXPECT_EQ(json::parse(models->body)["error"]["code"], "invalid_api_key");
+    EXPECT_EQ(models->get_header_value("WWW-Authenticate"), "Bearer");
+    ExpectError(client_->Post("/v1/chat/completions", h, Chat("hi").dump(), "application/json"),
+                401, "invalid_request_error");
+    ExpectError(client_->Get("/metrics", h), 401, "invalid_request_error");
+  }
+  EXPECT_TRUE(decode_->generate_requests().empty());  // no unauthenticated call went through
+  httplib::Result health = client_->Get("/health");
+  ASSERT_TRUE(health);
+  EXPECT_EQ(health->status, 200);
+  const httplib::Headers ok = {{"Authorization", "Bearer sk-test-alpha-0123456789"}};
+  httplib::Result res =
+      client_->Post("/v1/chat/completions", ok, Chat("hi").dump(), "application/json");
+  ASSERT_TRUE(res);
+  EXPECT_EQ(res->status, 200) << res->body;
+  ASSERT_EQ(decode_->generate_requests().size(), 1u);
+  EXPECT_EQ(decode_->generate_requests()[0].tenant(), "alpha");
+}
+
+// A bad key table stops the start with the file named.
+TEST_F(RouterHttpTest, BadApiKeysFileFailsCreate) {
+  RouterOptions o = Options();
+  o.api_keys_file = dir_->path() + "/bad_keys";
+  std::ofstream(o.api_keys_file) << "sk-only-a-key-0123456789\n";
+  absl::StatusOr<std::unique_ptr<Router>> r = Router::Create(o, {}, {});
+  ASSERT_FALSE(r.ok());
+  EXPECT_NE(r.status().message().find(o.api_keys_file + " line 1"), std::string::npos)
+      << r.status();
 }
 
 }  // namespace

@@ -117,18 +117,34 @@ class ClusterIntegrationTest : public ::testing::Test {
     return r;
   }
 
-  // `kvtier up`; returns the endpoint (http://127.0.0.1:PORT/v1).
+  // `kvtier up`; returns the endpoint (https://127.0.0.1:PORT/v1).
   std::string Up() {
     CliResult r = Kvtier({"up", "--config", config_});
     EXPECT_EQ(r.exit_code, 0) << r.output;
     std::smatch m;
-    static const std::regex kEndpoint("(http://127\\.0\\.0\\.1:([0-9]+)/v1)");
+    static const std::regex kEndpoint("(https://127\\.0\\.0\\.1:([0-9]+)/v1)");
     if (!std::regex_search(r.output, m, kEndpoint)) {
       ADD_FAILURE() << "no endpoint in:\n" << r.output;
       return "";
     }
     port_ = std::stoi(m[2]);
+    // The API key `kvtier up` printed is the one of its 0600 file.
+    const deploy::ClusterCredentials creds = deploy::CredentialsOf(run_dir_);
+    api_key_ = ReadAll(creds.api_key_file);
+    while (!api_key_.empty() && api_key_.back() == '\n') api_key_.pop_back();
+    EXPECT_NE(r.output.find(api_key_), std::string::npos) << r.output;
     return m[1];
+  }
+
+  // An HTTPS client of the router that trusts the cluster's CA and sends its API key (none
+  // with `key` false).
+  std::unique_ptr<httplib::SSLClient> Client(bool key = true) const {
+    auto cli = std::make_unique<httplib::SSLClient>("127.0.0.1", port_);
+    cli->set_ca_cert_path(deploy::CredentialsOf(run_dir_).pki.ca_file.c_str());
+    cli->enable_server_certificate_verification(true);
+    if (key) cli->set_bearer_token_auth(api_key_.c_str());
+    cli->set_read_timeout(30, 0);
+    return cli;
   }
 
   std::vector<pid_t> Pids() {
@@ -150,6 +166,7 @@ class ClusterIntegrationTest : public ::testing::Test {
   }
 
   std::string dir_, run_dir_, config_;
+  std::string api_key_;
   int port_ = 0;
   int cli_runs_ = 0;
 };
@@ -161,18 +178,42 @@ TEST_F(ClusterIntegrationTest, UpChatDown) {
   std::vector<pid_t> pids = Pids();
   EXPECT_EQ(pids.size(), 4u);  // store, prefill-0, decode-0, router
 
-  httplib::Client cli("127.0.0.1", port_);
-  cli.set_read_timeout(5, 0);
-  httplib::Result health = cli.Get("/health");
+  // HTTPS with the generated CA; /health is open, the API takes the generated key only.
+  httplib::Result health = Client(/*key=*/false)->Get("/health");
   ASSERT_TRUE(health);
   EXPECT_EQ(health->status, 200);
+  httplib::Result anonymous = Client(/*key=*/false)->Get("/v1/models");
+  ASSERT_TRUE(anonymous);
+  EXPECT_EQ(anonymous->status, 401);
+  httplib::Result models = Client()->Get("/v1/models");
+  ASSERT_TRUE(models);
+  EXPECT_EQ(models->status, 200) << models->body;
+  httplib::Client plain("127.0.0.1", port_);  // plain HTTP to the HTTPS port: no answer
+  plain.set_read_timeout(5, 0);
+  EXPECT_FALSE(plain.Get("/health"));
+  // Keys and the token are private to the user; the store commands use them.
+  for (const std::string& f : {deploy::CredentialsOf(run_dir_).api_key_file,
+                               deploy::CredentialsOf(run_dir_).pki.service_token_file,
+                               deploy::CredentialsOf(run_dir_).pki.key_file}) {
+    EXPECT_EQ(std::filesystem::status(f).permissions() & std::filesystem::perms::all,
+              std::filesystem::perms::owner_read | std::filesystem::perms::owner_write)
+        << f;
+  }
+  auto state = deploy::ReadClusterState(run_dir_);
+  ASSERT_TRUE(state.ok() && state->has_value());
+  const std::string store = absl::StrCat("127.0.0.1:", (*state)->processes[0].port);
+  CliResult stats = Kvtier({"store", "stats", "--store", store, "--run-dir", run_dir_});
+  EXPECT_EQ(stats.exit_code, 0) << stats.output;
+  CliResult plain_stats = Kvtier({"store", "stats", "--store", store, "--plaintext"});
+  EXPECT_NE(plain_stats.exit_code, 0) << plain_stats.output;
 
   // A second `up` of the same run directory refuses.
   CliResult again = Kvtier({"up", "--config", config_});
   EXPECT_NE(again.exit_code, 0);
   EXPECT_NE(again.output.find("already running"), std::string::npos) << again.output;
 
-  CliResult chat = Kvtier({"chat", "--url", endpoint, "--turns", "3", "--max-tokens", "16"});
+  CliResult chat = Kvtier(
+      {"chat", "--url", endpoint, "--run-dir", run_dir_, "--turns", "3", "--max-tokens", "16"});
   ASSERT_EQ(chat.exit_code, 0) << chat.output;
   static const std::regex kTurn(
       "\\[turn ([0-9]+)\\] ttft_ms=[0-9.]+ tokens_per_s=[0-9.]+ prompt_tokens=([0-9]+) "
@@ -216,8 +257,7 @@ TEST_F(ClusterIntegrationTest, ConcurrentConversationsMatchRecompute) {
     std::vector<std::thread> threads;
     for (int c = 0; c < kConversations; ++c) {
       threads.emplace_back([&, c, cache] {
-        httplib::Client cli("127.0.0.1", port_);
-        cli.set_read_timeout(30, 0);
+        std::unique_ptr<httplib::SSLClient> cli = Client();
         json messages = json::array({{{"role", "system"}, {"content", system}}});
         for (int t = 0; t < kTurns; ++t) {
           messages.push_back({{"role", "user"},
@@ -228,7 +268,7 @@ TEST_F(ClusterIntegrationTest, ConcurrentConversationsMatchRecompute) {
                       {"max_tokens", 12},
                       {"temperature", 0},
                       {"cache", cache == 1}};
-          httplib::Result r = cli.Post("/v1/chat/completions", req.dump(), "application/json");
+          httplib::Result r = cli->Post("/v1/chat/completions", req.dump(), "application/json");
           if (!r || r->status != 200) {
             errors[cache][c] = r ? absl::StrCat(r->status, " ", r->body) : "no response";
             return;

@@ -203,18 +203,13 @@ class RouterIntegrationTest : public ::testing::Test {
       std::optional<int> st = router_->process().Signal(SIGTERM, absl::Seconds(10));
       EXPECT_TRUE(st.has_value() && WIFEXITED(*st) && WEXITSTATUS(*st) == 0);
     }
-    if (!HasFailure()) {
-      std::filesystem::remove_all(dir_);
-    } else {
-      for (const char* log : {"store.log", "prefill.log", "decode.log", "router.log"}) {
-        std::ifstream f(dir_ + "/" + log);
-        if (f) std::cerr << "---- " << log << "\n" << f.rdbuf() << "\n";
-      }
-    }
+    testing::RemoveDirOrPrintLogs(dir_, HasFailure(),
+                                  {"store.log", "prefill.log", "decode.log", "router.log"});
   }
 
   std::vector<std::string> WorkerArgs() const {
     std::vector<std::string> args = {"--model-dir=" + model_dir_,
+                                     "--plaintext",
                                      "--listen=127.0.0.1:0",
                                      "--threads=1",
                                      "--kv-cache-bytes=16MiB",
@@ -249,10 +244,13 @@ class RouterIntegrationTest : public ::testing::Test {
       decode_flags.push_back("--decode=" + decode2_->address());
     }
     // The router's ready file repeats its HTTP port as "grpc_port" for ServerProcess.
-    std::vector<std::string> router_args = {
-        "--model-dir=" + model_dir_, "--model-name=" + std::string(kModel),
-        "--listen=127.0.0.1:0",      "--prefill=" + prefill_->address(),
-        "--skip-prefill-below=16",   "--log-level=debug"};
+    std::vector<std::string> router_args = {"--model-dir=" + model_dir_,
+                                            "--model-name=" + std::string(kModel),
+                                            "--listen=127.0.0.1:0",
+                                            "--prefill=" + prefill_->address(),
+                                            "--skip-prefill-below=16",
+                                            "--log-level=debug",
+                                            "--plaintext"};
     router_args.insert(router_args.end(), decode_flags.begin(), decode_flags.end());
     router_args.insert(router_args.end(), router_flags.begin(), router_flags.end());
     auto r = ServerProcess::Start("kvtier-router", router_args, dir_, "router");

@@ -96,10 +96,14 @@ class ServingIntegrationTest : public ::testing::Test {
   }
 
   std::vector<std::string> WorkerArgs() const {
-    std::vector<std::string> args = {
-        "--model-dir=" + model_dir_, "--listen=127.0.0.1:0",  "--threads=1",
-        "--kv-cache-bytes=16MiB",    "--max-batch-tokens=64", "--max-batch-seqs=8",
-        "--store-retry-after-ms=200"};
+    std::vector<std::string> args = {"--model-dir=" + model_dir_,
+                                     "--listen=127.0.0.1:0",
+                                     "--threads=1",
+                                     "--plaintext",
+                                     "--kv-cache-bytes=16MiB",
+                                     "--max-batch-tokens=64",
+                                     "--max-batch-seqs=8",
+                                     "--store-retry-after-ms=200"};
     if (store_ != nullptr) args.push_back("--store=" + store_->address());
     args.insert(args.end(), extra_worker_args_.begin(), extra_worker_args_.end());
     return args;

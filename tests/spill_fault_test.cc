@@ -364,9 +364,10 @@ TEST_F(SpillFaultTest, DemoRejectsBadSizesBeforeAllocating) {
                                          {"--block-tokens=0", "must be at least 1"},
                                          {"--block-bytes=0", "is outside 1..262144"}}) {
     const std::string out = dir_ + "/demo.out";
-    const int rc = std::system((std::string(KVTIER_BIN_DIR) + "/kvtier store demo --store " +
-                                store.address() + " " + c.flag + " >" + out + " 2>&1")
-                                   .c_str());
+    const int rc =
+        std::system((std::string(KVTIER_BIN_DIR) + "/kvtier store demo --plaintext --store " +
+                     store.address() + " " + c.flag + " >" + out + " 2>&1")
+                        .c_str());
     ASSERT_TRUE(WIFEXITED(rc)) << c.flag << ": " << FileTail(out);
     EXPECT_NE(WEXITSTATUS(rc), 0) << c.flag << ": " << FileTail(out);
     EXPECT_NE(FileTail(out).find(c.message), std::string::npos) << c.flag << ": " << FileTail(out);

@@ -238,6 +238,7 @@ TEST_P(StoreIntegrationTest, StoreKilledAndRestartedServesSpilledBlocks) {
   StoreProcess restarted = StartStore(o);
   StoreClientOptions co;
   co.stores = {restarted.address()};
+  co.tls.plaintext = true;  // the test stores serve plain text
   auto c2 = StoreClient::Create(co);
   ASSERT_TRUE(c2.ok());
   // The spiller writes blocks ahead of eviction, roots first: a prefix of the second chain may
@@ -344,6 +345,7 @@ TEST_P(StoreIntegrationTest, TwoStoresShareTheKeysAndADeadOneCostsOnlyMisses) {
   dir_ = base;
   StoreClientOptions o;
   o.stores = {a.address(), b.address()};
+  o.tls.plaintext = true;  // the test stores serve plain text
   o.retry_after = absl::Milliseconds(50);
   auto client = StoreClient::Create(o);
   ASSERT_TRUE(client.ok());
@@ -369,6 +371,7 @@ TEST_P(StoreIntegrationTest, TwoStoresShareTheKeysAndADeadOneCostsOnlyMisses) {
   {
     StoreClientOptions only_b;
     only_b.stores = {b.address()};
+    only_b.tls.plaintext = true;  // the test stores serve plain text
     auto probe = StoreClient::Create(only_b);
     for (size_t i = 0; i < keys.size(); ++i) {
       if (*(*probe)->Lookup(TestNamespace(), {keys[i]}) == 1) {
@@ -473,7 +476,9 @@ TEST_P(StoreIntegrationTest, AMappedWriterPastItsReservationDeadlineWritesNothin
   ASSERT_TRUE(worker.ok()) << worker.status();
   StoreClientOptions co;
   co.stores = {store.address()};
-  StoreNode node(store.address(), worker->get(), co, /*copy_threads=*/1, /*on_unmap=*/nullptr);
+  co.tls.plaintext = true;  // the test stores serve plain text
+  StoreNode node(store.address(), worker->get(), co, grpc::InsecureChannelCredentials(),
+                 /*copy_threads=*/1, /*on_unmap=*/nullptr);
   ASSERT_TRUE(node.Connect().ok());
   std::vector<BlockKey> keys = TestKeys(120, 4);
   Blocks b(keys, kBlock);
@@ -514,6 +519,7 @@ TEST_P(StoreIntegrationTest, AGetFromAStoppedStoreEndsAtItsDeadline) {
   StoreProcess store = StartStore(o);
   StoreClientOptions co;
   co.stores = {store.address()};
+  co.tls.plaintext = true;  // the test stores serve plain text
   co.map_same_host_pool = false;
   co.rpc_timeout = absl::Seconds(1);
   co.transfer_timeout = absl::Seconds(1);

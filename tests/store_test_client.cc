@@ -34,6 +34,7 @@ int Hammer(const std::string& store, uint32_t seed, uint32_t n, size_t bytes, in
            bool fresh, bool read_only) {
   StoreClientOptions o;
   o.stores = {store};
+  o.tls.plaintext = true;  // the test stores serve plain text
   auto c = StoreClient::Create(o);
   if (!c.ok()) {
     std::fprintf(stderr, "client: %s\n", c.status().ToString().c_str());

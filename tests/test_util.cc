@@ -4,6 +4,8 @@
 
 #include <cstdlib>
 #include <filesystem>
+#include <fstream>
+#include <iostream>
 #include <utility>
 
 #include "absl/strings/str_cat.h"
@@ -21,9 +23,22 @@ std::string MakeTempDir(const std::string& name) {
   return p.string();
 }
 
+void RemoveDirOrPrintLogs(const std::string& dir, bool failed,
+                          const std::vector<std::string>& logs) {
+  if (!failed) {
+    std::filesystem::remove_all(dir);
+    return;
+  }
+  for (const std::string& log : logs) {
+    std::ifstream f(dir + "/" + log);
+    if (f) std::cerr << "---- " << log << "\n" << f.rdbuf() << "\n";
+  }
+}
+
 std::unique_ptr<StoreClient> ConnectStoreClient(const std::string& address) {
   StoreClientOptions o;
   o.stores = {address};
+  o.tls.plaintext = true;  // the test stores serve plain text
   o.retry_after = absl::Milliseconds(50);
   auto c = StoreClient::Create(o);
   EXPECT_TRUE(c.ok()) << c.status();

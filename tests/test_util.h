@@ -6,6 +6,7 @@
 
 #include <memory>
 #include <string>
+#include <vector>
 
 #include "kvtier/store_client.h"
 
@@ -14,6 +15,11 @@ namespace kvtier::testing {
 // A fresh empty directory "kvtier_`name`_<pid>" under $TEST_TMPDIR (or /tmp), as gtest's
 // TempDir(). The caller removes it (tests keep it, with the logs, when they fail).
 std::string MakeTempDir(const std::string& name);
+
+// At the end of a test: removes `dir` when it passed, else prints the logs `dir`/`logs[i]` that
+// exist (and keeps the directory).
+void RemoveDirOrPrintLogs(const std::string& dir, bool failed,
+                          const std::vector<std::string>& logs);
 
 // A store client of the one store at `address`, retrying a failed node after 50 ms (tests
 // restart and stop stores). A failure to create it fails the test (EXPECT) and returns null.

@@ -58,8 +58,13 @@ void KvTier::RegisterStorePools() {
   registered_ = std::move(now);
 }
 
-std::vector<BlockKey> KvTier::Keys(absl::Span<const TokenId> tokens) const {
-  return ComputeBlockKeys(namespace_, tokens, block_tokens_);
+NamespaceId KvTier::KeyRoot(absl::string_view tenant) const {
+  return TenantNamespace(namespace_, tenant);
+}
+
+std::vector<BlockKey> KvTier::Keys(absl::Span<const TokenId> tokens,
+                                   absl::string_view tenant) const {
+  return ComputeBlockKeys(KeyRoot(tenant), tokens, block_tokens_);
 }
 
 void KvTier::LogFailure(const char* what, const absl::Status& status) {

@@ -61,8 +61,11 @@ class KvTier {
   const NamespaceId& namespace_id() const { return namespace_; }
   uint32_t block_tokens() const { return block_tokens_; }
 
-  // Keys of the full blocks of `tokens` under the engine's namespace.
-  std::vector<BlockKey> Keys(absl::Span<const TokenId> tokens) const;
+  // The namespace `tenant`'s keys are chained from (TenantNamespace of the engine's; "" : the
+  // engine's), the parent of a tenant's first block.
+  NamespaceId KeyRoot(absl::string_view tenant) const;
+  // Keys of the full blocks of `tokens` of `tenant` (docs/block-key.md, "Tenants").
+  std::vector<BlockKey> Keys(absl::Span<const TokenId> tokens, absl::string_view tenant = "") const;
 
   // Leading `keys` present in the store (no data moves); 0 without a store or on failure.
   size_t Lookup(absl::Span<const BlockKey> keys);

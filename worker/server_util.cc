@@ -44,7 +44,7 @@ absl::StatusOr<std::unique_ptr<grpc::Server>> ServeWorker(absl::string_view bina
                                                           grpc::Service* service) {
   int port = 0;
   KVTIER_ASSIGN_OR_RETURN(std::unique_ptr<grpc::Server> server,
-                          StartGrpcServer(options.listen, {service}, &port));
+                          StartGrpcServer(binary, options.listen, options.tls, {service}, &port));
   KVTIER_RETURN_IF_ERROR(WriteReadyFile(options.ready_file, {{"grpc_port", port}}));
   spdlog::info("{} serving {} on port {}: {} KV pages of {} tokens, {} store node(s)",
                std::string(binary), options.model_name, port, parts.engine->num_pages(),

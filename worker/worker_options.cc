@@ -46,6 +46,7 @@ void DeclareWorkerOptions(WorkerOptions* o, OptionTable* t) {
   t->Add("store_copy_threads", &o->store_copy_threads,
          "threads copying blocks to and from a same-host store (0: auto)")
       .Range(0, 64);
+  DeclareTlsOptions(&o->tls, t, TlsRole::kServerAndClient);
   t->Finalize([o]() -> absl::Status {
     if (o->max_batch_seqs >= o->max_batch_tokens) {
       // Every running sequence's decode token goes into one Forward, and prefill chunks need
@@ -88,6 +89,7 @@ StoreClientOptions ToStoreClientOptions(const WorkerOptions& o) {
   s.retry_after = absl::Milliseconds(o.store_retry_after_ms);
   s.copy_threads = o.store_copy_threads;
   s.data_interface = o.data_interface;
+  s.tls = o.tls;
   return s;
 }
 

@@ -67,6 +67,10 @@ struct WorkerOptions {
   // Threads copying blocks to and from a same-host store; 0: half the cores, at most 8.
   // Default: 0.
   int store_copy_threads = 0;
+  // TLS of the gRPC endpoint and of the calls to the stores, and the service token, or plain
+  // text (the tls.* keys and service_token_file, docs/security.md). Default: none (one of them
+  // must be given).
+  TlsOptions tls;
 };
 
 // Defaults for "prefill" or "decode" (they differ in the listen port only).

@@ -24,8 +24,9 @@ class WorkerOptionsTest : public ::testing::Test {
     std::ofstream(p) << yaml;
     return p;
   }
-  absl::StatusOr<WorkerOptions> Parse(const std::vector<std::string>& args) {
+  absl::StatusOr<WorkerOptions> Parse(std::vector<std::string> args) {
     WorkerFlags flags("decode");
+    args.push_back("--plaintext");  // TLS: WorkerOptionsTest.TlsOrPlaintext
     return flags.Parse(args);
   }
   std::string dir_;
@@ -53,6 +54,27 @@ TEST_F(WorkerOptionsTest, RoleDefaults) {
   EXPECT_EQ(o->listen, "127.0.0.1:50062");
   EXPECT_TRUE(o->stores.empty());
   EXPECT_EQ(DefaultWorkerOptions("prefill").listen, "127.0.0.1:50061");
+}
+
+TEST_F(WorkerOptionsTest, TlsOrPlaintext) {
+  WorkerFlags none("prefill");
+  absl::StatusOr<WorkerOptions> o = none.Parse({"--model-dir", dir_ + "/model"});
+  ASSERT_FALSE(o.ok());
+  EXPECT_NE(o.status().message().find("--plaintext"), std::string::npos) << o.status();
+  WorkerFlags tls("prefill");
+  o = tls.Parse({"--model-dir", dir_ + "/model", "--tls-cert-file=/c", "--tls-key-file=/k",
+                 "--service-token-file=/t", "--tls-ca-file=/ca", "--tls-mutual=true",
+                 "--tls-client-cert-file=/cc", "--tls-client-key-file=/ck"});
+  ASSERT_TRUE(o.ok()) << o.status();
+  StoreClientOptions s = ToStoreClientOptions(*o);  // the store calls use the same files
+  EXPECT_EQ(s.tls.ca_file, "/ca");
+  EXPECT_EQ(s.tls.client_cert_file, "/cc");
+  EXPECT_EQ(s.tls.service_token_file, "/t");
+  WorkerFlags no_ca("prefill");  // a client must verify the servers it calls
+  o = no_ca.Parse({"--model-dir", dir_ + "/model", "--tls-cert-file=/c", "--tls-key-file=/k",
+                   "--service-token-file=/t"});
+  ASSERT_FALSE(o.ok());
+  EXPECT_NE(o.status().message().find("tls.ca_file"), std::string::npos) << o.status();
 }
 
 TEST_F(WorkerOptionsTest, ClearErrors) {

@@ -45,6 +45,11 @@ struct NamespaceParams {
 //         || len|salt), integers as u32 little-endian.
 NamespaceId ComputeNamespace(const NamespaceParams& params);
 
+// The namespace of one tenant's blocks (docs/block-key.md, "Tenants"): `ns` itself for the empty
+// tenant, else SHA-256("kvtier-tenant-v1" || ns || len|tenant). Two tenants never share a key;
+// the router and the workers derive it from the workers' namespace alike.
+NamespaceId TenantNamespace(const NamespaceId& ns, absl::string_view tenant);
+
 // key = SHA-256(prev || tokens as u32 LE), where prev is the namespace for the first block.
 BlockKey ChainBlockKey(const BlockKey& prev, absl::Span<const TokenId> block_tokens);
 

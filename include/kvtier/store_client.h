@@ -35,6 +35,7 @@
 #include "absl/time/time.h"
 #include "absl/types/span.h"
 #include "kvtier/block_key.h"
+#include "kvtier/tls_options.h"
 
 namespace kvtier {
 
@@ -59,6 +60,11 @@ struct StoreClientOptions {
   // trust"). Empty: the interfaces this host reaches the stores through (loopback for stores
   // on 127.0.0.1). Default: empty.
   std::string data_interface;
+  // How the control plane is reached: TLS verifying the stores' certificates with
+  // tls.ca_file (presenting tls.client_cert_file to stores that require one) and the service
+  // token on every call, or plain text (tls.plaintext). Create fails when neither is
+  // configured (docs/security.md). Default: neither.
+  TlsOptions tls;
 };
 
 struct PutResult {

@@ -73,7 +73,8 @@ PY
         tail -8 "$OUT/up-$keep.log"
         if [ $rc -eq 0 ]; then
           echo "== serve, decode keep_blocks: $keep"
-          $BIN/kvtier-bench serve --url "${url%/v1}" --conversations ${SERVE_CONVS:-8} --turns 2 \
+          $BIN/kvtier-bench serve --url "${url%/v1}" --ca-file /tmp/kvrun/tls/ca.pem \
+            --api-key-file /tmp/kvrun/api_key --conversations ${SERVE_CONVS:-8} --turns 2 \
             --concurrency 1 --system-prompt-tokens ${SERVE_WORDS:-4000} --user-tokens 40 \
             --max-tokens 16 --json >"$OUT/serve-$keep.log" 2>&1
           rc=$?
