@@ -1,7 +1,7 @@
 // Helpers shared by the benchmark programs: monotonic time, pre-touched buffers, a private
-// temporary directory, and the memcpy anchor. Child processes (stores, client workers, anchor
-// tools) come from common/process.h, one implementation with the launcher's and the
-// integration tests'.
+// temporary directory, the memcpy anchor, and the words of generated chat texts. Child processes
+// (stores, client workers, anchor tools) come from common/process.h, one implementation with the
+// launcher's and the integration tests'.
 //
 // Ownership: TouchedBuffer and TempDir own their resource and release it in their destructor.
 // Thread-safety: one thread per object; the free functions are thread-safe.
@@ -20,6 +20,17 @@
 #include "common/process.h"
 
 namespace kvtier::bench {
+
+// Common short English words, one token each in Llama-3-style vocabularies: the texts of the
+// serve and soak benchmarks' conversations.
+inline constexpr const char* kWords[] = {
+    "the",   "cache", "block", "token",  "model",  "server", "memory", "store",  "layer",
+    "fast",  "slow",  "data",  "query",  "answer", "system", "user",   "time",   "value",
+    "first", "last",  "next",  "page",   "shared", "prefix", "key",    "node",   "worker",
+    "round", "trip",  "write", "read",   "green",  "river",  "stone",  "light",  "north",
+    "south", "east",  "west",  "spring", "summer", "winter", "autumn", "garden", "window",
+    "table", "chair", "paper", "music",  "story",  "city",   "road",   "bridge", "market"};
+inline constexpr int kNumWords = sizeof(kWords) / sizeof(kWords[0]);
 
 // CLOCK_MONOTONIC in nanoseconds. It is one clock for every process of the host, so a parent
 // can hand its children an absolute start time.

@@ -30,16 +30,6 @@ namespace {
 
 using nlohmann::json;
 
-// Common short English words: one token each in Llama-3-style vocabularies.
-const char* const kWords[] = {
-    "the",   "cache", "block", "token",  "model",  "server", "memory", "store",  "layer",
-    "fast",  "slow",  "data",  "query",  "answer", "system", "user",   "time",   "value",
-    "first", "last",  "next",  "page",   "shared", "prefix", "key",    "node",   "worker",
-    "round", "trip",  "write", "read",   "green",  "river",  "stone",  "light",  "north",
-    "south", "east",  "west",  "spring", "summer", "winter", "autumn", "garden", "window",
-    "table", "chair", "paper", "music",  "story",  "city",   "road",   "bridge", "market"};
-constexpr int kNumWords = sizeof(kWords) / sizeof(kWords[0]);
-
 std::string Words(int n, std::mt19937_64& rng) {
   std::uniform_int_distribution<int> dist(0, kNumWords - 1);
   std::string out;

@@ -72,13 +72,6 @@ constexpr absl::Duration kRestartTimeout = absl::Seconds(60);
 const std::vector<std::string> kFaultKinds = {"store-kill", "store-stop", "worker-kill",
                                               "conn-kill"};
 
-// Short common words: the user texts.
-const char* const kWords[] = {
-    "the",  "cache", "block",  "token",  "model",  "server", "memory", "store", "layer",  "fast",
-    "slow", "data",  "query",  "answer", "system", "user",   "time",   "value", "first",  "last",
-    "next", "page",  "prefix", "key",    "node",   "worker", "river",  "stone", "garden", "bridge"};
-constexpr int kNumWords = sizeof(kWords) / sizeof(kWords[0]);
-
 // System prompts: conversations c % 3 == 0 and 1 share one of the first two, c % 3 == 2 have
 // none.
 const char* const kSystems[] = {
