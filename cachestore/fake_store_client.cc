@@ -28,6 +28,8 @@ class FakeStore::Client final : public StoreClient {
     return store_->Get(ns, keys, buffers, block_bytes);
   }
   std::vector<StoreNodeInfo> Nodes() override { return store_->Nodes(); }
+  // The fake is one node: membership does not move it.
+  void SetStores(std::vector<std::string>) override {}
   absl::StatusOr<MappedPrefix> MapPrefix(const NamespaceId& ns, absl::Span<const BlockKey> keys,
                                          size_t block_bytes) override {
     return store_->MapPrefix(ns, keys, block_bytes);

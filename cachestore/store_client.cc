@@ -3,12 +3,14 @@
 #include "kvtier/store_client.h"
 
 #include <algorithm>
+#include <optional>
 #include <thread>
 #include <utility>
 
 #include "absl/base/thread_annotations.h"
 #include "absl/container/flat_hash_map.h"
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
 #include "absl/synchronization/mutex.h"
 #include "cachestore/store_node.h"
 #include "common/checksum.h"
@@ -144,14 +146,15 @@ class RemoteStoreClient final : public StoreClient {
                             transport::ResolveNetDevices(options_.data_interface, hosts));
     KVTIER_ASSIGN_OR_RETURN(ucx_, transport::UcxContext::Create(ucx_options));
     KVTIER_ASSIGN_OR_RETURN(worker_, transport::UcxWorker::Create(ucx_.get()));
-    KVTIER_ASSIGN_OR_RETURN(std::shared_ptr<grpc::ChannelCredentials> creds,
-                            MakeChannelCredentials(options_.tls));
-    for (const std::string& addr : options_.stores) {
-      nodes_.push_back(std::make_unique<StoreNode>(addr, worker_.get(), options_, creds,
-                                                   copy_threads_, &on_unmap_));
-      seeds_.push_back(XXH3_64bits(addr.data(), addr.size()));
-    }
+    KVTIER_ASSIGN_OR_RETURN(creds_, MakeChannelCredentials(options_.tls));
+    absl::MutexLock lock(&mu_);
+    SetNodes(options_.stores);
     return absl::OkStatus();
+  }
+
+  void SetStores(std::vector<std::string> addresses) override {
+    absl::MutexLock lock(&pending_mu_);
+    pending_ = std::move(addresses);
   }
 
   absl::StatusOr<size_t> Lookup(const NamespaceId& ns, absl::Span<const BlockKey> keys) override;
@@ -169,10 +172,47 @@ class RemoteStoreClient final : public StoreClient {
     on_unmap_ = std::move(callback);
   }
   bool AnyNodeConnected() const override {
-    return std::any_of(nodes_.begin(), nodes_.end(), [](const auto& n) { return n->connected(); });
+    absl::MutexLock lock(&view_mu_);
+    return std::any_of(view_.begin(), view_.end(), [](const auto& n) { return n->connected(); });
   }
 
  private:
+  // Makes `addresses` the node set: existing nodes are kept, new ones created, departed ones
+  // dropped (destroyed once no MappedPrefix holds their leases).
+  void SetNodes(const std::vector<std::string>& addresses) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
+    std::vector<std::shared_ptr<StoreNode>> next;
+    std::vector<uint64_t> seeds;
+    for (const std::string& addr : addresses) {
+      if (std::any_of(next.begin(), next.end(),
+                      [&](const auto& n) { return n->address() == addr; })) {
+        continue;  // listed twice
+      }
+      auto it = std::find_if(nodes_.begin(), nodes_.end(),
+                             [&](const auto& n) { return n->address() == addr; });
+      next.push_back(it != nodes_.end()
+                         ? *it
+                         : std::make_shared<StoreNode>(addr, worker_.get(), options_, creds_,
+                                                       copy_threads_, &on_unmap_));
+      seeds.push_back(XXH3_64bits(addr.data(), addr.size()));
+    }
+    nodes_ = std::move(next);
+    seeds_ = std::move(seeds);
+    absl::MutexLock lock(&view_mu_);
+    view_ = nodes_;
+  }
+  // Applies the last SetStores, if any; first thing of every call.
+  void ApplyPendingStores() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
+    std::optional<std::vector<std::string>> pending;
+    {
+      absl::MutexLock lock(&pending_mu_);
+      pending.swap(pending_);
+    }
+    if (!pending.has_value()) return;
+    spdlog::info("store client: {} store node(s): {}", pending->size(),
+                 absl::StrJoin(*pending, ", "));
+    SetNodes(*pending);
+  }
+
   // Rendezvous (highest random weight) hashing: each key goes to the node with the highest
   // score.
   size_t NodeOf(const BlockKey& key) const {
@@ -188,8 +228,9 @@ class RemoteStoreClient final : public StoreClient {
     return best;
   }
 
-  // One slice per node, in node order.
-  std::vector<Slice> Partition(absl::Span<const BlockKey> keys) const {
+  // One slice per node, in node order. Requires a node.
+  std::vector<Slice> Partition(absl::Span<const BlockKey> keys) const
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
     std::vector<Slice> slices(nodes_.size());
     for (size_t n = 0; n < nodes_.size(); ++n) slices[n].node = nodes_[n].get();
     for (size_t i = 0; i < keys.size(); ++i) {
@@ -241,9 +282,15 @@ class RemoteStoreClient final : public StoreClient {
   std::unique_ptr<transport::UcxContext> ucx_;
   absl::Mutex mu_;
   std::unique_ptr<transport::UcxWorker> worker_ ABSL_GUARDED_BY(mu_);
-  // The lists are fixed after Init; node state is under mu_.
-  std::vector<std::unique_ptr<StoreNode>> nodes_;
-  std::vector<uint64_t> seeds_;  // rendezvous seed of each node
+  std::shared_ptr<grpc::ChannelCredentials> creds_;
+  // The node set and node state are under mu_; a MappedPrefix's release holds its nodes.
+  std::vector<std::shared_ptr<StoreNode>> nodes_ ABSL_GUARDED_BY(mu_);
+  std::vector<uint64_t> seeds_ ABSL_GUARDED_BY(mu_);  // rendezvous seed of each node
+  absl::Mutex pending_mu_;
+  std::optional<std::vector<std::string>> pending_ ABSL_GUARDED_BY(pending_mu_);
+  // The node set for AnyNodeConnected, which takes no lock a transfer holds.
+  mutable absl::Mutex view_mu_;
+  std::vector<std::shared_ptr<StoreNode>> view_ ABSL_GUARDED_BY(view_mu_);
   std::function<void(const MappedPool&)> on_unmap_ ABSL_GUARDED_BY(mu_);
 };
 
@@ -251,6 +298,8 @@ absl::StatusOr<size_t> RemoteStoreClient::Lookup(const NamespaceId& ns,
                                                  absl::Span<const BlockKey> keys) {
   if (keys.empty()) return 0;
   absl::MutexLock lock(&mu_);
+  ApplyPendingStores();
+  if (nodes_.empty()) return 0;
   const std::vector<Slice> slices = Partition(keys);
   std::vector<NodeLookup> resp;
   LookupAll(ns, slices, /*lease=*/false, &resp);
@@ -393,6 +442,11 @@ absl::StatusOr<PutResult> RemoteStoreClient::Put(const NamespaceId& ns,
   PutResult result;
   if (keys.empty()) return result;
   absl::MutexLock lock(&mu_);
+  ApplyPendingStores();
+  if (nodes_.empty()) {
+    result.skipped = static_cast<uint32_t>(keys.size());
+    return result;
+  }
   for (const Slice& s : Partition(keys)) {
     if (!s.keys.empty()) {
       KVTIER_RETURN_IF_ERROR(PutSlice(ns, s, keys, parents, blocks, block_bytes, &result));
@@ -407,6 +461,8 @@ absl::StatusOr<size_t> RemoteStoreClient::Get(const NamespaceId& ns,
   KVTIER_RETURN_IF_ERROR(CheckArgs(keys, buffers.size(), block_bytes));
   if (keys.empty()) return 0;
   absl::MutexLock lock(&mu_);
+  ApplyPendingStores();
+  if (nodes_.empty()) return 0;
   const std::vector<Slice> slices = Partition(keys);
   std::vector<NodeLookup> resp;
   LookupAll(ns, slices, /*lease=*/true, &resp);
@@ -455,12 +511,15 @@ absl::StatusOr<MappedPrefix> RemoteStoreClient::MapPrefix(const NamespaceId& ns,
   KVTIER_RETURN_IF_ERROR(CheckArgs(keys, keys.size(), block_bytes));
   if (keys.empty()) return MappedPrefix();
   absl::MutexLock lock(&mu_);
+  ApplyPendingStores();
+  if (nodes_.empty()) return MappedPrefix();
   const std::vector<Slice> slices = Partition(keys);
   std::vector<NodeLookup> resp;
   LookupAll(ns, slices, /*lease=*/true, &resp);
-  std::vector<std::pair<StoreNode*, uint64_t>> leases;
+  // The release holds the nodes: a node dropped by SetStores meanwhile lives until then.
+  std::vector<std::pair<std::shared_ptr<StoreNode>, uint64_t>> leases;
   for (size_t n = 0; n < slices.size(); ++n) {
-    for (uint64_t id : resp[n].lease_ids) leases.emplace_back(slices[n].node, id);
+    for (uint64_t id : resp[n].lease_ids) leases.emplace_back(nodes_[n], id);
   }
   const size_t stored = Prefix(keys.size(), slices, resp);
   // The prefix ends at the first block that is not in a mapped pool of the leased incarnation.
@@ -498,6 +557,7 @@ absl::StatusOr<MappedPrefix> RemoteStoreClient::MapPrefix(const NamespaceId& ns,
 
 std::vector<MappedPool> RemoteStoreClient::MappedPools() {
   absl::MutexLock lock(&mu_);
+  ApplyPendingStores();
   std::vector<MappedPool> out;
   for (auto& n : nodes_) {
     const MappedPool p = n->Pool();
@@ -508,6 +568,7 @@ std::vector<MappedPool> RemoteStoreClient::MappedPools() {
 
 std::vector<StoreNodeInfo> RemoteStoreClient::Nodes() {
   absl::MutexLock lock(&mu_);
+  ApplyPendingStores();
   std::vector<StoreNodeInfo> out;
   for (auto& n : nodes_) out.push_back(n->Describe());
   return out;
@@ -517,7 +578,11 @@ std::vector<StoreNodeInfo> RemoteStoreClient::Nodes() {
 
 absl::StatusOr<std::unique_ptr<StoreClient>> StoreClient::Create(
     const StoreClientOptions& options) {
-  if (options.stores.empty()) return absl::InvalidArgumentError("no store addresses given");
+  if (options.stores.empty() && options.data_interface.empty()) {
+    return absl::InvalidArgumentError(
+        "no store addresses given (a client whose stores come from SetStores needs "
+        "data_interface)");
+  }
   auto client = std::make_unique<RemoteStoreClient>(options);
   KVTIER_RETURN_IF_ERROR(client->Init());
   return std::unique_ptr<StoreClient>(std::move(client));

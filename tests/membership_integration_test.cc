@@ -7,9 +7,13 @@
 
 #include "absl/strings/str_cat.h"
 #include "common/process.h"
+#include "common/synthetic_block.h"
 #include "gtest/gtest.h"
+#include "kvtier/block_key.h"
+#include "kvtier/store_client.h"
 #include "membership/etcd_process.h"
 #include "membership/membership.h"
+#include "tests/test_keys.h"
 
 namespace kvtier {
 namespace {
@@ -40,6 +44,7 @@ class MembershipIntegrationTest : public ::testing::Test {
     StoreProcessOptions o;
     o.name = name;
     o.pool_bytes = "16MiB";
+    o.slot_bytes = "64KiB";
     o.extra_args = {"--membership-etcd=" + etcd_->endpoint(),
                     absl::StrCat("--membership-ttl-ms=", ttl_ms)};
     return o;
@@ -96,6 +101,83 @@ TEST_F(MembershipIntegrationTest, ABadEtcdEndpointIsRefusedAtStart) {
   ASSERT_FALSE(s.ok());
   EXPECT_NE(s.status().message().find("etcd endpoint '127.0.0.1:2379'"), std::string::npos)
       << s.status();
+}
+
+// A store client's node set changing under it (SetStores, as the membership watch drives it):
+// stores joining and leaving cost misses, never errors or wrong bytes.
+TEST_F(MembershipIntegrationTest, StoreNodesJoiningAndLeavingCostOnlyMisses) {
+  absl::StatusOr<StoreProcess> a = StoreProcess::Start(dir_, Store("a", 30000));
+  ASSERT_TRUE(a.ok()) << a.status();
+  absl::StatusOr<StoreProcess> b = StoreProcess::Start(dir_, Store("b", 30000));
+  ASSERT_TRUE(b.ok()) << b.status();
+  StoreClientOptions co;
+  co.stores = {a->address()};
+  co.tls.plaintext = true;
+  absl::StatusOr<std::unique_ptr<StoreClient>> client = StoreClient::Create(co);
+  ASSERT_TRUE(client.ok()) << client.status();
+  StoreClient& c = **client;
+  constexpr size_t kBytes = 64 << 10;
+  const std::vector<BlockKey> keys = testing::TestKeys(7, 32);
+  std::vector<BlockKey> parents(keys.size());
+  for (size_t i = 0; i < keys.size(); ++i) {
+    parents[i] = i == 0 ? testing::TestNamespace() : keys[i - 1];
+  }
+  std::vector<std::vector<uint8_t>> data(keys.size(), std::vector<uint8_t>(kBytes));
+  std::vector<const void*> src;
+  std::vector<void*> dst;
+  for (size_t i = 0; i < keys.size(); ++i) {
+    FillSyntheticBlock(keys[i], data[i].data(), kBytes);
+    src.push_back(data[i].data());
+    dst.push_back(data[i].data());
+  }
+  const NamespaceId ns = testing::TestNamespace();
+  // Every block read back is the key's own; returns the prefix length.
+  auto get = [&]() -> size_t {
+    for (auto& d : data) std::fill(d.begin(), d.end(), 0);
+    absl::StatusOr<size_t> n = c.Get(ns, keys, dst, kBytes);
+    EXPECT_TRUE(n.ok()) << n.status();
+    if (!n.ok()) return 0;
+    for (size_t i = 0; i < *n; ++i) {
+      EXPECT_TRUE(IsSyntheticBlock(keys[i], data[i].data(), kBytes)) << "block " << i;
+    }
+    for (size_t i = 0; i < keys.size(); ++i) FillSyntheticBlock(keys[i], data[i].data(), kBytes);
+    return *n;
+  };
+  auto lookup = [&] {
+    absl::StatusOr<size_t> n = c.Lookup(ns, keys);
+    EXPECT_TRUE(n.ok()) << n.status();
+    return n.ok() ? *n : 0;
+  };
+  ASSERT_EQ(c.Put(ns, keys, parents, src, kBytes)->stored, keys.size());
+  ASSERT_EQ(lookup(), keys.size());
+
+  // B joins: the keys it now owns are misses until written again.
+  c.SetStores({a->address(), b->address()});
+  const size_t after_join = lookup();
+  EXPECT_LT(after_join, keys.size()) << "32 keys over two nodes: some must move to b";
+  EXPECT_EQ(get(), after_join);
+  PutResult again = *c.Put(ns, keys, parents, src, kBytes);
+  EXPECT_GT(again.stored, 0u);
+  EXPECT_EQ(again.stored + again.present, keys.size());
+  EXPECT_EQ(lookup(), keys.size());
+  EXPECT_EQ(get(), keys.size());
+  EXPECT_EQ(c.Nodes().size(), 2u);
+
+  // A leaves: its keys are misses; B's still hit.
+  c.SetStores({b->address()});
+  EXPECT_LT(lookup(), keys.size());
+  EXPECT_EQ(get(), lookup());
+
+  // No node at all: misses, and writes skipped, not errors.
+  c.SetStores({});
+  EXPECT_EQ(lookup(), 0u);
+  EXPECT_EQ(get(), 0u);
+  EXPECT_EQ(c.Put(ns, keys, parents, src, kBytes)->skipped, keys.size());
+
+  // Both back: every block is where it was, read over new connections to a.
+  c.SetStores({b->address(), a->address()});
+  EXPECT_EQ(lookup(), keys.size());
+  EXPECT_EQ(get(), keys.size());
 }
 
 }  // namespace

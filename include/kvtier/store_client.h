@@ -187,6 +187,11 @@ class StoreClient {
 
   // Contacts every node (connecting if needed) and reports what it knows.
   virtual std::vector<StoreNodeInfo> Nodes() = 0;
+  // Replaces the store nodes (membership, docs/membership.md: nodes join and leave). Keys move
+  // to their new rendezvous owners, so a change costs misses, never errors or wrong blocks.
+  // Nodes that stay keep their connections. Applied at the start of the next call, on that
+  // call's thread; any thread, at any time. An empty set: every call is a miss.
+  virtual void SetStores(std::vector<std::string> addresses) = 0;
   // Whether some node's data plane is connected, as of this client's last call. Contacts
   // nothing and takes no lock of the client: any thread, at any time (e.g. a status RPC while
   // another thread transfers).
