@@ -23,21 +23,19 @@ std::string Percent(double num, double den) {
   return den > 0 ? absl::StrFormat("%.1f", 100.0 * num / den) : kNone;
 }
 
-// "12.0/256.0 MiB": both in the unit of `total`.
-std::string BytesOf(double used, double total) {
-  if (!(total > 0)) return kNone;
-  const char* unit = "B";
-  double scale = 1;
-  for (const auto& [name, bytes] :
+// "3.1 MiB" (binary units, one decimal).
+std::string Bytes(double b) {
+  for (const auto& [unit, scale] :
        {std::pair{"GiB", double(1ull << 30)}, std::pair{"MiB", double(1ull << 20)},
         std::pair{"KiB", double(1ull << 10)}}) {
-    if (total >= bytes) {
-      unit = name;
-      scale = bytes;
-      break;
-    }
+    if (b >= scale) return absl::StrFormat("%.1f %s", b / scale, unit);
   }
-  return absl::StrFormat("%.1f/%.1f %s", used / scale, total / scale, unit);
+  return absl::StrFormat("%.0f B", b);
+}
+
+// "3.1 MiB/1.0 GiB", or "-" without a total.
+std::string BytesOf(double used, double total) {
+  return total > 0 ? absl::StrCat(Bytes(used), "/", Bytes(total)) : kNone;
 }
 
 // The columns of one row.

@@ -94,21 +94,22 @@ TEST(StatusTest, RendersEveryKindOfProcess) {
   const std::string screen =
       RenderStatus(state, {Up("store", 10, store), Up("prefill-0", 11, prefill),
                            Up("decode-0", 12, decode), silent, dead, Up("router", 13, router)});
-  EXPECT_EQ(screen,
-            "cluster /run: https://127.0.0.1:8080/v1, model tiny (cpu), 4/6 processes up\n"
-            "NAME       PID  UP   LOAD              HIT%  POOL/KV         SPILL             NOTE\n"
-            "store      10   yes  leases 3          87.5  12.0/256.0 MiB  512.0/1024.0 MiB  "
-            "spill online\n"
-            "prefill-0  11   yes  running 0 wait 0  -     kv 0%           -                 "
-            "store unreachable\n"
-            "decode-0   12   yes  running 2 wait 1  70.0  kv 43%          -                 "
-            "2 fallbacks to recompute\n"
-            "prefill-1  98   no   -                 -     -               -                 "
-            "http://127.0.0.1:5/metrics: Read\n"
-            "decode-1   99   no   -                 -     -               -                 "
-            "not running\n"
-            "router     13   yes  in flight 2       75.0  -               -                 "
-            "1/2 workers up\n");
+  EXPECT_EQ(
+      screen,
+      "cluster /run: https://127.0.0.1:8080/v1, model tiny (cpu), 4/6 processes up\n"
+      "NAME       PID  UP   LOAD              HIT%  POOL/KV             SPILL              NOTE\n"
+      "store      10   yes  leases 3          87.5  12.0 MiB/256.0 MiB  512.0 MiB/1.0 GiB  "
+      "spill online\n"
+      "prefill-0  11   yes  running 0 wait 0  -     kv 0%               -                  "
+      "store unreachable\n"
+      "decode-0   12   yes  running 2 wait 1  70.0  kv 43%              -                  "
+      "2 fallbacks to recompute\n"
+      "prefill-1  98   no   -                 -     -                   -                  "
+      "http://127.0.0.1:5/metrics: Read\n"
+      "decode-1   99   no   -                 -     -                   -                  "
+      "not running\n"
+      "router     13   yes  in flight 2       75.0  -                   -                  "
+      "1/2 workers up\n");
 }
 
 TEST(StatusTest, SpillOffAndOffline) {
@@ -122,7 +123,7 @@ TEST(StatusTest, SpillOffAndOffline) {
   offline.AddGauge("kvtier_store_spill_online", "")->Set(0);
   offline.AddCounter("kvtier_store_checksum_failures_total", "")->Increment(4);
   screen = RenderStatus(state, {Up("store", 1, offline)});
-  EXPECT_THAT(screen, HasSubstr("0.0/1.0 GiB  spill OFFLINE, 4 checksum failures"));
+  EXPECT_THAT(screen, HasSubstr("0 B/1.0 GiB  spill OFFLINE, 4 checksum failures"));
 }
 
 TEST(StatusTest, ScrapesARealEndpoint) {
