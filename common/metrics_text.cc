@@ -2,6 +2,8 @@
 
 #include <charconv>
 #include <cmath>
+#include <cstdlib>
+#include <string>
 #include <limits>
 #include <system_error>
 #include <utility>
@@ -109,9 +111,10 @@ std::optional<double> ParseValue(absl::string_view t) {
     v = std::numeric_limits<double>::quiet_NaN();
   } else {
     const std::from_chars_result r = std::from_chars(t.data(), t.data() + t.size(), v);
-    // Out of range is an error of from_chars; Prometheus' parser gives +-Inf there too.
-    if (r.ec == std::errc::result_out_of_range) {
-      v = std::numeric_limits<double>::infinity();
+    // Out of range is an error of from_chars; Prometheus' parser gives +-Inf (overflow) or 0
+    // (underflow) there, as strtod does.
+    if (r.ec == std::errc::result_out_of_range && r.ptr == t.data() + t.size()) {
+      v = std::strtod(std::string(t).c_str(), nullptr);
     } else if (r.ec != std::errc() || r.ptr != t.data() + t.size()) {
       return std::nullopt;
     }

@@ -60,10 +60,12 @@ TEST(MetricsTextTest, ReadsOtherClientsOutput) {
       "x_pos +Inf\n"
       "x_neg -inf\n"
       "x_exp +1.5E3\n"
+      "x_big 1e999\n"
+      "x_tiny -1e-999\n"
       "untyped_total 4\n";
   absl::StatusOr<ParsedMetrics> p = ParseMetricsText(text);
   ASSERT_TRUE(p.ok()) << p.status();
-  ASSERT_EQ(p->samples.size(), 10u);
+  ASSERT_EQ(p->samples.size(), 12u);
   EXPECT_EQ(p->samples[3].timestamp_ms, 1395066363000);
   EXPECT_THAT(p->samples[3].labels, ElementsAre(Pair("method", "post"), Pair("code", "200")));
   EXPECT_EQ(p->samples[4].timestamp_ms, -1);
@@ -73,6 +75,8 @@ TEST(MetricsTextTest, ReadsOtherClientsOutput) {
   EXPECT_EQ(p->samples[6].value, INFINITY);
   EXPECT_EQ(p->samples[7].value, -INFINITY);
   EXPECT_EQ(p->samples[8].value, 1500);
+  EXPECT_EQ(p->samples[9].value, INFINITY);
+  EXPECT_EQ(p->samples[10].value, 0);
   EXPECT_EQ(p->FamilyOf("go_gc_duration_seconds_sum"), "go_gc_duration_seconds");
   EXPECT_EQ(p->FamilyOf("go_gc_duration_seconds_bucket"), "go_gc_duration_seconds_bucket");
   EXPECT_EQ(p->types.count("untyped_total"), 0u);
