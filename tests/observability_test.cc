@@ -10,7 +10,6 @@
 #include <signal.h>
 
 #include <filesystem>
-#include <fstream>
 #include <functional>
 #include <iostream>
 #include <map>
@@ -37,13 +36,6 @@ using nlohmann::json;
 using testing::MakeTempDir;
 
 const std::string kBin = KVTIER_BIN_DIR;
-
-std::string ReadAll(const std::string& path) {
-  std::ifstream f(path);
-  std::stringstream ss;
-  ss << f.rdbuf();
-  return ss.str();
-}
 
 class ObservabilityTest : public ::testing::Test {
  protected:
@@ -205,7 +197,7 @@ TEST_F(ObservabilityTest, CountersMoveStatusAndDashboard) {
     for (const std::string& f : m.Families()) exported.insert(f);
   }
   const std::string dashboard_path = std::string(KVTIER_SOURCE_DIR) + "/deploy/grafana/kvtier.json";
-  json dashboard = json::parse(ReadAll(dashboard_path), nullptr, false);
+  json dashboard = json::parse(FileTail(dashboard_path, std::string::npos), nullptr, false);
   ASSERT_FALSE(dashboard.is_discarded()) << dashboard_path;
   EXPECT_EQ(dashboard.value("title", ""), "kvtier");
   const std::regex metric_name("kvtier_[A-Za-z0-9_:]+");
