@@ -31,8 +31,8 @@ absl::StatusOr<StopFunction> Start(const worker::WorkerOptions& options) {
   auto w = std::make_shared<worker::ServingWorker<Decode>>();
   w->role = std::make_unique<Decode>();
   KVTIER_ASSIGN_OR_RETURN(
-      w->parts,
-      worker::MakeWorkerParts(options, "blocks are reused only from this worker's own cache"));
+      w->parts, worker::MakeWorkerParts("decode", options,
+                                        "blocks are reused only from this worker's own cache"));
   // Write-backs go through a client of their own on the scheduler's writer thread.
   std::unique_ptr<StoreClient> writer_store;
   if (w->parts.store != nullptr) {
@@ -45,7 +45,7 @@ absl::StatusOr<StopFunction> Start(const worker::WorkerOptions& options) {
   w->role->service = std::make_unique<DecodeService>(
       w->role->scheduler.get(), w->parts.engine.get(), w->parts.tier.get(), options);
   KVTIER_ASSIGN_OR_RETURN(
-      w->server, worker::ServeWorker("kvtier-decode", options, w->parts, w->role->service.get()));
+      w->server, worker::ServeWorker("kvtier-decode", options, &w->parts, w->role->service.get()));
   return [w] {
     // Running requests end now (their streams finish with UNAVAILABLE, and their handlers
     // return within one poll interval), then gRPC stops.

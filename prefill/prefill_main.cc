@@ -18,11 +18,11 @@ constexpr char kAbout[] = "prefill worker (computes missing prompt blocks into t
 absl::StatusOr<StopFunction> Start(const worker::WorkerOptions& options) {
   auto w = std::make_shared<worker::ServingWorker<PrefillService>>();
   KVTIER_ASSIGN_OR_RETURN(
-      w->parts,
-      worker::MakeWorkerParts(options, "Prefill computes nothing (decode workers recompute)"));
+      w->parts, worker::MakeWorkerParts("prefill", options,
+                                        "Prefill computes nothing (decode workers recompute)"));
   w->role = std::make_unique<PrefillService>(w->parts.engine.get(), w->parts.tier.get(), options);
   KVTIER_ASSIGN_OR_RETURN(w->server,
-                          worker::ServeWorker("kvtier-prefill", options, w->parts, w->role.get()));
+                          worker::ServeWorker("kvtier-prefill", options, &w->parts, w->role.get()));
   // Stops accepting; queued requests are refused (UNAVAILABLE) as soon as they would start,
   // and the request in progress (at most one computes) gets 2 s to finish.
   return [w] {

@@ -10,9 +10,11 @@
 
 namespace kvtier::worker {
 
-KvTier::KvTier(engine::Engine* engine, StoreClient* store)
+KvTier::KvTier(engine::Engine* engine, StoreClient* store, WorkerMetrics* metrics)
     : engine_(engine),
       store_(store),
+      own_metrics_(metrics == nullptr ? std::make_unique<WorkerMetrics>("none") : nullptr),
+      metrics_(metrics == nullptr ? own_metrics_.get() : metrics),
       namespace_(ComputeNamespace(engine->namespace_params())),
       block_tokens_(static_cast<uint32_t>(engine->kv_layout().block_tokens)),
       block_bytes_(engine->kv_layout().BlockBytes()) {

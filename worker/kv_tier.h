@@ -21,8 +21,13 @@
 // committed) or, after EnableAsyncWrites, handed to a BlockWriter thread (StoreBlocksAsync: the
 // decode loop exports and goes on; a ticket tells when the blocks are in the store).
 //
-// Ownership: borrows the engine and the store client (null: no store tier), which must outlive
-// it. Owns its staging buffers, which are reused across calls, and the BlockWriter.
+// Metrics (docs/observability.md): the tier counts its fetches, stores, checksum failures and
+// fallbacks to recompute in a WorkerMetrics, which the scheduler and the prefill service that
+// drive the tier reach through metrics().
+//
+// Ownership: borrows the engine, the store client (null: no store tier) and the metrics (null: a
+// private set, for unit tests), which must outlive it. Owns its staging buffers, which are
+// reused across calls, and the BlockWriter.
 // Thread-safety: thread-compatible; called only from the thread that drives the engine.
 #ifndef KVTIER_WORKER_KV_TIER_H_
 #define KVTIER_WORKER_KV_TIER_H_
@@ -38,6 +43,7 @@
 #include "kvtier/block_key.h"
 #include "kvtier/store_client.h"
 #include "worker/block_writer.h"
+#include "worker/worker_metrics.h"
 
 namespace kvtier::worker {
 
@@ -50,7 +56,7 @@ class KvTier {
   // imported.
   static constexpr size_t kVerifyChunkBlocks = 16;
 
-  KvTier(engine::Engine* engine, StoreClient* store);
+  KvTier(engine::Engine* engine, StoreClient* store, WorkerMetrics* metrics = nullptr);
   ~KvTier();  // unregisters the store pools
   KvTier(const KvTier&) = delete;
   KvTier& operator=(const KvTier&) = delete;
@@ -58,6 +64,8 @@ class KvTier {
   // Whether a store is configured (false: FetchPrefix finds nothing, StoreBlocks skips all).
   bool has_store() const { return store_ != nullptr; }
   StoreClient* store() const { return store_; }
+  // The worker's metrics (never null); updates are atomics, any thread.
+  WorkerMetrics* metrics() const { return metrics_; }
   const NamespaceId& namespace_id() const { return namespace_; }
   uint32_t block_tokens() const { return block_tokens_; }
 
@@ -126,6 +134,8 @@ class KvTier {
 
   engine::Engine* engine_;
   StoreClient* store_;
+  std::unique_ptr<WorkerMetrics> own_metrics_;  // when none was given
+  WorkerMetrics* metrics_;
   NamespaceId namespace_;
   uint32_t block_tokens_;
   size_t block_bytes_;

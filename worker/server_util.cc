@@ -3,6 +3,7 @@
 #include <grpcpp/grpcpp.h>
 
 #include "absl/strings/str_cat.h"
+#include "common/host_port.h"
 #include "common/service.h"
 #include "common/status_macros.h"
 #include "kvtier/v1/worker.pb.h"
@@ -11,9 +12,10 @@
 
 namespace kvtier::worker {
 
-absl::StatusOr<WorkerParts> MakeWorkerParts(const WorkerOptions& options,
+absl::StatusOr<WorkerParts> MakeWorkerParts(absl::string_view role, const WorkerOptions& options,
                                             absl::string_view no_store_note) {
   WorkerParts parts;
+  parts.metrics = std::make_unique<WorkerMetrics>(role);
   absl::StatusOr<std::unique_ptr<engine::Engine>> engine =
       engine::Engine::Create(options.model_dir, ToEngineOptions(options));
   if (!engine.ok()) {
@@ -32,7 +34,7 @@ absl::StatusOr<WorkerParts> MakeWorkerParts(const WorkerOptions& options,
   } else {
     spdlog::warn("no store configured: {}", std::string(no_store_note));
   }
-  parts.tier = std::make_unique<KvTier>(parts.engine.get(), parts.store.get());
+  parts.tier = std::make_unique<KvTier>(parts.engine.get(), parts.store.get(), parts.metrics.get());
   // Page-lock a same-host store's pool now rather than on the first request.
   parts.tier->RegisterStorePools();
   return parts;
@@ -40,15 +42,26 @@ absl::StatusOr<WorkerParts> MakeWorkerParts(const WorkerOptions& options,
 
 absl::StatusOr<std::unique_ptr<grpc::Server>> ServeWorker(absl::string_view binary,
                                                           const WorkerOptions& options,
-                                                          const WorkerParts& parts,
+                                                          WorkerParts* parts,
                                                           grpc::Service* service) {
+  int metrics_port = 0;
+  if (!options.metrics_listen.empty()) {
+    KVTIER_ASSIGN_OR_RETURN(HostPort hp, ParseHostPort(options.metrics_listen));
+    KVTIER_ASSIGN_OR_RETURN(
+        parts->metrics_http,
+        MetricsHttpServer::Start(hp.host, hp.port, &parts->metrics->registry()));
+    metrics_port = parts->metrics_http->port();
+  }
   int port = 0;
   KVTIER_ASSIGN_OR_RETURN(std::unique_ptr<grpc::Server> server,
                           StartGrpcServer(binary, options.listen, options.tls, {service}, &port));
-  KVTIER_RETURN_IF_ERROR(WriteReadyFile(options.ready_file, {{"grpc_port", port}}));
-  spdlog::info("{} serving {} on port {}: {} KV pages of {} tokens, {} store node(s)",
-               std::string(binary), options.model_name, port, parts.engine->num_pages(),
-               options.block_tokens, options.stores.size());
+  KVTIER_RETURN_IF_ERROR(
+      WriteReadyFile(options.ready_file, {{"grpc_port", port}, {"metrics_port", metrics_port}}));
+  spdlog::info(
+      "{} serving {} on port {} (metrics port {}): {} KV pages of {} tokens, {} store node(s)",
+      std::string(binary), options.model_name, port,
+      metrics_port == 0 ? "off" : std::to_string(metrics_port), parts->engine->num_pages(),
+      options.block_tokens, options.stores.size());
   return server;
 }
 

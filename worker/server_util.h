@@ -1,6 +1,6 @@
 // Start-up shared by the worker binaries' start functions (common/service.h's RunServer): the
-// engine, store client and tier their options describe, a role served over them with gRPC (and
-// the ready file), and the static part of WorkerInfo.
+// metrics, engine, store client and tier their options describe, a role served over them with
+// gRPC and the metrics over HTTP (and the ready file), and the static part of WorkerInfo.
 //
 // Ownership: WorkerParts and ServingWorker own what they hold. Thread-safety: the free functions
 // are thread-safe.
@@ -13,9 +13,11 @@
 
 #include "absl/status/statusor.h"
 #include "absl/strings/string_view.h"
+#include "common/metrics_http.h"
 #include "engine/engine.h"
 #include "kvtier/store_client.h"
 #include "worker/kv_tier.h"
+#include "worker/worker_metrics.h"
 #include "worker/worker_options.h"
 
 namespace grpc {
@@ -29,18 +31,23 @@ class WorkerInfo;
 
 namespace kvtier::worker {
 
-// What every worker binary builds from its options: the engine, the store client (null when
-// no store is configured) and the tier between them. Members are declared in destruction
-// order: the tier goes before the store client and the engine it borrows.
+// What every worker binary builds from its options: the metrics (docs/observability.md) and
+// their HTTP endpoint (started by ServeWorker; null when metrics_listen is off), the engine, the
+// store client (null when no store is configured) and the tier between them. Members are
+// declared in reverse destruction order: the tier goes before the store client and the engine
+// it borrows, and the metrics last, after everything that updates them.
 struct WorkerParts {
+  std::unique_ptr<WorkerMetrics> metrics;
+  std::unique_ptr<MetricsHttpServer> metrics_http;
   std::unique_ptr<engine::Engine> engine;
   std::unique_ptr<StoreClient> store;
   std::unique_ptr<KvTier> tier;
 };
 
-// Loads the model and prepares the store client. `no_store_note` is logged (warn) when no
-// store is configured, saying what that means for this role.
-absl::StatusOr<WorkerParts> MakeWorkerParts(const WorkerOptions& options,
+// Registers the metrics of `role` ("prefill" or "decode"), loads the model and prepares the
+// store client. `no_store_note` is logged (warn) when no store is configured, saying what that
+// means for this role.
+absl::StatusOr<WorkerParts> MakeWorkerParts(absl::string_view role, const WorkerOptions& options,
                                             absl::string_view no_store_note);
 
 // A serving worker as its binary's start function builds it: the parts, the role (prefill: its
@@ -54,11 +61,13 @@ struct ServingWorker {
   std::unique_ptr<grpc::Server> server;
 };
 
-// Starts the gRPC server with `service`, writes the ready file ({"grpc_port":..,"pid":..}) if
-// configured, and logs that `binary` is serving.
+// Starts the gRPC server with `service` and the metrics endpoint (options.metrics_listen, into
+// parts->metrics_http), writes the ready file ({"grpc_port":..,"metrics_port":..,"pid":..};
+// metrics_port 0 when metrics are off) if configured, and logs that `binary` is serving on
+// which ports.
 absl::StatusOr<std::unique_ptr<grpc::Server>> ServeWorker(absl::string_view binary,
                                                           const WorkerOptions& options,
-                                                          const WorkerParts& parts,
+                                                          WorkerParts* parts,
                                                           grpc::Service* service);
 
 // Fills the fields of `info` that describe the worker rather than its load: role, model,

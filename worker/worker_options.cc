@@ -14,6 +14,9 @@ void DeclareWorkerOptions(WorkerOptions* o, OptionTable* t) {
       .DirWith("config.json");
   t->Add("backend", &o->backend, "engine backend").OneOf({"cpu", "cuda"});
   t->Add("listen", &o->listen, "gRPC host:port (port 0: any free port)").HostPort();
+  t->Add("metrics_listen", &o->metrics_listen,
+         "Prometheus /metrics host:port (port 0: any free port); 'off' disables")
+      .HostPort(/*off_allowed=*/true);
   t->Add("stores", &o->stores, "store node host:port (repeat for several)")
       .Flag("--store")
       .HostPort();
@@ -34,7 +37,7 @@ void DeclareWorkerOptions(WorkerOptions* o, OptionTable* t) {
   t->Add("threads", &o->threads, "CPU backend threads (0: all cores)").Min(0);
   t->Add("model_name", &o->model_name,
          "name reported in WorkerInfo (empty: the model directory's name)");
-  t->Add("ready_file", &o->ready_file, "write {grpc_port, pid} here when serving");
+  t->Add("ready_file", &o->ready_file, "write {grpc_port, metrics_port, pid} here when serving");
   t->Add("log_level", &o->log_level, "log level").OneOf(LogLevelNames());
   t->Add("max_queued_requests", &o->max_queued_requests,
          "decode: most requests waiting for admission")

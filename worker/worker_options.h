@@ -26,6 +26,10 @@ struct WorkerOptions {
   // gRPC host:port (port 0: any free port). Default: 127.0.0.1:50061 (prefill),
   // 127.0.0.1:50062 (decode).
   std::string listen = "127.0.0.1:50061";
+  // Prometheus /metrics and /healthz, plain HTTP, host:port (port 0: any free port, logged and
+  // written to the ready file); empty (flag: "off") turns it off (docs/observability.md).
+  // Default: 127.0.0.1:0.
+  std::string metrics_listen = "127.0.0.1:0";
   // Control-plane addresses of the store nodes; empty: no store tier (recompute only).
   // Default: empty.
   std::vector<std::string> stores;
@@ -52,7 +56,8 @@ struct WorkerOptions {
   int threads = 0;
   // Name reported in WorkerInfo. Default: the model directory's last component.
   std::string model_name;
-  // Written (atomically) once serving: {"grpc_port":..,"pid":..}. Default: none.
+  // Written (atomically) once serving: {"grpc_port":..,"metrics_port":..,"pid":..}
+  // (metrics_port 0: metrics off). Default: none.
   std::string ready_file;
   // spdlog level. Default: info.
   std::string log_level = "info";

@@ -54,6 +54,23 @@ TEST_F(WorkerOptionsTest, RoleDefaults) {
   EXPECT_EQ(o->listen, "127.0.0.1:50062");
   EXPECT_TRUE(o->stores.empty());
   EXPECT_EQ(DefaultWorkerOptions("prefill").listen, "127.0.0.1:50061");
+  EXPECT_EQ(o->metrics_listen, "127.0.0.1:0");
+}
+
+TEST_F(WorkerOptionsTest, MetricsListen) {
+  auto o = Parse({"--model-dir", dir_ + "/model", "--metrics-listen", "0.0.0.0:9200"});
+  ASSERT_TRUE(o.ok()) << o.status();
+  EXPECT_EQ(o->metrics_listen, "0.0.0.0:9200");
+  o = Parse({"--model-dir", dir_ + "/model", "--metrics-listen", "off"});
+  ASSERT_TRUE(o.ok()) << o.status();
+  EXPECT_EQ(o->metrics_listen, "");  // off
+  o = Parse({"--config", Write(absl::StrCat("model_dir: ", dir_, "/model\n",
+                                            "metrics_listen: 127.0.0.1:9300\n"))});
+  ASSERT_TRUE(o.ok()) << o.status();
+  EXPECT_EQ(o->metrics_listen, "127.0.0.1:9300");
+  o = Parse({"--model-dir", dir_ + "/model", "--metrics-listen", "9200"});
+  ASSERT_FALSE(o.ok());
+  EXPECT_NE(o.status().message().find("metrics_listen"), std::string::npos) << o.status();
 }
 
 TEST_F(WorkerOptionsTest, TlsOrPlaintext) {
