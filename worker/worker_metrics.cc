@@ -6,7 +6,7 @@ namespace {
 constexpr char kPrefix[] = "kvtier_worker_";
 
 constexpr const char* kPathNames[] = {"first_tier", "mapped", "ucx"};
-constexpr const char* kReasonNames[] = {"store_error", "checksum", "import", "store_busy"};
+constexpr const char* kReasonNames[] = {"store_error", "checksum", "import"};
 constexpr const char* kSourceNames[] = {"computed", "first_tier", "store"};
 constexpr const char* kFinishNames[] = {"stop", "length", "cancelled", "error"};
 
@@ -94,7 +94,7 @@ WorkerMetrics::WorkerMetrics(absl::string_view role) : role_(role) {
       f.H("store_seconds", "One write of a batch of blocks to the store (export to commit)");
   checksum_failures =
       f.C("checksum_failures_total", "Fetched blocks whose checksum did not match (recomputed)");
-  for (int i = 0; i < 4; ++i) {
+  for (int i = 0; i < 3; ++i) {
     fallbacks_[i] = f.C("recompute_fallbacks_total",
                         "Fetches that ended short of the stored prefix (the rest was "
                         "recomputed), by reason",
