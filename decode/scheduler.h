@@ -225,7 +225,7 @@ class Scheduler {
   worker::BlockCache cache_;
   std::vector<std::unique_ptr<Active>> running_;
   int running_seqs_ = 0;
-  int running_requests_ = 0;  // in running_ and not done
+  int running_requests_ = 0;             // in running_ and not done
   std::vector<BlockKey> write_keys_;     // blocks to store after this step
   std::vector<BlockKey> write_parents_;  // the key each was chained from
   std::vector<int32_t> write_pages_;
