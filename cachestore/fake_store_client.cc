@@ -37,6 +37,8 @@ class FakeStore::Client final : public StoreClient {
     store_->SetUnmapCallback(this, std::move(callback));
   }
   bool AnyNodeConnected() const override { return store_->Connected(); }
+  // The store's count: the tests use one client per role.
+  uint64_t ChecksumFailures() const override { return store_->checksum_failures(); }
 
  private:
   FakeStore* const store_;
@@ -107,6 +109,11 @@ void FakeStore::SetUnmapCallback(const Client* client,
   } else {
     unmap_callbacks_.erase(client);
   }
+}
+
+uint64_t FakeStore::checksum_failures() const {
+  absl::MutexLock lock(&mu_);
+  return checksum_failures_;
 }
 
 bool FakeStore::Connected() const {
@@ -232,7 +239,10 @@ absl::StatusOr<size_t> FakeStore::Get(const NamespaceId& ns, absl::Span<const Bl
   for (size_t i = 0; i < n; ++i) {
     const Block& b = blocks_.at({ns, keys[i]});
     if (b.size != block_bytes) return i;  // a block of another shape is not ours to use
-    if (CopyAndChecksum(buffers[i], SlotData(b.slot), block_bytes) != b.checksum) return i;
+    if (CopyAndChecksum(buffers[i], SlotData(b.slot), block_bytes) != b.checksum) {
+      ++checksum_failures_;
+      return i;
+    }
   }
   return n;
 }

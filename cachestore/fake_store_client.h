@@ -90,6 +90,8 @@ class FakeStore {
     uint64_t maps = 0;
   };
   Calls calls() const;
+  // Blocks Get found not matching their checksums (StoreClient::ChecksumFailures).
+  uint64_t checksum_failures() const;
 
  private:
   class Client;
@@ -138,6 +140,7 @@ class FakeStore {
   uint64_t next_lease_ ABSL_GUARDED_BY(mu_) = 1;
   uint64_t clock_ ABSL_GUARDED_BY(mu_) = 0;
   bool down_ ABSL_GUARDED_BY(mu_) = false;
+  uint64_t checksum_failures_ ABSL_GUARDED_BY(mu_) = 0;
   bool hold_writes_ ABSL_GUARDED_BY(mu_) = false;
   bool expire_next_lease_ ABSL_GUARDED_BY(mu_) = false;
   uint64_t incarnation_ ABSL_GUARDED_BY(mu_) = 1;

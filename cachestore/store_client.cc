@@ -3,6 +3,7 @@
 #include "kvtier/store_client.h"
 
 #include <algorithm>
+#include <atomic>
 #include <thread>
 #include <utility>
 
@@ -171,6 +172,9 @@ class RemoteStoreClient final : public StoreClient {
   bool AnyNodeConnected() const override {
     return std::any_of(nodes_.begin(), nodes_.end(), [](const auto& n) { return n->connected(); });
   }
+  uint64_t ChecksumFailures() const override {
+    return checksum_failures_.load(std::memory_order_relaxed);
+  }
 
  private:
   // Rendezvous (highest random weight) hashing: each key goes to the node with the highest
@@ -238,6 +242,7 @@ class RemoteStoreClient final : public StoreClient {
 
   const StoreClientOptions options_;
   const int copy_threads_;
+  std::atomic<uint64_t> checksum_failures_{0};
   std::unique_ptr<transport::UcxContext> ucx_;
   absl::Mutex mu_;
   std::unique_ptr<transport::UcxWorker> worker_ ABSL_GUARDED_BY(mu_);
@@ -435,6 +440,7 @@ absl::StatusOr<size_t> RemoteStoreClient::Get(const NamespaceId& ns,
     }
     for (size_t j = 0; j < sums->size() && s.index[j] < prefix; ++j) {
       if ((*sums)[j] != resp[n].blocks[j].checksum()) {
+        checksum_failures_.fetch_add(1, std::memory_order_relaxed);
         KVTIER_LOG_LIMITED(warn,
                            "store {}: block {} failed its checksum after get; treated as a miss",
                            s.node->address(), KeyToHex(keys[s.index[j]]));

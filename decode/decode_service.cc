@@ -20,6 +20,7 @@ DecodeService::DecodeService(Scheduler* scheduler, const engine::Engine* engine,
 
 absl::StatusOr<GenerateSpec> DecodeService::ToSpec(const v1::GenerateRequest& r) const {
   GenerateSpec spec;
+  KVTIER_RETURN_IF_ERROR(worker::CheckRequestId(r.request_id()));
   spec.request_id = r.request_id();
   const absl::Span<const TokenId> prompt(r.tokens().data(), r.tokens().size());
   KVTIER_RETURN_IF_ERROR(worker::CheckPrompt(prompt, engine_->config()));
@@ -62,6 +63,13 @@ grpc::Status DecodeService::Generate(grpc::ServerContext* context,
       if (e.first) {
         resp.set_prompt_tokens(e.prompt_tokens);
         resp.set_cached_tokens(e.cached_tokens);
+        v1::Timing* t = resp.mutable_timing();
+        t->set_queue_ms(e.timing.queue_ms);
+        t->set_fetch_ms(e.timing.fetch_ms);
+        t->set_compute_ms(e.timing.compute_ms);
+        t->set_first_step_ms(e.timing.first_step_ms);
+        t->set_first_tier_tokens(e.timing.first_tier_tokens);
+        t->set_store_tokens(e.timing.store_tokens);
       }
       resp.set_finish_reason(e.finish_reason);
       if (!writer->Write(resp)) {

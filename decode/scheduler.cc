@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <optional>
+#include <string_view>
 #include <utility>
 
 #include "absl/strings/str_cat.h"
@@ -66,8 +67,9 @@ struct Scheduler::Seq {
   int own_from = 0;  // seq.pages[own_from..] belong to this sequence
   std::optional<engine::Sampler> sampler;
   int generated = 0;
-  int blocks_done = 0;  // leading blocks already handed to the cache (or not to be)
-  BlockKey last_key{};  // key of block blocks_done - 1
+  absl::Time last_token_at;  // when its last token was sampled
+  int blocks_done = 0;       // leading blocks already handed to the cache (or not to be)
+  BlockKey last_key{};       // key of block blocks_done - 1
   bool started = false;
   bool finished = false;
   bool released = false;
@@ -77,10 +79,16 @@ struct Scheduler::Seq {
 struct Scheduler::Active {
   std::shared_ptr<GenerationStream> stream;
   GenerateSpec spec;
+  absl::Time received;
+  absl::Time admitted;       // pages reserved
+  absl::Time fetched;        // prompt blocks fetched from the store (= admitted without a fetch)
+  bool first_token = false;  // some completion sampled its first token
+  bool length = false;       // some completion ended on max_tokens or the context
   std::vector<BlockKey> prompt_keys;  // of the shared blocks (empty without use_cache)
   std::vector<int32_t> shared_pages;  // the request's own references
   int shared_blocks = 0;              // prompt blocks shared by the n completions: (P - 1) / B
   int cached_blocks = 0;              // of them, taken from the BlockCache or the store
+  int first_tier_blocks = 0;          // of them, from the BlockCache
   std::vector<Seq> seqs;
   int unfinished = 0;
   bool done = false;
@@ -92,6 +100,7 @@ Scheduler::Scheduler(engine::Engine* engine, worker::KvTier* tier, SchedulerOpti
                      std::unique_ptr<StoreClient> writer_store)
     : engine_(engine),
       tier_(tier),
+      metrics_(tier->metrics()),
       options_(options),
       block_tokens_(engine->kv_layout().block_tokens),
       vocab_size_(engine->config().vocab_size),
@@ -157,6 +166,14 @@ void Scheduler::PublishStats() {
   stats_.available_pages = cache_.available_pages();
   stats_.cache_hit_blocks = cache_.stats().hit_blocks;
   stats_.cache_evictions = cache_.stats().evictions;
+  metrics_->num_requests_running->Set(running_requests_);
+  metrics_->num_requests_waiting->Set(static_cast<double>(waiting_.size()));
+  // In use: neither free nor evictable (vLLM's kv_cache_usage_perc counts cached blocks that
+  // nobody uses as free too).
+  metrics_->kv_cache_usage_perc->Set(stats_.total_pages == 0
+                                         ? 0.0
+                                         : 1.0 - static_cast<double>(stats_.available_pages) /
+                                                     stats_.total_pages);
 }
 
 int Scheduler::PagesNeeded(int prompt_len, int max_tokens, int n, int* shared_blocks) const {
@@ -210,8 +227,9 @@ absl::StatusOr<std::shared_ptr<GenerationStream>> Scheduler::Submit(GenerateSpec
     return absl::ResourceExhaustedError(absl::StrCat("decode worker overloaded: ", waiting_.size(),
                                                      " requests already waiting for memory"));
   }
-  waiting_.push_back(Waiting{stream, std::move(spec), {}, false});
+  waiting_.push_back(Waiting{stream, std::move(spec), absl::Now(), {}, false});
   ++stats_.active_requests;
+  metrics_->num_requests_waiting->Set(static_cast<double>(waiting_.size()));
   cv_.Signal();
   return stream;
 }
@@ -242,16 +260,20 @@ void Scheduler::Loop() {
 }
 
 void Scheduler::DropCancelled() {
+  bool changed = false;
   for (auto& a : running_) {
-    if (a->stream->cancelled()) FinishRequest(*a, absl::CancelledError("request cancelled"));
+    if (a->stream->cancelled()) {
+      FinishRequest(*a, absl::CancelledError("request cancelled"));
+      changed = true;
+    }
   }
   std::erase_if(running_, [](const std::unique_ptr<Active>& a) { return a->done; });
-  std::vector<std::shared_ptr<GenerationStream>> dropped;
+  std::vector<Waiting> dropped;
   {
     absl::MutexLock lock(&mu_);
     for (auto it = waiting_.begin(); it != waiting_.end();) {
       if (it->stream->cancelled()) {
-        dropped.push_back(std::move(it->stream));
+        dropped.push_back(std::move(*it));
         it = waiting_.erase(it);
         --stats_.active_requests;
       } else {
@@ -259,7 +281,12 @@ void Scheduler::DropCancelled() {
       }
     }
   }
-  for (auto& s : dropped) s->Finish(absl::CancelledError("request cancelled"));
+  const absl::Status cancelled = absl::CancelledError("request cancelled");
+  for (Waiting& w : dropped) {
+    CountFinished(cancelled, false, w.received);
+    w.stream->Finish(cancelled);
+  }
+  if (changed || !dropped.empty()) PublishStats();
 }
 
 bool Scheduler::Admit() {
@@ -297,13 +324,17 @@ bool Scheduler::Admit() {
       absl::MutexLock lock(&mu_);
       a->stream = std::move(w->stream);
       a->spec = std::move(w->spec);
+      a->received = w->received;
       a->prompt_keys = std::move(w->keys);
       waiting_.pop_front();
     }
+    a->admitted = absl::Now();
+    metrics_->request_queue_time->Observe(absl::ToDoubleSeconds(a->admitted - a->received));
     a->shared_blocks = shared;
     a->shared_pages = std::move(acquired);
     a->shared_pages.insert(a->shared_pages.end(), pages->begin(), pages->begin() + (shared - hit));
     int fetched = 0;
+    a->fetched = a->admitted;
     if (a->spec.use_cache && hit < shared) {
       fetched =
           static_cast<int>(tier_->FetchPrefix(absl::MakeConstSpan(a->prompt_keys).subspan(hit),
@@ -311,8 +342,16 @@ bool Scheduler::Admit() {
       for (int i = hit; i < hit + fetched; ++i) {
         cache_.Insert(a->prompt_keys[i], a->shared_pages[i]);  // false: keep it private
       }
+      if (tier_->has_store()) a->fetched = absl::Now();
     }
     a->cached_blocks = hit + fetched;
+    a->first_tier_blocks = hit;
+    const size_t block_bytes = tier_->block_bytes();
+    metrics_->Fetched(worker::FetchPath::kFirstTier, hit, hit * block_bytes);
+    metrics_->PromptTokens(worker::TokenSource::kFirstTier, static_cast<uint64_t>(hit) * b);
+    metrics_->PromptTokens(worker::TokenSource::kStore, static_cast<uint64_t>(fetched) * b);
+    metrics_->PromptTokens(worker::TokenSource::kComputed,
+                           static_cast<uint64_t>(prompt_len - a->cached_blocks * b));
 
     const int n = a->spec.n;
     const int own = (need - shared) / n;
@@ -337,9 +376,9 @@ bool Scheduler::Admit() {
     }
     a->unfinished = n;
     running_seqs_ += n;
+    ++running_requests_;
     spdlog::debug(
-        "admitted request '{}': {} prompt tokens, {} cached blocks ({} from the store), "
-        "{} pages",
+        "req={} admitted: {} prompt tokens, {} cached blocks ({} from the store), {} pages",
         a->spec.request_id, prompt_len, a->cached_blocks, fetched, need);
     running_.push_back(std::move(a));
     PublishStats();
@@ -388,6 +427,7 @@ bool Scheduler::Step() {
     if (samples && !owners_[i].first->spec.sampling.greedy()) all_greedy = false;
   }
   absl::Status st;
+  step_started_ = absl::Now();
   if (all_greedy) {
     next_tokens_.resize(inputs_.size());
     st = engine_->ForwardGreedy(inputs_, absl::MakeSpan(next_tokens_));
@@ -395,6 +435,7 @@ bool Scheduler::Step() {
     logits_.resize(inputs_.size() * static_cast<size_t>(vocab_size_));
     st = engine_->Forward(inputs_, absl::MakeSpan(logits_));
   }
+  step_ended_ = absl::Now();
   if (!st.ok()) {
     // Arguments are checked before anything runs, so this is a bug or a device failure: fail
     // the requests of this batch rather than the worker.
@@ -478,6 +519,15 @@ void Scheduler::CompleteBlocks(Active& a, Seq& s) {
 void Scheduler::HandleToken(Active& a, Seq& s, TokenId token) {
   s.seq.tokens.push_back(token);
   ++s.generated;
+  metrics_->generation_tokens->Increment();
+  if (s.generated > 1) {
+    metrics_->inter_token_latency->Observe(absl::ToDoubleSeconds(step_ended_ - s.last_token_at));
+  } else if (!a.first_token) {
+    a.first_token = true;
+    metrics_->FirstToken(a.cached_blocks > 0, step_ended_ - a.received);
+    metrics_->request_prefill_time->Observe(absl::ToDoubleSeconds(step_ended_ - a.admitted));
+  }
+  s.last_token_at = step_ended_;
   const engine::SamplingParams& p = a.spec.sampling;
   const char* reason = nullptr;
   if (std::find(p.stop_token_ids.begin(), p.stop_token_ids.end(), token) !=
@@ -500,6 +550,13 @@ StreamEvent Scheduler::NextEvent(const Active& a, Seq& s) const {
     e.first = true;
     e.prompt_tokens = static_cast<uint32_t>(a.spec.prompt.size());
     e.cached_tokens = static_cast<uint32_t>(a.cached_blocks * block_tokens_);
+    e.timing.queue_ms = absl::ToDoubleMilliseconds(a.admitted - a.received);
+    e.timing.fetch_ms = absl::ToDoubleMilliseconds(a.fetched - a.admitted);
+    e.timing.compute_ms = absl::ToDoubleMilliseconds(step_started_ - a.fetched);
+    e.timing.first_step_ms = absl::ToDoubleMilliseconds(step_ended_ - step_started_);
+    e.timing.first_tier_tokens = static_cast<uint32_t>(a.first_tier_blocks * block_tokens_);
+    e.timing.store_tokens =
+        static_cast<uint32_t>((a.cached_blocks - a.first_tier_blocks) * block_tokens_);
     s.first_sent = true;
   }
   return e;
@@ -509,6 +566,7 @@ void Scheduler::FinishSeq(Active& a, Seq& s, const char* reason) {
   StreamEvent e = NextEvent(a, s);
   e.finish_reason = reason;
   a.stream->Push(std::move(e));
+  if (std::string_view(reason) == "length") a.length = true;
   s.finished = true;
   --a.unfinished;
   --running_seqs_;
@@ -540,19 +598,29 @@ void Scheduler::FinishRequest(Active& a, absl::Status status) {
   // Pages written back were exported when their step ended: evicting them loses nothing.
   if (!options_.keep_blocks) cache_.EvictAll();
   a.done = true;
+  --running_requests_;
   PublishStats();
   {
     absl::MutexLock lock(&mu_);
     --stats_.active_requests;
   }
+  CountFinished(status, a.length, a.received);
   if (!status.ok() && !absl::IsCancelled(status)) {
-    KVTIER_LOG_LIMITED(warn, "request '{}' failed: {}", a.spec.request_id, status.ToString());
+    KVTIER_LOG_LIMITED(warn, "req={} failed: {}", a.spec.request_id, status.ToString());
   }
   if (status.ok() && a.write_ticket > tier_->written()) {
     finishing_.push_back({a.stream, a.write_ticket});
     return;
   }
   a.stream->Finish(std::move(status));
+}
+
+void Scheduler::CountFinished(const absl::Status& status, bool length, absl::Time received) {
+  metrics_->e2e_request_latency->Observe(absl::ToDoubleSeconds(absl::Now() - received));
+  metrics_->Finished(status.ok()
+                         ? (length ? worker::FinishReason::kLength : worker::FinishReason::kStop)
+                     : absl::IsCancelled(status) ? worker::FinishReason::kCancelled
+                                                 : worker::FinishReason::kError);
 }
 
 void Scheduler::FinishWritten() {
@@ -576,7 +644,10 @@ void Scheduler::FailAll(const absl::Status& status) {
     waiting.swap(waiting_);
     stats_.active_requests -= static_cast<int>(waiting.size());
   }
-  for (Waiting& w : waiting) w.stream->Finish(status);
+  for (Waiting& w : waiting) {
+    CountFinished(status, false, w.received);
+    w.stream->Finish(status);
+  }
   PublishStats();
 }
 

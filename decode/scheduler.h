@@ -21,6 +21,10 @@
 // one and its finish_reason included, stream as soon as they are sampled), so a caller that
 // sees the end of a Generate can count on the store holding the whole history.
 //
+// Metrics (docs/observability.md): the scheduler updates the worker's WorkerMetrics (the tier's,
+// KvTier::metrics()) as requests wait, run and finish, with atomics only; the first event of
+// each completion carries its FirstTokenTiming.
+//
 // Correctness: a page enters the BlockCache (and the store) only once all of its block's K/V
 // is computed; cached pages are shared read-only (a sequence writes only its own pages).
 //
@@ -66,6 +70,18 @@ struct GenerateSpec {
   std::string tenant;
 };
 
+// Where the time to a completion's first token went (docs/observability.md, "Request
+// tracing"), in milliseconds: received to admitted (pages reserved), admitted to the prompt's
+// blocks fetched, fetched to the start of the step that sampled the first token, and that step.
+struct FirstTokenTiming {
+  double queue_ms = 0;
+  double fetch_ms = 0;
+  double compute_ms = 0;
+  double first_step_ms = 0;
+  uint32_t first_tier_tokens = 0;  // prompt tokens from the BlockCache
+  uint32_t store_tokens = 0;       // prompt tokens fetched from the store
+};
+
 // Part of a request's output.
 struct StreamEvent {
   int index = 0;  // which completion
@@ -73,6 +89,7 @@ struct StreamEvent {
   bool first = false;
   uint32_t prompt_tokens = 0;
   uint32_t cached_tokens = 0;  // prompt tokens whose K/V came from the BlockCache or the store
+  FirstTokenTiming timing;
   std::vector<TokenId> tokens;
   // Non-empty on the last event of each index: "stop" or "length".
   std::string finish_reason;
@@ -167,6 +184,7 @@ class Scheduler {
   struct Waiting {
     std::shared_ptr<GenerationStream> stream;
     GenerateSpec spec;
+    absl::Time received;
     std::vector<BlockKey> keys;
     bool keyed = false;
   };
@@ -187,6 +205,8 @@ class Scheduler {
   void CompleteBlocks(Active& a, Seq& s);
   void ReleaseSeq(Seq& s);
   void FinishRequest(Active& a, absl::Status status);
+  // Counts a finished request (requests_total, e2e latency) received at `received`.
+  void CountFinished(const absl::Status& status, bool length, absl::Time received);
   // Finishes the streams whose write-backs are done.
   void FinishWritten();
   void FailAll(const absl::Status& status);
@@ -194,6 +214,7 @@ class Scheduler {
 
   engine::Engine* engine_;
   worker::KvTier* tier_;
+  worker::WorkerMetrics* const metrics_;  // the tier's
   const SchedulerOptions options_;
   const int block_tokens_;
   const int vocab_size_;
@@ -204,6 +225,7 @@ class Scheduler {
   worker::BlockCache cache_;
   std::vector<std::unique_ptr<Active>> running_;
   int running_seqs_ = 0;
+  int running_requests_ = 0;             // in running_ and not done
   std::vector<BlockKey> write_keys_;     // blocks to store after this step
   std::vector<BlockKey> write_parents_;  // the key each was chained from
   std::vector<int32_t> write_pages_;
@@ -217,6 +239,8 @@ class Scheduler {
   std::vector<std::pair<Active*, Seq*>> owners_;
   std::vector<float> logits_;
   std::vector<TokenId> next_tokens_;
+  absl::Time step_started_;  // of the current step's Forward
+  absl::Time step_ended_;
 
   mutable absl::Mutex mu_;
   absl::CondVar cv_;

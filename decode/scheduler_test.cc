@@ -6,6 +6,7 @@
 #include <string>
 #include <vector>
 
+#include "cachestore/fake_store_client.h"
 #include "engine/generator.h"
 #include "engine/testing/test_util.h"
 #include "gtest/gtest.h"
@@ -14,6 +15,9 @@ namespace kvtier::decode {
 namespace {
 
 using ::kvtier::testing::RandomModelDir;
+using worker::FetchPath;
+using worker::FinishReason;
+using worker::TokenSource;
 
 // The tiny model (fp32), written once per process.
 const std::string& ModelDir() {
@@ -32,6 +36,7 @@ struct Completion {
   std::vector<int32_t> tokens;
   uint32_t prompt_tokens = 0;
   uint32_t cached_tokens = 0;
+  FirstTokenTiming timing;
   int first_events = 0;
   std::string finish_reason;
 };
@@ -55,6 +60,7 @@ Result Collect(GenerationStream& stream) {
         ++c.first_events;
         c.prompt_tokens = e.prompt_tokens;
         c.cached_tokens = e.cached_tokens;
+        c.timing = e.timing;
       }
       c.tokens.insert(c.tokens.end(), e.tokens.begin(), e.tokens.end());
       if (!e.finish_reason.empty()) c.finish_reason = e.finish_reason;
@@ -206,10 +212,117 @@ TEST_F(SchedulerTest, CancellationFreesEveryPage) {
   std::vector<StreamEvent> events;
   while (events.empty()) stream->Next(&events, absl::Seconds(10));
   EXPECT_GT(scheduler_->stats().running_sequences, 0);
+  const worker::WorkerMetrics& m = *tier_->metrics();
+  EXPECT_EQ(m.num_requests_running->Value(), 1);
+  EXPECT_EQ(m.num_requests_waiting->Value(), 0);
+  EXPECT_GT(m.kv_cache_usage_perc->Value(), 0);  // its pages are reserved
   stream->Cancel();
   Result r = Collect(*stream);
   EXPECT_TRUE(absl::IsCancelled(r.status)) << r.status;
   ExpectIdleAndPagesBack();
+  EXPECT_EQ(m.requests(FinishReason::kCancelled).Value(), 1);
+  EXPECT_EQ(m.requests(FinishReason::kLength).Value(), 0);
+  EXPECT_EQ(m.num_requests_running->Value(), 0);
+  EXPECT_EQ(m.kv_cache_usage_perc->Value(), 0);  // cached pages nobody uses count as free
+}
+
+// docs/observability.md: the families move as requests run; a hit is a first token after any
+// cached prompt token.
+TEST_F(SchedulerTest, MetricsMoveAsRequestsRun) {
+  const worker::WorkerMetrics& m = *tier_->metrics();
+  const std::vector<int32_t> a = Prompt(40, 5);  // blocks 0 and 1 full
+  Result ra = Run(Spec(a, 5));
+  ASSERT_TRUE(ra.status.ok()) << ra.status;
+  EXPECT_EQ(m.ttft(/*hit=*/false).Snap().count, 1u);
+  EXPECT_EQ(m.ttft(/*hit=*/true).Snap().count, 0u);
+  EXPECT_EQ(m.prompt_tokens(TokenSource::kComputed).Value(), 40);
+  EXPECT_EQ(m.prompt_tokens(TokenSource::kFirstTier).Value(), 0);
+  EXPECT_EQ(m.generation_tokens->Value(), 5);
+  EXPECT_EQ(m.inter_token_latency->Snap().count, 4u);
+  EXPECT_EQ(m.requests(FinishReason::kLength).Value(), 1);
+  EXPECT_EQ(m.e2e_request_latency->Snap().count, 1u);
+  EXPECT_EQ(m.request_queue_time->Snap().count, 1u);
+  EXPECT_EQ(m.request_prefill_time->Snap().count, 1u);
+  const FirstTokenTiming& ta = ra.by_index[0].timing;
+  EXPECT_GT(ta.first_step_ms, 0);
+  EXPECT_GE(ta.queue_ms, 0);
+  EXPECT_EQ(ta.fetch_ms, 0);  // no store
+  EXPECT_EQ(ta.first_tier_tokens, 0u);
+
+  // Two blocks of the next prompt are in the first tier: a hit.
+  std::vector<int32_t> b(a.begin(), a.begin() + 32);
+  const std::vector<int32_t> tail = Prompt(20, 6);
+  b.insert(b.end(), tail.begin(), tail.end());
+  Result rb = Run(Spec(b, 3));
+  ASSERT_TRUE(rb.status.ok()) << rb.status;
+  EXPECT_EQ(rb.by_index[0].timing.first_tier_tokens, 32u);
+  EXPECT_EQ(rb.by_index[0].timing.store_tokens, 0u);
+  EXPECT_EQ(m.ttft(/*hit=*/true).Snap().count, 1u);
+  EXPECT_EQ(m.ttft(/*hit=*/false).Snap().count, 1u);
+  EXPECT_EQ(m.prompt_tokens(TokenSource::kFirstTier).Value(), 32);
+  EXPECT_EQ(m.prompt_tokens(TokenSource::kComputed).Value(), 40 + 20);
+  EXPECT_EQ(m.fetch_blocks(FetchPath::kFirstTier).Value(), 2);
+  EXPECT_EQ(m.fetch_bytes(FetchPath::kFirstTier).Value(), 2 * tier_->block_bytes());
+
+  // A stop token ends the third.
+  GenerateSpec stop = Spec(a, 10);
+  stop.sampling.stop_token_ids = {ra.by_index[0].tokens[0]};
+  ASSERT_TRUE(Run(stop).status.ok());
+  EXPECT_EQ(m.requests(FinishReason::kStop).Value(), 1);
+  EXPECT_EQ(m.requests(FinishReason::kLength).Value(), 2);
+  EXPECT_EQ(m.generation_tokens->Value(), 5 + 3 + 1);
+  ExpectIdleAndPagesBack();
+  EXPECT_EQ(m.num_requests_running->Value(), 0);
+  EXPECT_EQ(m.num_requests_waiting->Value(), 0);
+}
+
+// Prompt tokens from the store: a scheduler that keeps no blocks fetches the prefix it wrote.
+TEST(SchedulerStoreTest, PromptTokensFromTheStoreAreCountedAndTimed) {
+  engine::EngineOptions eo;
+  eo.kv_cache_bytes = int64_t{32} * 64 * 1024;
+  eo.max_batch_tokens = 64;
+  eo.max_batch_seqs = 8;
+  eo.num_threads = 1;
+  auto engine = engine::Engine::Create(ModelDir(), eo);
+  ASSERT_TRUE(engine.ok()) << engine.status();
+  FakeStoreOptions so;
+  so.slot_bytes = (*engine)->kv_layout().BlockBytes();
+  so.slot_count = 16;
+  FakeStore store(so);
+  std::unique_ptr<StoreClient> client = store.NewClient();
+  worker::WorkerMetrics metrics("decode");
+  worker::KvTier tier(engine->get(), client.get(), &metrics);
+  SchedulerOptions opts;
+  opts.max_batch_tokens = 64;
+  opts.max_batch_seqs = 8;
+  opts.keep_blocks = false;
+  Scheduler scheduler(engine->get(), &tier, opts);
+  scheduler.Start();
+  const std::vector<int32_t> prompt = Prompt(40, 13);
+  for (int i = 0; i < 2; ++i) {
+    GenerateSpec spec;
+    spec.prompt = prompt;
+    spec.sampling.max_tokens = 2;
+    auto stream = scheduler.Submit(spec);
+    ASSERT_TRUE(stream.ok()) << stream.status();
+    Result r = Collect(**stream);
+    ASSERT_TRUE(r.status.ok()) << r.status;
+    EXPECT_EQ(r.by_index[0].timing.store_tokens, i == 0 ? 0u : 32u);
+    EXPECT_EQ(r.by_index[0].timing.first_tier_tokens, 0u);
+  }
+  scheduler.Stop();
+  EXPECT_EQ(metrics.prompt_tokens(TokenSource::kStore).Value(), 32);
+  EXPECT_EQ(metrics.prompt_tokens(TokenSource::kFirstTier).Value(), 0);
+  EXPECT_EQ(metrics.prompt_tokens(TokenSource::kComputed).Value(), 40 + 8);
+  EXPECT_EQ(metrics.fetch_blocks(FetchPath::kMapped).Value(), 2);  // a same-host store
+  EXPECT_GE(metrics.store_blocks().Value(), 2);                    // what the first wrote
+  EXPECT_EQ(metrics.ttft(/*hit=*/true).Snap().count, 1u);
+  EXPECT_EQ(metrics.ttft(/*hit=*/false).Snap().count, 1u);
+  EXPECT_EQ(metrics.store_connected->Value(), 1);
+  // Every family is in the worker's registry with its role (what /metrics serves).
+  EXPECT_NE(metrics.registry().RenderText().find(
+                "kvtier_worker_prompt_tokens_total{role=\"decode\",source=\"store\"} 32\n"),
+            std::string::npos);
 }
 
 TEST_F(SchedulerTest, SharedPrefixComesFromTheCacheAndMatchesRecompute) {
@@ -360,6 +473,7 @@ TEST_F(SchedulerTest, StopFinishesRequestsWithUnavailable) {
   scheduler_->Stop();
   Result r = Collect(*stream);
   EXPECT_TRUE(absl::IsUnavailable(r.status)) << r.status;
+  EXPECT_EQ(tier_->metrics()->requests(FinishReason::kError).Value(), 1);
   EXPECT_TRUE(absl::IsUnavailable(scheduler_->Submit(Spec(Prompt(5, 1), 2)).status()));
 }
 

@@ -14,12 +14,36 @@ PrefillService::PrefillService(engine::Engine* engine, worker::KvTier* tier,
                                worker::WorkerOptions options)
     : engine_(engine),
       tier_(tier),
+      metrics_(tier->metrics()),
       options_(std::move(options)),
       free_pages_(engine->num_pages()),
       allocator_(engine->num_pages()) {}
 
+void PrefillService::SetFreePages(int free_pages) {
+  free_pages_.store(free_pages);
+  const int total = engine_->num_pages();
+  metrics_->kv_cache_usage_perc->Set(total == 0 ? 0.0
+                                                : 1.0 - static_cast<double>(free_pages) / total);
+}
+
 absl::StatusOr<PrefillResult> PrefillService::Run(absl::Span<const TokenId> prompt,
-                                                  absl::string_view tenant) {
+                                                  absl::string_view tenant,
+                                                  absl::string_view request_id) {
+  const absl::Time received = absl::Now();
+  absl::StatusOr<PrefillResult> r = Compute(prompt, tenant, request_id, received);
+  metrics_->e2e_request_latency->Observe(absl::ToDoubleSeconds(absl::Now() - received));
+  metrics_->Finished(r.ok() ? worker::FinishReason::kStop : worker::FinishReason::kError);
+  if (r.ok()) {
+    metrics_->PromptTokens(worker::TokenSource::kStore, r->cached_tokens);
+    metrics_->PromptTokens(worker::TokenSource::kComputed, r->computed_tokens);
+  }
+  return r;
+}
+
+absl::StatusOr<PrefillResult> PrefillService::Compute(absl::Span<const TokenId> prompt,
+                                                      absl::string_view tenant,
+                                                      absl::string_view request_id,
+                                                      absl::Time received) {
   const int b = engine_->kv_layout().block_tokens;
   PrefillResult r;
   r.prompt_tokens = static_cast<uint32_t>(prompt.size());
@@ -34,7 +58,22 @@ absl::StatusOr<PrefillResult> PrefillService::Run(absl::Span<const TokenId> prom
         absl::StrCat("the prompt's ", full, " full blocks do not fit in this worker's KV cache (",
                      engine_->num_pages(), " pages)"));
   }
+  metrics_->num_requests_waiting->Add(1);
   absl::MutexLock lock(&engine_mu_);
+  metrics_->num_requests_waiting->Add(-1);
+  // Holding the engine: queued until now, running until this returns.
+  struct Running {
+    worker::WorkerMetrics* m;
+    absl::Time admitted = absl::Now();
+    Running(worker::WorkerMetrics* metrics, absl::Time received) : m(metrics) {
+      m->request_queue_time->Observe(absl::ToDoubleSeconds(admitted - received));
+      m->num_requests_running->Add(1);
+    }
+    ~Running() {
+      m->num_requests_running->Add(-1);
+      m->request_prefill_time->Observe(absl::ToDoubleSeconds(absl::Now() - admitted));
+    }
+  } running(metrics_, received);
   // Queued behind another request while the worker began to stop: not started, refused.
   if (stopping_.load()) return absl::UnavailableError("the prefill worker is shutting down");
   const absl::Span<const int32_t> blocks = prompt.first(static_cast<size_t>(full) * b);
@@ -46,7 +85,7 @@ absl::StatusOr<PrefillResult> PrefillService::Run(absl::Span<const TokenId> prom
   }
   absl::StatusOr<std::vector<int32_t>> pages = allocator_.Allocate(full);
   if (!pages.ok()) return pages.status();  // cannot happen: one request at a time
-  free_pages_.store(allocator_.free_pages());
+  SetFreePages(allocator_.free_pages());
   // The blocks may have gone between Lookup and Get: fetched can be shorter than present.
   const size_t fetched =
       present > 0 ? tier_->FetchPrefix(absl::MakeConstSpan(keys).first(present), *pages) : 0;
@@ -64,13 +103,14 @@ absl::StatusOr<PrefillResult> PrefillService::Run(absl::Span<const TokenId> prom
         computed, ChainParents(fetched > 0 ? keys[fetched - 1] : tier_->KeyRoot(tenant), computed),
         absl::MakeConstSpan(*pages).subspan(fetched));
     if (put.skipped > 0) {
-      spdlog::info("prefill: {} of {} computed blocks not stored (store full or unreachable)",
-                   put.skipped, keys.size() - fetched);
+      spdlog::info(
+          "req={} prefill: {} of {} computed blocks not stored (store full or unreachable)",
+          std::string(request_id), put.skipped, keys.size() - fetched);
     }
     r.stored_blocks = put.stored;
   }
   engine::ReleasePages(allocator_, seq);
-  free_pages_.store(allocator_.free_pages());
+  SetFreePages(allocator_.free_pages());
   if (!st.ok()) return absl::InternalError(absl::StrCat("prefill: ", st.message()));
   r.cached_tokens = static_cast<uint32_t>(fetched * b);
   r.computed_tokens = static_cast<uint32_t>((full - fetched) * b);
@@ -83,11 +123,17 @@ grpc::Status PrefillService::Prefill(grpc::ServerContext*, const v1::PrefillRequ
   if (absl::Status st = worker::CheckPrompt(prompt, engine_->config()); !st.ok()) {
     return ToGrpc(st);
   }
+  if (absl::Status st = worker::CheckRequestId(request->request_id()); !st.ok()) {
+    return ToGrpc(st);
+  }
   active_.fetch_add(1);
-  absl::StatusOr<PrefillResult> r = Run(prompt, request->tenant());
+  absl::StatusOr<PrefillResult> r = Run(prompt, request->tenant(), request->request_id());
   active_.fetch_sub(1);
-  if (!r.ok()) return ToGrpc(r.status());
-  spdlog::debug("prefill '{}': {} tokens, {} cached, {} computed in {:.1f} ms, {} blocks stored",
+  if (!r.ok()) {
+    spdlog::debug("req={} prefill failed: {}", request->request_id(), r.status().ToString());
+    return ToGrpc(r.status());
+  }
+  spdlog::debug("req={} prefill: {} tokens, {} cached, {} computed in {:.1f} ms, {} blocks stored",
                 request->request_id(), r->prompt_tokens, r->cached_tokens, r->computed_tokens,
                 r->compute_ms, r->stored_blocks);
   response->set_prompt_tokens(r->prompt_tokens);

@@ -8,6 +8,11 @@
 // nothing to prefill for: requests succeed at once with nothing computed. With a store that
 // is down the blocks are computed and reported as not stored (the decode worker recomputes).
 //
+// Metrics (docs/observability.md): queue (received to holding the engine) and prefill (holding
+// the engine to the blocks stored) times, running and waiting requests, KV page usage, prompt
+// tokens from the store and computed, and finished requests ("stop" when it succeeded, "error"
+// otherwise) go to the tier's WorkerMetrics.
+//
 // Ownership: borrows the engine and tier, which must outlive it; owns the page allocator.
 // Thread-safety: safe for concurrent calls; requests are serialized on the one engine by a
 // mutex (one prefill at a time per worker; scale out with more workers). After Stop() (any
@@ -48,17 +53,24 @@ class PrefillService final : public v1::PrefillWorker::Service {
                              v1::WorkerInfo* info) override;
 
   // The work of one request on a checked prompt of `tenant` (its blocks are keyed in the
-  // tenant's namespace). ResourceExhausted when its full blocks do not fit in the KV cache;
-  // Unavailable once stopping.
-  absl::StatusOr<PrefillResult> Run(absl::Span<const TokenId> prompt,
-                                    absl::string_view tenant = "");
+  // tenant's namespace), counted in the metrics; `request_id` is named in its log lines.
+  // ResourceExhausted when its full blocks do not fit in the KV cache; Unavailable once
+  // stopping.
+  absl::StatusOr<PrefillResult> Run(absl::Span<const TokenId> prompt, absl::string_view tenant = "",
+                                    absl::string_view request_id = "");
 
   // Requests that have not started computing are refused from now on (the worker stops).
   void Stop() { stopping_.store(true); }
 
  private:
+  // Run without the request counts.
+  absl::StatusOr<PrefillResult> Compute(absl::Span<const TokenId> prompt, absl::string_view tenant,
+                                        absl::string_view request_id, absl::Time received);
+  void SetFreePages(int free_pages);
+
   engine::Engine* const engine_;
   worker::KvTier* const tier_;
+  worker::WorkerMetrics* const metrics_;  // the tier's
   const worker::WorkerOptions options_;
   std::atomic<int> active_{0};
   std::atomic<bool> stopping_{false};

@@ -109,6 +109,44 @@ TEST_F(PrefillServiceTest, ComputesAndStoresOnlyTheMissingFullBlocks) {
   EXPECT_EQ(store_->blocks(), 4u);
   // Blocks 2 and 3, computed over the fetched prefix, are those of a full recompute.
   EXPECT_EQ(Stored(4), Recomputed(4));
+
+  // The metrics (docs/observability.md): prompt tokens by source, the requests and their times.
+  const worker::WorkerMetrics& m = *tier_->metrics();
+  EXPECT_EQ(m.prompt_tokens(worker::TokenSource::kComputed).Value(), 4 * kB);
+  EXPECT_EQ(m.prompt_tokens(worker::TokenSource::kStore).Value(), 2 * kB);
+  EXPECT_EQ(m.requests(worker::FinishReason::kStop).Value(), 2);
+  EXPECT_EQ(m.requests(worker::FinishReason::kError).Value(), 0);
+  EXPECT_EQ(m.request_queue_time->Snap().count, 2u);
+  EXPECT_EQ(m.request_prefill_time->Snap().count, 2u);
+  EXPECT_EQ(m.e2e_request_latency->Snap().count, 2u);
+  EXPECT_EQ(m.store_blocks().Value(), 4);
+  EXPECT_EQ(m.fetch_blocks(worker::FetchPath::kMapped).Value(), 2);
+  EXPECT_EQ(m.num_requests_running->Value(), 0);
+  EXPECT_EQ(m.num_requests_waiting->Value(), 0);
+  EXPECT_EQ(m.kv_cache_usage_perc->Value(), 0);  // every page freed
+  EXPECT_EQ(m.store_connected->Value(), 1);
+}
+
+TEST_F(PrefillServiceTest, RefusedAndFailedRequestsAreCountedAsErrors) {
+  // An id that could forge a log line is refused before anything runs.
+  v1::PrefillRequest req;
+  req.set_request_id("x\nreq=forged");
+  req.mutable_tokens()->Add(prompt_.begin(), prompt_.end());
+  v1::PrefillResponse resp;
+  grpc::Status st = service_->Prefill(nullptr, &req, &resp);
+  EXPECT_EQ(st.error_code(), grpc::StatusCode::INVALID_ARGUMENT);
+  EXPECT_NE(st.error_message().find("request_id"), std::string::npos) << st.error_message();
+  EXPECT_EQ(store_->calls().lookups, 0u);
+  req.set_request_id("chatcmpl-1-0-prefill");
+  st = service_->Prefill(nullptr, &req, &resp);
+  EXPECT_TRUE(st.ok()) << st.error_message();
+  EXPECT_EQ(resp.computed_tokens(), 4u * kB);
+
+  service_->Stop();  // a request that has not started is refused: an error
+  EXPECT_TRUE(absl::IsUnavailable(service_->Run(prompt_).status()));
+  const worker::WorkerMetrics& m = *tier_->metrics();
+  EXPECT_EQ(m.requests(worker::FinishReason::kStop).Value(), 1);
+  EXPECT_EQ(m.requests(worker::FinishReason::kError).Value(), 1);
 }
 
 TEST_F(PrefillServiceTest, ComputesOverTheFetchedPrefixRatherThanRecomputingIt) {
@@ -161,6 +199,8 @@ TEST_F(PrefillServiceTest, AStoreThatIsDownMeansComputedAndNotStored) {
   EXPECT_EQ(r->computed_tokens, 4u * kB);
   EXPECT_EQ(r->stored_blocks, 0u);
   EXPECT_EQ(store_->blocks(), 0u);
+  EXPECT_EQ(tier_->metrics()->store_connected->Value(), 0);
+  EXPECT_EQ(tier_->metrics()->prompt_tokens(worker::TokenSource::kComputed).Value(), 4 * kB);
 }
 
 TEST_F(PrefillServiceTest, ReportsWhatWasFetchedWhenItIsLessThanTheLookupSaid) {

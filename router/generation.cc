@@ -4,6 +4,7 @@
 #include <utility>
 
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
 #include "common/log_limiter.h"
 #include "common/logging.h"
 #include "router/placement.h"
@@ -15,6 +16,10 @@ namespace {
 
 double SecondsSince(std::chrono::steady_clock::time_point t) {
   return std::chrono::duration<double>(std::chrono::steady_clock::now() - t).count();
+}
+
+const std::string& TraceId(const GenerationRequest& request) {
+  return request.request_id.empty() ? request.id : request.request_id;
 }
 
 // Failures after which another decode worker may succeed.
@@ -48,10 +53,25 @@ ApiError ToApiError(const absl::Status& s) {
 
 // The request id of the worker calls for prompt `p`.
 std::string CallId(const GenerationRequest& request, size_t p) {
-  return absl::StrCat(request.id, "-", p);
+  return absl::StrCat(TraceId(request), "-", p);
 }
 
 }  // namespace
+
+std::string ServerTiming(const RequestTiming& t) {
+  return absl::StrFormat(
+      "prefill;dur=%.1f, queue;dur=%.1f, fetch;dur=%.1f, compute;dur=%.1f, "
+      "ttft;dur=%.1f",
+      t.prefill_ms, t.worker.queue_ms(), t.worker.fetch_ms(), t.worker.compute_ms(), t.ttft_ms);
+}
+
+std::string TimingLogFields(const Usage& usage, const RequestTiming& t) {
+  return absl::StrFormat(
+      "prompt=%d cached=%d (first_tier=%u store=%u) prefill_call=%.1fms queue=%.1fms "
+      "fetch=%.1fms compute=%.1fms ttft=%.1fms total=%.1fms",
+      usage.prompt_tokens, usage.cached_tokens, t.first_tier_tokens, t.store_tokens, t.prefill_ms,
+      t.worker.queue_ms(), t.worker.fetch_ms(), t.worker.compute_ms(), t.ttft_ms, t.total_ms);
+}
 
 Generation::Generation(const RouterOptions& options, const text::Tokenizer* tokenizer,
                        std::vector<int32_t> stop_token_ids, WorkerPool* pool,
@@ -89,10 +109,18 @@ GenerationResult Generation::Run(const GenerationRequest& request, const EmitFn&
   const EmitFn timed = [&](int index, const std::string& text, const std::string& finish) {
     if (first_token) {
       first_token = false;
-      ttft_seconds_->Observe(SecondsSince(request.start));
+      const double ttft = SecondsSince(request.start);
+      ttft_seconds_->Observe(ttft);
+      result.timing.ttft_ms = ttft * 1e3;
     }
     return emit(index, text, finish);
   };
+  // Every return below has the total.
+  struct TotalOnReturn {
+    GenerationResult* result;
+    const GenerationRequest* request;
+    ~TotalOnReturn() { result->timing.total_ms = SecondsSince(request->start) * 1e3; }
+  } total{&result, &request};
   for (size_t p = 0; p < request.prompts.size(); ++p) {
     Usage u;
     std::optional<ApiError> e;
@@ -103,7 +131,7 @@ GenerationResult Generation::Run(const GenerationRequest& request, const EmitFn&
       }
       u.prompt_tokens = static_cast<int64_t>(request.prompts[p].size());
     } else {
-      e = RunPrompt(request, p, timed, &u, &result.client_gone);
+      e = RunPrompt(request, p, timed, &u, &result.client_gone, &result.timing);
     }
     result.usage.prompt_tokens += u.prompt_tokens;
     result.usage.completion_tokens += u.completion_tokens;
@@ -121,7 +149,8 @@ GenerationResult Generation::Run(const GenerationRequest& request, const EmitFn&
 }
 
 std::optional<ApiError> Generation::RunPrompt(const GenerationRequest& request, size_t prompt_index,
-                                              const EmitFn& emit, Usage* usage, bool* client_gone) {
+                                              const EmitFn& emit, Usage* usage, bool* client_gone,
+                                              RequestTiming* timing) {
   const std::vector<TokenId>& prompt = request.prompts[prompt_index];
   PromptKeys keys(prompt, request.tenant);  // computed once for placement and remembering
   std::vector<int> tried;
@@ -134,27 +163,36 @@ std::optional<ApiError> Generation::RunPrompt(const GenerationRequest& request, 
     }
     const int w = lease->index();
     tried.push_back(w);
+    const auto prefill_start = std::chrono::steady_clock::now();
     const uint32_t prefilled = request.cache ? MaybePrefill(request, CallId(request, prompt_index),
                                                             prompt, lease->matched_tokens())
                                              : 0;
+    const double prefill_ms = SecondsSince(prefill_start) * 1e3;
     Usage u;
     bool emitted = false;
     std::vector<TokenId> generated0;
+    v1::Timing worker_timing;
     WorkerClient& worker = lease->client();  // owned by the pool
-    const absl::Status st =
-        GenerateOn(worker, request, prompt_index, emit, &u, &emitted, client_gone, &generated0);
+    const absl::Status st = GenerateOn(worker, request, prompt_index, emit, &u, &emitted,
+                                       client_gone, &generated0, &worker_timing);
     lease.reset();
+    if (prompt_index == 0) {  // its last attempt explains the time to the first token
+      timing->worker = worker_timing;
+      timing->prefill_ms = prefill_ms;
+    }
     // Blocks the prefill worker computed for this very request reach the decode worker
     // through the store, but they were not cached for the client (usage.cached_tokens).
     u.cached_tokens = std::max<int64_t>(0, u.cached_tokens - int64_t{prefilled});
     if (st.ok()) {
       if (request.cache) pool_->Remember(w, keys, generated0);
+      timing->first_tier_tokens += worker_timing.first_tier_tokens();
+      timing->store_tokens += worker_timing.store_tokens();
       *usage = u;
       return std::nullopt;
     }
     if (pool_->stopping()) return ServerError(503, "the router is shutting down");
-    KVTIER_LOG_LIMITED(warn, "generate on {} failed ({}){}", worker.address(), st.ToString(),
-                       emitted ? "" : ", nothing streamed yet");
+    KVTIER_LOG_LIMITED(warn, "req={} generate on {} failed ({}){}", TraceId(request),
+                       worker.address(), st.ToString(), emitted ? "" : ", nothing streamed yet");
     last_error = ToApiError(st);
     if (emitted || !Retriable(st.code()) || attempt == 1) return last_error;
     if (st.code() == absl::StatusCode::kUnavailable) pool_->MarkDown(w);
@@ -181,20 +219,21 @@ uint32_t Generation::MaybePrefill(const GenerationRequest& request, const std::s
   if (!resp.ok()) {
     // Not fatal: the decode worker computes what is missing.
     prefill_calls_failed_->Increment();
-    KVTIER_LOG_LIMITED(warn, "prefill on {} failed ({}): decode recomputes", lease->address(),
-                       resp.status().ToString());
+    KVTIER_LOG_LIMITED(warn, "req={} prefill on {} failed ({}): decode recomputes",
+                       TraceId(request), lease->address(), resp.status().ToString());
     return 0;
   }
   prefill_calls_ok_->Increment();
-  spdlog::debug("prefill on {}: {} tokens, {} cached, {} computed", lease->address(),
-                resp->prompt_tokens(), resp->cached_tokens(), resp->computed_tokens());
+  spdlog::debug("req={} prefill on {}: {} tokens, {} cached, {} computed", TraceId(request),
+                lease->address(), resp->prompt_tokens(), resp->cached_tokens(),
+                resp->computed_tokens());
   return resp->computed_tokens();
 }
 
 absl::Status Generation::GenerateOn(WorkerClient& worker, const GenerationRequest& request,
                                     size_t prompt_index, const EmitFn& emit, Usage* usage,
                                     bool* emitted, bool* client_gone,
-                                    std::vector<TokenId>* generated0) {
+                                    std::vector<TokenId>* generated0, v1::Timing* timing) {
   const std::vector<TokenId>& prompt = request.prompts[prompt_index];
   const int index_base = static_cast<int>(prompt_index * request.n);
   v1::GenerateRequest req;
@@ -243,6 +282,7 @@ absl::Status Generation::GenerateOn(WorkerClient& worker, const GenerationReques
     if (first) {
       usage->prompt_tokens = resp.prompt_tokens();
       usage->cached_tokens = resp.cached_tokens();
+      *timing = resp.timing();
       first = false;
     }
     if (resp.index() >= request.n) continue;

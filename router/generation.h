@@ -33,8 +33,12 @@ namespace kvtier::router {
 
 // One request's prompts and what to generate from each.
 struct GenerationRequest {
-  // The response id; the worker calls' request ids derive from it. Default: "".
+  // The response id. Default: "".
   std::string id;
+  // The request id of the traces (docs/observability.md, "Request tracing"): the client's
+  // X-Request-Id or `id`; the worker calls' request ids derive from it ("<request_id>-<i>" for
+  // prompt i, "<request_id>-<i>-prefill"). Empty: `id`. Default: "".
+  std::string request_id;
   // When the HTTP request arrived (for the time to the first token). Default: now.
   std::chrono::steady_clock::time_point start = std::chrono::steady_clock::now();
   // Token ids of each prompt; choice index = prompt × n + i. Default: none.
@@ -66,8 +70,32 @@ struct GenerationRequest {
 using EmitFn =
     std::function<bool(int index, const std::string& text, const std::string& finish_reason)>;
 
+// Where a request's time went (docs/observability.md, "Request tracing"), in milliseconds.
+struct RequestTiming {
+  // The prefill call of the first prompt (0: none).
+  double prefill_ms = 0;
+  // The decode worker's timing of the first prompt's first completion (its first message).
+  v1::Timing worker;
+  // Prompt tokens from the worker's own pages and from the store, over every prompt (the store's
+  // include blocks the prefill worker computed for this very request).
+  uint32_t first_tier_tokens = 0;
+  uint32_t store_tokens = 0;
+  // Request start to the first text emitted, and to the end.
+  double ttft_ms = 0;
+  double total_ms = 0;
+};
+
+// The `Server-Timing` header value of `t`: "prefill;dur=X, queue;dur=Y, fetch;dur=Z,
+// compute;dur=W, ttft;dur=T".
+std::string ServerTiming(const RequestTiming& t);
+// The fields of the router's line per finished request after "req=ID status=S ": "prompt=N
+// cached=M (first_tier=A store=B) prefill_call=Xms queue=Yms fetch=Zms compute=Wms ttft=Tms
+// total=Ums".
+std::string TimingLogFields(const Usage& usage, const RequestTiming& t);
+
 struct GenerationResult {
   Usage usage;
+  RequestTiming timing;
   // `emit` returned false: the generation was cancelled.
   bool client_gone = false;
   // Why the request failed (what was emitted before stands).
@@ -86,19 +114,21 @@ class Generation {
   GenerationResult Run(const GenerationRequest& request, const EmitFn& emit);
 
  private:
-  // The prompt `prompt_index` of `request`, retried once on another decode worker.
+  // The prompt `prompt_index` of `request`, retried once on another decode worker. Adds the
+  // worker's tokens by source to *timing, and (prompt 0) the prefill and worker timings.
   std::optional<ApiError> RunPrompt(const GenerationRequest& request, size_t prompt_index,
-                                    const EmitFn& emit, Usage* usage, bool* client_gone);
+                                    const EmitFn& emit, Usage* usage, bool* client_gone,
+                                    RequestTiming* timing);
   // Prefill on the least-loaded live prefill worker when at least skip_prefill_below tokens
   // of the prompt are uncached. Returns the prompt tokens it computed (0 when skipped or
   // failed). The call carries request.tenant.
   uint32_t MaybePrefill(const GenerationRequest& request, const std::string& request_id,
                         const std::vector<TokenId>& prompt, size_t cached_prefix_tokens);
   // One Generate call. `emitted` tells whether any text reached `emit`; `generated0` gets the
-  // tokens of choice 0.
+  // tokens of choice 0 and *timing the worker's Timing of its first message.
   absl::Status GenerateOn(WorkerClient& worker, const GenerationRequest& request,
                           size_t prompt_index, const EmitFn& emit, Usage* usage, bool* emitted,
-                          bool* client_gone, std::vector<TokenId>* generated0);
+                          bool* client_gone, std::vector<TokenId>* generated0, v1::Timing* timing);
 
   const int64_t skip_prefill_below_;
   const absl::Duration request_timeout_;

@@ -330,6 +330,58 @@ TEST_F(GenerationTest, CachedTokensExcludeWhatPrefillComputedForThisRequest) {
   EXPECT_FALSE(decode(0).generate_requests().back().use_cache());
 }
 
+// docs/observability.md, "Request tracing": the worker calls carry the request id (ID-<i> and
+// ID-<i>-prefill), and the worker's timing of the first message comes back with the router's.
+TEST_F(GenerationTest, WorkerCallsCarryTheRequestIdAndTheTimingsComeBack) {
+  v1::PrefillResponse computed;
+  computed.set_computed_tokens(32);
+  prefill().set_prefill_response(computed);
+  GenerateScript script = Answer("ok", 40, 36);
+  v1::Timing* t = script.messages[0].mutable_timing();
+  t->set_queue_ms(1.5);
+  t->set_fetch_ms(2.5);
+  t->set_compute_ms(3.5);
+  t->set_first_step_ms(4.5);
+  t->set_first_tier_tokens(4);
+  t->set_store_tokens(32);
+  decode(0).AddGenerate(script);
+  decode(0).AddGenerate(Answer("second", 7, 0));
+  GenerationRequest request = Request({std::vector<TokenId>(40, 70), std::vector<TokenId>(7, 71)});
+  request.request_id = "client-id.1";
+  const GenerationResult r = generation_.Run(request, Emitted().Fn());
+  EXPECT_FALSE(r.error.has_value()) << r.error->message;
+  ASSERT_EQ(prefill().prefill_requests().size(), 1u);  // the second prompt is too short
+  EXPECT_EQ(prefill().prefill_requests()[0].request_id(), "client-id.1-0-prefill");
+  const std::vector<v1::GenerateRequest> sent = decode(0).generate_requests();
+  ASSERT_EQ(sent.size(), 2u);
+  EXPECT_EQ(sent[0].request_id(), "client-id.1-0");
+  EXPECT_EQ(sent[1].request_id(), "client-id.1-1");
+  EXPECT_EQ(r.timing.worker.queue_ms(), 1.5);
+  EXPECT_EQ(r.timing.worker.fetch_ms(), 2.5);
+  EXPECT_EQ(r.timing.worker.compute_ms(), 3.5);
+  EXPECT_EQ(r.timing.first_tier_tokens, 4u);
+  EXPECT_EQ(r.timing.store_tokens, 32u);
+  EXPECT_GE(r.timing.prefill_ms, 0);
+  EXPECT_GT(r.timing.ttft_ms, 0);
+  EXPECT_GE(r.timing.total_ms, r.timing.ttft_ms);
+  EXPECT_EQ(r.usage.cached_tokens, 4);  // prefill's 32 were not cached for the client
+
+  RequestTiming shown = r.timing;
+  shown.prefill_ms = 12.25;
+  shown.ttft_ms = 30;
+  shown.total_ms = 45;
+  EXPECT_EQ(ServerTiming(shown),
+            "prefill;dur=12.2, queue;dur=1.5, fetch;dur=2.5, compute;dur=3.5, ttft;dur=30.0");
+  EXPECT_EQ(TimingLogFields(r.usage, shown),
+            "prompt=47 cached=4 (first_tier=4 store=32) prefill_call=12.2ms queue=1.5ms "
+            "fetch=2.5ms compute=3.5ms ttft=30.0ms total=45.0ms");
+
+  // Without a request id of its own, the calls derive theirs from the response id.
+  decode(0).AddGenerate(Answer("third"));
+  ASSERT_FALSE(generation_.Run(Request({Encode("Hi")}), Emitted().Fn()).error.has_value());
+  EXPECT_EQ(decode(0).generate_requests().back().request_id(), "cmpl-test-0");
+}
+
 TEST_F(GenerationTest, ChoicesOfSeveralPromptsAndNAreIndexedPromptTimesNPlusI) {
   // Each prompt's two choices arrive interleaved on one stream.
   for (const auto& [first, second] :

@@ -14,6 +14,7 @@
 #include "common/host_port.h"
 #include "common/log_limiter.h"
 #include "common/logging.h"
+#include "common/request_id.h"
 #include "common/status_macros.h"
 #include "common/tls.h"
 #include "router/grpc_worker_client.h"
@@ -371,6 +372,15 @@ std::optional<ApiError> Router::ReadBody(const httplib::Request& req,
   return std::nullopt;
 }
 
+void Router::LogFinished(const GenerationRequest& request, const GenerationResult& result) {
+  // 499: the client closed the connection first (as nginx logs it).
+  const int status = result.client_gone         ? 499
+                     : result.error.has_value() ? result.error->http_status
+                                                : 200;
+  spdlog::info("req={} status={} {}", request.request_id, status,
+               TimingLogFields(result.usage, result.timing));
+}
+
 void Router::HandleHealth(httplib::Response& res) {
   const int up = pool_->DecodeWorkersUp();
   if (up > 0) {
@@ -386,6 +396,13 @@ void Router::HandleGenerate(Endpoint endpoint, const httplib::Request& http_req,
   auto gen = std::make_shared<GenerationRequest>();
   gen->start = std::chrono::steady_clock::now();
   const int64_t created = absl::ToUnixSeconds(absl::Now());
+  gen->id = absl::StrFormat("%s-%016x%08x", endpoint == Endpoint::kChat ? "chatcmpl" : "cmpl",
+                            id_salt_, static_cast<uint32_t>(next_id_.fetch_add(1)));
+  // The trace's id (docs/observability.md, "Request tracing"): the client's when it is safe to
+  // log and echo, else the response id. Every response, errors included, carries it.
+  const std::string client_id = http_req.get_header_value("X-Request-Id");
+  gen->request_id = IsValidRequestId(client_id) ? client_id : gen->id;
+  res.set_header("X-Request-Id", gen->request_id);
   std::string body;
   if (std::optional<ApiError> e = ReadBody(http_req, reader, &body, res)) {
     return SendError(*e, res);
@@ -461,8 +478,6 @@ void Router::HandleGenerate(Endpoint endpoint, const httplib::Request& http_req,
   if (api_keys_.has_value()) {  // Authorized() let only known keys through
     gen->tenant = api_keys_->Tenant(http_req.get_header_value("Authorization")).value_or("");
   }
-  gen->id = absl::StrFormat("%s-%016x%08x", endpoint == Endpoint::kChat ? "chatcmpl" : "cmpl",
-                            id_salt_, static_cast<uint32_t>(next_id_.fetch_add(1)));
   const std::string& model = options_.model_name;
   const int num_choices = static_cast<int>(gen->prompts.size() * gen->n);
 
@@ -475,7 +490,9 @@ void Router::HandleGenerate(Endpoint endpoint, const httplib::Request& http_req,
           if (!finish.empty()) choices[index].finish_reason = finish;
           return true;
         });
+    LogFinished(*gen, r);
     if (r.error.has_value()) return SendError(*r.error, res);
+    res.set_header("Server-Timing", ServerTiming(r.timing));
     res.set_content(ResponseBody(endpoint, gen->id, created, model, choices, r.usage),
                     "application/json");
     return;
@@ -515,8 +532,10 @@ void Router::HandleGenerate(Endpoint endpoint, const httplib::Request& http_req,
                   return true;
                 });
           }
+          LogFinished(*gen, r);
           if (r.client_gone) {
-            spdlog::debug("{}: the client went away; the generation was cancelled", id);
+            spdlog::debug("req={}: the client went away; the generation was cancelled",
+                          gen->request_id);
             return false;
           }
           if (r.error.has_value()) {
@@ -531,7 +550,7 @@ void Router::HandleGenerate(Endpoint endpoint, const httplib::Request& http_req,
           sink.done();
           return true;
         } catch (const std::exception& ex) {
-          KVTIER_LOG_LIMITED(err, "{}: {}", id, ex.what());
+          KVTIER_LOG_LIMITED(err, "req={}: {}", gen->request_id, ex.what());
           write(SseEvent(ErrorBody(ServerError(500, "internal error"))));
           sink.done();
           return true;

@@ -75,6 +75,8 @@ class Router {
                       const httplib::ContentReader& reader, httplib::Response& res);
   void HandleModel(const std::string& id, httplib::Response& res);
   void HandleHealth(httplib::Response& res);
+  // The one info line per finished generation (docs/observability.md, "Request tracing").
+  static void LogFinished(const GenerationRequest& request, const GenerationResult& result);
   static void SendError(const ApiError& error, httplib::Response& res);
   // With API keys: a request to any path but /health without a known key gets 401 (returns
   // false).

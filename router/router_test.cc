@@ -331,6 +331,56 @@ TEST_F(RouterHttpTest, CreatedIsTheResponseTime) {
   EXPECT_GE(json::parse(first)["created"].get<int64_t>(), before) << res->body;
 }
 
+// docs/observability.md, "Request tracing": X-Request-Id is taken when valid (else the
+// response id, never the bad value), reaches the worker call and comes back; a non-streaming
+// answer carries Server-Timing.
+TEST_F(RouterHttpTest, RequestIdAndServerTiming) {
+  ASSERT_NO_FATAL_FAILURE(Start(Options()));
+  GenerateScript answer = Answer();
+  answer.messages[0].mutable_timing()->set_queue_ms(2);
+  decode_->AddGenerate(answer);
+  httplib::Result res = client_->Post("/v1/chat/completions", {{"X-Request-Id", "trace-42:a.b_c"}},
+                                      Chat("hi").dump(), "application/json");
+  ASSERT_TRUE(res);
+  ASSERT_EQ(res->status, 200) << res->body;
+  EXPECT_EQ(res->get_header_value("X-Request-Id"), "trace-42:a.b_c");
+  EXPECT_EQ(decode_->generate_requests().back().request_id(), "trace-42:a.b_c-0");
+  const std::string timing = res->get_header_value("Server-Timing");
+  EXPECT_EQ(timing.rfind("prefill;dur=", 0), 0u) << timing;
+  EXPECT_NE(timing.find(", queue;dur=2.0, fetch;dur="), std::string::npos) << timing;
+  EXPECT_NE(timing.find(", ttft;dur="), std::string::npos) << timing;
+
+  // Bad ids are replaced by the response id, in the header and the worker call alike.
+  for (const std::string& bad : {std::string("has space"), std::string(65, 'x'),
+                                 std::string("a\"b"), std::string("x;dur=1")}) {
+    decode_->AddGenerate(Answer());
+    res = client_->Post("/v1/chat/completions", {{"X-Request-Id", bad}}, Chat("hi").dump(),
+                        "application/json");
+    ASSERT_TRUE(res);
+    ASSERT_EQ(res->status, 200) << res->body;
+    const std::string id = json::parse(res->body)["id"];
+    EXPECT_EQ(res->get_header_value("X-Request-Id"), id) << bad;
+    EXPECT_EQ(id.rfind("chatcmpl-", 0), 0u);
+    EXPECT_EQ(decode_->generate_requests().back().request_id(), id + "-0");
+  }
+
+  // Streams and errors carry the id too; a stream has no Server-Timing (its headers go first).
+  decode_->AddGenerate(Answer());
+  json stream = Chat("hi");
+  stream["stream"] = true;
+  res = client_->Post("/v1/chat/completions", {{"X-Request-Id", "s-1"}}, stream.dump(),
+                      "application/json");
+  ASSERT_TRUE(res);
+  EXPECT_EQ(res->get_header_value("X-Request-Id"), "s-1");
+  EXPECT_FALSE(res->has_header("Server-Timing"));
+  json wrong = Chat("hi");
+  wrong["model"] = "other";
+  res = client_->Post("/v1/chat/completions", {{"X-Request-Id", "e-1"}}, wrong.dump(),
+                      "application/json");
+  ExpectError(res, 404, "invalid_request_error");
+  EXPECT_EQ(res->get_header_value("X-Request-Id"), "e-1");
+}
+
 TEST_F(RouterHttpTest, ModelById) {
   RouterOptions o = Options();
   o.model_name = "org/m";

@@ -53,6 +53,9 @@ struct Answer {
   int64_t prompt_tokens = 0;
   int64_t completion_tokens = 0;
   int64_t cached_tokens = 0;
+  // The X-Request-Id and Server-Timing headers (docs/observability.md, "Request tracing").
+  std::string request_id;
+  std::string server_timing;
 };
 
 // A streaming request read on a thread of its own, so that the test can act (signal a process)
@@ -273,6 +276,8 @@ class RouterIntegrationTest : public ::testing::Test {
       return a;
     }
     a.status = res->status;
+    a.request_id = res->get_header_value("X-Request-Id");
+    a.server_timing = res->get_header_value("Server-Timing");
     a.body = json::parse(res->body, nullptr, false);
     EXPECT_FALSE(a.body.is_discarded()) << res->body;
     if (a.status != 200 || a.body.is_discarded()) return a;
@@ -431,6 +436,12 @@ TEST_F(RouterIntegrationTest, FiveTurnChatSameTextWithAndWithoutCache) {
     if (turn == 0) {
       // A fresh store: whatever the prefill worker computed for this request is not "cached".
       EXPECT_EQ(cached.cached_tokens, 0);
+      // Traced: the request id (the response's, none was sent) and the timings, ttft > 0.
+      EXPECT_EQ(cached.request_id, cached.body["id"].get<std::string>());
+      const size_t ttft = cached.server_timing.find("ttft;dur=");
+      ASSERT_NE(ttft, std::string::npos) << cached.server_timing;
+      EXPECT_GT(std::stod(cached.server_timing.substr(ttft + 9)), 0) << cached.server_timing;
+      EXPECT_EQ(cached.server_timing.rfind("prefill;dur=", 0), 0u) << cached.server_timing;
     } else {
       EXPECT_GT(cached.cached_tokens, last_cached) << "turn " << turn;
     }

@@ -2,6 +2,7 @@
 
 #include <utility>
 
+#include "absl/time/clock.h"
 #include "common/log_limiter.h"
 #include "common/logging.h"
 
@@ -9,14 +10,15 @@ namespace kvtier::worker {
 
 BlockWriter::BlockWriter(std::unique_ptr<StoreClient> store, const NamespaceId& ns,
                          size_t block_bytes, size_t batch_blocks, int num_buffers, AllocFn alloc,
-                         std::function<void()> on_written)
+                         std::function<void()> on_written, WorkerMetrics* metrics)
     : store_(std::move(store)),
       namespace_(ns),
       block_bytes_(block_bytes),
       batch_blocks_(batch_blocks),
       num_buffers_(num_buffers),
       alloc_(std::move(alloc)),
-      on_written_(std::move(on_written)) {
+      on_written_(std::move(on_written)),
+      metrics_(metrics) {
   KVTIER_CHECK(store_ != nullptr && batch_blocks_ > 0 && num_buffers_ > 0,
                "BlockWriter: bad arguments");
   thread_ = std::thread([this] { Loop(); });
@@ -59,6 +61,9 @@ uint64_t BlockWriter::Submit(engine::HostBuffer buffer, std::vector<BlockKey> ke
                    parents.size() == keys.size(),
                "BlockWriter::Submit: {} keys, {} parents for a buffer of {} bytes", keys.size(),
                parents.size(), buffer.size());
+  if (metrics_ != nullptr) {
+    metrics_->write_queue_bytes->Add(static_cast<double>(keys.size() * block_bytes_));
+  }
   absl::MutexLock lock(&mu_);
   const uint64_t ticket = ++submitted_;
   queue_.push_back(Batch{ticket, std::move(buffer), std::move(keys), std::move(parents)});
@@ -105,11 +110,18 @@ void BlockWriter::Loop() {
     }
     // The client reports node failures as skipped blocks; an error means bad arguments, which
     // would be a bug of this class: log it and count the blocks as skipped.
+    const absl::Time start = absl::Now();
     absl::StatusOr<PutResult> r =
         store_->Put(namespace_, batch.keys, batch.parents, blocks, block_bytes_);
     if (!r.ok()) {
       KVTIER_LOG_LIMITED(err, "block writer: put failed: {}", r.status().ToString());
       r = PutResult{0, 0, static_cast<uint32_t>(batch.keys.size())};
+    }
+    if (metrics_ != nullptr) {
+      metrics_->Stored(r->stored, r->stored * block_bytes_,
+                       absl::ToDoubleSeconds(absl::Now() - start));
+      metrics_->write_queue_bytes->Add(-static_cast<double>(batch.keys.size() * block_bytes_));
+      metrics_->store_connected->Set(store_->AnyNodeConnected() ? 1 : 0);
     }
     spdlog::debug("wrote {} blocks back: {} stored, {} present, {} skipped", batch.keys.size(),
                   r->stored, r->present, r->skipped);

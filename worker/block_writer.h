@@ -9,8 +9,12 @@
 // There are `num_buffers` buffers of `batch_blocks` blocks, allocated on first use; when all are
 // queued, Acquire waits (back-pressure instead of unbounded memory).
 //
+// Metrics (docs/observability.md): write_queue_bytes (bytes submitted and not yet written), and
+// each Put as a store write (store_blocks_total, store_bytes_total, store_seconds).
+//
 // Ownership: owns its StoreClient (one of its own: a client serializes its calls, and the
-// engine thread keeps using its own for fetches) and its buffers.
+// engine thread keeps using its own for fetches) and its buffers; borrows the metrics (null:
+// none), which must outlive it.
 // Thread-safety: Acquire, Submit, Flush and the destructor from one producer thread; written()
 // and stats() from any thread. `on_written` runs on the writer thread after each batch, with no
 // lock of the writer held.
@@ -31,6 +35,7 @@
 #include "engine/engine.h"
 #include "kvtier/block_key.h"
 #include "kvtier/store_client.h"
+#include "worker/worker_metrics.h"
 
 namespace kvtier::worker {
 
@@ -41,8 +46,8 @@ class BlockWriter {
   // `store` must not be null. `alloc` makes the buffers (Engine::AllocateHostBuffer: pinned
   // memory on the CUDA backend, so exports go straight into them).
   BlockWriter(std::unique_ptr<StoreClient> store, const NamespaceId& ns, size_t block_bytes,
-              size_t batch_blocks, int num_buffers, AllocFn alloc,
-              std::function<void()> on_written);
+              size_t batch_blocks, int num_buffers, AllocFn alloc, std::function<void()> on_written,
+              WorkerMetrics* metrics = nullptr);
   ~BlockWriter();  // Flush()es, then joins the thread.
   BlockWriter(const BlockWriter&) = delete;
   BlockWriter& operator=(const BlockWriter&) = delete;
@@ -86,6 +91,7 @@ class BlockWriter {
   const int num_buffers_;
   const AllocFn alloc_;
   const std::function<void()> on_written_;
+  WorkerMetrics* const metrics_;
 
   mutable absl::Mutex mu_;
   std::vector<engine::HostBuffer> free_ ABSL_GUARDED_BY(mu_);

@@ -1,6 +1,7 @@
 #include "worker/kv_tier.h"
 
 #include <algorithm>
+#include <optional>
 #include <thread>
 
 #include "absl/time/clock.h"
@@ -58,6 +59,7 @@ void KvTier::RegisterStorePools() {
     }
   }
   registered_ = std::move(now);
+  UpdateConnected();
 }
 
 NamespaceId KvTier::KeyRoot(absl::string_view tenant) const {
@@ -100,6 +102,7 @@ absl::Status KvTier::EnsureStaging(size_t blocks) {
 size_t KvTier::Lookup(absl::Span<const BlockKey> keys) {
   if (store_ == nullptr || keys.empty()) return 0;
   absl::StatusOr<size_t> n = store_->Lookup(namespace_, keys);
+  UpdateConnected();
   if (!n.ok()) {
     LogFailure("lookup", n.status());
     return 0;
@@ -108,14 +111,15 @@ size_t KvTier::Lookup(absl::Span<const BlockKey> keys) {
 }
 
 size_t KvTier::FetchMapped(absl::Span<const BlockKey> keys, absl::Span<const int32_t> pages,
-                           size_t* stored) {
+                           size_t* stored, std::optional<FallbackReason>* failure) {
   *stored = keys.size();  // unknown: let Get look
   RegisterStorePools();
   if (registered_.empty()) return 0;
+  const absl::Time start = absl::Now();
   absl::StatusOr<MappedPrefix> m = store_->MapPrefix(namespace_, keys, block_bytes_);
   if (!m.ok()) {
     LogFailure("map", m.status());
-    return 0;
+    return 0;  // the Get path may still reach the blocks
   }
   const size_t n = m->size();
   size_t verified = 0;
@@ -137,13 +141,24 @@ size_t KvTier::FetchMapped(absl::Span<const BlockKey> keys, absl::Span<const int
     verifier = std::thread([&, b, e] { verified = b + m->Verify(b, e - b); });
   }
   if (verifier.joinable()) verifier.join();
-  *stored = verified < n ? verified : m->stored();
-  if (!m->Release()) st = absl::AbortedError("a lease expired while its blocks were read");
+  const bool checksum_failed = st.ok() && verified < n;
+  *stored = checksum_failed ? verified : m->stored();
+  if (!st.ok()) {
+    *failure = FallbackReason::kImport;
+  } else if (!m->Release()) {
+    st = absl::AbortedError("a lease expired while its blocks were read");
+    *failure = FallbackReason::kStoreError;
+  } else if (checksum_failed) {
+    metrics_->checksum_failures->Increment();
+    *failure = FallbackReason::kChecksum;
+  }
   if (!st.ok()) {
     LogFailure("mapped fetch", st);
     *stored = 0;
-    return 0;
+    verified = 0;
   }
+  metrics_->Fetched(FetchPath::kMapped, verified, verified * block_bytes_,
+                    absl::ToDoubleSeconds(absl::Now() - start));
   stats_.fetched_blocks += verified;
   return verified;
 }
@@ -153,19 +168,32 @@ size_t KvTier::FetchPrefix(absl::Span<const BlockKey> keys, absl::Span<const int
   KVTIER_CHECK(pages.size() >= keys.size(), "FetchPrefix: {} pages for {} keys", pages.size(),
                keys.size());
   size_t stored = keys.size();
-  size_t done = FetchMapped(keys, pages, &stored);
+  std::optional<FallbackReason> failure;
+  size_t done = FetchMapped(keys, pages, &stored, &failure);
   // The rest, if stored, lives in stores that are not mapped: copy it through staging.
-  while (done < stored) {
+  const absl::Time start = absl::Now();
+  size_t copied = 0;
+  bool called = false;
+  while (done < stored && !failure.has_value()) {
     const size_t n = std::min(kMaxBlocksPerCall, keys.size() - done);
     if (absl::Status st = EnsureStaging(n); !st.ok()) {
       LogFailure("staging", st);
+      failure = FallbackReason::kImport;
       break;
     }
+    called = true;
+    const uint64_t bad_before = store_->ChecksumFailures();
     absl::StatusOr<size_t> got = store_->Get(namespace_, keys.subspan(done, n),
                                              absl::MakeSpan(dst_.data(), n), block_bytes_);
     if (!got.ok()) {
       LogFailure("get", got.status());
+      failure = FallbackReason::kStoreError;
       break;
+    }
+    // The client ended the prefix at a block that failed its checksum.
+    if (const uint64_t bad = store_->ChecksumFailures() - bad_before; bad > 0) {
+      metrics_->checksum_failures->Increment(static_cast<double>(bad));
+      failure = FallbackReason::kChecksum;
     }
     const size_t m = std::min(*got, n);
     if (m > 0) {
@@ -173,14 +201,31 @@ size_t KvTier::FetchPrefix(absl::Span<const BlockKey> keys, absl::Span<const int
           pages.subspan(done, m), absl::MakeConstSpan(staging_.data(), m * block_bytes_));
       if (!st.ok()) {
         LogFailure("import", st);
+        failure = FallbackReason::kImport;
         break;
       }
       done += m;
+      copied += m;
       stats_.fetched_blocks += m;
     }
     if (m < n) break;
   }
+  if (called) {
+    metrics_->Fetched(FetchPath::kUcx, copied, copied * block_bytes_,
+                      absl::ToDoubleSeconds(absl::Now() - start));
+  }
+  // A node that failed during the calls is disconnected: the prefix ended at a store error
+  // rather than at the end of what is stored (the client reports both as a shorter prefix).
+  UpdateConnected();
+  if (!failure.has_value() && done < keys.size() && !store_->AnyNodeConnected()) {
+    failure = FallbackReason::kStoreError;
+  }
+  if (failure.has_value()) metrics_->Fallback(*failure);
   return done;
+}
+
+void KvTier::UpdateConnected() {
+  metrics_->store_connected->Set(store_ != nullptr && store_->AnyNodeConnected() ? 1 : 0);
 }
 
 PutResult KvTier::StoreBlocks(absl::Span<const BlockKey> keys, absl::Span<const BlockKey> parents,
@@ -196,6 +241,7 @@ PutResult KvTier::StoreBlocks(absl::Span<const BlockKey> keys, absl::Span<const 
   }
   for (size_t done = 0; done < keys.size();) {
     const size_t n = std::min(kMaxBlocksPerCall, keys.size() - done);
+    const absl::Time start = absl::Now();
     absl::Status st = EnsureStaging(n);
     if (st.ok())
       st = engine_->ExportPages(pages.subspan(done, n), staging_.span().first(n * block_bytes_));
@@ -212,9 +258,12 @@ PutResult KvTier::StoreBlocks(absl::Span<const BlockKey> keys, absl::Span<const 
       total.stored += r->stored;
       total.present += r->present;
       total.skipped += r->skipped;
+      metrics_->Stored(r->stored, r->stored * block_bytes_,
+                       absl::ToDoubleSeconds(absl::Now() - start));
     }
     done += n;
   }
+  UpdateConnected();
   stats_.stored_blocks += total.stored;
   stats_.skipped_blocks += total.skipped;
   return total;
@@ -228,7 +277,8 @@ void KvTier::EnableAsyncWrites(std::unique_ptr<StoreClient> writer_store, size_t
   const int buffers = static_cast<int>(std::max<size_t>(2, buffer_bytes / (batch * block_bytes_)));
   writer_ = std::make_unique<BlockWriter>(
       std::move(writer_store), namespace_, block_bytes_, batch, buffers,
-      [this](size_t bytes) { return engine_->AllocateHostBuffer(bytes); }, std::move(on_written));
+      [this](size_t bytes) { return engine_->AllocateHostBuffer(bytes); }, std::move(on_written),
+      metrics_);
 }
 
 uint64_t KvTier::StoreBlocksAsync(absl::Span<const BlockKey> keys,

@@ -36,6 +36,7 @@
 #include <cstdint>
 #include <functional>
 #include <memory>
+#include <optional>
 #include <vector>
 
 #include "absl/types/span.h"
@@ -67,6 +68,7 @@ class KvTier {
   // The worker's metrics (never null); updates are atomics, any thread.
   WorkerMetrics* metrics() const { return metrics_; }
   const NamespaceId& namespace_id() const { return namespace_; }
+  size_t block_bytes() const { return block_bytes_; }
   uint32_t block_tokens() const { return block_tokens_; }
 
   // The namespace `tenant`'s keys are chained from (TenantNamespace of the engine's; "" : the
@@ -123,9 +125,12 @@ class KvTier {
   const std::vector<MappedPool>& registered_pools() const { return registered_; }
 
  private:
-  // FetchPrefix from mapped pools: returns the blocks imported; *stored: leading keys stored.
+  // FetchPrefix from mapped pools: returns the blocks imported; *stored: leading keys stored;
+  // *failure: why the prefix ended short of what is stored, if it did.
   size_t FetchMapped(absl::Span<const BlockKey> keys, absl::Span<const int32_t> pages,
-                     size_t* stored);
+                     size_t* stored, std::optional<FallbackReason>* failure);
+  // Sets the store_connected gauge from the store client's last call.
+  void UpdateConnected();
   // Unregisters `pool` from the engine if it is registered (the store client's unmap callback).
   void Unregister(const MappedPool& pool);
   // Grows the staging buffer to `blocks` payloads and refreshes the pointer tables.

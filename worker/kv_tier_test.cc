@@ -80,6 +80,18 @@ class KvTierTest : public ::testing::TestWithParam<bool> {
     return std::equal(got.begin(), got.end(), expected_.begin());
   }
 
+  // The tier's metrics (its own: the test gave it none), and the fetch path of this store.
+  const WorkerMetrics& M() const { return *tier_->metrics(); }
+  FetchPath Path() const { return GetParam() ? FetchPath::kMapped : FetchPath::kUcx; }
+  double Fallbacks() const {
+    double n = 0;
+    for (FallbackReason r :
+         {FallbackReason::kStoreError, FallbackReason::kChecksum, FallbackReason::kImport}) {
+      n += M().fallbacks(r).Value();
+    }
+    return n;
+  }
+
   // The prompt's first n blocks in the store.
   void StoreFirst(size_t n) {
     const PutResult r = tier_->StoreBlocks(absl::MakeConstSpan(keys_).first(n),
@@ -121,6 +133,15 @@ TEST_P(KvTierTest, StoredBlocksAreFetchedBackExactly) {
   EXPECT_EQ(st.stored_blocks, static_cast<uint64_t>(kBlocks));
   EXPECT_EQ(st.fetched_blocks, static_cast<uint64_t>(kBlocks));
   EXPECT_EQ(st.failures, 0u);
+  // The metrics (docs/observability.md): one fetch over this store's path, two writes.
+  EXPECT_EQ(M().fetch_blocks(Path()).Value(), kBlocks);
+  EXPECT_EQ(M().fetch_bytes(Path()).Value(), kBlocks * block_bytes_);
+  EXPECT_EQ(M().fetch_blocks(GetParam() ? FetchPath::kUcx : FetchPath::kMapped).Value(), 0);
+  EXPECT_EQ(M().fetch_seconds(Path()).Snap().count, 1u);
+  EXPECT_EQ(M().store_blocks().Value(), kBlocks);  // the second write found them present
+  EXPECT_EQ(M().store_seconds().Snap().count, 2u);
+  EXPECT_EQ(M().store_connected->Value(), 1);
+  EXPECT_EQ(Fallbacks(), 0);
   allocator_->Free(pages);
 }
 
@@ -132,6 +153,7 @@ TEST_P(KvTierTest, FetchOfAShortPrefixStopsAtTheFirstMissingBlock) {
   EXPECT_TRUE(HoldPrompt(pages, 2));
   EXPECT_EQ(tier_->stats().fetched_blocks, 2u);
   EXPECT_EQ(tier_->stats().failures, 0u);
+  EXPECT_EQ(Fallbacks(), 0);  // the end of what is stored: a miss, not a fallback
   allocator_->Free(pages);
 }
 
@@ -155,10 +177,16 @@ TEST_P(KvTierTest, ANodeFailingMidBatchCostsMissesNotErrors) {
 
 TEST_P(KvTierTest, AStoreThatIsDownIsMissesAndSkippedBlocks) {
   StoreFirst(kBlocks);
+  EXPECT_EQ(M().store_connected->Value(), 1);
   store_->SetDown(true);
   EXPECT_EQ(tier_->Lookup(keys_), 0u);
+  EXPECT_EQ(M().store_connected->Value(), 0);
   const std::vector<int32_t> pages = FreshPages(kBlocks);
   EXPECT_EQ(tier_->FetchPrefix(keys_, pages), 0u);
+  // Stored, but the store is down: the fetch fell back to recompute for a store error.
+  EXPECT_EQ(M().fallbacks(FallbackReason::kStoreError).Value(), 1);
+  EXPECT_EQ(Fallbacks(), 1);
+  EXPECT_EQ(M().store_connected->Value(), 0);
   allocator_->Free(pages);
   const PutResult r = tier_->StoreBlocks(keys_, parents_, pages_);
   EXPECT_EQ(r.stored + r.present, 0u);
@@ -172,6 +200,11 @@ TEST_P(KvTierTest, AChecksumFailureEndsThePrefixThere) {
   EXPECT_EQ(tier_->FetchPrefix(keys_, pages), 2u);
   EXPECT_TRUE(HoldPrompt(pages, 2));
   EXPECT_EQ(tier_->stats().fetched_blocks, 2u);
+  // Counted whichever side checked it: the tier (same host) or the client (Get).
+  EXPECT_EQ(M().checksum_failures->Value(), 1);
+  EXPECT_EQ(M().fallbacks(FallbackReason::kChecksum).Value(), 1);
+  EXPECT_EQ(Fallbacks(), 1);
+  EXPECT_EQ(M().fetch_blocks(Path()).Value(), 2);
   allocator_->Free(pages);
 }
 
@@ -207,6 +240,8 @@ TEST_P(KvTierSameHostTest, AnExpiredLeaseDropsEverythingReadInPlace) {
   EXPECT_EQ(tier_->FetchPrefix(keys_, pages), 0u);
   EXPECT_EQ(tier_->stats().fetched_blocks, 0u);
   EXPECT_EQ(tier_->stats().failures, 1u);
+  EXPECT_EQ(M().fallbacks(FallbackReason::kStoreError).Value(), 1);
+  EXPECT_EQ(M().fetch_blocks(FetchPath::kMapped).Value(), 0);
   EXPECT_EQ(store_->calls().gets, 0u);  // nor is it fetched again through Get
   allocator_->Free(pages);
   // The next fetch, with a lease that holds, gets everything.
@@ -231,6 +266,8 @@ TEST_P(KvTierTest, AsyncWritesReachTheStoreByTicket) {
   EXPECT_EQ(t2, 2u);
   EXPECT_EQ(tier_->written(), 0u);  // held: nothing is in the store yet
   EXPECT_FALSE(store_->Contains(tier_->namespace_id(), keys_[0]));
+  // The second batch waits in the queue (the first may be in the writer's Put).
+  EXPECT_GE(M().write_queue_bytes->Value(), 2 * block_bytes_);
   store_->HoldWrites(false);
   const absl::Time deadline = absl::Now() + absl::Seconds(10);
   while (tier_->written() < t2 && absl::Now() < deadline) absl::SleepFor(absl::Milliseconds(1));
@@ -238,6 +275,9 @@ TEST_P(KvTierTest, AsyncWritesReachTheStoreByTicket) {
   for (const BlockKey& k : keys_) EXPECT_TRUE(store_->Contains(tier_->namespace_id(), k));
   EXPECT_EQ(batches_written.load(), 2);
   EXPECT_EQ(tier_->stats().stored_blocks, static_cast<uint64_t>(kBlocks));
+  EXPECT_EQ(M().write_queue_bytes->Value(), 0);
+  EXPECT_EQ(M().store_blocks().Value(), kBlocks);
+  EXPECT_EQ(M().store_seconds().Snap().count, 2u);
 
   // What was written is the pages' K/V.
   const std::vector<int32_t> pages = FreshPages(kBlocks);

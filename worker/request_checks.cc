@@ -3,6 +3,7 @@
 #include <algorithm>
 
 #include "absl/strings/str_cat.h"
+#include "common/request_id.h"
 
 namespace kvtier::worker {
 
@@ -27,6 +28,14 @@ absl::Status CheckPrompt(absl::Span<const TokenId> tokens, const engine::ModelCo
     }
   }
   return absl::OkStatus();
+}
+
+absl::Status CheckRequestId(absl::string_view id) {
+  // The router's id (at most kMaxRequestIdChars) with the call's suffix ("-<i>-prefill").
+  constexpr size_t kMaxCallIdChars = 128;
+  if (id.empty() || IsValidRequestId(id, kMaxCallIdChars)) return absl::OkStatus();
+  return absl::InvalidArgumentError(absl::StrCat("request_id must be at most ", kMaxCallIdChars,
+                                                 " characters of [A-Za-z0-9._:-]"));
 }
 
 }  // namespace kvtier::worker

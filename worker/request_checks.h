@@ -1,4 +1,4 @@
-// Checks of a request's prompt shared by both workers, with messages meant for API users.
+// Checks of a request's prompt and id shared by both workers, with messages meant for API users.
 //
 // Pure functions; thread-safe.
 #ifndef KVTIER_WORKER_REQUEST_CHECKS_H_
@@ -8,6 +8,7 @@
 #include <vector>
 
 #include "absl/status/status.h"
+#include "absl/strings/string_view.h"
 #include "absl/types/span.h"
 #include "engine/model_config.h"
 #include "kvtier/token.h"
@@ -21,6 +22,10 @@ int64_t MaxContext(const engine::ModelConfig& config);
 // InvalidArgument when the prompt is empty, longer than MaxContext, or holds an id outside
 // [0, vocab_size).
 absl::Status CheckPrompt(absl::Span<const TokenId> tokens, const engine::ModelConfig& config);
+
+// InvalidArgument unless `id` is empty or 1..128 characters of [A-Za-z0-9._:-]: it is named in
+// log lines (docs/observability.md, "Request tracing"), which it must not be able to forge.
+absl::Status CheckRequestId(absl::string_view id);
 
 }  // namespace kvtier::worker
 

@@ -5,8 +5,9 @@ namespace {
 
 constexpr char kPrefix[] = "kvtier_worker_";
 
+// Label values, in the order of the enums of worker/worker_metrics.h.
 constexpr const char* kPathNames[] = {"first_tier", "mapped", "ucx"};
-constexpr const char* kReasonNames[] = {"store_error", "checksum", "import", "store_busy"};
+constexpr const char* kReasonNames[] = {"store_error", "checksum", "import"};
 constexpr const char* kSourceNames[] = {"computed", "first_tier", "store"};
 constexpr const char* kFinishNames[] = {"stop", "length", "cancelled", "error"};
 
@@ -31,6 +32,12 @@ class Families {
     return r_->AddHistogram(kPrefix + std::string(name), help, LatencyBucketsSeconds(), labels);
   }
   Histogram* H(const char* name, const char* help) const { return H(name, help, Labels()); }
+  // One counter of family `name` per value of label `key`.
+  template <size_t N>
+  void Each(const char* name, const char* help, const char* key, const char* const (&values)[N],
+            Counter* (&out)[N]) const {
+    for (size_t i = 0; i < N; ++i) out[i] = C(name, help, Labels(key, values[i]));
+  }
 
  private:
   MetricsRegistry* r_;
@@ -60,28 +67,18 @@ WorkerMetrics::WorkerMetrics(absl::string_view role) : role_(role) {
   num_requests_waiting = f.G("num_requests_waiting", "Requests queued");
   kv_cache_usage_perc =
       f.G("kv_cache_usage_perc", "KV pages in use (not free, not evictable) / all pages, 0..1");
-  for (int i = 0; i < 3; ++i) {
-    prompt_tokens_[i] = f.C("prompt_tokens_total",
-                            "Prompt tokens by where their K/V came from (computed, the worker's "
-                            "own pages, the store)",
-                            f.Labels("source", kSourceNames[i]));
-  }
+  f.Each("prompt_tokens_total",
+         "Prompt tokens by where their K/V came from (computed, the worker's own pages, the store)",
+         "source", kSourceNames, prompt_tokens_);
   generation_tokens = f.C("generation_tokens_total", "Tokens sampled");
-  for (int i = 0; i < 4; ++i) {
-    requests_[i] = f.C("requests_total", "Finished requests by finish_reason",
-                       f.Labels("finish_reason", kFinishNames[i]));
-  }
-  for (int i = 0; i < 3; ++i) {
-    fetch_blocks_[i] = f.C("fetch_blocks_total",
-                           "Blocks whose K/V was reused: from the worker's own pages "
-                           "(first_tier), read in place from a same-host store pool (mapped), "
-                           "or moved over UCX (ucx)",
-                           f.Labels("path", kPathNames[i]));
-  }
-  for (int i = 0; i < 3; ++i) {
-    fetch_bytes_[i] = f.C("fetch_bytes_total", "Payload bytes of the blocks reused, by path",
-                          f.Labels("path", kPathNames[i]));
-  }
+  f.Each("requests_total", "Finished requests by finish_reason", "finish_reason", kFinishNames,
+         requests_);
+  f.Each("fetch_blocks_total",
+         "Blocks whose K/V was reused: from the worker's own pages (first_tier), read in place "
+         "from a same-host store pool (mapped), or moved over UCX (ucx)",
+         "path", kPathNames, fetch_blocks_);
+  f.Each("fetch_bytes_total", "Payload bytes of the blocks reused, by path", "path", kPathNames,
+         fetch_bytes_);
   fetch_seconds_[0] = nullptr;
   for (int i = 1; i < 3; ++i) {
     fetch_seconds_[i] =
@@ -91,15 +88,14 @@ WorkerMetrics::WorkerMetrics(absl::string_view role) : role_(role) {
   store_blocks_ = f.C("store_blocks_total", "Blocks written to the store");
   store_bytes_ = f.C("store_bytes_total", "Payload bytes of the blocks written to the store");
   store_seconds_ =
-      f.H("store_seconds", "One write of a batch of blocks to the store (export to commit)");
+      f.H("store_seconds",
+          "One write of a batch of blocks to the store (export to commit; decode: the writer "
+          "thread's Put)");
   checksum_failures =
       f.C("checksum_failures_total", "Fetched blocks whose checksum did not match (recomputed)");
-  for (int i = 0; i < 4; ++i) {
-    fallbacks_[i] = f.C("recompute_fallbacks_total",
-                        "Fetches that ended short of the stored prefix (the rest was "
-                        "recomputed), by reason",
-                        f.Labels("reason", kReasonNames[i]));
-  }
+  f.Each("recompute_fallbacks_total",
+         "Fetches that ended short of the stored prefix (the rest was recomputed), by reason",
+         "reason", kReasonNames, fallbacks_);
   write_queue_bytes =
       f.G("write_queue_bytes", "Decode: bytes exported and waiting for the writer thread");
   store_connected = f.G("store_connected", "1 while the last store call reached a store node");

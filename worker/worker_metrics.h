@@ -23,7 +23,10 @@ namespace kvtier::worker {
 // Where a block's K/V came from when it was reused (label `path`).
 enum class FetchPath { kFirstTier, kMapped, kUcx };
 // Why a fetch ended short of the stored prefix (label `reason`).
-enum class FallbackReason { kStoreError, kChecksum, kImport, kStoreBusy };
+// kStoreError: a store call failed or a node went down during the fetch (the store client reports
+// a node's refusal the same way); kChecksum: a fetched block did not match its checksum;
+// kImport: the engine could not take the blocks (staging or import failed).
+enum class FallbackReason { kStoreError, kChecksum, kImport };
 // Where a prompt token's K/V came from (label `source`).
 enum class TokenSource { kComputed, kFirstTier, kStore };
 // How a request ended (label `finish_reason`).
@@ -79,6 +82,10 @@ class WorkerMetrics {
   const Counter& requests(FinishReason r) const { return *requests_[static_cast<int>(r)]; }
   const Histogram& ttft(bool hit) const { return hit ? *ttft_hit_ : *ttft_miss_; }
   const Counter& store_blocks() const { return *store_blocks_; }
+  const Histogram& store_seconds() const { return *store_seconds_; }
+  const Histogram& fetch_seconds(FetchPath p) const {
+    return *fetch_seconds_[static_cast<int>(p)];  // not kFirstTier
+  }
 
  private:
   Histogram* ttft_hit_;
@@ -89,7 +96,7 @@ class WorkerMetrics {
   Counter* store_blocks_;
   Counter* store_bytes_;
   Histogram* store_seconds_;
-  Counter* fallbacks_[4];
+  Counter* fallbacks_[3];
   Counter* prompt_tokens_[3];
   Counter* requests_[4];
 };

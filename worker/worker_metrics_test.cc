@@ -77,7 +77,6 @@ TEST(WorkerMetricsTest, LabelledFamiliesHaveTheirFixedValues) {
            R"(kvtier_worker_recompute_fallbacks_total{role="decode",reason="store_error"} 0)",
            R"(kvtier_worker_recompute_fallbacks_total{role="decode",reason="checksum"} 0)",
            R"(kvtier_worker_recompute_fallbacks_total{role="decode",reason="import"} 0)",
-           R"(kvtier_worker_recompute_fallbacks_total{role="decode",reason="store_busy"} 0)",
        }) {
     EXPECT_NE(text.find(std::string(s) + "\n"), std::string::npos) << s;
   }

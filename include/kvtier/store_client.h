@@ -191,6 +191,10 @@ class StoreClient {
   // nothing and takes no lock of the client: any thread, at any time (e.g. a status RPC while
   // another thread transfers).
   virtual bool AnyNodeConnected() const = 0;
+  // Blocks that Get fetched and found not matching their checksums (each ended its prefix: a
+  // miss), since the client was made; for the worker's metrics (docs/observability.md).
+  // Contacts nothing and takes no lock: any thread.
+  virtual uint64_t ChecksumFailures() const = 0;
 
   // Same-host zero-copy reads (docs/serving.md, "Decode scheduler"): the longest stored prefix
   // of `keys` whose blocks are all in pools mapped into this process, leased and not copied.
