@@ -4,7 +4,8 @@
 // /metrics scraped and parsed (common/metrics_text.h) between the turns: the counters of the
 // router, the store and the workers move as the chat runs, and turn 2 reuses cached K/V.
 // Then `kvtier status --run-dir` as a real process (every process up; a stopped one and a
-// killed one shown as down, the screen still bounded), and the Grafana dashboard
+// killed one shown as down, the screen still bounded; the killed one restarted on its ports
+// shown as up again), and the Grafana dashboard
 // (deploy/grafana/kvtier.json): every metric its queries name is exported by the cluster.
 #include <httplib.h>
 #include <signal.h>
@@ -250,6 +251,22 @@ TEST_F(ObservabilityTest, CountersMoveStatusAndDashboard) {
   EXPECT_NE(status.output.find("not running"), std::string::npos) << status.output;
   EXPECT_TRUE(Shows(status.output, state_.processes[0], "yes")) << status.output;
   EXPECT_NE(status.output.find("2/4 processes up"), std::string::npos) << status.output;
+
+  // The killed worker started again (the soak's restart) keeps its ports, so the state file
+  // still finds its metrics.
+  const int metrics_port = decode_p.metrics_port;
+  absl::Status restarted = deploy::RestartClusterProcess(&state_, "decode-0", absl::Seconds(30));
+  ASSERT_TRUE(restarted.ok()) << restarted;
+  EXPECT_EQ(decode_p.metrics_port, metrics_port);
+  absl::StatusOr<std::optional<deploy::ClusterState>> recorded =
+      deploy::ReadClusterState(config_.run_dir);
+  ASSERT_TRUE(recorded.ok() && recorded->has_value());
+  EXPECT_EQ((*recorded)->processes[2].metrics_port, metrics_port);
+  EXPECT_EQ((*recorded)->processes[2].pid, decode_p.pid);
+  status = Status();
+  for (const deploy::ClusterProcess& p : state_.processes) {
+    EXPECT_TRUE(Shows(status.output, p, "yes")) << p.name << ":\n" << status.output;
+  }
 }
 
 }  // namespace
