@@ -153,7 +153,16 @@ absl::StatusOr<ParsedMetrics> ScrapeMetrics(const MetricsTarget& t, absl::Durati
         absl::StrCat(where, "/metrics: over ", kMaxMetricsTextBytes, " bytes"));
   }
   if (too_slow) return absl::DeadlineExceededError(where + "/metrics: too slow");
-  if (!r) return absl::UnavailableError(where + "/metrics: " + httplib::to_string(r.error()));
+  if (!r) {
+    // httplib's names are terse ("Read", "Connection"): say what they mean here.
+    const httplib::Error e = r.error();
+    const bool silent = e == httplib::Error::Read || e == httplib::Error::ConnectionTimeout;
+    return absl::UnavailableError(absl::StrCat(
+        where, "/metrics: ",
+        silent ? absl::StrFormat("no answer within %.1f s", absl::ToDoubleSeconds(timeout))
+        : e == httplib::Error::Connection ? std::string("cannot connect")
+                                          : httplib::to_string(e)));
+  }
   if (r->status != 200) {
     return absl::UnavailableError(absl::StrCat(where, "/metrics: HTTP ", r->status));
   }
