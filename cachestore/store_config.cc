@@ -48,6 +48,7 @@ void DeclareStoreConfig(StoreConfig* c, OptionTable* t) {
   t->Add("ready_file", &c->ready_file, "write {grpc_port, metrics_port, pid} here when serving");
   t->Add("log_level", &c->log_level, "log level").OneOf(LogLevelNames());
   DeclareTlsOptions(&c->tls, t, TlsRole::kServer);
+  membership::DeclareMembershipOptions(&c->membership, t);
   t->Finalize([c, o]() -> absl::Status {
     o->slot_count = c->pool_bytes / o->slot_bytes;
     if (o->slot_count == 0) {

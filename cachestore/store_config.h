@@ -13,6 +13,7 @@
 #include "absl/strings/string_view.h"
 #include "cachestore/store.h"
 #include "common/options.h"
+#include "membership/membership_options.h"
 
 namespace kvtier::cachestore {
 
@@ -39,6 +40,8 @@ struct StoreConfig {
   // TLS, mutual TLS and the service token of the gRPC endpoint, or plain text (the tls.* keys
   // and service_token_file, docs/security.md). Default: none (one of them must be given).
   TlsOptions tls;
+  // etcd membership: the store registers itself (docs/membership.md). Default: off.
+  membership::MembershipOptions membership;
 };
 
 // Reads a YAML config file over the defaults. Unknown keys are an error (a typo must not be

@@ -13,6 +13,7 @@
 #include "common/metrics_http.h"
 #include "common/service.h"
 #include "common/status_macros.h"
+#include "membership/membership.h"
 #include "transport/net_devices.h"
 #include "transport/progress_thread.h"
 #include "transport/ucx.h"
@@ -92,6 +93,22 @@ absl::StatusOr<std::unique_ptr<StoreServer>> StoreServer::Start(const StoreConfi
       p->store_->ReapExpired();
     }
   });
+  if (s->config_.membership.enabled()) {
+    // Joins the cluster last, once it serves (docs/membership.md); the load is the pool's use.
+    membership::Member member{.role = "store",
+                              .data_address = s->config_.data_interface,
+                              .capacity_bytes = static_cast<int64_t>(s->config_.pool_bytes)};
+    KVTIER_ASSIGN_OR_RETURN(
+        s->registration_,
+        membership::RegisterServer(
+            s->config_.membership, s->config_.listen, s->grpc_port_, s->metrics_port_,
+            std::move(member), [store = s->store_.get()](membership::Member* m) {
+              const StoreStats st = store->Stats();
+              m->load = st.slots_total == 0 ? 0
+                                            : static_cast<double>(st.slots_used) /
+                                                  static_cast<double>(st.slots_total);
+            }));
+  }
   spdlog::info("kvtier-store serving: grpc port {}, metrics port {}, spill {}", s->grpc_port_,
                s->metrics_port_, opts.spill_dir.empty() ? "off" : opts.spill_dir);
   return s;
@@ -100,6 +117,7 @@ absl::StatusOr<std::unique_ptr<StoreServer>> StoreServer::Start(const StoreConfi
 void StoreServer::Shutdown() {
   if (shut_down_) return;
   shut_down_ = true;
+  registration_.reset();  // leave the cluster first: clients stop placing blocks here
   if (grpc_ != nullptr)
     grpc_->Shutdown(std::chrono::system_clock::now() + absl::ToChronoSeconds(kGrpcDrain));
   if (reaper_.joinable()) {

@@ -28,6 +28,10 @@ class MemoryRegion;
 class ProgressThread;
 }  // namespace transport
 
+namespace membership {
+class Registration;
+}  // namespace membership
+
 namespace cachestore {
 
 class Store;
@@ -58,6 +62,7 @@ class StoreServer {
   std::unique_ptr<StoreService> service_;
   std::unique_ptr<grpc::Server> grpc_;
   std::unique_ptr<MetricsHttpServer> metrics_http_;
+  std::unique_ptr<membership::Registration> registration_;  // null without membership
   absl::Notification stop_reaper_;
   std::thread reaper_;
   int grpc_port_ = 0;

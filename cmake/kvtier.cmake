@@ -38,6 +38,11 @@ function(kvtier_setup_sanitizer which fuzz)
   # Not for nvcc (a sanitizer tree builds without CUDA; docs/testing.md).
   add_compile_options("$<$<COMPILE_LANGUAGE:C,CXX>:${flags}>")
   add_link_options(-fsanitize=${which})
+  # ThreadSanitizer builds load an instrumented abseil (deploy/sanitizers/tsan-abseil.sh):
+  # DT_RPATH, not RUNPATH, so that it also serves the libraries (gRPC) that load abseil.
+  if(which STREQUAL "thread" AND KVTIER_TSAN_LIBS)
+    add_link_options(-Wl,--disable-new-dtags,-rpath,${KVTIER_TSAN_LIBS})
+  endif()
 endfunction()
 
 # A macro, not a function: enable_language(CUDA) must run in the top-level scope or CMake

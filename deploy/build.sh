@@ -2,7 +2,7 @@
 # Installs the build's Debian packages (idempotent) and builds kvtier:
 #   deploy/build.sh        build/       (the compiler CMake finds; CUDA when nvcc is there)
 #   deploy/build.sh asan   build-asan/  (clang, AddressSanitizer + UBSan, the fuzzers, no CUDA)
-#   deploy/build.sh tsan   build-tsan/  (clang, ThreadSanitizer, no CUDA)
+#   deploy/build.sh tsan   build-tsan/  (clang, ThreadSanitizer, no CUDA; an instrumented abseil)
 # Sanitizer trees are built at -O1 with line tables only, and only what the tests run (target
 # kvtier_tests: no benchmarks); docs/testing.md. KVTIER_CMAKE_ARGS adds CMake arguments;
 # KVTIER_BUILD_TARGETS builds only those targets.
@@ -20,6 +20,11 @@ case "${1:-}" in
     sanitize=thread
     fuzz=OFF
     if [ "$1" = asan ]; then sanitize=address,undefined fuzz=ON; fi
+    if [ "$1" = tsan ]; then
+      # An abseil that ThreadSanitizer can see (deploy/sanitizers/tsan-abseil.sh).
+      ./deploy/sanitizers/tsan-abseil.sh "$dir/abseil-tsan"
+      args+=(-DKVTIER_TSAN_LIBS="$(realpath "$dir/abseil-tsan/lib")")
+    fi
     args+=(-DCMAKE_C_COMPILER=clang -DCMAKE_CXX_COMPILER=clang++ -DKVTIER_CUDA=OFF
       "-DCMAKE_C_FLAGS_RELWITHDEBINFO=-O1 -gline-tables-only"
       "-DCMAKE_CXX_FLAGS_RELWITHDEBINFO=-O1 -gline-tables-only"

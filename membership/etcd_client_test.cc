@@ -2,6 +2,7 @@
 #include "membership/etcd_client.h"
 
 #include <httplib.h>
+#include <unistd.h>
 
 #include <atomic>
 #include <filesystem>
@@ -19,7 +20,8 @@ namespace {
 class EtcdClientTest : public ::testing::Test {
  protected:
   static void SetUpTestSuite() {
-    dir_ = new std::string(::testing::TempDir() + "/etcd_client_test");
+    // One etcd per test process (ctest runs each test in a process of its own, in parallel).
+    dir_ = new std::string(absl::StrCat(::testing::TempDir(), "/etcd_client_test.", getpid()));
     std::filesystem::remove_all(*dir_);
     absl::StatusOr<EtcdProcess> etcd = EtcdProcess::Start({.dir = *dir_});
     ASSERT_TRUE(etcd.ok()) << etcd.status();

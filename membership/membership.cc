@@ -85,20 +85,25 @@ absl::StatusOr<Member> DecodeMember(const std::string& text) {
 
 absl::StatusOr<std::unique_ptr<Registration>> Registration::Start(std::unique_ptr<EtcdClient> etcd,
                                                                   std::string prefix, Member member,
-                                                                  absl::Duration ttl) {
+                                                                  absl::Duration ttl,
+                                                                  Refresh refresh) {
   if (absl::Status s = CheckMember(member); !s.ok()) return s;
   if (ttl < absl::Seconds(2)) {
     return absl::InvalidArgumentError("membership lease ttl must be >= 2 s");
   }
-  std::unique_ptr<Registration> r(
-      new Registration(std::move(etcd), std::move(prefix), std::move(member), ttl));
+  std::unique_ptr<Registration> r(new Registration(std::move(etcd), std::move(prefix),
+                                                   std::move(member), ttl, std::move(refresh)));
   r->thread_ = std::thread([p = r.get()] { p->Run(); });
   return r;
 }
 
 Registration::Registration(std::unique_ptr<EtcdClient> etcd, std::string prefix, Member member,
-                           absl::Duration ttl)
-    : etcd_(std::move(etcd)), prefix_(std::move(prefix)), ttl_(ttl), member_(std::move(member)) {}
+                           absl::Duration ttl, Refresh refresh)
+    : etcd_(std::move(etcd)),
+      prefix_(std::move(prefix)),
+      ttl_(ttl),
+      refresh_(std::move(refresh)),
+      member_(std::move(member)) {}
 
 Registration::~Registration() {
   stop_.Notify();
@@ -125,6 +130,15 @@ void Registration::Run() {
   LogLimiter failures;
   absl::Duration wait = absl::ZeroDuration();
   while (!stop_.WaitForNotificationWithTimeout(wait)) {
+    if (refresh_) {
+      Member next;
+      {
+        absl::MutexLock l(&mu_);
+        next = member_;
+      }
+      refresh_(&next);
+      Update(next);
+    }
     Member member;
     bool dirty;
     {

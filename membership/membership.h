@@ -59,12 +59,16 @@ absl::StatusOr<Member> DecodeMember(const std::string& text);
 
 class Registration {
  public:
-  // Writes `member` under a lease of `ttl` and renews it every ttl/3 from a thread. Returns at
+  // Updates a member's load before a renewal; runs on the registration's thread.
+  using Refresh = std::function<void(Member*)>;
+  // Writes `member` under a lease of `ttl` and renews it every ttl/3 from a thread, calling
+  // `refresh` (may be null) first and writing the member again when it changed. Returns at
   // once: an etcd that does not answer is retried in the background (a warning each time).
   // InvalidArgument for a bad member or a ttl under 2 s.
   static absl::StatusOr<std::unique_ptr<Registration>> Start(std::unique_ptr<EtcdClient> etcd,
                                                              std::string prefix, Member member,
-                                                             absl::Duration ttl);
+                                                             absl::Duration ttl,
+                                                             Refresh refresh = nullptr);
   // Revokes the lease: the member is gone from every watcher at once.
   ~Registration();
 
@@ -75,12 +79,13 @@ class Registration {
 
  private:
   Registration(std::unique_ptr<EtcdClient> etcd, std::string prefix, Member member,
-               absl::Duration ttl);
+               absl::Duration ttl, Refresh refresh);
   void Run();
 
   const std::unique_ptr<EtcdClient> etcd_;
   const std::string prefix_;
   const absl::Duration ttl_;
+  const Refresh refresh_;
   absl::Mutex mu_;
   Member member_ ABSL_GUARDED_BY(mu_);
   bool dirty_ ABSL_GUARDED_BY(mu_) = false;

@@ -529,7 +529,15 @@ TEST_P(StoreIntegrationTest, AGetFromAStoppedStoreEndsAtItsDeadline) {
   constexpr size_t kBig = 2 << 20;
   std::vector<BlockKey> keys = TestKeys(110, 64);  // 128 MiB: long enough to stop it midway
   Blocks b(keys, kBig);
-  ASSERT_EQ((*client)->Put(TestNamespace(), keys, Chain(keys), b.src, kBig)->stored, 64u);
+  {
+    // Written by a client of its own with room to spare: 128 MiB can take more than the
+    // reader's 1 s deadline on a loaded or sanitized machine.
+    StoreClientOptions wo = co;
+    wo.rpc_timeout = wo.transfer_timeout = absl::Seconds(30);
+    auto writer = StoreClient::Create(wo);
+    ASSERT_TRUE(writer.ok()) << writer.status();
+    ASSERT_EQ((*writer)->Put(TestNamespace(), keys, Chain(keys), b.src, kBig)->stored, 64u);
+  }
   const pid_t pid = store.process().pid();
   absl::Duration took;
   size_t got = keys.size();
