@@ -60,6 +60,13 @@ int main(int argc, char** argv) {
   std::string log_level = "info";
   app.add_option("--log-level", log_level, "trace|debug|info|warn|error")->capture_default_str();
 
+  // --progress-s of the long runs (bench/bench_util.h Progress).
+  auto add_progress = [](CLI::App* sub, double* seconds) {
+    sub->add_option("--progress-s", *seconds, "seconds between progress lines on stderr (0: none)")
+        ->check(CLI::Range(0.0, 86400.0))
+        ->capture_default_str();
+  };
+
   kvtier::bench::StoreBenchOptions so;
   uint64_t block_bytes = so.block_bytes;
   CLI::App* store = app.add_subcommand(
@@ -87,6 +94,7 @@ int main(int argc, char** argv) {
   store->add_option("--store", so.store, "use a running store HOST:PORT instead of starting one");
   store->add_flag("--json", so.json, "print one JSON object as the last stdout line");
   store->add_flag("--skip-anchors", so.skip_anchors, "do not run ucx_perftest and redis");
+  add_progress(store, &so.progress_s);
   store->add_flag("--spill", so.spill,
                   "instead: Reserve/Lookup latency while every put evicts, spill on vs off");
 
@@ -144,6 +152,7 @@ int main(int argc, char** argv) {
   serve->add_option("--timeout", sb.timeout_s, "deadline of one request, seconds")
       ->check(CLI::Range(1, 86400))
       ->capture_default_str();
+  add_progress(serve, &sb.progress_s);
   serve->add_flag("--json", sb.json, "print one JSON object as the last stdout line");
 
   kvtier::bench::SoakBenchOptions sk;
@@ -188,6 +197,7 @@ int main(int argc, char** argv) {
       ->default_str("1GiB");
   soak->add_option("--run-dir", sk.run_dir,
                    "run directory (default: a fresh one in $TMPDIR, removed when the soak passes)");
+  add_progress(soak, &sk.progress_s);
   soak->add_flag("--json", sk.json, "print one JSON object as the last stdout line");
 
   // Hidden: one client process of `store --clients N`.

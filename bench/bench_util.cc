@@ -11,6 +11,7 @@
 #include <filesystem>
 #include <fstream>
 #include <string>
+#include <utility>
 
 #include "absl/strings/str_cat.h"
 
@@ -105,6 +106,39 @@ absl::StatusOr<std::unique_ptr<TempDir>> TempDir::Create(absl::string_view prefi
 TempDir::~TempDir() {
   std::error_code ec;
   std::filesystem::remove_all(path_, ec);
+}
+
+Progress::Progress(std::string name, double interval_s, std::function<ProgressCounts()> counts,
+                   FILE* out)
+    : name_(std::move(name)), interval_s_(interval_s), counts_(std::move(counts)), out_(out) {
+  if (interval_s_ > 0) thread_ = std::thread([this] { Loop(); });
+}
+
+Progress::~Progress() {
+  {
+    std::lock_guard<std::mutex> l(mu_);
+    stop_ = true;
+  }
+  cv_.notify_all();
+  if (thread_.joinable()) thread_.join();
+}
+
+void Progress::Loop() {
+  const int64_t start_ns = MonoNowNs();
+  int64_t last_ns = start_ns, last_total = 0;
+  std::unique_lock<std::mutex> l(mu_);
+  while (!cv_.wait_for(l, std::chrono::duration<double>(interval_s_), [this] { return stop_; })) {
+    const ProgressCounts c = counts_();
+    const int64_t now_ns = MonoNowNs();
+    const double rate = (c.done + c.failed - last_total) / ((now_ns - last_ns) * 1e-9);
+    std::fprintf(out_, "%s t=%.0fs: %lld done, %lld failed, %.1f/s%s%s\n", name_.c_str(),
+                 (now_ns - start_ns) * 1e-9, static_cast<long long>(c.done),
+                 static_cast<long long>(c.failed), rate, c.detail.empty() ? "" : ", ",
+                 c.detail.c_str());
+    std::fflush(out_);
+    last_ns = now_ns;
+    last_total = c.done + c.failed;
+  }
 }
 
 }  // namespace kvtier::bench

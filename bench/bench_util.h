@@ -1,17 +1,25 @@
 // Helpers shared by the benchmark programs: monotonic time, pre-touched buffers, a private
-// temporary directory, the memcpy anchor, and the words of generated chat texts. Child processes
+// temporary directory, the memcpy anchor, the words of generated chat texts, and the progress
+// line of long runs. Child processes
 // (stores, client workers, anchor tools) come from common/process.h, one implementation with the
 // launcher's and the integration tests'.
 //
-// Ownership: TouchedBuffer and TempDir own their resource and release it in their destructor.
-// Thread-safety: one thread per object; the free functions are thread-safe.
+// Ownership: TouchedBuffer, TempDir and Progress own their resource (Progress: its thread) and
+// release it in their destructor.
+// Thread-safety: one thread per object (Progress: its counts callback runs on its own thread);
+// the free functions are thread-safe.
 #ifndef KVTIER_BENCH_BENCH_UTIL_H_
 #define KVTIER_BENCH_BENCH_UTIL_H_
 
+#include <condition_variable>
 #include <cstddef>
 #include <cstdint>
+#include <cstdio>
+#include <functional>
 #include <memory>
+#include <mutex>
 #include <string>
+#include <thread>
 
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
@@ -83,6 +91,40 @@ class TempDir {
  private:
   explicit TempDir(std::string path) : path_(std::move(path)) {}
   std::string path_;
+};
+
+// What a long run has done so far: requests (batches) that succeeded and failed, and anything
+// else worth a look (appended to the line).
+struct ProgressCounts {
+  int64_t done = 0;
+  int64_t failed = 0;
+  std::string detail;
+};
+
+// The progress line of a long run (`--progress-s`, docs/observability.md): every `interval_s`
+// seconds a thread of its own calls `counts` and prints to `out`
+//   NAME t=20s: 340 done, 2 failed, 17.1/s[, DETAIL]
+// (the rate over the last interval). interval_s <= 0: no thread, no lines. `counts` must be safe
+// to call from that thread until destruction, which stops the thread.
+class Progress {
+ public:
+  Progress(std::string name, double interval_s, std::function<ProgressCounts()> counts,
+           FILE* out = stderr);
+  ~Progress();
+  Progress(const Progress&) = delete;
+  Progress& operator=(const Progress&) = delete;
+
+ private:
+  void Loop();
+
+  const std::string name_;
+  const double interval_s_;
+  const std::function<ProgressCounts()> counts_;
+  FILE* const out_;
+  std::mutex mu_;
+  std::condition_variable cv_;
+  bool stop_ = false;  // guarded by mu_
+  std::thread thread_;
 };
 
 }  // namespace kvtier::bench

@@ -239,9 +239,17 @@ PhaseResult RunPhase(const ServeBenchOptions& o, const Endpoint& ep, const std::
 
   const int threads = std::max(1, std::min(o.concurrency, o.conversations));
   const int64_t t0 = MonoNowNs();
-  std::vector<std::thread> pool;
-  for (int i = 0; i < threads; ++i) pool.emplace_back(worker);
-  for (std::thread& th : pool) th.join();
+  {
+    Progress progress("serve " + name, o.progress_s, [&] {
+      std::lock_guard<std::mutex> l(mu);
+      ProgressCounts c;
+      for (const Sample& s : pr.samples) ++(s.ok ? c.done : c.failed);
+      return c;
+    });
+    std::vector<std::thread> pool;
+    for (int i = 0; i < threads; ++i) pool.emplace_back(worker);
+    for (std::thread& th : pool) th.join();
+  }
   pr.wall_s = (MonoNowNs() - t0) * 1e-9;
   return pr;
 }

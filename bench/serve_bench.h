@@ -61,6 +61,9 @@ struct ServeBenchOptions {
   uint64_t seed = 1;
   // Deadline of one request, seconds. Default: 600.
   int timeout_s = 600;
+  // Seconds between progress lines on stderr (bench/bench_util.h Progress); 0: none.
+  // Default: 10.
+  double progress_s = 10;
   // Print one JSON object as the last stdout line. Default: false.
   bool json = false;
 };

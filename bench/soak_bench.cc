@@ -707,17 +707,14 @@ uint64_t RssBytes(pid_t pid) {
 }
 
 void Soak::Monitor() {
-  double next_progress_s = 30;
+  Progress progress("soak", o_.progress_s, [this] {
+    std::lock_guard<std::mutex> l(mu_);
+    return ProgressCounts{
+        requests_ - failed_attempts_, failed_attempts_,
+        absl::StrFormat("%d compared, %d wrong, %d unexplained, %d faults", compared_, wrong_count_,
+                        unexplained_count_, faults_.size())};
+  });
   while (!stop_) {
-    if (Now() >= next_progress_s) {
-      next_progress_s += 30;
-      std::lock_guard<std::mutex> l(mu_);
-      spdlog::info(
-          "soak t={:.0f}s: {} requests, {} compared, {} wrong, {} failed attempts ({} "
-          "unexplained), {} faults",
-          Now(), requests_, compared_, wrong_count_, failed_attempts_, unexplained_count_,
-          faults_.size());
-    }
     {
       std::lock_guard<std::mutex> l(cluster_mu_);
       const double t = Now();

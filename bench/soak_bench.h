@@ -68,6 +68,9 @@ struct SoakBenchOptions {
   // Run directory (model, logs, spill); empty: a fresh one under $TMPDIR, removed when the soak
   // passes. Default: empty.
   std::string run_dir;
+  // Seconds between progress lines on stderr (bench/bench_util.h Progress); 0: none.
+  // Default: 10.
+  double progress_s = 10;
   // Print one JSON object as the last stdout line. Default: false.
   bool json = false;
 };

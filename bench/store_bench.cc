@@ -116,6 +116,7 @@ struct PhaseCommand {
   int64_t start_ns = 0;    // absolute CLOCK_MONOTONIC start
   int64_t end_ns = 0;      // timed phases: no batch starts at or after this
   int64_t iterations = 0;  // > 0: exactly this many batches (ignores end_ns)
+  double progress_s = 0;   // > 0: a progress line every this many seconds
 };
 
 struct PhaseResult {
@@ -132,7 +133,8 @@ json ToJson(const PhaseCommand& c) {
   return {{"phase", c.phase},
           {"start_ns", c.start_ns},
           {"end_ns", c.end_ns},
-          {"iterations", c.iterations}};
+          {"iterations", c.iterations},
+          {"progress_s", c.progress_s}};
 }
 
 PhaseCommand CommandFromJson(const json& j) {
@@ -141,6 +143,7 @@ PhaseCommand CommandFromJson(const json& j) {
   c.start_ns = j.value("start_ns", int64_t{0});
   c.end_ns = j.value("end_ns", int64_t{0});
   c.iterations = j.value("iterations", int64_t{0});
+  c.progress_s = j.value("progress_s", 0.0);
   return c;
 }
 
@@ -309,6 +312,9 @@ class ClientRunner {
     r.phase = cmd.phase;
     std::vector<double> lat_ms;
     r.start_ns = MonoNowNs();
+    std::atomic<int64_t> done{0};
+    Progress progress(absl::StrCat("store ", cmd.phase, " client ", o_.client_id), cmd.progress_s,
+                      [&] { return ProgressCounts{done.load()}; });
     while (true) {
       const int64_t t0 = MonoNowNs();
       if (cmd.iterations > 0 ? static_cast<int64_t>(r.batches) >= cmd.iterations
@@ -322,6 +328,7 @@ class ClientRunner {
       }
       r.bytes += *bytes;
       ++r.batches;
+      ++done;
       lat_ms.push_back(static_cast<double>(MonoNowNs() - t0) / 1e6);
     }
     r.end_ns = MonoNowNs();
@@ -880,7 +887,7 @@ absl::StatusOr<StoreResults> MeasureStore(const StoreBenchOptions& o, const std:
           .status());
 
   auto timed = [&](const std::string& phase) -> absl::StatusOr<Aggregate> {
-    PhaseCommand c{phase, phase_start(), 0, o.iterations};
+    PhaseCommand c{phase, phase_start(), 0, o.iterations, o.progress_s};
     c.end_ns = c.start_ns + static_cast<int64_t>(o.seconds * 1e9);
     const absl::Duration timeout =
         o.iterations > 0 ? untimed_timeout(o.iterations) : absl::Seconds(o.seconds + 120);

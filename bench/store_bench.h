@@ -32,6 +32,9 @@ struct StoreBenchOptions {
   int64_t iterations = 0;
   // A running store "host:port" to use instead of starting one. Default: empty.
   std::string store;
+  // Seconds between progress lines on stderr (bench/bench_util.h Progress); 0: none.
+  // Default: 10.
+  double progress_s = 10;
   // Print one JSON object as the last stdout line (the table goes to stderr). Default: false.
   bool json = false;
   // Skip the ucx_perftest and redis anchors (reported as null). Default: false.

@@ -77,6 +77,7 @@ Store::Store(const StoreOptions& options, uint8_t* pool, MetricsRegistry* metric
       m.AddCounter("kvtier_store_expired_reservations_total", "Reservations aborted by timeout.");
   expired_leases_ = m.AddCounter("kvtier_store_expired_leases_total", "Leases dropped by timeout.");
   slots_total_g_ = m.AddGauge("kvtier_store_pool_slots", "Slots in the host pool.");
+  pool_bytes_g_ = m.AddGauge("kvtier_store_pool_bytes", "Bytes of the host pool (all slots).");
   slots_used_g_ =
       m.AddGauge("kvtier_store_pool_slots_used", "Slots holding or reserved for blocks.");
   pool_bytes_used_g_ =
@@ -899,6 +900,7 @@ uint64_t Store::SpillAll() {
 void Store::UpdateGauges() {
   const uint64_t used = options_.slot_count - free_slots_.size();
   slots_total_g_->Set(static_cast<double>(options_.slot_count));
+  pool_bytes_g_->Set(static_cast<double>(options_.slot_count * options_.slot_bytes));
   slots_used_g_->Set(static_cast<double>(used));
   pool_bytes_used_g_->Set(static_cast<double>(used * options_.slot_bytes));
   spill_bytes_g_->Set(static_cast<double>(spill_bytes_));

@@ -287,9 +287,9 @@ class Store : private Spiller::Index {
   // Metrics (owned by the registry).
   Counter *lookups_, *hit_blocks_, *miss_blocks_, *bytes_in_, *bytes_out_, *evictions_, *spills_,
       *promotions_, *spill_drops_, *checksum_failures_, *expired_reservations_, *expired_leases_;
-  Gauge *slots_total_g_, *slots_used_g_, *pool_bytes_used_g_, *spill_bytes_g_, *spill_capacity_g_,
-      *blocks_memory_g_, *blocks_spill_g_, *leases_g_, *reservations_g_, *slots_quarantined_g_,
-      *namespaces_g_;
+  Gauge *slots_total_g_, *pool_bytes_g_, *slots_used_g_, *pool_bytes_used_g_, *spill_bytes_g_,
+      *spill_capacity_g_, *blocks_memory_g_, *blocks_spill_g_, *leases_g_, *reservations_g_,
+      *slots_quarantined_g_, *namespaces_g_;
 };
 
 }  // namespace kvtier::cachestore

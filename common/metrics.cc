@@ -11,6 +11,7 @@
 #include <utility>
 #include <vector>
 
+#include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/string_view.h"
 #include "common/logging.h"
@@ -44,32 +45,12 @@ void AtomicAdd(std::atomic<double>& target, double delta) {
 bool IsAsciiLetter(char c) { return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z'); }
 bool IsAsciiDigit(char c) { return c >= '0' && c <= '9'; }
 
-// [a-zA-Z_:][a-zA-Z0-9_:]*
-bool IsValidMetricName(absl::string_view name) {
-  if (name.empty()) return false;
-  for (size_t i = 0; i < name.size(); ++i) {
-    const char c = name[i];
-    const bool ok = IsAsciiLetter(c) || c == '_' || c == ':' || (i > 0 && IsAsciiDigit(c));
-    if (!ok) return false;
-  }
-  return true;
-}
-
-// [a-zA-Z_][a-zA-Z0-9_]*, and names starting with "__" are reserved by Prometheus.
-bool IsValidLabelName(absl::string_view name) {
-  if (name.empty() || absl::string_view(name).substr(0, 2) == "__") return false;
-  for (size_t i = 0; i < name.size(); ++i) {
-    const char c = name[i];
-    const bool ok = IsAsciiLetter(c) || c == '_' || (i > 0 && IsAsciiDigit(c));
-    if (!ok) return false;
-  }
-  return true;
-}
-
 void CheckLabels(const std::string& metric, const MetricLabels& labels, bool is_histogram) {
   for (size_t i = 0; i < labels.size(); ++i) {
     const std::string& label = labels[i].first;
-    KVTIER_CHECK(IsValidLabelName(label), "metric {}: invalid label name '{}'", metric, label);
+    // Names starting with "__" are reserved by Prometheus.
+    KVTIER_CHECK(IsValidLabelName(label) && !absl::StartsWith(label, "__"),
+                 "metric {}: invalid label name '{}'", metric, label);
     KVTIER_CHECK(!is_histogram || label != "le", "histogram {}: label 'le' is reserved", metric);
     for (size_t j = 0; j < i; ++j) {
       KVTIER_CHECK(labels[j].first != label, "metric {}: duplicate label '{}'", metric, label);
@@ -154,6 +135,26 @@ void AppendLabels(std::string* out, const MetricLabels& labels, absl::string_vie
 }
 
 }  // namespace
+
+bool IsValidMetricName(absl::string_view name) {
+  if (name.empty()) return false;
+  for (size_t i = 0; i < name.size(); ++i) {
+    const char c = name[i];
+    const bool ok = IsAsciiLetter(c) || c == '_' || c == ':' || (i > 0 && IsAsciiDigit(c));
+    if (!ok) return false;
+  }
+  return true;
+}
+
+bool IsValidLabelName(absl::string_view name) {
+  if (name.empty()) return false;
+  for (size_t i = 0; i < name.size(); ++i) {
+    const char c = name[i];
+    const bool ok = IsAsciiLetter(c) || c == '_' || (i > 0 && IsAsciiDigit(c));
+    if (!ok) return false;
+  }
+  return true;
+}
 
 // ---------------------------------------------------------------------------------------------
 // Counter / Gauge

@@ -15,6 +15,7 @@
 #include <vector>
 
 #include "absl/base/thread_annotations.h"
+#include "absl/strings/string_view.h"
 #include "absl/synchronization/mutex.h"
 
 namespace kvtier {
@@ -63,6 +64,11 @@ class Histogram {
   std::atomic<double> sum_{0.0};
   std::atomic<uint64_t> count_{0};
 };
+
+// Prometheus names: a metric [a-zA-Z_:][a-zA-Z0-9_:]*, a label [a-zA-Z_][a-zA-Z0-9_]* (the
+// registry also refuses labels starting with "__", reserved by Prometheus).
+bool IsValidMetricName(absl::string_view name);
+bool IsValidLabelName(absl::string_view name);
 
 // Default latency buckets in seconds: 10 us .. 10 s.
 std::vector<double> LatencyBucketsSeconds();

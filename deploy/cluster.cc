@@ -76,8 +76,12 @@ absl::Status WriteState(const ClusterState& s) {
             {"backend", s.backend},
             {"processes", json::array()}};
   for (const ClusterProcess& p : s.processes) {
-    j["processes"].push_back(
-        {{"name", p.name}, {"pid", p.pid}, {"port", p.port}, {"log", p.log}, {"argv", p.argv}});
+    j["processes"].push_back({{"name", p.name},
+                              {"pid", p.pid},
+                              {"port", p.port},
+                              {"metrics_port", p.metrics_port},
+                              {"log", p.log},
+                              {"argv", p.argv}});
   }
   return WriteFileAtomically(StateFilePath(s.run_dir), j.dump(2) + "\n");
 }
@@ -134,21 +138,27 @@ bool RouterHealthy(int port, const std::string& ca_file) {
 }
 
 // The command line of the live process `pid` (/proc) as RestartClusterProcess replays it:
-// without the --ready-file that ServerProcess adds, --listen naming the port it bound (it may
-// have asked for port 0).
-std::vector<std::string> ReplayableArgv(pid_t pid, int port) {
+// without the --ready-file that ServerProcess adds, --listen and --metrics-listen naming the
+// ports it bound (it may have asked for port 0).
+std::vector<std::string> ReplayableArgv(pid_t pid, int port, int metrics_port) {
   std::vector<std::string> argv;
   const std::string raw = FileTail(absl::StrCat("/proc/", pid, "/cmdline"), std::string::npos);
   for (absl::string_view a : absl::StrSplit(raw, '\0', absl::SkipEmpty())) {
     if (absl::StartsWith(a, "--ready-file=")) continue;
-    if (absl::StartsWith(a, "--listen=") && a.rfind(':') != absl::string_view::npos) {
-      argv.push_back(absl::StrCat(a.substr(0, a.rfind(':') + 1), port));
+    const bool listen = absl::StartsWith(a, "--listen=");
+    const bool metrics = absl::StartsWith(a, "--metrics-listen=") && metrics_port > 0;
+    if ((listen || metrics) && a.rfind(':') != absl::string_view::npos) {
+      argv.push_back(absl::StrCat(a.substr(0, a.rfind(':') + 1), listen ? port : metrics_port));
     } else {
       argv.emplace_back(a);
     }
   }
   return argv;
 }
+
+// The workers serve /metrics on a free port of their own, as the store does
+// (StoreProcessOptions::metrics); docs/observability.md.
+constexpr char kMetricsListenFlag[] = "--metrics-listen=127.0.0.1:0";
 
 std::string PortArg(int base, int index) { return std::to_string(base == 0 ? 0 : base + index); }
 
@@ -218,9 +228,12 @@ class Starting {
     std::vector<ClusterProcess> out;
     for (Server& s : servers_) {
       const int port = s.server.grpc_port();
-      std::vector<std::string> argv = ReplayableArgv(s.server.process().pid(), port);
-      out.push_back(
-          {s.name, s.server.process().Release(), port, s.server.log_path(), std::move(argv)});
+      // The router's /metrics is on its API port.
+      const int metrics_port = s.name == "router" ? port : s.server.metrics_port();
+      std::vector<std::string> argv =
+          ReplayableArgv(s.server.process().pid(), port, s.server.metrics_port());
+      out.push_back({s.name, s.server.process().Release(), port, metrics_port, s.server.log_path(),
+                     std::move(argv)});
     }
     servers_.clear();
     return out;
@@ -247,6 +260,8 @@ class Starting {
 };
 
 }  // namespace
+
+bool ClusterProcessRunning(const ClusterProcess& p) { return IsOurs(p.pid); }
 
 absl::StatusOr<ClusterConfig> LoadClusterConfig(const std::string& path) {
   if (path.empty()) return ClusterConfig();
@@ -300,8 +315,8 @@ absl::StatusOr<std::optional<ClusterState>> ReadClusterState(const std::string& 
     s.backend = j.value("backend", "");
     for (const json& p : j.at("processes")) {
       s.processes.push_back({p.at("name").get<std::string>(), p.at("pid").get<pid_t>(),
-                             p.at("port").get<int>(), p.value("log", ""),
-                             p.value("argv", std::vector<std::string>())});
+                             p.at("port").get<int>(), p.value("metrics_port", 0),
+                             p.value("log", ""), p.value("argv", std::vector<std::string>())});
     }
     return std::optional<ClusterState>(std::move(s));
   } catch (const json::exception& e) {
@@ -365,7 +380,8 @@ absl::StatusOr<ClusterState> StartCluster(const ClusterConfig& c, const std::str
           "--kv-cache-bytes=" + c.worker_kv_cache_bytes,
           absl::StrCat("--max-batch-tokens=", c.worker_max_batch_tokens),
           absl::StrCat("--max-batch-seqs=", std::min(64, c.worker_max_batch_tokens - 1)),
-          "--model-name=" + state.model_name};
+          "--model-name=" + state.model_name,
+          kMetricsListenFlag};
       if (role == 1) {
         args.push_back(c.worker_keep_blocks ? "--keep-blocks=true" : "--keep-blocks=false");
       }
@@ -433,6 +449,7 @@ absl::Status RestartClusterProcess(ClusterState* state, const std::string& name,
   o.stop_grace = absl::ZeroDuration();  // a restart that fails is killed at once
   KVTIER_ASSIGN_OR_RETURN(ServerProcess server, ServerProcess::Spawn(o, state->run_dir, name));
   KVTIER_RETURN_IF_ERROR(server.AwaitReady(timeout));
+  if (server.metrics_port() > 0) p->metrics_port = server.metrics_port();
   p->pid = server.process().Release();
   return WriteState(*state);
 }

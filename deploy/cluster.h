@@ -104,11 +104,17 @@ struct ClusterProcess {
   std::string name;  // "store", "prefill-0", "decode-1", "router"
   pid_t pid = -1;
   int port = 0;  // gRPC port (router: HTTP port)
+  // Port of its plain-HTTP /metrics on 127.0.0.1 (router: its HTTPS API port, where /metrics
+  // takes the API key); 0: none (docs/observability.md).
+  int metrics_port = 0;
   std::string log;
-  // Its command line, without --ready-file and with the port it bound in --listen: what
-  // RestartClusterProcess starts again.
+  // Its command line, without --ready-file and with the ports it bound in --listen and
+  // --metrics-listen: what RestartClusterProcess starts again.
   std::vector<std::string> argv;
 };
+
+// Whether the pid of `p` still runs one of our binaries (a reused pid does not count).
+bool ClusterProcessRunning(const ClusterProcess& p);
 
 struct ClusterState {
   std::string run_dir;   // absolute
@@ -136,7 +142,8 @@ absl::StatusOr<ClusterState> StartCluster(const ClusterConfig& config, const std
 // Starts process `name` of a running cluster again after it died (the fault injector of
 // `kvtier-bench soak`, bench/soak_bench.h): its recorded command line, on the same port, in a
 // session of its own as StartCluster starts it; waits up to `timeout` until it is ready, then
-// records its new pid in `state` and in the state file. FailedPrecondition while it still runs.
+// records its new pid (and metrics port) in `state` and in the state file. FailedPrecondition while
+// it still runs.
 absl::Status RestartClusterProcess(ClusterState* state, const std::string& name,
                                    absl::Duration timeout);
 

@@ -12,6 +12,8 @@
 //   kvtier up   [--config FILE]                       start a local cluster (deploy/cluster.h)
 //   kvtier down [--config FILE]                       stop it
 //   kvtier chat --url URL [--script FILE | --turns N]  a streamed multi-turn chat (deploy/chat.h)
+//   kvtier status [--config FILE] [--watch [S]]       one screen about the cluster
+//   (deploy/status.h)
 #include <grpcpp/grpcpp.h>
 
 #include <cstdio>
@@ -35,6 +37,7 @@
 #include "common/tls.h"
 #include "deploy/chat.h"
 #include "deploy/cluster.h"
+#include "deploy/status.h"
 #include "kvtier/block_key.h"
 #include "kvtier/store_client.h"
 #include "kvtier/v1/cachestore.grpc.pb.h"
@@ -317,6 +320,16 @@ int main(int argc, char** argv) {
   up_flags.Register(*up);
   CLI::App* down = app.add_subcommand("down", "stop the local cluster");
   down_flags.Register(*down, {"run_dir", "stop_grace_s"});
+  kvtier::deploy::ClusterFlags status_flags;
+  kvtier::deploy::StatusOptions status_options;
+  CLI::App* status = app.add_subcommand("status", "one screen about the local cluster");
+  status_flags.Register(*status, {"run_dir"});
+  status->add_option("--watch", status_options.watch_s, "redraw every SECONDS until interrupted")
+      ->expected(0, 1)
+      ->default_str("2");
+  status->add_option("--timeout", status_options.timeout_s, "bound on each scrape, seconds")
+      ->check(CLI::Range(0.1, 60.0))
+      ->capture_default_str();
   kvtier::deploy::ChatOptions chat_options;
   bool no_cache = false;
   CLI::App* chat = app.add_subcommand("chat", "a streamed multi-turn chat with a router");
@@ -340,6 +353,12 @@ int main(int argc, char** argv) {
 
   if (*up) return kvtier::Up(up_flags);
   if (*down) return kvtier::Down(down_flags);
+  if (*status) {
+    absl::StatusOr<kvtier::deploy::ClusterConfig> config = status_flags.Resolve();
+    if (!config.ok()) return kvtier::Fail(config.status());
+    status_options.run_dir = config->run_dir;
+    return kvtier::deploy::RunStatus(status_options, std::cout, std::cerr);
+  }
   const kvtier::deploy::ClusterCredentials creds = kvtier::deploy::CredentialsOf(run_dir);
   if (*chat) {
     chat_options.cache = !no_cache;
