@@ -179,9 +179,6 @@ class RemoteStoreClient final : public StoreClient {
   uint64_t ChecksumFailures() const override {
     return checksum_failures_.load(std::memory_order_relaxed);
   }
-  uint64_t ChecksumFailures() const override {
-    return checksum_failures_.load(std::memory_order_relaxed);
-  }
 
  private:
   // Makes `addresses` the node set: existing nodes are kept, new ones created, departed ones
