@@ -143,24 +143,17 @@ TEST_F(DataPlaneTest, AStoreAndAClientOnLoopbackListenOnlyOnLoopback) {
   ASSERT_NE(client, nullptr);
   const std::vector<BlockKey> keys = testing::TestKeys(7, 4);
   constexpr size_t kBytes = 64 * 1024;
-  std::vector<std::vector<uint8_t>> data(keys.size(), std::vector<uint8_t>(kBytes));
-  std::vector<const void*> src;
-  std::vector<void*> dst;
-  for (size_t i = 0; i < keys.size(); ++i) {
-    FillSyntheticBlock(keys[i], data[i].data(), kBytes);
-    src.push_back(data[i].data());
-    dst.push_back(data[i].data());
-  }
+  testing::SyntheticBlocks blocks(keys, kBytes);
   const NamespaceId ns = testing::TestNamespace();
-  auto put = client->Put(ns, keys, ChainParents(ns, keys), src, kBytes);
+  auto put = client->Put(ns, keys, ChainParents(ns, keys), blocks.src, kBytes);
   ASSERT_TRUE(put.ok()) << put.status();
   EXPECT_EQ(put->stored, keys.size());
-  for (auto& d : data) std::fill(d.begin(), d.end(), 0);
-  auto got = client->Get(ns, keys, dst, kBytes);
+  blocks.Clear();
+  auto got = client->Get(ns, keys, blocks.dst, kBytes);
   ASSERT_TRUE(got.ok()) << got.status();
   EXPECT_EQ(*got, keys.size());
   for (size_t i = 0; i < keys.size(); ++i) {
-    EXPECT_TRUE(IsSyntheticBlock(keys[i], data[i].data(), kBytes)) << i;
+    EXPECT_TRUE(IsSyntheticBlock(keys[i], blocks.data[i].data(), kBytes)) << i;
   }
   const std::vector<Listener> mine = Listeners(getpid());
   EXPECT_GE(mine.size(), 1u);

@@ -14,6 +14,7 @@
 #include "membership/etcd_process.h"
 #include "membership/membership.h"
 #include "tests/test_keys.h"
+#include "tests/test_util.h"
 
 namespace kvtier {
 namespace {
@@ -118,29 +119,20 @@ TEST_F(MembershipIntegrationTest, StoreNodesJoiningAndLeavingCostOnlyMisses) {
   StoreClient& c = **client;
   constexpr size_t kBytes = 64 << 10;
   const std::vector<BlockKey> keys = testing::TestKeys(7, 32);
-  std::vector<BlockKey> parents(keys.size());
-  for (size_t i = 0; i < keys.size(); ++i) {
-    parents[i] = i == 0 ? testing::TestNamespace() : keys[i - 1];
-  }
-  std::vector<std::vector<uint8_t>> data(keys.size(), std::vector<uint8_t>(kBytes));
-  std::vector<const void*> src;
-  std::vector<void*> dst;
-  for (size_t i = 0; i < keys.size(); ++i) {
-    FillSyntheticBlock(keys[i], data[i].data(), kBytes);
-    src.push_back(data[i].data());
-    dst.push_back(data[i].data());
-  }
   const NamespaceId ns = testing::TestNamespace();
+  const std::vector<BlockKey> parents = ChainParents(ns, keys);
+  testing::SyntheticBlocks blocks(keys, kBytes);
+  const std::vector<const void*>& src = blocks.src;
   // Every block read back is the key's own; returns the prefix length.
   auto get = [&]() -> size_t {
-    for (auto& d : data) std::fill(d.begin(), d.end(), 0);
-    absl::StatusOr<size_t> n = c.Get(ns, keys, dst, kBytes);
+    testing::SyntheticBlocks read(keys, kBytes);
+    read.Clear();
+    absl::StatusOr<size_t> n = c.Get(ns, keys, read.dst, kBytes);
     EXPECT_TRUE(n.ok()) << n.status();
     if (!n.ok()) return 0;
     for (size_t i = 0; i < *n; ++i) {
-      EXPECT_TRUE(IsSyntheticBlock(keys[i], data[i].data(), kBytes)) << "block " << i;
+      EXPECT_TRUE(IsSyntheticBlock(keys[i], read.data[i].data(), kBytes)) << "block " << i;
     }
-    for (size_t i = 0; i < keys.size(); ++i) FillSyntheticBlock(keys[i], data[i].data(), kBytes);
     return *n;
   };
   auto lookup = [&] {

@@ -30,6 +30,7 @@ namespace kvtier {
 namespace {
 
 using testing::MakeTempDir;
+using testing::SyntheticBlocks;
 
 constexpr size_t kBlock = 64 * 1024;
 
@@ -40,24 +41,6 @@ using testing::TestNamespace;
 std::vector<BlockKey> Chain(const std::vector<BlockKey>& keys) {
   return ChainParents(TestNamespace(), keys);
 }
-
-// Blocks for keys, and the spans Put/Get take.
-struct Blocks {
-  Blocks(const std::vector<BlockKey>& keys, size_t bytes) : data(keys.size()) {
-    for (size_t i = 0; i < keys.size(); ++i) {
-      data[i].resize(bytes);
-      FillSyntheticBlock(keys[i], data[i].data(), bytes);
-      src.push_back(data[i].data());
-      dst.push_back(data[i].data());
-    }
-  }
-  void Clear() {
-    for (auto& d : data) std::fill(d.begin(), d.end(), 0);
-  }
-  std::vector<std::vector<uint8_t>> data;
-  std::vector<const void*> src;
-  std::vector<void*> dst;
-};
 
 class StoreIntegrationTest : public ::testing::TestWithParam<const char*> {
  protected:
@@ -134,7 +117,7 @@ TEST_P(StoreIntegrationTest, ConcurrentWritersOfTheSameKeys) {
   EXPECT_EQ(s.checksum_failures(), 0u);
   auto client = Client(store);
   std::vector<BlockKey> keys = TestKeys(5, 24);
-  Blocks b(keys, kBlock);
+  SyntheticBlocks b(keys, kBlock);
   b.Clear();
   auto got = client->Get(TestNamespace(), keys, b.dst, kBlock);
   ASSERT_TRUE(got.ok());
@@ -196,7 +179,7 @@ TEST_P(StoreIntegrationTest, ClientKilledMidPutLeavesNoPartialBlock) {
   EXPECT_EQ(Stats(store).slots_quarantined(), 0u);
 
   // The slots are free again: the same keys are stored and read back exactly.
-  Blocks b(keys, kBlock);
+  SyntheticBlocks b(keys, kBlock);
   auto put = client->Put(TestNamespace(), keys, Chain(keys), b.src, kBlock);
   ASSERT_TRUE(put.ok());
   EXPECT_EQ(put->stored, 8u);
@@ -218,7 +201,7 @@ TEST_P(StoreIntegrationTest, StoreKilledAndRestartedServesSpilledBlocks) {
   StoreProcess store = StartStore(o);
   auto client = Client(store);
   std::vector<BlockKey> old_keys = TestKeys(40, 16), new_keys = TestKeys(41, 16);
-  Blocks old_blocks(old_keys, kBlock), new_blocks(new_keys, kBlock);
+  SyntheticBlocks old_blocks(old_keys, kBlock), new_blocks(new_keys, kBlock);
   ASSERT_EQ(client->Put(TestNamespace(), old_keys, Chain(old_keys), old_blocks.src, kBlock)->stored,
             16u);
   ASSERT_EQ(client->Put(TestNamespace(), new_keys, Chain(new_keys), new_blocks.src, kBlock)->stored,
@@ -270,7 +253,7 @@ TEST_P(StoreIntegrationTest, GracefulRestartOnTheSamePortKeepsClientAndBlocks) {
   StoreProcess store = StartStore(o);
   auto client = Client(store);
   std::vector<BlockKey> keys = TestKeys(50, 4);
-  Blocks b(keys, kBlock);
+  SyntheticBlocks b(keys, kBlock);
   ASSERT_EQ(client->Put(TestNamespace(), keys, Chain(keys), b.src, kBlock)->stored, 4u);
   // SIGTERM: graceful, writes memory blocks to the spill tier, exits 0.
   auto st = store.process().Signal(SIGTERM, absl::Seconds(20));
@@ -300,7 +283,7 @@ TEST_P(StoreIntegrationTest, MappedPrefixReadsInPlaceAndHoldsItsLeaseUntilReleas
   StoreProcess store = StartStore(o);
   auto client = Client(store);
   std::vector<BlockKey> keys = TestKeys(80, 4);
-  Blocks b(keys, kBlock);
+  SyntheticBlocks b(keys, kBlock);
   ASSERT_EQ(client->Put(TestNamespace(), keys, Chain(keys), b.src, kBlock)->stored, 4u);
   const bool shm = tls_ == "sm,self";
   {
@@ -350,7 +333,7 @@ TEST_P(StoreIntegrationTest, TwoStoresShareTheKeysAndADeadOneCostsOnlyMisses) {
   auto client = StoreClient::Create(o);
   ASSERT_TRUE(client.ok());
   std::vector<BlockKey> keys = TestKeys(70, 32);
-  Blocks blocks(keys, kBlock);
+  SyntheticBlocks blocks(keys, kBlock);
   auto put = (*client)->Put(TestNamespace(), keys, Chain(keys), blocks.src, kBlock);
   ASSERT_TRUE(put.ok());
   EXPECT_EQ(put->stored, 32u);
@@ -404,7 +387,7 @@ TEST_P(StoreIntegrationTest, PrefixesLongerThanTheStoresBatchLimitAreServedWhole
   StoreProcess store = StartStore(o);
   auto client = Client(store);
   std::vector<BlockKey> keys = TestKeys(90, 10);
-  Blocks b(keys, kBlock);
+  SyntheticBlocks b(keys, kBlock);
   auto put = client->Put(TestNamespace(), keys, Chain(keys), b.src, kBlock);
   ASSERT_TRUE(put.ok()) << put.status();
   EXPECT_EQ(put->stored, 10u);
@@ -448,13 +431,13 @@ TEST_P(StoreIntegrationTest, AMixedPutLinksEachBlockToItsOwnParent) {
   const std::vector<BlockKey> a = TestKeys(100, 2), b = TestKeys(101, 2), c = TestKeys(102, 2);
   const std::vector<BlockKey> mixed = {a[0], b[0], a[1], b[1]};
   const std::vector<BlockKey> parents = {TestNamespace(), TestNamespace(), a[0], b[0]};
-  Blocks blocks(mixed, kBlock);
+  SyntheticBlocks blocks(mixed, kBlock);
   auto put = client->Put(TestNamespace(), mixed, parents, blocks.src, kBlock);
   ASSERT_TRUE(put.ok()) << put.status();
   ASSERT_EQ(put->stored, 4u);
   ASSERT_EQ(*client->Lookup(TestNamespace(), b), 2u);  // b is the more recently used prefix
   // Two new blocks evict two leaves, least recently used first: a1, then a0 (a leaf now).
-  Blocks more(c, kBlock);
+  SyntheticBlocks more(c, kBlock);
   ASSERT_EQ(client->Put(TestNamespace(), c, Chain(c), more.src, kBlock)->stored, 2u);
   EXPECT_EQ(*client->Lookup(TestNamespace(), b), 2u);
   EXPECT_EQ(*client->Lookup(TestNamespace(), a), 0u);
@@ -481,7 +464,7 @@ TEST_P(StoreIntegrationTest, AMappedWriterPastItsReservationDeadlineWritesNothin
                  /*copy_threads=*/1, /*on_unmap=*/nullptr);
   ASSERT_TRUE(node.Connect().ok());
   std::vector<BlockKey> keys = TestKeys(120, 4);
-  Blocks b(keys, kBlock);
+  SyntheticBlocks b(keys, kBlock);
   auto resv = node.Reserve(TestNamespace(), nullptr, keys, kBlock);
   ASSERT_TRUE(resv.ok()) << resv.status();
   std::vector<uint64_t> offsets(resv->offsets().begin(), resv->offsets().end());
@@ -528,7 +511,7 @@ TEST_P(StoreIntegrationTest, AGetFromAStoppedStoreEndsAtItsDeadline) {
   ASSERT_TRUE(client.ok()) << client.status();
   constexpr size_t kBig = 2 << 20;
   std::vector<BlockKey> keys = TestKeys(110, 64);  // 128 MiB: long enough to stop it midway
-  Blocks b(keys, kBig);
+  SyntheticBlocks b(keys, kBig);
   {
     // Written by a client of its own with room to spare: 128 MiB can take more than the
     // reader's 1 s deadline on a loaded or sanitized machine.
@@ -683,7 +666,7 @@ TEST_P(StoreIntegrationTest, BadInputGetsAClearStatusAndTheStoreKeepsServing) {
   EXPECT_EQ(nodes[0].ucx_lanes.find("tcp/") != std::string::npos, tls_ == "tcp,self")
       << nodes[0].ucx_lanes;
   std::vector<BlockKey> keys = TestKeys(60, 3);
-  Blocks b(keys, kBlock);
+  SyntheticBlocks b(keys, kBlock);
   ASSERT_EQ(client->Put(TestNamespace(), keys, Chain(keys), b.src, kBlock)->stored, 3u);
   b.Clear();
   EXPECT_EQ(*client->Get(TestNamespace(), keys, b.dst, kBlock), 3u);

@@ -10,6 +10,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/time/time.h"
+#include "common/synthetic_block.h"
 #include "gtest/gtest.h"
 
 namespace kvtier::testing {
@@ -43,6 +44,20 @@ std::unique_ptr<StoreClient> ConnectStoreClient(const std::string& address) {
   auto c = StoreClient::Create(o);
   EXPECT_TRUE(c.ok()) << c.status();
   return c.ok() ? std::move(*c) : nullptr;
+}
+
+SyntheticBlocks::SyntheticBlocks(const std::vector<BlockKey>& keys, size_t bytes)
+    : data(keys.size()) {
+  for (size_t i = 0; i < keys.size(); ++i) {
+    data[i].resize(bytes);
+    FillSyntheticBlock(keys[i], data[i].data(), bytes);
+    src.push_back(data[i].data());
+    dst.push_back(data[i].data());
+  }
+}
+
+void SyntheticBlocks::Clear() {
+  for (auto& d : data) std::fill(d.begin(), d.end(), 0);
 }
 
 }  // namespace kvtier::testing

@@ -21,6 +21,16 @@ std::string MakeTempDir(const std::string& name);
 void RemoveDirOrPrintLogs(const std::string& dir, bool failed,
                           const std::vector<std::string>& logs);
 
+// Synthetic payloads of `keys` (FillSyntheticBlock: each block is its key's own), with the
+// pointer lists StoreClient::Put and Get take (src and dst point at data).
+struct SyntheticBlocks {
+  SyntheticBlocks(const std::vector<BlockKey>& keys, size_t bytes);
+  void Clear();  // zeroes every payload
+  std::vector<std::vector<uint8_t>> data;
+  std::vector<const void*> src;
+  std::vector<void*> dst;
+};
+
 // A store client of the one store at `address`, retrying a failed node after 50 ms (tests
 // restart and stop stores). A failure to create it fails the test (EXPECT) and returns null.
 std::unique_ptr<StoreClient> ConnectStoreClient(const std::string& address);
