@@ -553,10 +553,12 @@ absl::StatusOr<MappedPrefix> RemoteStoreClient::MapPrefix(const NamespaceId& ns,
   where.resize(prefix);
   checksums.resize(prefix);
   return MappedPrefix(std::move(where), std::move(checksums), stored, block_bytes, copy_threads_,
-                      [this, leases = std::move(leases)]() {
+                      [this, leases = std::move(leases)]() mutable {
                         absl::MutexLock lock(&mu_);
                         bool held = true;
                         for (const auto& [node, id] : leases) held &= node->Release(id);
+                        // A node SetStores dropped meanwhile ends here, under the lock.
+                        leases.clear();
                         return held;
                       });
 }
