@@ -228,6 +228,7 @@ absl::StatusOr<PutResult> FakeStore::Put(const NamespaceId& ns, absl::Span<const
     ++r.stored;
   }
   r.skipped = static_cast<uint32_t>(keys.size() - i);
+  if (options_.same_host) r.stored_mapped = r.stored;  // written into the "mapped" pool
   return r;
 }
 

@@ -401,6 +401,7 @@ absl::StatusOr<bool> RemoteStoreClient::PutRun(const NamespaceId& ns, const Slic
     return false;
   }
   result->stored += done->committed();
+  if (n->mapped()) result->stored_mapped += done->committed();
   result->skipped += done->rejected_keys_size();
   return true;
 }

@@ -130,6 +130,8 @@ class StoreNode {
   // process, or null when that pool is not mapped or cannot be reached, or the range is not
   // inside one slot.
   const uint8_t* MappedSlot(uint64_t incarnation, uint64_t offset, size_t bytes);
+  // Whether the node's pool is mapped into this process (writes and reads go through it).
+  bool mapped() const { return mapped_ != nullptr; }
 
  private:
   // Makes sure the data plane matches `incarnation` (0: whatever is current).

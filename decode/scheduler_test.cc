@@ -315,7 +315,7 @@ TEST(SchedulerStoreTest, PromptTokensFromTheStoreAreCountedAndTimed) {
   EXPECT_EQ(metrics.prompt_tokens(TokenSource::kFirstTier).Value(), 0);
   EXPECT_EQ(metrics.prompt_tokens(TokenSource::kComputed).Value(), 40 + 8);
   EXPECT_EQ(metrics.fetch_blocks(FetchPath::kMapped).Value(), 2);  // a same-host store
-  EXPECT_GE(metrics.store_blocks().Value(), 2);                    // what the first wrote
+  EXPECT_GE(metrics.store_blocks(), 2);                            // what the first wrote
   EXPECT_EQ(metrics.ttft(/*hit=*/true).Snap().count, 1u);
   EXPECT_EQ(metrics.ttft(/*hit=*/false).Snap().count, 1u);
   EXPECT_EQ(metrics.store_connected->Value(), 1);

@@ -119,7 +119,7 @@ TEST_F(PrefillServiceTest, ComputesAndStoresOnlyTheMissingFullBlocks) {
   EXPECT_EQ(m.request_queue_time->Snap().count, 2u);
   EXPECT_EQ(m.request_prefill_time->Snap().count, 2u);
   EXPECT_EQ(m.e2e_request_latency->Snap().count, 2u);
-  EXPECT_EQ(m.store_blocks().Value(), 4);
+  EXPECT_EQ(m.store_blocks(), 4);
   EXPECT_EQ(m.fetch_blocks(worker::FetchPath::kMapped).Value(), 2);
   EXPECT_EQ(m.num_requests_running->Value(), 0);
   EXPECT_EQ(m.num_requests_waiting->Value(), 0);

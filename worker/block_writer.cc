@@ -118,8 +118,7 @@ void BlockWriter::Loop() {
       r = PutResult{0, 0, static_cast<uint32_t>(batch.keys.size())};
     }
     if (metrics_ != nullptr) {
-      metrics_->Stored(r->stored, r->stored * block_bytes_,
-                       absl::ToDoubleSeconds(absl::Now() - start));
+      metrics_->Stored(*r, block_bytes_, absl::ToDoubleSeconds(absl::Now() - start));
       metrics_->write_queue_bytes->Add(-static_cast<double>(batch.keys.size() * block_bytes_));
       metrics_->store_connected->Set(store_->AnyNodeConnected() ? 1 : 0);
     }

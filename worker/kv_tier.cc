@@ -258,8 +258,7 @@ PutResult KvTier::StoreBlocks(absl::Span<const BlockKey> keys, absl::Span<const 
       total.stored += r->stored;
       total.present += r->present;
       total.skipped += r->skipped;
-      metrics_->Stored(r->stored, r->stored * block_bytes_,
-                       absl::ToDoubleSeconds(absl::Now() - start));
+      metrics_->Stored(*r, block_bytes_, absl::ToDoubleSeconds(absl::Now() - start));
     }
     done += n;
   }

@@ -138,8 +138,9 @@ TEST_P(KvTierTest, StoredBlocksAreFetchedBackExactly) {
   EXPECT_EQ(M().fetch_bytes(Path()).Value(), kBlocks * block_bytes_);
   EXPECT_EQ(M().fetch_blocks(GetParam() ? FetchPath::kUcx : FetchPath::kMapped).Value(), 0);
   EXPECT_EQ(M().fetch_seconds(Path()).Snap().count, 1u);
-  EXPECT_EQ(M().store_blocks().Value(), kBlocks);  // the second write found them present
-  EXPECT_EQ(M().store_seconds().Snap().count, 2u);
+  EXPECT_EQ(M().store_blocks(Path()).Value(), kBlocks);  // the second found them present
+  EXPECT_EQ(M().store_blocks(), kBlocks);
+  EXPECT_EQ(M().store_batches(), 2u);
   EXPECT_EQ(M().store_connected->Value(), 1);
   EXPECT_EQ(Fallbacks(), 0);
   allocator_->Free(pages);
@@ -276,8 +277,8 @@ TEST_P(KvTierTest, AsyncWritesReachTheStoreByTicket) {
   EXPECT_EQ(batches_written.load(), 2);
   EXPECT_EQ(tier_->stats().stored_blocks, static_cast<uint64_t>(kBlocks));
   EXPECT_EQ(M().write_queue_bytes->Value(), 0);
-  EXPECT_EQ(M().store_blocks().Value(), kBlocks);
-  EXPECT_EQ(M().store_seconds().Snap().count, 2u);
+  EXPECT_EQ(M().store_blocks(Path()).Value(), kBlocks);
+  EXPECT_EQ(M().store_batches(), 2u);
 
   // What was written is the pages' K/V.
   const std::vector<int32_t> pages = FreshPages(kBlocks);

@@ -85,12 +85,21 @@ WorkerMetrics::WorkerMetrics(absl::string_view role) : role_(role) {
         f.H("fetch_seconds", "One fetch from the store (lookup, transfer, import, verify), by path",
             f.Labels("path", kPathNames[i]));
   }
-  store_blocks_ = f.C("store_blocks_total", "Blocks written to the store");
-  store_bytes_ = f.C("store_bytes_total", "Payload bytes of the blocks written to the store");
-  store_seconds_ =
-      f.H("store_seconds",
-          "One write of a batch of blocks to the store (export to commit; decode: the writer "
-          "thread's Put)");
+  store_blocks_[0] = store_bytes_[0] = nullptr;
+  store_seconds_[0] = nullptr;
+  for (int i = 1; i < 3; ++i) {
+    const MetricLabels path = f.Labels("path", kPathNames[i]);
+    store_blocks_[i] = f.C("store_blocks_total",
+                           "Blocks written to the store, by path (mapped: through a same-host "
+                           "pool; ucx)",
+                           path);
+    store_bytes_[i] =
+        f.C("store_bytes_total", "Payload bytes of the blocks written to the store, by path", path);
+    store_seconds_[i] = f.H("store_seconds",
+                            "One write of a batch of blocks to the store (export to commit; "
+                            "decode: the writer thread's Put), by path",
+                            path);
+  }
   checksum_failures =
       f.C("checksum_failures_total", "Fetched blocks whose checksum did not match (recomputed)");
   f.Each("recompute_fallbacks_total",
@@ -108,10 +117,14 @@ void WorkerMetrics::Fetched(FetchPath path, uint64_t blocks, uint64_t bytes, dou
   if (seconds >= 0 && fetch_seconds_[i] != nullptr) fetch_seconds_[i]->Observe(seconds);
 }
 
-void WorkerMetrics::Stored(uint64_t blocks, uint64_t bytes, double seconds) {
-  store_blocks_->Increment(static_cast<double>(blocks));
-  store_bytes_->Increment(static_cast<double>(bytes));
-  store_seconds_->Observe(seconds);
+void WorkerMetrics::Stored(const PutResult& r, uint64_t block_bytes, double seconds) {
+  const int mapped = static_cast<int>(FetchPath::kMapped), ucx = static_cast<int>(FetchPath::kUcx);
+  const uint64_t over_ucx = r.stored - r.stored_mapped;
+  store_blocks_[mapped]->Increment(static_cast<double>(r.stored_mapped));
+  store_bytes_[mapped]->Increment(static_cast<double>(r.stored_mapped * block_bytes));
+  store_blocks_[ucx]->Increment(static_cast<double>(over_ucx));
+  store_bytes_[ucx]->Increment(static_cast<double>(over_ucx * block_bytes));
+  store_seconds_[r.stored > 0 && over_ucx == 0 ? mapped : ucx]->Observe(seconds);
 }
 
 }  // namespace kvtier::worker

@@ -17,6 +17,7 @@
 #include "absl/strings/string_view.h"
 #include "absl/time/time.h"
 #include "common/metrics.h"
+#include "kvtier/store_client.h"
 
 namespace kvtier::worker {
 
@@ -49,8 +50,10 @@ class WorkerMetrics {
   // One fetch of `blocks` blocks of `bytes` over `path`; `seconds` < 0: not timed (the first
   // tier has no fetch to time).
   void Fetched(FetchPath path, uint64_t blocks, uint64_t bytes, double seconds = -1);
-  // One write of a batch to the store.
-  void Stored(uint64_t blocks, uint64_t bytes, double seconds);
+  // One write of a batch to the store: `r` its result, blocks of `block_bytes`. Blocks count by
+  // path (mapped: through a same-host pool; ucx); the batch's time counts as mapped when every
+  // block it stored went through a mapped pool, else as ucx.
+  void Stored(const PutResult& r, uint64_t block_bytes, double seconds);
   void Fallback(FallbackReason reason) { fallbacks_[static_cast<int>(reason)]->Increment(); }
   void PromptTokens(TokenSource source, uint64_t tokens) {
     prompt_tokens_[static_cast<int>(source)]->Increment(static_cast<double>(tokens));
@@ -81,8 +84,12 @@ class WorkerMetrics {
   const Counter& prompt_tokens(TokenSource s) const { return *prompt_tokens_[static_cast<int>(s)]; }
   const Counter& requests(FinishReason r) const { return *requests_[static_cast<int>(r)]; }
   const Histogram& ttft(bool hit) const { return hit ? *ttft_hit_ : *ttft_miss_; }
-  const Counter& store_blocks() const { return *store_blocks_; }
-  const Histogram& store_seconds() const { return *store_seconds_; }
+  // Over both paths, or one (kMapped or kUcx).
+  double store_blocks() const { return store_blocks_[1]->Value() + store_blocks_[2]->Value(); }
+  const Counter& store_blocks(FetchPath p) const { return *store_blocks_[static_cast<int>(p)]; }
+  uint64_t store_batches() const {
+    return store_seconds_[1]->Snap().count + store_seconds_[2]->Snap().count;
+  }
   const Histogram& fetch_seconds(FetchPath p) const {
     return *fetch_seconds_[static_cast<int>(p)];  // not kFirstTier
   }
@@ -93,9 +100,9 @@ class WorkerMetrics {
   Counter* fetch_blocks_[3];
   Counter* fetch_bytes_[3];
   Histogram* fetch_seconds_[3];  // [kFirstTier] is null: nothing to time
-  Counter* store_blocks_;
-  Counter* store_bytes_;
-  Histogram* store_seconds_;
+  Counter* store_blocks_[3];     // [kFirstTier] is null: the first tier stores nothing
+  Counter* store_bytes_[3];
+  Histogram* store_seconds_[3];
   Counter* fallbacks_[3];
   Counter* prompt_tokens_[3];
   Counter* requests_[4];

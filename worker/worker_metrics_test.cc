@@ -89,14 +89,16 @@ TEST(WorkerMetricsTest, UpdatesReachTheirSeries) {
   WorkerMetrics m("decode");
   m.Fetched(FetchPath::kUcx, 3, 3000, 0.002);
   m.Fetched(FetchPath::kFirstTier, 2, 2000);
-  m.Stored(4, 4000, 0.01);
+  m.Stored(PutResult{.stored = 4, .stored_mapped = 1}, 1000, 0.01);
   m.Fallback(FallbackReason::kChecksum);
   m.PromptTokens(TokenSource::kStore, 48);
   m.Finished(FinishReason::kCancelled);
   m.FirstToken(true, absl::Milliseconds(5));
   EXPECT_EQ(m.fetch_blocks(FetchPath::kUcx).Value(), 3);
   EXPECT_EQ(m.fetch_bytes(FetchPath::kFirstTier).Value(), 2000);
-  EXPECT_EQ(m.store_blocks().Value(), 4);
+  EXPECT_EQ(m.store_blocks(), 4);
+  EXPECT_EQ(m.store_blocks(FetchPath::kMapped).Value(), 1);
+  EXPECT_EQ(m.store_blocks(FetchPath::kUcx).Value(), 3);
   EXPECT_EQ(m.fallbacks(FallbackReason::kChecksum).Value(), 1);
   EXPECT_EQ(m.prompt_tokens(TokenSource::kStore).Value(), 48);
   EXPECT_EQ(m.requests(FinishReason::kCancelled).Value(), 1);
@@ -105,8 +107,11 @@ TEST(WorkerMetricsTest, UpdatesReachTheirSeries) {
   const std::string text = m.registry().RenderText();
   EXPECT_NE(text.find("kvtier_worker_fetch_seconds_count{role=\"decode\",path=\"ucx\"} 1\n"),
             std::string::npos);
-  EXPECT_NE(text.find("kvtier_worker_store_bytes_total{role=\"decode\"} 4000\n"),
+  EXPECT_NE(text.find("kvtier_worker_store_bytes_total{role=\"decode\",path=\"ucx\"} 3000\n"),
             std::string::npos);
+  EXPECT_NE(text.find("kvtier_worker_store_seconds_count{role=\"decode\",path=\"ucx\"} 1\n"),
+            std::string::npos)
+      << "a batch with blocks over UCX counts as ucx";
 }
 
 }  // namespace

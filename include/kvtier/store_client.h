@@ -73,6 +73,9 @@ struct PutResult {
   // Not stored: no space, node down, transfer or checksum failure, or being stored by another
   // writer (which may still fail).
   uint32_t skipped = 0;
+  // Of `stored`, written through a pool mapped into this process (a same-host store); the rest
+  // moved over UCX.
+  uint32_t stored_mapped = 0;
 };
 
 // A store pool mapped into this process: [base, base + bytes). A restarted store's new pool
