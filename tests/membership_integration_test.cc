@@ -140,7 +140,9 @@ TEST_F(MembershipIntegrationTest, StoreNodesJoiningAndLeavingCostOnlyMisses) {
     EXPECT_TRUE(n.ok()) << n.status();
     return n.ok() ? *n : 0;
   };
-  ASSERT_EQ(c.Put(ns, keys, parents, src, kBytes)->stored, keys.size());
+  const PutResult first = *c.Put(ns, keys, parents, src, kBytes);
+  ASSERT_EQ(first.stored, keys.size());
+  EXPECT_EQ(first.stored_mapped, first.stored) << "a same-host store's pool is written in place";
   ASSERT_EQ(lookup(), keys.size());
 
   // B joins: the keys it now owns are misses until written again.
