@@ -79,6 +79,21 @@ absl::StatusOr<json> ParseJson(const std::string& text, absl::string_view what) 
   return j;
 }
 
+// A POST of `body` (JSON) to `path` that records the response's status in *status as the headers
+// arrive; the caller adds the content receiver.
+httplib::Request JsonPost(const std::string& path, std::string body, int* status) {
+  httplib::Request req;
+  req.method = "POST";
+  req.path = path;
+  req.body = std::move(body);
+  req.set_header("Content-Type", "application/json");
+  req.response_handler = [status](const httplib::Response& res) {
+    *status = res.status;
+    return true;
+  };
+  return req;
+}
+
 }  // namespace
 
 absl::StatusOr<std::unique_ptr<EtcdClient>> EtcdClient::Create(EtcdOptions options) {
@@ -130,15 +145,7 @@ absl::StatusOr<std::string> EtcdClient::Call(const std::string& path,
     int status = 0;
     std::string response;
     bool too_big = false;
-    httplib::Request req;
-    req.method = "POST";
-    req.path = path;
-    req.body = body;
-    req.set_header("Content-Type", "application/json");
-    req.response_handler = [&](const httplib::Response& res) {
-      status = res.status;
-      return true;
-    };
+    httplib::Request req = JsonPost(path, body, &status);
     req.content_receiver = [&](const char* data, size_t n, uint64_t, uint64_t) {
       response.append(data, n);
       too_big = response.size() > kMaxResponseBytes;
@@ -273,15 +280,7 @@ absl::Status EtcdClient::Watch(
     std::string buffer;
     absl::Status stream_error;  // what ended the stream from etcd's side
     bool created = false;
-    httplib::Request req;
-    req.method = "POST";
-    req.path = "/v3/watch";
-    req.body = body_text;
-    req.set_header("Content-Type", "application/json");
-    req.response_handler = [&](const httplib::Response& res) {
-      status = res.status;
-      return true;
-    };
+    httplib::Request req = JsonPost("/v3/watch", body_text, &status);
     // One JSON message per line: {"result": {"header": .., "created": true | "events": [..] |
     // "canceled": true, "compact_revision": ..}}.
     req.content_receiver = [&](const char* data, size_t n, uint64_t, uint64_t) {
