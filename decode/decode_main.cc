@@ -8,6 +8,7 @@
 #include "common/status_macros.h"
 #include "decode/decode_service.h"
 #include "decode/scheduler.h"
+#include "spdlog/spdlog.h"
 #include "worker/server_util.h"
 
 namespace kvtier::decode {
@@ -46,9 +47,15 @@ absl::StatusOr<StopFunction> Start(const worker::WorkerOptions& options) {
       w->role->scheduler.get(), w->parts.engine.get(), w->parts.tier.get(), options);
   KVTIER_ASSIGN_OR_RETURN(
       w->server, worker::ServeWorker("kvtier-decode", options, &w->parts, w->role->service.get()));
-  return [w] {
-    // Running requests end now (their streams finish with UNAVAILABLE, and their handlers
-    // return within one poll interval), then gRPC stops.
+  return [w, drain = absl::Milliseconds(options.drain_timeout_ms)] {
+    // Leaves the cluster (routers stop placing here), finishes what runs within the drain
+    // timeout (docs/serving.md, "Draining"); what is left ends now (its streams finish with
+    // UNAVAILABLE, and their handlers return within one poll interval), then gRPC stops.
+    w->parts.registration.reset();
+    const absl::Time t0 = absl::Now();
+    const int left = w->role->service->Drain(drain);
+    spdlog::info("drained in {:.1f} s{}", absl::ToDoubleSeconds(absl::Now() - t0),
+                 left == 0 ? "" : fmt::format(", {} request(s) cancelled", left));
     w->role->scheduler->Stop();
     w->server->Shutdown(std::chrono::system_clock::now() + std::chrono::milliseconds(500));
   };

@@ -43,6 +43,9 @@ absl::StatusOr<GenerateSpec> DecodeService::ToSpec(const v1::GenerateRequest& r)
 grpc::Status DecodeService::Generate(grpc::ServerContext* context,
                                      const v1::GenerateRequest* request,
                                      grpc::ServerWriter<v1::GenerateResponse>* writer) {
+  if (draining_.load()) {
+    return grpc::Status(grpc::StatusCode::UNAVAILABLE, "the decode worker is draining");
+  }
   absl::StatusOr<GenerateSpec> spec = ToSpec(*request);
   if (!spec.ok()) return ToGrpc(spec.status());
   absl::StatusOr<std::shared_ptr<GenerationStream>> stream = scheduler_->Submit(std::move(*spec));
@@ -88,7 +91,18 @@ grpc::Status DecodeService::GetWorkerInfo(grpc::ServerContext*, const v1::Worker
   info->set_active_requests(static_cast<uint32_t>(s.active_requests));
   // Pages a new request can get: free ones plus cached blocks nobody uses (evictable).
   info->set_free_pages(static_cast<uint32_t>(s.available_pages));
+  info->set_draining(draining_.load());
   return grpc::Status::OK;
+}
+
+int DecodeService::Drain(absl::Duration timeout) {
+  draining_.store(true);
+  const absl::Time deadline = absl::Now() + timeout;
+  // A Generate that passed the check just before it submits soon: it is waited for too.
+  while (scheduler_->stats().active_requests > 0 && absl::Now() < deadline) {
+    absl::SleepFor(absl::Milliseconds(20));
+  }
+  return scheduler_->stats().active_requests;
 }
 
 }  // namespace kvtier::decode

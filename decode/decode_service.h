@@ -10,6 +10,9 @@
 #ifndef KVTIER_DECODE_DECODE_SERVICE_H_
 #define KVTIER_DECODE_DECODE_SERVICE_H_
 
+#include <atomic>
+
+#include "absl/time/time.h"
 #include "decode/scheduler.h"
 #include "kvtier/v1/worker.grpc.pb.h"
 #include "worker/kv_tier.h"
@@ -27,6 +30,11 @@ class DecodeService final : public v1::DecodeWorker::Service {
   grpc::Status GetWorkerInfo(grpc::ServerContext* context, const v1::WorkerInfoRequest* request,
                              v1::WorkerInfo* info) override;
 
+  // Drains (docs/serving.md, "Draining"): new Generate calls are refused with UNAVAILABLE (a
+  // router retries them on another worker) and GetWorkerInfo says draining; then waits up to
+  // `timeout` until the requests already submitted have finished. Returns how many had not.
+  int Drain(absl::Duration timeout);
+
   // The scheduler's request for a GenerateRequest (defaults applied: max_tokens 0 → the
   // worker's default, top_p 0 → 1, n 0 → 1). InvalidArgument for a bad prompt.
   absl::StatusOr<GenerateSpec> ToSpec(const v1::GenerateRequest& request) const;
@@ -36,6 +44,7 @@ class DecodeService final : public v1::DecodeWorker::Service {
   const engine::Engine* engine_;
   const worker::KvTier* tier_;
   const worker::WorkerOptions options_;
+  std::atomic<bool> draining_{false};
 };
 
 }  // namespace kvtier::decode

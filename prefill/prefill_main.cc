@@ -23,9 +23,10 @@ absl::StatusOr<StopFunction> Start(const worker::WorkerOptions& options) {
   w->role = std::make_unique<PrefillService>(w->parts.engine.get(), w->parts.tier.get(), options);
   KVTIER_ASSIGN_OR_RETURN(w->server,
                           worker::ServeWorker("kvtier-prefill", options, &w->parts, w->role.get()));
-  // Stops accepting; queued requests are refused (UNAVAILABLE) as soon as they would start,
-  // and the request in progress (at most one computes) gets 2 s to finish.
+  // Leaves the cluster, stops accepting; queued requests are refused (UNAVAILABLE) as soon as
+  // they would start, and the request in progress (at most one computes) gets 2 s to finish.
   return [w] {
+    w->parts.registration.reset();
     w->role->Stop();
     w->server->Shutdown(std::chrono::system_clock::now() + std::chrono::seconds(2));
   };

@@ -33,6 +33,9 @@ const char* EndpointLabel(const std::string& path) {
   return "other";
 }
 
+// How long Start waits for etcd's first answer about the workers.
+constexpr absl::Duration kFirstMembersWait = absl::Seconds(5);
+
 // GET /v1/models/{id}; ids may hold '/' ("meta-llama/Meta-Llama-3-8B-Instruct").
 constexpr char kModelPattern[] = R"(/v1/models/(.+))";
 
@@ -60,12 +63,16 @@ absl::StatusOr<std::unique_ptr<Router>> Router::Create(RouterOptions options) {
       GrpcClients(WorkerRole::kDecode, options.decode_workers, creds);
   std::vector<std::unique_ptr<WorkerClient>> prefill =
       GrpcClients(WorkerRole::kPrefill, options.prefill_workers, creds);
-  return Create(std::move(options), std::move(decode), std::move(prefill));
+  return Create(std::move(options), std::move(decode), std::move(prefill),
+                [creds](WorkerRole role, const std::string& address) {
+                  return std::make_unique<GrpcWorkerClient>(role, address, creds);
+                });
 }
 
 absl::StatusOr<std::unique_ptr<Router>> Router::Create(
     RouterOptions options, std::vector<std::unique_ptr<WorkerClient>> decode_workers,
-    std::vector<std::unique_ptr<WorkerClient>> prefill_workers) {
+    std::vector<std::unique_ptr<WorkerClient>> prefill_workers,
+    WorkerPool::ClientFactory make_client) {
   std::unique_ptr<Router> r(new Router(std::move(options)));
   const RouterOptions& o = r->options_;
   if (!o.api_keys_file.empty()) {
@@ -99,7 +106,7 @@ absl::StatusOr<std::unique_ptr<Router>> Router::Create(
     stop_token_ids = *std::move(ids);
   }
   r->pool_ = std::make_unique<WorkerPool>(o, std::move(decode_workers), std::move(prefill_workers),
-                                          &r->metrics_);
+                                          &r->metrics_, std::move(make_client));
   r->generation_ = std::make_unique<Generation>(o, &*r->tokenizer_, std::move(stop_token_ids),
                                                 r->pool_.get(), &r->metrics_);
   return r;
@@ -116,6 +123,36 @@ absl::StatusOr<int> Router::Start() {
   } else {
     spdlog::warn(
         "kvtier-router: no api_keys_file: the HTTP API serves ANY caller (as tenant \"\")");
+  }
+  if (options_.membership.enabled()) {
+    // Workers of this model join and leave the pool as they register and go
+    // (docs/membership.md); the first answer of etcd is awaited so that the first requests
+    // find them.
+    for (WorkerRole role : {WorkerRole::kDecode, WorkerRole::kPrefill}) {
+      KVTIER_ASSIGN_OR_RETURN(std::unique_ptr<membership::EtcdClient> etcd,
+                              membership::MakeEtcdClient(options_.membership));
+      auto& watch = watches_[static_cast<int>(role)];
+      watch = membership::MemberWatcher::Start(
+          std::move(etcd), options_.membership.prefix, RoleName(role),
+          [this, role](const std::vector<membership::Member>& members) {
+            std::vector<std::string> addresses;
+            for (const membership::Member& m : members) {
+              if (m.model == options_.model_name) {
+                addresses.push_back(m.address);
+              } else {
+                KVTIER_LOG_LIMITED(warn, "{} worker {} serves model '{}', not '{}': ignored",
+                                   RoleName(role), m.address, m.model, options_.model_name);
+              }
+            }
+            pool_->SetWorkers(role, addresses);
+          },
+          &metrics_);
+      const absl::Time deadline = absl::Now() + kFirstMembersWait;
+      while (!watch->connected() && absl::Now() < deadline) absl::SleepFor(absl::Milliseconds(20));
+      if (!watch->connected()) {
+        spdlog::warn("etcd does not answer yet: {} workers join once it does", RoleName(role));
+      }
+    }
   }
   pool_->Refresh();
   server_ = std::make_unique<HttpServer>(static_cast<uint64_t>(options_.max_body_bytes),
@@ -145,6 +182,7 @@ absl::StatusOr<int> Router::Start() {
 void Router::Stop() {
   if (!started_ || stopped_) return;
   stopped_ = true;
+  for (auto& w : watches_) w.reset();  // their callbacks update the pool
   pool_->Stop();    // cancels the worker calls in flight: their requests end with errors
   server_->stop();  // closes the listener; waits for the handler threads
   if (listen_thread_.joinable()) listen_thread_.join();

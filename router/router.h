@@ -27,6 +27,7 @@
 
 #include "absl/status/statusor.h"
 #include "common/metrics.h"
+#include "membership/membership.h"
 #include "router/api_keys.h"
 #include "router/generation.h"
 #include "router/openai_api.h"
@@ -51,14 +52,17 @@ class Router {
   static absl::StatusOr<std::unique_ptr<Router>> Create(RouterOptions options);
   // As Create, over the given worker clients instead of gRPC ones (the unit tests' fakes,
   // router/fake_worker_client.h); options.decode_workers and prefill_workers are not used.
+  // `make_client` makes the clients of workers that membership names (may be null without).
   static absl::StatusOr<std::unique_ptr<Router>> Create(
       RouterOptions options, std::vector<std::unique_ptr<WorkerClient>> decode_workers,
-      std::vector<std::unique_ptr<WorkerClient>> prefill_workers);
+      std::vector<std::unique_ptr<WorkerClient>> prefill_workers,
+      WorkerPool::ClientFactory make_client = nullptr);
   ~Router();  // Stop()s.
   Router(const Router&) = delete;
   Router& operator=(const Router&) = delete;
 
-  // Asks every worker for its info once, binds the HTTP port and starts serving and the
+  // With membership, starts the workers' watches (waiting up to 5 s for etcd's first answer);
+  // asks every worker for its info once, binds the HTTP port and starts serving and the
   // workers' refresh. Returns the bound port.
   absl::StatusOr<int> Start();
   // Graceful stop: in-flight generations are cancelled (streams end with an error event,
@@ -105,6 +109,8 @@ class Router {
   MetricsRegistry metrics_;
   std::unique_ptr<WorkerPool> pool_;
   std::unique_ptr<Generation> generation_;
+  // With membership: the decode and prefill workers' watches (by WorkerRole), feeding pool_.
+  std::unique_ptr<membership::MemberWatcher> watches_[2];
 
   std::unique_ptr<httplib::Server> server_;
   std::thread listen_thread_;

@@ -20,8 +20,7 @@ void DeclareRouterOptions(RouterOptions* o, OptionTable* t) {
       .HostPort();
   t->Add("decode_workers", &o->decode_workers, "decode worker host:port (repeat)")
       .Flag("--decode")
-      .HostPort()
-      .Required();
+      .HostPort();
   t->Add("skip_prefill_below", &o->skip_prefill_below,
          "skip prefill when fewer prompt tokens are uncached")
       .Min(0);
@@ -48,9 +47,15 @@ void DeclareRouterOptions(RouterOptions* o, OptionTable* t) {
   t->Add("ready_file", &o->ready_file, "write {http_port, grpc_port, pid} here when serving");
   t->Add("log_level", &o->log_level, "log level").OneOf(LogLevelNames());
   DeclareTlsOptions(&o->tls, t, TlsRole::kHttpServerAndClient);
+  membership::DeclareMembershipOptions(&o->membership, t);
   t->Add("api_keys_file", &o->api_keys_file,
          "file of 'KEY TENANT' lines: the API keys callers must send");
   t->Finalize([o]() -> absl::Status {
+    if (o->decode_workers.empty() && !o->membership.enabled()) {
+      return absl::InvalidArgumentError(
+          "decode_workers (--decode): required unless workers come from membership "
+          "(membership.etcd)");
+    }
     if (!o->tls.plaintext && o->api_keys_file.empty()) {
       return absl::InvalidArgumentError(
           "TLS needs api_keys_file (--api-keys-file): the API keys callers must send "

@@ -11,6 +11,7 @@
 
 #include "absl/status/statusor.h"
 #include "common/options.h"
+#include "membership/membership_options.h"
 
 namespace kvtier::router {
 
@@ -26,7 +27,7 @@ struct RouterOptions {
   std::string chat_format = "auto";
   // Prefill workers (gRPC host:port). Default: none (decode computes whole prompts).
   std::vector<std::string> prefill_workers;
-  // Decode workers (gRPC host:port). At least one is required.
+  // Decode workers (gRPC host:port). At least one is required unless membership names them.
   std::vector<std::string> decode_workers;
   // Prefill is skipped when fewer prompt tokens than this are uncached. Default: 64.
   int64_t skip_prefill_below = 64;
@@ -67,6 +68,10 @@ struct RouterOptions {
   // Bearer KEY") and the tenant of each. Required with TLS; with plain text and none, any caller
   // is served as tenant "" (a WARNING at start-up). Default: none.
   std::string api_keys_file;
+  // Cluster membership through etcd (membership.*, docs/membership.md): the decode and prefill
+  // workers serving this model join and leave the pool as they register and go, beside the
+  // static lists. Default: off.
+  membership::MembershipOptions membership;
 };
 
 // Command-line flags over the YAML config: Register, parse, then Resolve (validated, with

@@ -19,24 +19,64 @@ bool Contains(absl::Span<const int> v, int x) {
 
 WorkerPool::WorkerPool(const RouterOptions& options,
                        std::vector<std::unique_ptr<WorkerClient>> decode,
-                       std::vector<std::unique_ptr<WorkerClient>> prefill, MetricsRegistry* metrics)
+                       std::vector<std::unique_ptr<WorkerClient>> prefill, MetricsRegistry* metrics,
+                       ClientFactory make_client)
     : keys_per_worker_(static_cast<size_t>(options.affinity_keys_per_worker)),
-      health_timeout_(absl::Milliseconds(options.health_timeout_ms)) {
-  clients_[static_cast<int>(WorkerRole::kDecode)] = std::move(decode);
-  clients_[static_cast<int>(WorkerRole::kPrefill)] = std::move(prefill);
+      health_timeout_(absl::Milliseconds(options.health_timeout_ms)),
+      make_client_(std::move(make_client)),
+      metrics_(metrics) {
   absl::MutexLock lock(&mu_);
-  for (WorkerRole role : {WorkerRole::kDecode, WorkerRole::kPrefill}) {
-    for (const std::unique_ptr<WorkerClient>& c : clients(role)) {
-      State s;
-      if (role == WorkerRole::kDecode) s.keys.emplace(keys_per_worker_);
-      const MetricLabels labels = {{"worker", c->address()}, {"role", RoleName(role)}};
-      s.in_flight_gauge = metrics->AddGauge("kvtier_router_worker_in_flight",
-                                            "Requests in flight per worker", labels);
-      s.up_gauge =
-          metrics->AddGauge("kvtier_router_worker_up", "Whether the worker answers", labels);
-      states(role).push_back(std::move(s));
+  for (std::unique_ptr<WorkerClient>& c : decode) AddSlot(WorkerRole::kDecode, std::move(c), false);
+  for (std::unique_ptr<WorkerClient>& c : prefill) {
+    AddSlot(WorkerRole::kPrefill, std::move(c), false);
+  }
+}
+
+void WorkerPool::AddSlot(WorkerRole role, std::shared_ptr<WorkerClient> client,
+                         bool from_membership) {
+  State s;
+  if (role == WorkerRole::kDecode) s.keys.emplace(keys_per_worker_);
+  const MetricLabels labels = {{"worker", client->address()}, {"role", RoleName(role)}};
+  s.in_flight_gauge =
+      metrics_->AddGauge("kvtier_router_worker_in_flight", "Requests in flight per worker", labels);
+  s.up_gauge = metrics_->AddGauge("kvtier_router_worker_up", "Whether the worker answers", labels);
+  s.client = std::move(client);
+  s.from_membership = from_membership;
+  states(role).push_back(std::move(s));
+}
+
+void WorkerPool::SetWorkers(WorkerRole role, const std::vector<std::string>& addresses) {
+  std::vector<std::string> added;
+  {
+    absl::MutexLock lock(&mu_);
+    if (stopping_) return;
+    for (State& s : states(role)) {
+      if (!s.from_membership) continue;
+      const bool listed =
+          std::find(addresses.begin(), addresses.end(), s.client->address()) != addresses.end();
+      if (s.member && !listed) {
+        spdlog::info("{} worker {} left", RoleName(role), s.client->address());
+        s.alive = false;  // it may come back with another model or namespace
+        s.up_gauge->Set(0);
+      }
+      s.member = listed;
+    }
+    for (const std::string& a : addresses) {
+      const std::vector<State>& ss = states(role);
+      if (std::any_of(ss.begin(), ss.end(),
+                      [&](const State& s) { return s.client->address() == a; })) {
+        continue;
+      }
+      if (make_client_ == nullptr || ss.size() >= kMaxWorkersPerRole) {
+        KVTIER_LOG_LIMITED(warn, "{} worker {} ignored: {}", RoleName(role), a,
+                           make_client_ == nullptr ? "no client factory" : "too many workers");
+        continue;
+      }
+      AddSlot(role, make_client_(role, a), true);
+      added.push_back(a);
     }
   }
+  for (const std::string& a : added) spdlog::info("{} worker {} joined", RoleName(role), a);
 }
 
 WorkerPool::~WorkerPool() { Stop(); }
@@ -50,9 +90,14 @@ void WorkerPool::Stop() {
     absl::MutexLock lock(&mu_);
     stopping_ = true;
   }
-  for (WorkerRole role : {WorkerRole::kDecode, WorkerRole::kPrefill}) {
-    for (const std::unique_ptr<WorkerClient>& c : clients(role)) c->CancelAll();
+  std::vector<std::shared_ptr<WorkerClient>> clients;
+  {
+    absl::MutexLock lock(&mu_);
+    for (WorkerRole role : {WorkerRole::kDecode, WorkerRole::kPrefill}) {
+      for (const State& s : states(role)) clients.push_back(s.client);
+    }
   }
+  for (const std::shared_ptr<WorkerClient>& c : clients) c->CancelAll();
   if (refresh_thread_.joinable()) refresh_thread_.join();
 }
 
@@ -73,11 +118,20 @@ void WorkerPool::RefreshLoop() {
 
 void WorkerPool::Refresh() {
   for (WorkerRole role : {WorkerRole::kDecode, WorkerRole::kPrefill}) {
-    for (size_t i = 0; i < clients(role).size(); ++i) {
-      absl::StatusOr<v1::WorkerInfo> info = clients(role)[i]->GetWorkerInfo(health_timeout_);
+    std::vector<std::pair<size_t, std::shared_ptr<WorkerClient>>> members;
+    {
+      absl::MutexLock lock(&mu_);
+      const std::vector<State>& ss = states(role);
+      for (size_t i = 0; i < ss.size(); ++i) {
+        if (ss[i].member) members.emplace_back(i, ss[i].client);
+      }
+    }
+    for (const auto& [i, client] : members) {
+      absl::StatusOr<v1::WorkerInfo> info = client->GetWorkerInfo(health_timeout_);
       absl::MutexLock lock(&mu_);
       if (stopping_) return;  // the calls are being cancelled: not an answer of the worker
       State& s = states(role)[i];
+      if (!s.member) continue;  // left meanwhile
       const bool ok = info.ok();
       if (ok) {
         absl::StatusOr<NamespaceId> ns = KeyFromBytes(info->namespace_id(), "namespace_id");
@@ -89,13 +143,17 @@ void WorkerPool::Refresh() {
           s.keys.emplace(keys_per_worker_);
         }
         s.ns = new_ns;
+        if (info->draining() && !s.draining) {
+          spdlog::info("{} worker {} is draining", RoleName(role), client->address());
+        }
+        s.draining = info->draining();
         s.info = *std::move(info);
       }
       if (ok && !s.alive) {
-        spdlog::info("{} worker {} is up", RoleName(role), clients(role)[i]->address());
+        spdlog::info("{} worker {} is up", RoleName(role), client->address());
       } else if (!ok && s.alive) {
         KVTIER_LOG_LIMITED(warn, "{} worker {} does not answer ({})", RoleName(role),
-                           clients(role)[i]->address(), info.status().ToString());
+                           client->address(), info.status().ToString());
       }
       s.alive = ok;
       s.up_gauge->Set(ok ? 1 : 0);
@@ -117,7 +175,7 @@ std::optional<WorkerPool::Lease> WorkerPool::AcquireDecode(PromptKeys& prompt,
     absl::MutexLock lock(&mu_);
     const std::vector<State>& ss = states(WorkerRole::kDecode);
     for (size_t i = 0; i < ss.size(); ++i) {
-      if (ss[i].alive && !Contains(exclude, static_cast<int>(i)) && ss[i].ns.has_value() &&
+      if (Placeable(ss[i]) && !Contains(exclude, static_cast<int>(i)) && ss[i].ns.has_value() &&
           ss[i].info.block_tokens() > 0) {
         keyed.push_back({static_cast<int>(i), *ss[i].ns, ss[i].info.block_tokens()});
       }
@@ -131,7 +189,7 @@ std::optional<WorkerPool::Lease> WorkerPool::AcquireDecode(PromptKeys& prompt,
   std::vector<int> index;
   std::vector<uint32_t> block_tokens;
   for (size_t i = 0; i < ss.size(); ++i) {
-    if (!ss[i].alive || Contains(exclude, static_cast<int>(i))) continue;
+    if (!Placeable(ss[i]) || Contains(exclude, static_cast<int>(i))) continue;
     PlacementCandidate c;
     c.in_flight = ss[i].in_flight;
     uint32_t bt = 0;
@@ -149,7 +207,8 @@ std::optional<WorkerPool::Lease> WorkerPool::AcquireDecode(PromptKeys& prompt,
   if (pick < 0) return std::nullopt;
   const int w = index[pick];
   ss[w].in_flight_gauge->Set(++ss[w].in_flight);
-  return Lease(this, WorkerRole::kDecode, w, cands[pick].matched_blocks * block_tokens[pick]);
+  return Lease(this, WorkerRole::kDecode, w, ss[w].client,
+               cands[pick].matched_blocks * block_tokens[pick]);
 }
 
 std::optional<WorkerPool::Lease> WorkerPool::AcquirePrefill() {
@@ -157,12 +216,12 @@ std::optional<WorkerPool::Lease> WorkerPool::AcquirePrefill() {
   std::vector<State>& ss = states(WorkerRole::kPrefill);
   int w = -1;
   for (size_t i = 0; i < ss.size(); ++i) {
-    if (!ss[i].alive) continue;
+    if (!Placeable(ss[i])) continue;
     if (w < 0 || ss[i].in_flight < ss[w].in_flight) w = static_cast<int>(i);
   }
   if (w < 0) return std::nullopt;
   ss[w].in_flight_gauge->Set(++ss[w].in_flight);
-  return Lease(this, WorkerRole::kPrefill, w, 0);
+  return Lease(this, WorkerRole::kPrefill, w, ss[w].client, 0);
 }
 
 void WorkerPool::Release(WorkerRole role, int index) {
@@ -198,7 +257,7 @@ void WorkerPool::MarkDown(int index) {
 int WorkerPool::DecodeWorkersUp() const {
   absl::MutexLock lock(&mu_);
   int up = 0;
-  for (const State& s : states(WorkerRole::kDecode)) up += s.alive ? 1 : 0;
+  for (const State& s : states(WorkerRole::kDecode)) up += Placeable(s) ? 1 : 0;
   return up;
 }
 
@@ -206,7 +265,7 @@ int64_t WorkerPool::MaxContext() const {
   absl::MutexLock lock(&mu_);
   int64_t ctx = 0;
   for (const State& s : states(WorkerRole::kDecode)) {
-    if (!s.alive || s.info.max_context() == 0) continue;
+    if (!Placeable(s) || s.info.max_context() == 0) continue;
     ctx = ctx == 0 ? s.info.max_context() : std::min<int64_t>(ctx, s.info.max_context());
   }
   return ctx;
@@ -216,12 +275,11 @@ WorkerPool::Lease::Lease(Lease&& other) noexcept
     : pool_(std::exchange(other.pool_, nullptr)),
       role_(other.role_),
       index_(other.index_),
+      client_(std::move(other.client_)),
       matched_tokens_(other.matched_tokens_) {}
 
 WorkerPool::Lease::~Lease() {
   if (pool_ != nullptr) pool_->Release(role_, index_);
 }
-
-WorkerClient& WorkerPool::Lease::client() const { return *pool_->clients(role_)[index_]; }
 
 }  // namespace kvtier::router

@@ -3,7 +3,11 @@
 // has in flight on it, and for decode workers the block keys sent there (KeyLru); placement of a
 // request on a decode worker (PickWorker over the remembered prefixes) and of a prefill call on
 // the least-loaded prefill worker. A worker that was down or reports a new namespace or block
-// size starts with no remembered keys.
+// size starts with no remembered keys. The workers are the static ones given at construction
+// plus those SetWorkers names (membership, docs/membership.md): a worker that leaves takes no
+// new placements, its requests in flight finish on their leases, and a worker that comes back
+// at the same address takes its old slot. A draining worker (WorkerInfo.draining) takes no new
+// placements either.
 //
 // Owns the WorkerClients and the per-worker gauges kvtier_router_worker_in_flight and
 // kvtier_router_worker_up (in the caller's MetricsRegistry, which must outlive the pool).
@@ -13,6 +17,7 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <optional>
 #include <string>
@@ -32,16 +37,27 @@ namespace kvtier::router {
 
 class WorkerPool {
  public:
+  // Makes the client of a worker that membership names (SetWorkers).
+  using ClientFactory =
+      std::function<std::unique_ptr<WorkerClient>(WorkerRole role, const std::string& address)>;
+  // Most workers of one role (static plus every address SetWorkers ever named).
+  static constexpr size_t kMaxWorkersPerRole = 1024;
+
   // Uses options.affinity_keys_per_worker and options.health_timeout_ms. Every worker starts
-  // down until a Refresh hears from it.
+  // down until a Refresh hears from it. `make_client` may be null when SetWorkers is not used.
   WorkerPool(const RouterOptions& options, std::vector<std::unique_ptr<WorkerClient>> decode,
-             std::vector<std::unique_ptr<WorkerClient>> prefill, MetricsRegistry* metrics);
+             std::vector<std::unique_ptr<WorkerClient>> prefill, MetricsRegistry* metrics,
+             ClientFactory make_client = nullptr);
   ~WorkerPool();  // Stop()s.
   WorkerPool(const WorkerPool&) = delete;
   WorkerPool& operator=(const WorkerPool&) = delete;
 
   // Asks every worker for its info once (blocking) and updates its state.
   void Refresh();
+  // The role's workers from membership are now `addresses` (the static ones stay): new ones are
+  // added (down until a Refresh hears from them), missing ones leave. Past kMaxWorkersPerRole
+  // slots, new addresses are ignored with a warning.
+  void SetWorkers(WorkerRole role, const std::vector<std::string>& addresses);
   // Starts the thread that Refreshes once a second.
   void Start();
   // Cancels every worker call in flight (later ones fail with Cancelled) and ends the refresh
@@ -57,19 +73,25 @@ class WorkerPool {
     ~Lease();
 
     int index() const { return index_; }
-    WorkerClient& client() const;
+    WorkerClient& client() const { return *client_; }
     const std::string& address() const { return client().address(); }
     // Decode leases: the leading prompt tokens the worker likely holds (remembered keys).
     size_t matched_tokens() const { return matched_tokens_; }
 
    private:
     friend class WorkerPool;
-    Lease(WorkerPool* pool, WorkerRole role, int index, size_t matched_tokens)
-        : pool_(pool), role_(role), index_(index), matched_tokens_(matched_tokens) {}
+    Lease(WorkerPool* pool, WorkerRole role, int index, std::shared_ptr<WorkerClient> client,
+          size_t matched_tokens)
+        : pool_(pool),
+          role_(role),
+          index_(index),
+          client_(std::move(client)),
+          matched_tokens_(matched_tokens) {}
 
     WorkerPool* pool_;  // null once moved from
     WorkerRole role_;
     int index_;
+    std::shared_ptr<WorkerClient> client_;  // lives on while leased, even if the worker left
     size_t matched_tokens_;
   };
 
@@ -93,7 +115,11 @@ class WorkerPool {
 
  private:
   struct State {
-    bool alive = false;
+    std::shared_ptr<WorkerClient> client;
+    bool member = true;  // static, or named by the last SetWorkers
+    bool from_membership = false;
+    bool alive = false;     // answered its last GetWorkerInfo
+    bool draining = false;  // said so in its last GetWorkerInfo
     v1::WorkerInfo info;
     std::optional<NamespaceId> ns;  // from info.namespace_id
     int in_flight = 0;
@@ -102,10 +128,7 @@ class WorkerPool {
     Gauge* up_gauge = nullptr;
   };
 
-  // The clients are fixed at construction; the states (one per client) are under mu_.
-  const std::vector<std::unique_ptr<WorkerClient>>& clients(WorkerRole role) const {
-    return clients_[static_cast<int>(role)];
-  }
+  // A slot per worker ever known, never removed (indices stay valid), under mu_.
   std::vector<State>& states(WorkerRole role) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
     return states_[static_cast<int>(role)];
   }
@@ -114,10 +137,16 @@ class WorkerPool {
   }
   void Release(WorkerRole role, int index);
   void RefreshLoop();
+  // Appends a slot for `client`.
+  void AddSlot(WorkerRole role, std::shared_ptr<WorkerClient> client, bool from_membership)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // Whether a new placement may go to `s`.
+  static bool Placeable(const State& s) { return s.member && s.alive && !s.draining; }
 
   const size_t keys_per_worker_;
   const absl::Duration health_timeout_;
-  std::vector<std::unique_ptr<WorkerClient>> clients_[2];  // by WorkerRole
+  const ClientFactory make_client_;
+  MetricsRegistry* const metrics_;
 
   mutable absl::Mutex mu_;
   std::vector<State> states_[2] ABSL_GUARDED_BY(mu_);  // by WorkerRole

@@ -236,12 +236,14 @@ class RouterIntegrationTest : public ::testing::Test {
     auto p = ServerProcess::Start("kvtier-prefill", WorkerArgs(), dir_, "prefill");
     ASSERT_TRUE(p.ok()) << p.status();
     prefill_ = std::make_unique<ServerProcess>(std::move(*p));
-    auto d = ServerProcess::Start("kvtier-decode", WorkerArgs(), dir_, "decode");
+    std::vector<std::string> decode_args = WorkerArgs();
+    decode_args.insert(decode_args.end(), decode_extra_args_.begin(), decode_extra_args_.end());
+    auto d = ServerProcess::Start("kvtier-decode", decode_args, dir_, "decode");
     ASSERT_TRUE(d.ok()) << d.status();
     decode_ = std::make_unique<ServerProcess>(std::move(*d));
     std::vector<std::string> decode_flags = {"--decode=" + decode_->address()};
     if (decode_workers > 1) {
-      auto d2 = ServerProcess::Start("kvtier-decode", WorkerArgs(), dir_, "decode2");
+      auto d2 = ServerProcess::Start("kvtier-decode", decode_args, dir_, "decode2");
       ASSERT_TRUE(d2.ok()) << d2.status();
       decode2_ = std::make_unique<ServerProcess>(std::move(*d2));
       decode_flags.push_back("--decode=" + decode2_->address());
@@ -406,6 +408,7 @@ class RouterIntegrationTest : public ::testing::Test {
   std::unique_ptr<ServerProcess> prefill_;
   std::unique_ptr<ServerProcess> decode_;
   std::unique_ptr<ServerProcess> decode2_;
+  std::vector<std::string> decode_extra_args_;  // more flags of the decode workers
   std::unique_ptr<ServerProcess> router_;
   std::unique_ptr<httplib::Client> client_;
 };
@@ -768,7 +771,10 @@ TEST_F(RouterIntegrationTest, TypedSpecialTokensInAUserMessageCountAsText) {
 // and exits 0; the router has streamed text already, so it cannot retry: the stream ends with
 // an error event and no [DONE] (never a stream that looks finished). A request afterwards gets
 // 503 (docs/serving.md, "Failure behaviour").
-TEST_F(RouterIntegrationTest, DecodeWorkerSigtermMidStreamEndsTheStreamWithAnError) {
+// Without a drain (drain_timeout_ms 0), SIGTERM to the decode worker mid-stream cancels its
+// requests: the stream ends with an error event (docs/serving.md, "Draining").
+TEST_F(RouterIntegrationTest, DecodeWorkerSigtermWithoutDrainEndsTheStreamWithAnError) {
+  decode_extra_args_ = {"--drain-timeout-ms=0"};
   ASSERT_NO_FATAL_FAILURE(StartAll());
   const StreamEnd end = SigtermMidStream(*decode_, "the decode worker");
   ASSERT_FALSE(HasFailure());
@@ -780,6 +786,42 @@ TEST_F(RouterIntegrationTest, DecodeWorkerSigtermMidStreamEndsTheStreamWithAnErr
   const Answer after = Chat(json::array({{{"role", "user"}, {"content", "hi"}}}), true);
   EXPECT_EQ(after.status, 503) << after.body;
   EXPECT_EQ(after.body["error"]["type"], "server_error") << after.body;
+}
+
+// SIGTERM to a decode worker mid-stream drains it: the stream runs to its end, new requests
+// go to the other decode worker meanwhile, and the worker exits 0 once it has finished
+// (docs/serving.md, "Draining").
+TEST_F(RouterIntegrationTest, DecodeWorkerSigtermDrainsItsStreamsToTheEnd) {
+  decode_extra_args_ = {"--drain-timeout-ms=120000"};
+  ASSERT_NO_FATAL_FAILURE(StartAll(/*decode_workers=*/2));
+  ASSERT_TRUE(WaitFor(
+      [&] {
+        return Chat(json::array({{{"role", "user"}, {"content", "hi"}}}), true).status == 200;
+      },
+      absl::Seconds(10)));
+  json req = LongStream();
+  req["max_tokens"] = 600;  // seconds on this CPU, finished well within the drain timeout
+  BackgroundStream stream(router_->grpc_port(), "/v1/chat/completions", req);
+  ASSERT_TRUE(stream.WaitForText(absl::Seconds(10))) << stream.body();
+  // Placement ties go to the first worker: the stream runs on decode_. Draining, it stays up
+  // while the stream runs (an idle worker exits within about 0.5 s).
+  ASSERT_EQ(::kill(decode_->process().pid(), SIGTERM), 0);
+  absl::SleepFor(absl::Seconds(1));
+  EXPECT_FALSE(decode_->process().Wait(absl::ZeroDuration()).has_value());
+  // While it drains, new requests are served (by the other worker, or retried onto it).
+  for (int i = 0; i < 3; ++i) {
+    const Answer a =
+        Chat(json::array({{{"role", "user"}, {"content", "hello " + std::to_string(i)}}}), true);
+    EXPECT_EQ(a.status, 200) << a.body;
+  }
+  EXPECT_TRUE(stream.WaitForEnd(absl::Seconds(120))) << "the stream did not end";
+  const StreamEnd end = ParseChatStream(stream.body());
+  EXPECT_TRUE(end.complete) << stream.body().substr(0, 300);
+  EXPECT_FALSE(end.error.is_object()) << end.error;
+  std::optional<int> st = decode_->process().Wait(absl::Seconds(10));
+  ASSERT_TRUE(st.has_value()) << "the drained worker did not exit";
+  EXPECT_TRUE(WIFEXITED(*st) && WEXITSTATUS(*st) == 0) << DescribeWaitStatus(*st);
+  EXPECT_NE(decode_->log().find("drained in"), std::string::npos);
 }
 
 // SIGTERM to the router mid-stream: it cancels the generation, ends the stream with an error

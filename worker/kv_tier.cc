@@ -272,12 +272,25 @@ void KvTier::EnableAsyncWrites(std::unique_ptr<StoreClient> writer_store, size_t
                                std::function<void()> on_written) {
   KVTIER_CHECK(store_ != nullptr && writer_store != nullptr && writer_ == nullptr,
                "EnableAsyncWrites: needs a store and is called once");
+  {
+    absl::MutexLock lock(&stores_mu_);
+    writer_store_ = writer_store.get();
+    if (stores_.has_value()) writer_store_->SetStores(*stores_);
+  }
   const size_t batch = kMaxBlocksPerCall;
   const int buffers = static_cast<int>(std::max<size_t>(2, buffer_bytes / (batch * block_bytes_)));
   writer_ = std::make_unique<BlockWriter>(
       std::move(writer_store), namespace_, block_bytes_, batch, buffers,
       [this](size_t bytes) { return engine_->AllocateHostBuffer(bytes); }, std::move(on_written),
       metrics_);
+}
+
+void KvTier::SetStores(const std::vector<std::string>& addresses) {
+  if (store_ == nullptr) return;
+  store_->SetStores(addresses);
+  absl::MutexLock lock(&stores_mu_);
+  stores_ = addresses;
+  if (writer_store_ != nullptr) writer_store_->SetStores(addresses);
 }
 
 uint64_t KvTier::StoreBlocksAsync(absl::Span<const BlockKey> keys,

@@ -37,8 +37,11 @@
 #include <functional>
 #include <memory>
 #include <optional>
+#include <string>
 #include <vector>
 
+#include "absl/base/thread_annotations.h"
+#include "absl/synchronization/mutex.h"
 #include "absl/types/span.h"
 #include "engine/engine.h"
 #include "kvtier/block_key.h"
@@ -101,6 +104,10 @@ class KvTier {
   void EnableAsyncWrites(std::unique_ptr<StoreClient> writer_store, size_t buffer_bytes,
                          std::function<void()> on_written);
   bool async_writes() const { return writer_ != nullptr; }
+  // Replaces the store nodes of the tier's client and of the writer's (StoreClient::SetStores;
+  // membership, docs/membership.md). Any thread, at any time; a writer enabled later starts with
+  // the last set given here.
+  void SetStores(const std::vector<std::string>& addresses);
   // Exports pages[i] now and queues them for the writer thread; returns the ticket that
   // written() reaches once they are stored (0: nothing was queued). Without async writes (or a
   // store) this is StoreBlocks and returns 0. Waits only while the writer's buffers are full.
@@ -148,8 +155,13 @@ class KvTier {
   std::vector<void*> dst_;
   std::vector<const void*> src_;
   Stats stats_;
-  std::vector<MappedPool> registered_;   // pools registered with the engine
-  uint64_t final_ticket_ = 0;            // written() once the writer is stopped
+  std::vector<MappedPool> registered_;  // pools registered with the engine
+  uint64_t final_ticket_ = 0;           // written() once the writer is stopped
+  // The writer's client (owned by writer_) and the last SetStores set, for SetStores from
+  // another thread.
+  absl::Mutex stores_mu_;
+  StoreClient* writer_store_ ABSL_GUARDED_BY(stores_mu_) = nullptr;
+  std::optional<std::vector<std::string>> stores_ ABSL_GUARDED_BY(stores_mu_);
   std::unique_ptr<BlockWriter> writer_;  // declared last: its thread stops first
 };
 

@@ -3,6 +3,7 @@
 #include <grpcpp/grpcpp.h>
 
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
 #include "common/host_port.h"
 #include "common/service.h"
 #include "common/status_macros.h"
@@ -11,6 +12,12 @@
 #include "worker/request_checks.h"
 
 namespace kvtier::worker {
+namespace {
+
+// How long start-up waits for membership to name the first store node.
+constexpr absl::Duration kFirstStoresWait = absl::Seconds(5);
+
+}  // namespace
 
 absl::StatusOr<WorkerParts> MakeWorkerParts(absl::string_view role, const WorkerOptions& options,
                                             absl::string_view no_store_note) {
@@ -23,7 +30,8 @@ absl::StatusOr<WorkerParts> MakeWorkerParts(absl::string_view role, const Worker
                         absl::StrCat("cannot load the model: ", engine.status().message()));
   }
   parts.engine = std::move(*engine);
-  if (!options.stores.empty()) {
+  const bool follow_stores = options.stores.empty() && options.membership.enabled();
+  if (!options.stores.empty() || follow_stores) {
     absl::StatusOr<std::unique_ptr<StoreClient>> store =
         StoreClient::Create(ToStoreClientOptions(options));
     if (!store.ok()) {
@@ -35,6 +43,26 @@ absl::StatusOr<WorkerParts> MakeWorkerParts(absl::string_view role, const Worker
     spdlog::warn("no store configured: {}", std::string(no_store_note));
   }
   parts.tier = std::make_unique<KvTier>(parts.engine.get(), parts.store.get(), parts.metrics.get());
+  if (follow_stores) {
+    KVTIER_ASSIGN_OR_RETURN(std::unique_ptr<membership::EtcdClient> etcd,
+                            membership::MakeEtcdClient(options.membership));
+    parts.store_watch = membership::MemberWatcher::Start(
+        std::move(etcd), options.membership.prefix, "store",
+        [tier = parts.tier.get()](const std::vector<membership::Member>& stores) {
+          std::vector<std::string> addresses;
+          for (const membership::Member& m : stores) addresses.push_back(m.address);
+          spdlog::info("store nodes from membership: {}",
+                       addresses.empty() ? "none" : absl::StrJoin(addresses, ", "));
+          tier->SetStores(addresses);
+        },
+        &parts.metrics->registry());
+    // The first requests find the stores that exist now rather than missing everything.
+    if (!parts.store_watch->WaitUntil(
+            [](const std::vector<membership::Member>& m) { return !m.empty(); },
+            kFirstStoresWait)) {
+      spdlog::warn("no store node in membership yet: requests recompute until one joins");
+    }
+  }
   // Page-lock a same-host store's pool now rather than on the first request.
   parts.tier->RegisterStorePools();
   return parts;
@@ -55,6 +83,18 @@ absl::StatusOr<std::unique_ptr<grpc::Server>> ServeWorker(absl::string_view bina
   int port = 0;
   KVTIER_ASSIGN_OR_RETURN(std::unique_ptr<grpc::Server> server,
                           StartGrpcServer(binary, options.listen, options.tls, {service}, &port));
+  if (options.membership.enabled()) {
+    membership::Member member{.role = parts->metrics->role(),
+                              .model = options.model_name,
+                              .capacity_bytes = options.kv_cache_bytes};
+    KVTIER_ASSIGN_OR_RETURN(
+        parts->registration,
+        membership::RegisterServer(
+            options.membership, options.listen, port, metrics_port, std::move(member),
+            [m = parts->metrics.get()](membership::Member* member) {
+              member->load = m->num_requests_running->Value() + m->num_requests_waiting->Value();
+            }));
+  }
   KVTIER_RETURN_IF_ERROR(
       WriteReadyFile(options.ready_file, {{"grpc_port", port}, {"metrics_port", metrics_port}}));
   spdlog::info(

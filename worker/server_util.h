@@ -16,6 +16,7 @@
 #include "common/metrics_http.h"
 #include "engine/engine.h"
 #include "kvtier/store_client.h"
+#include "membership/membership.h"
 #include "worker/kv_tier.h"
 #include "worker/worker_metrics.h"
 #include "worker/worker_options.h"
@@ -33,15 +34,20 @@ namespace kvtier::worker {
 
 // What every worker binary builds from its options: the metrics (docs/observability.md) and
 // their HTTP endpoint (started by ServeWorker; null when metrics_listen is off), the engine, the
-// store client (null when no store is configured) and the tier between them. Members are
-// declared in reverse destruction order: the tier goes before the store client and the engine
-// it borrows, and the metrics last, after everything that updates them.
+// store client (null when no store is configured) and the tier between them; with membership
+// (options.membership, docs/membership.md), the watch of the store nodes that feeds the tier's
+// clients when no static `stores` are given, and this worker's registration (made by
+// ServeWorker). Members are declared in reverse destruction order: the registration is revoked
+// first, the watch stops before the tier it updates, the tier goes before the store client and
+// the engine it borrows, and the metrics last, after everything that updates them.
 struct WorkerParts {
   std::unique_ptr<WorkerMetrics> metrics;
   std::unique_ptr<MetricsHttpServer> metrics_http;
   std::unique_ptr<engine::Engine> engine;
   std::unique_ptr<StoreClient> store;
   std::unique_ptr<KvTier> tier;
+  std::unique_ptr<membership::MemberWatcher> store_watch;
+  std::unique_ptr<membership::Registration> registration;
 };
 
 // Registers the metrics of `role` ("prefill" or "decode"), loads the model and prepares the
@@ -63,8 +69,9 @@ struct ServingWorker {
 
 // Starts the gRPC server with `service` and the metrics endpoint (options.metrics_listen, into
 // parts->metrics_http), writes the ready file ({"grpc_port":..,"metrics_port":..,"pid":..};
-// metrics_port 0 when metrics are off) if configured, and logs that `binary` is serving on
-// which ports.
+// metrics_port 0 when metrics are off) if configured, logs that `binary` is serving on which
+// ports, and with membership registers the worker (its role from parts->metrics, the model, the
+// KV cache bytes, requests running + waiting as its load) into parts->registration.
 absl::StatusOr<std::unique_ptr<grpc::Server>> ServeWorker(absl::string_view binary,
                                                           const WorkerOptions& options,
                                                           WorkerParts* parts,

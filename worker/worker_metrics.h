@@ -46,6 +46,7 @@ class WorkerMetrics {
 
   const std::string& role() const { return role_; }
   const MetricsRegistry& registry() const { return registry_; }
+  MetricsRegistry& registry() { return registry_; }  // for more families (membership)
 
   // One fetch of `blocks` blocks of `bytes` over `path`; `seconds` < 0: not timed (the first
   // tier has no fetch to time).

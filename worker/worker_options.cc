@@ -3,9 +3,18 @@
 #include <filesystem>
 
 #include "absl/strings/str_cat.h"
+#include "common/host_port.h"
 
 namespace kvtier::worker {
 namespace {
+
+// The host part of the address others reach this worker at (membership.advertise, else
+// listen); "" when unparsable.
+std::string MembershipHost(const WorkerOptions& o) {
+  absl::StatusOr<HostPort> hp =
+      ParseHostPort(o.membership.advertise.empty() ? o.listen : o.membership.advertise);
+  return hp.ok() ? hp->host : "";
+}
 
 // The one declaration of every field: YAML key, flag, help, checks (docs/serving.md).
 void DeclareWorkerOptions(WorkerOptions* o, OptionTable* t) {
@@ -45,11 +54,15 @@ void DeclareWorkerOptions(WorkerOptions* o, OptionTable* t) {
   t->Add("default_max_tokens", &o->default_max_tokens,
          "decode: max_tokens of requests that leave it 0")
       .Positive();
+  t->Add("drain_timeout_ms", &o->drain_timeout_ms,
+         "decode: on SIGTERM, how long requests may take to finish (0: cancel at once)")
+      .Min(0);
   t->Add("keep_blocks", &o->keep_blocks, "decode: keep finished requests' blocks as a first tier");
   t->Add("store_copy_threads", &o->store_copy_threads,
          "threads copying blocks to and from a same-host store (0: auto)")
       .Range(0, 64);
   DeclareTlsOptions(&o->tls, t, TlsRole::kServerAndClient);
+  membership::DeclareMembershipOptions(&o->membership, t);
   t->Finalize([o]() -> absl::Status {
     if (o->max_batch_seqs >= o->max_batch_tokens) {
       // Every running sequence's decode token goes into one Forward, and prefill chunks need
@@ -57,6 +70,14 @@ void DeclareWorkerOptions(WorkerOptions* o, OptionTable* t) {
       return absl::InvalidArgumentError(absl::StrCat("max_batch_seqs (", o->max_batch_seqs,
                                                      ") must be < max_batch_tokens (",
                                                      o->max_batch_tokens, ")"));
+    }
+    if (o->membership.enabled() && o->stores.empty() && o->data_interface.empty()) {
+      const std::string host = MembershipHost(*o);
+      if (host.empty() || host == "0.0.0.0" || host == "::" || host == "[::]") {
+        return absl::InvalidArgumentError(
+            "data_interface: with stores from membership and a wildcard listen address, name "
+            "the store data plane's interface or address");
+      }
     }
     if (o->model_name.empty()) {  // "dir/" names "dir" too
       o->model_name = (std::filesystem::path(o->model_dir) / "").parent_path().filename().string();
@@ -92,6 +113,11 @@ StoreClientOptions ToStoreClientOptions(const WorkerOptions& o) {
   s.retry_after = absl::Milliseconds(o.store_retry_after_ms);
   s.copy_threads = o.store_copy_threads;
   s.data_interface = o.data_interface;
+  if (s.stores.empty() && s.data_interface.empty() && o.membership.enabled()) {
+    // Stores from membership: the data plane takes the interface of the address this worker
+    // is reached at (Finalize checked it is not a wildcard).
+    s.data_interface = MembershipHost(o);
+  }
   s.tls = o.tls;
   return s;
 }

@@ -15,6 +15,7 @@
 #include "common/options.h"
 #include "engine/engine.h"
 #include "kvtier/store_client.h"
+#include "membership/membership_options.h"
 
 namespace kvtier::worker {
 
@@ -66,6 +67,10 @@ struct WorkerOptions {
   int max_queued_requests = 256;
   // Decode: max_tokens of a request that leaves it 0. Default: 256.
   int default_max_tokens = 256;
+  // Decode: on SIGTERM, how long running and queued requests may take to finish after the
+  // worker has left the cluster and refuses new ones (docs/serving.md, "Draining"); then they
+  // are cancelled. 0: cancel at once. Default: 30000 ms.
+  int64_t drain_timeout_ms = 30000;
   // Decode: keep finished requests' blocks in the engine's pages as a first tier (false: every
   // request fetches its prefix from the store). Default: true.
   bool keep_blocks = true;
@@ -76,6 +81,10 @@ struct WorkerOptions {
   // text (the tls.* keys and service_token_file, docs/security.md). Default: none (one of them
   // must be given).
   TlsOptions tls;
+  // Cluster membership through etcd (membership.*, docs/membership.md): the worker registers
+  // its role, address and load, and, when `stores` is empty, follows the store nodes' live set.
+  // Default: off.
+  membership::MembershipOptions membership;
 };
 
 // Defaults for "prefill" or "decode" (they differ in the listen port only).
