@@ -168,6 +168,10 @@ class Checker:
         self.check(workloads, kustomization, "no Deployment or StatefulSet")
         for w in workloads:
             self.check_workload(f"{kustomization}: {w['kind']} {w['metadata']['name']}", w)
+        used = {v["configMap"]["name"] for w in workloads for v in pod_spec(w).get("volumes", [])
+                if "configMap" in v}
+        for name in self.configmaps:
+            self.check(name in used, kustomization, f"ConfigMap {name} is mounted nowhere")
         for s in self.services.values():
             self.check_service(f"{kustomization}: Service {s['metadata']['name']}", s,
                                workloads)
@@ -286,6 +290,7 @@ class Checker:
                 self.check(port in ports, where,
                            f"{key} {value}: port {port} is no containerPort {sorted(ports)}")
         self.check("listen" in options, where, "listen is neither in the config nor an argument")
+        self.check_advertise(where, options)
         for endpoint in as_list(options.get("membership.etcd")):
             self.check_endpoint(where, endpoint)
         # Files and directories the options name lie on the container's volumes.
@@ -293,6 +298,14 @@ class Checker:
             if PATH_KEYS.search(key) and value:
                 self.check_path(where, key, str(value), mounts, volumes, claims)
         self.check_sizes(where, w, c, binary, options, mounts, claims)
+
+    def check_advertise(self, where, options):
+        """A member's address is its listen address; a wildcard needs membership.advertise
+        (checked by the binary only when it registers, after start)."""
+        host = str(options.get("listen", "")).rsplit(":", 1)[0]
+        if as_list(options.get("membership.etcd")) and host in ("0.0.0.0", "::", "[::]"):
+            self.check(options.get("membership.advertise"), where,
+                       f"listen {options['listen']} is a wildcard: membership.advertise needed")
 
     def mounted_file(self, where, path, mounts, volumes):
         mount = longest_mount(path, mounts)
@@ -448,7 +461,9 @@ class Checker:
                         config_text = f.read()
                     self.run_with_config(f"{where} with {os.path.basename(example)}", binary,
                                          config_text, [])
-                    drain = flatten(yaml.safe_load(config_text) or {}).get("drain_timeout_ms")
+                    options = flatten(yaml.safe_load(config_text) or {})
+                    self.check_advertise(where, options)
+                    drain = options.get("drain_timeout_ms")
                     if drain is not None:
                         stop = parse_seconds(keys.get("TimeoutStopSec", "90"))
                         self.check(int(drain) / 1000 < stop, where,
