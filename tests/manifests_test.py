@@ -312,7 +312,8 @@ class Checker:
         if not self.check(mount, where, f"{path} is on no volumeMount"):
             return None
         v = volumes.get(mount["name"], {})
-        if not self.check("configMap" in v, where, f"{path}: volume {mount['name']} is no ConfigMap"):
+        if not self.check("configMap" in v, where,
+                          f"{path}: volume {mount['name']} is no ConfigMap"):
             return None
         data = self.configmaps.get(v["configMap"]["name"], {}).get("data", {})
         key = os.path.relpath(path, mount["mountPath"])
