@@ -67,6 +67,8 @@ class Checker:
         self.workdir = workdir
         self.errors = []
         self.checked = 0
+        self.configs_run = 0
+        self.flag_cache = {}
         # A directory that passes the options' checks (config.json, tokenizer.json) but holds
         # no model: a worker's or the router's start fails on it at once.
         self.fake_model = os.path.join(workdir, "no-model")
@@ -92,6 +94,8 @@ class Checker:
     def flag_keys(self, binary):
         """{flag: key} from `binary --help`: "--spill-capacity BYTES  help (spill_capacity_bytes;
         default 0)"."""
+        if binary in self.flag_cache:
+            return self.flag_cache[binary]
         p = subprocess.run([self.binary(binary), "--help"], capture_output=True, text=True,
                            timeout=60)
         entries = {}  # flag -> its help text, continuation lines joined
@@ -103,13 +107,15 @@ class Checker:
                 entries[flag] = line
             elif flag and line.startswith("      "):
                 entries[flag] += " " + line.strip()
-        return {f: m[-1] for f, text in entries.items()
-                if (m := re.findall(r"\(([\w.]+); default", text))}
+        self.flag_cache[binary] = {f: m[-1] for f, text in entries.items()
+                                   if (m := re.findall(r"\(([\w.]+); default", text))}
+        return self.flag_cache[binary]
 
     def run_with_config(self, where, binary, config_text, args):
         """Starts `binary` with the config and `args`, its start made to fail right after the
         options are resolved; the options must be accepted (exit 1, not 2)."""
-        path = os.path.join(self.workdir, f"config-{len(os.listdir(self.workdir))}.yaml")
+        self.configs_run += 1
+        path = os.path.join(self.workdir, f"config-{self.configs_run}.yaml")
         with open(path, "w") as f:
             f.write(config_text)
         if binary == "kvtier-store":
