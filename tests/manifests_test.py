@@ -20,7 +20,9 @@ Renders the Kubernetes kustomizations of deploy/k8s (base, overlays/one-host) wi
     defined before; selectors match their templates; a StatefulSet's serviceName exists;
   - sizes: pool_bytes within the store's hugepages-2Mi (or its memory limit),
     spill_capacity_bytes within its spill volume, a decode worker's drain_timeout_ms within its
-    terminationGracePeriodSeconds, ETCD_INITIAL_CLUSTER as large as the etcd StatefulSet.
+    terminationGracePeriodSeconds, ETCD_INITIAL_CLUSTER as large as the etcd StatefulSet;
+  - a one-member etcd StatefulSet's environment starts Debian's etcd (on free loopback ports),
+    healthy and without unrecognized variables.
 Then the systemd units of deploy/systemd: `systemd-analyze verify` (ExecStart pointed at the
 build), every --config named is an example file beside the units and accepted by the binary,
 drain_timeout_ms within TimeoutStopSec.
@@ -36,9 +38,12 @@ import argparse
 import os
 import re
 import shutil
+import socket
 import subprocess
 import sys
 import tempfile
+import time
+import urllib.request
 
 import yaml
 
@@ -408,6 +413,54 @@ class Checker:
             name, url = m.split("=", 1)
             self.check(f"//{name}.{w['spec']['serviceName']}:" in url, where,
                        f"member {m} is not a pod of Service {w['spec']['serviceName']}")
+        if replicas == 1 and shutil.which("etcd"):
+            self.start_etcd(where, w, c)
+
+    def start_etcd(self, where, w, c):
+        """Starts Debian's etcd with the container's environment (pod names and the wildcard
+        as 127.0.0.1, free ports, a scratch data directory): the variables are etcd's and the
+        member becomes healthy."""
+        pod = f"{w['metadata']['name']}-0"
+        peer_host = f"{pod}.{w['spec']['serviceName']}"
+        ports = {"2379": str(free_port()), "2380": str(free_port())}
+        env = {"POD_NAME": pod}
+        for e in c.get("env", []):
+            if "value" in e:
+                env[e["name"]] = re.sub(r"\$\((\w+)\)", lambda m: env.get(m.group(1), ""),
+                                        e["value"])
+        for k, v in env.items():
+            v = v.replace(peer_host, "127.0.0.1").replace("0.0.0.0", "127.0.0.1")
+            env[k] = re.sub(r":(2379|2380)\b", lambda m: ":" + ports[m.group(1)], v)
+        env["ETCD_DATA_DIR"] = os.path.join(self.workdir, "etcd")
+        log_path = os.path.join(self.workdir, "etcd.log")
+        with open(log_path, "w") as log:
+            p = subprocess.Popen(["etcd"], env={"PATH": os.environ.get("PATH", ""), **env},
+                                 stdout=log, stderr=subprocess.STDOUT)
+        try:
+            healthy = False
+            for _ in range(100):  # 10 s
+                try:
+                    with urllib.request.urlopen(
+                            f"http://127.0.0.1:{ports['2379']}/health", timeout=1) as r:
+                        healthy = b'"true"' in r.read()
+                except OSError:
+                    pass
+                if healthy or p.poll() is not None:
+                    break
+                time.sleep(0.1)
+        finally:
+            p.terminate()
+            try:
+                p.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                p.kill()
+                p.wait()
+        with open(log_path) as f:
+            log = f.read()
+        self.check(healthy, where, f"etcd with the manifest's environment is not healthy: "
+                   f"{log.strip().splitlines()[-3:]}")
+        bad = re.findall(r"unrecognized environment variable[^\n]*", log)
+        self.check(not bad, where, f"etcd: {bad}")
 
     def check_service(self, where, s, workloads):
         selector = s["spec"].get("selector", {})
@@ -487,6 +540,12 @@ class Checker:
         out = (p.stdout + p.stderr).strip()
         self.check(p.returncode == 0 and not out, "systemd-analyze verify", out)
         return True
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 
 def pod_spec(w):
