@@ -41,7 +41,10 @@ std::vector<BlockKey> PromptKeys::Extend(const NamespaceId& ns, uint32_t block_t
   return keys;
 }
 
-int PickWorker(absl::Span<const PlacementCandidate> candidates) {
+int PickWorker(absl::Span<const PlacementCandidate> candidates, double load_weight) {
+  auto score = [load_weight](const PlacementCandidate& c) {
+    return static_cast<double>(c.matched_blocks) - load_weight * c.in_flight;
+  };
   int best = -1;
   for (size_t i = 0; i < candidates.size(); ++i) {
     if (best < 0) {
@@ -50,8 +53,7 @@ int PickWorker(absl::Span<const PlacementCandidate> candidates) {
     }
     const PlacementCandidate& c = candidates[i];
     const PlacementCandidate& b = candidates[best];
-    if (c.matched_blocks > b.matched_blocks ||
-        (c.matched_blocks == b.matched_blocks && c.in_flight < b.in_flight)) {
+    if (score(c) > score(b) || (score(c) == score(b) && c.in_flight < b.in_flight)) {
       best = static_cast<int>(i);
     }
   }

@@ -67,9 +67,11 @@ class PromptKeys {
   std::map<std::pair<NamespaceId, uint32_t>, std::vector<BlockKey>> keys_;
 };
 
-// The index of the winner: the longest match, then the fewest in flight, then the first.
-// -1 when `candidates` is empty.
-int PickWorker(absl::Span<const PlacementCandidate> candidates);
+// The index of the winner (docs/serving.md, "Placement"): the highest score, matched blocks
+// less `load_weight` per request in flight (a held block saves recomputing or fetching it, a
+// request in flight delays this one), then the fewest in flight, then the first. -1 when
+// `candidates` is empty.
+int PickWorker(absl::Span<const PlacementCandidate> candidates, double load_weight);
 
 }  // namespace kvtier::router
 

@@ -14,17 +14,29 @@ BlockKey Key(uint8_t b) {
   return k;
 }
 
-TEST(PlacementTest, LongestPrefixWins) {
-  std::vector<PlacementCandidate> c = {{1, 0}, {3, 5}, {2, 0}};
-  EXPECT_EQ(PickWorker(c), 1);
+TEST(PlacementTest, LongestPrefixWinsWhenLoadIsEven) {
+  std::vector<PlacementCandidate> c = {{1, 0}, {3, 0}, {2, 0}};
+  EXPECT_EQ(PickWorker(c, 2), 1);
+  // Without a load weight, the longest prefix wins however busy its worker is.
+  std::vector<PlacementCandidate> busy = {{1, 0}, {3, 5}, {2, 0}};
+  EXPECT_EQ(PickWorker(busy, 0), 1);
+}
+
+TEST(PlacementTest, LoadOutweighsAShortPrefix) {
+  // 3 held blocks against 2 requests in flight at 2 blocks each: the idle worker wins.
+  std::vector<PlacementCandidate> c = {{3, 2}, {0, 0}};
+  EXPECT_EQ(PickWorker(c, 2), 1);
+  // 40 held blocks (a long conversation) are worth waiting behind 2 requests.
+  std::vector<PlacementCandidate> longer = {{40, 2}, {0, 0}};
+  EXPECT_EQ(PickWorker(longer, 2), 0);
 }
 
 TEST(PlacementTest, TiesGoToFewestInFlightThenFirst) {
-  std::vector<PlacementCandidate> c = {{2, 3}, {2, 1}, {2, 1}, {1, 0}};
-  EXPECT_EQ(PickWorker(c), 1);
+  std::vector<PlacementCandidate> c = {{6, 3}, {2, 1}, {2, 1}, {1, 1}};
+  EXPECT_EQ(PickWorker(c, 2), 1);  // scores 0, 0, 0, -1: fewest in flight
   std::vector<PlacementCandidate> none = {{0, 2}, {0, 0}};
-  EXPECT_EQ(PickWorker(none), 1);
-  EXPECT_EQ(PickWorker({}), -1);
+  EXPECT_EQ(PickWorker(none, 2), 1);
+  EXPECT_EQ(PickWorker({}, 2), -1);
 }
 
 TEST(PlacementTest, MatchIsAPrefix) {

@@ -32,6 +32,9 @@ void DeclareRouterOptions(RouterOptions* o, OptionTable* t) {
       .Min(0);
   t->Add("request_timeout_ms", &o->request_timeout_ms, "deadline of one generation").Positive();
   t->Add("health_timeout_ms", &o->health_timeout_ms, "deadline of health calls").Positive();
+  t->Add("placement_load_weight", &o->placement_load_weight,
+         "decode placement: held blocks one request in flight outweighs (0: prefix only)")
+      .Min(0);
   t->Add("affinity_keys_per_worker", &o->affinity_keys_per_worker,
          "block keys remembered per decode worker")
       .Positive();

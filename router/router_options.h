@@ -42,6 +42,10 @@ struct RouterOptions {
   int64_t request_timeout_ms = 600000;
   // Deadline of the GetWorkerInfo health calls. Default: 1000 ms.
   int64_t health_timeout_ms = 1000;
+  // Decode placement: how many held prompt blocks one request in flight on a worker outweighs
+  // (docs/serving.md, "Placement"); 0: the longest held prefix wins whatever the load.
+  // Default: 2.
+  double placement_load_weight = 2;
   // Block keys remembered per decode worker for prefix affinity. Default: 65536.
   int64_t affinity_keys_per_worker = 65536;
   // Longest text prompt (a completions prompt or a rendered conversation) in bytes, checked

@@ -23,6 +23,7 @@ WorkerPool::WorkerPool(const RouterOptions& options,
                        ClientFactory make_client)
     : keys_per_worker_(static_cast<size_t>(options.affinity_keys_per_worker)),
       health_timeout_(absl::Milliseconds(options.health_timeout_ms)),
+      load_weight_(options.placement_load_weight),
       make_client_(std::move(make_client)),
       metrics_(metrics) {
   absl::MutexLock lock(&mu_);
@@ -203,7 +204,7 @@ std::optional<WorkerPool::Lease> WorkerPool::AcquireDecode(PromptKeys& prompt,
     index.push_back(static_cast<int>(i));
     block_tokens.push_back(bt);
   }
-  const int pick = PickWorker(cands);
+  const int pick = PickWorker(cands, load_weight_);
   if (pick < 0) return std::nullopt;
   const int w = index[pick];
   ss[w].in_flight_gauge->Set(++ss[w].in_flight);

@@ -145,6 +145,7 @@ class WorkerPool {
 
   const size_t keys_per_worker_;
   const absl::Duration health_timeout_;
+  const double load_weight_;
   const ClientFactory make_client_;
   MetricsRegistry* const metrics_;
 

@@ -78,9 +78,13 @@ TEST_F(WorkerPoolTest, PrefersTheLongestRememberedPrefixThenTheFewestInFlight) {
   EXPECT_EQ(busy->index(), 1);
   EXPECT_EQ(busy->matched_tokens(), 20u);
   EXPECT_EQ(Pick(prompt), std::make_pair(1, size_t{20}));
-  // A prompt sharing two blocks and a half.
+  // Two blocks held do not outweigh one request in flight (placement_load_weight 2): a tie,
+  // which the idle worker takes.
   std::vector<TokenId> other = Tokens(10, 100);
   other.resize(20, 7);
+  EXPECT_EQ(Pick(other).first, 0);
+  busy.reset();
+  // Idle again: a prompt sharing two blocks and a half.
   EXPECT_EQ(Pick(other), std::make_pair(1, size_t{8}));
   // A prompt worker 1 does not hold goes to the idle worker 0.
   EXPECT_EQ(Pick(Tokens(20, 900)), std::make_pair(0, size_t{0}));
