@@ -55,6 +55,12 @@ std::vector<BlockKey> ComputeBlockKeys(const NamespaceId& ns, absl::Span<const T
   return keys;
 }
 
+uint64_t KeyFingerprint(const BlockKey& key) {
+  uint64_t fp = 0;
+  for (int i = 7; i >= 0; --i) fp = (fp << 8) | key[i];
+  return fp;
+}
+
 std::string KeyToHex(const BlockKey& key) { return absl::BytesToHexString(KeyBytes(key)); }
 
 absl::StatusOr<BlockKey> KeyFromHex(absl::string_view hex) {

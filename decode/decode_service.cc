@@ -84,8 +84,13 @@ grpc::Status DecodeService::Generate(grpc::ServerContext* context,
   return ToGrpc((*stream)->status());
 }
 
-grpc::Status DecodeService::GetWorkerInfo(grpc::ServerContext*, const v1::WorkerInfoRequest*,
+grpc::Status DecodeService::GetWorkerInfo(grpc::ServerContext*,
+                                          const v1::WorkerInfoRequest* request,
                                           v1::WorkerInfo* info) {
+  if (request->want_blocks()) {
+    scheduler_->block_events().Report(request->blocks_epoch(), request->blocks_since(),
+                                      info->mutable_blocks());
+  }
   worker::FillWorkerInfo("decode", options_, *engine_, *tier_, info);
   const Scheduler::Stats s = scheduler_->stats();
   info->set_active_requests(static_cast<uint32_t>(s.active_requests));

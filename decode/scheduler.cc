@@ -112,7 +112,7 @@ Scheduler::Scheduler(engine::Engine* engine, worker::KvTier* tier, SchedulerOpti
         return limit;
       }()),
       allocator_(engine->num_pages()),
-      cache_(&allocator_) {
+      cache_(&allocator_, &block_events_) {
   KVTIER_CHECK(options_.max_batch_seqs > 0 && options_.max_batch_seqs < options_.max_batch_tokens,
                "max_batch_seqs {} must be in (0, max_batch_tokens {})", options_.max_batch_seqs,
                options_.max_batch_tokens);

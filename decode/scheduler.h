@@ -173,6 +173,8 @@ class Scheduler {
   };
   // A snapshot published by the loop thread after each change.
   Stats stats() const;
+  // The first tier's blocks as reported to routers (docs/serving.md, "Placement"); any thread.
+  const worker::BlockEvents& block_events() const { return block_events_; }
 
   int64_t max_context() const { return max_context_; }
 
@@ -220,6 +222,8 @@ class Scheduler {
   const int vocab_size_;
   const int64_t max_context_;
 
+  // What cache_ holds, for the routers (thread-safe; before cache_, which reports to it).
+  worker::BlockEvents block_events_;
   // Loop-thread state.
   engine::PageAllocator allocator_;
   worker::BlockCache cache_;

@@ -109,7 +109,8 @@ int FakeWorkerClient::open_streams() const {
   return static_cast<int>(streams_.size());
 }
 
-absl::StatusOr<v1::WorkerInfo> FakeWorkerClient::GetWorkerInfo(absl::Duration) {
+absl::StatusOr<v1::WorkerInfo> FakeWorkerClient::GetWorkerInfo(const v1::WorkerInfoRequest&,
+                                                               absl::Duration) {
   absl::MutexLock lock(&mu_);
   if (cancelled_all_) return CancelledAll();
   if (!up_) return absl::UnavailableError(address_ + " is down");

@@ -49,7 +49,10 @@ class FakeWorkerClient : public WorkerClient {
   int open_streams() const;       // streams created and not yet destroyed
 
   const std::string& address() const override { return address_; }
-  absl::StatusOr<v1::WorkerInfo> GetWorkerInfo(absl::Duration timeout) override;
+  // The scripted info, whatever the request asks (its `blocks`, if a test sets them, is a full
+  // report every time).
+  absl::StatusOr<v1::WorkerInfo> GetWorkerInfo(const v1::WorkerInfoRequest& request,
+                                               absl::Duration timeout) override;
   absl::StatusOr<v1::PrefillResponse> Prefill(const v1::PrefillRequest& request,
                                               absl::Duration timeout) override;
   absl::StatusOr<std::unique_ptr<GenerateStream>> Generate(const v1::GenerateRequest& request,

@@ -90,13 +90,14 @@ void GrpcWorkerClient::CancelAll() {
   for (grpc::ClientContext* ctx : active_) ctx->TryCancel();
 }
 
-absl::StatusOr<v1::WorkerInfo> GrpcWorkerClient::GetWorkerInfo(absl::Duration timeout) {
+absl::StatusOr<v1::WorkerInfo> GrpcWorkerClient::GetWorkerInfo(const v1::WorkerInfoRequest& request,
+                                                               absl::Duration timeout) {
   grpc::ClientContext ctx;
   if (!Register(&ctx, timeout)) return Stopped();
   v1::WorkerInfo info;
   const grpc::Status st = role_ == WorkerRole::kDecode
-                              ? decode_->GetWorkerInfo(&ctx, v1::WorkerInfoRequest(), &info)
-                              : prefill_->GetWorkerInfo(&ctx, v1::WorkerInfoRequest(), &info);
+                              ? decode_->GetWorkerInfo(&ctx, request, &info)
+                              : prefill_->GetWorkerInfo(&ctx, request, &info);
   Unregister(&ctx);
   if (!st.ok()) return FromGrpc(st);
   return info;

@@ -33,7 +33,8 @@ class GrpcWorkerClient : public WorkerClient {
   ~GrpcWorkerClient() override;
 
   const std::string& address() const override { return address_; }
-  absl::StatusOr<v1::WorkerInfo> GetWorkerInfo(absl::Duration timeout) override;
+  absl::StatusOr<v1::WorkerInfo> GetWorkerInfo(const v1::WorkerInfoRequest& request,
+                                               absl::Duration timeout) override;
   absl::StatusOr<v1::PrefillResponse> Prefill(const v1::PrefillRequest& request,
                                               absl::Duration timeout) override;
   absl::StatusOr<std::unique_ptr<GenerateStream>> Generate(const v1::GenerateRequest& request,

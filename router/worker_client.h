@@ -46,7 +46,8 @@ class WorkerClient {
   // The worker's host:port (for logs and metric labels).
   virtual const std::string& address() const = 0;
 
-  virtual absl::StatusOr<v1::WorkerInfo> GetWorkerInfo(absl::Duration timeout) = 0;
+  virtual absl::StatusOr<v1::WorkerInfo> GetWorkerInfo(const v1::WorkerInfoRequest& request,
+                                                       absl::Duration timeout) = 0;
   // Prefill workers only.
   virtual absl::StatusOr<v1::PrefillResponse> Prefill(const v1::PrefillRequest& request,
                                                       absl::Duration timeout) = 0;

@@ -33,6 +33,22 @@ WorkerPool::WorkerPool(const RouterOptions& options,
   }
 }
 
+void WorkerPool::ApplyBlocks(const v1::BlockReport& report, absl::Time asked, State* s) {
+  if (report.full()) {
+    s->held.clear();
+    s->held.insert(report.stored().begin(), report.stored().end());
+  } else if (report.epoch() == s->blocks_epoch) {
+    for (uint64_t fp : report.removed()) s->held.erase(fp);
+    s->held.insert(report.stored().begin(), report.stored().end());
+  } else {
+    return;  // changes against a base this router does not have: the next report is full
+  }
+  s->blocks_epoch = report.epoch();
+  s->blocks_seq = report.seq();
+  // The worker's own account now covers every request that had finished when it was asked.
+  if (s->keys.has_value() && s->remembered_at < asked) s->keys.emplace(keys_per_worker_);
+}
+
 void WorkerPool::AddSlot(WorkerRole role, std::shared_ptr<WorkerClient> client,
                          bool from_membership) {
   State s;
@@ -128,11 +144,23 @@ void WorkerPool::Refresh() {
       }
     }
     for (const auto& [i, client] : members) {
-      absl::StatusOr<v1::WorkerInfo> info = client->GetWorkerInfo(health_timeout_);
+      v1::WorkerInfoRequest request;
+      if (role == WorkerRole::kDecode) {
+        absl::MutexLock lock(&mu_);
+        const State& s = states(role)[i];
+        request.set_want_blocks(true);
+        if (s.alive) {  // else: a full report
+          request.set_blocks_epoch(s.blocks_epoch);
+          request.set_blocks_since(s.blocks_seq);
+        }
+      }
+      const absl::Time asked = absl::Now();
+      absl::StatusOr<v1::WorkerInfo> info = client->GetWorkerInfo(request, health_timeout_);
       absl::MutexLock lock(&mu_);
       if (stopping_) return;  // the calls are being cancelled: not an answer of the worker
       State& s = states(role)[i];
       if (!s.member) continue;  // left meanwhile
+      if (info.ok() && info->has_blocks()) ApplyBlocks(info->blocks(), asked, &s);
       const bool ok = info.ok();
       if (ok) {
         absl::StatusOr<NamespaceId> ns = KeyFromBytes(info->namespace_id(), "namespace_id");
@@ -142,6 +170,7 @@ void WorkerPool::Refresh() {
         if (s.keys.has_value() &&
             (!s.alive || new_ns != s.ns || info->block_tokens() != s.info.block_tokens())) {
           s.keys.emplace(keys_per_worker_);
+          if (!info->has_blocks()) s.held.clear();
         }
         s.ns = new_ns;
         if (info->draining() && !s.draining) {
@@ -183,6 +212,11 @@ std::optional<WorkerPool::Lease> WorkerPool::AcquireDecode(PromptKeys& prompt,
     }
   }
   for (Candidate& c : keyed) c.keys = &prompt.Get(c.ns, c.block_tokens);
+  // The fingerprints of each candidate's keys, outside the lock too.
+  std::vector<std::vector<uint64_t>> fps(keyed.size());
+  for (size_t k = 0; k < keyed.size(); ++k) {
+    for (const BlockKey& key : *keyed[k].keys) fps[k].push_back(KeyFingerprint(key));
+  }
 
   absl::MutexLock lock(&mu_);
   std::vector<State>& ss = states(WorkerRole::kDecode);
@@ -194,11 +228,16 @@ std::optional<WorkerPool::Lease> WorkerPool::AcquireDecode(PromptKeys& prompt,
     PlacementCandidate c;
     c.in_flight = ss[i].in_flight;
     uint32_t bt = 0;
-    for (const Candidate& k : keyed) {
-      if (k.index == static_cast<int>(i)) {
-        c.matched_blocks = ss[i].keys->MatchPrefix(*k.keys);
-        bt = k.block_tokens;
+    for (size_t k = 0; k < keyed.size(); ++k) {
+      if (keyed[k].index != static_cast<int>(i)) continue;
+      // The leading blocks the worker holds, by its report or by a request finished since.
+      const std::vector<BlockKey>& keys = *keyed[k].keys;
+      size_t n = 0;
+      while (n < keys.size() && (ss[i].held.contains(fps[k][n]) || ss[i].keys->Contains(keys[n]))) {
+        ++n;
       }
+      c.matched_blocks = n;
+      bt = keyed[k].block_tokens;
     }
     cands.push_back(c);
     index.push_back(static_cast<int>(i));
@@ -246,6 +285,7 @@ void WorkerPool::Remember(int index, PromptKeys& prompt, absl::Span<const TokenI
   State& s = states(WorkerRole::kDecode)[index];
   if (s.ns != ns || s.info.block_tokens() != bt) return;
   for (const BlockKey& k : keys) s.keys->Touch(k);
+  s.remembered_at = absl::Now();
 }
 
 void WorkerPool::MarkDown(int index) {

@@ -1,13 +1,14 @@
 // The router's workers (docs/serving.md, "Placement"): each worker's state from its last
 // GetWorkerInfo (refreshed once a second on a thread of the pool's own), the requests the router
-// has in flight on it, and for decode workers the block keys sent there (KeyLru); placement of a
-// request on a decode worker (PickWorker over the remembered prefixes) and of a prefill call on
-// the least-loaded prefill worker. A worker that was down or reports a new namespace or block
-// size starts with no remembered keys. The workers are the static ones given at construction
-// plus those SetWorkers names (membership, docs/membership.md): a worker that leaves takes no
-// new placements, its requests in flight finish on their leases, and a worker that comes back
-// at the same address takes its old slot. A draining worker (WorkerInfo.draining) takes no new
-// placements either.
+// has in flight on it, and for decode workers the blocks the worker reports holding in its pages
+// (a full set, then the changes: BlockReport) plus the keys of requests the router finished
+// there since its last report (KeyLru); placement of a request on a decode worker (PickWorker
+// over the held prefixes and the load) and of a prefill call on the least-loaded prefill worker. A
+// worker that was down or reports a new namespace or block size starts with no remembered keys. The
+// workers are the static ones given at construction plus those SetWorkers names (membership,
+// docs/membership.md): a worker that leaves takes no new placements, its requests in flight finish
+// on their leases, and a worker that comes back at the same address takes its old slot. A draining
+// worker (WorkerInfo.draining) takes no new placements either.
 //
 // Owns the WorkerClients and the per-worker gauges kvtier_router_worker_in_flight and
 // kvtier_router_worker_up (in the caller's MetricsRegistry, which must outlive the pool).
@@ -25,6 +26,7 @@
 #include <vector>
 
 #include "absl/base/thread_annotations.h"
+#include "absl/container/flat_hash_set.h"
 #include "absl/synchronization/mutex.h"
 #include "absl/types/span.h"
 #include "common/metrics.h"
@@ -123,7 +125,15 @@ class WorkerPool {
     v1::WorkerInfo info;
     std::optional<NamespaceId> ns;  // from info.namespace_id
     int in_flight = 0;
-    std::optional<KeyLru> keys;  // decode workers
+    // Decode workers: the blocks the worker reported holding in its own pages (by
+    // KeyFingerprint), as of report (blocks_epoch, blocks_seq); and the keys of requests the
+    // router finished there since the last report that could include them (remembered_at),
+    // which bridge the time until the worker reports them.
+    absl::flat_hash_set<uint64_t> held;
+    uint64_t blocks_epoch = 0;
+    uint64_t blocks_seq = 0;
+    std::optional<KeyLru> keys;
+    absl::Time remembered_at = absl::InfinitePast();
     Gauge* in_flight_gauge = nullptr;
     Gauge* up_gauge = nullptr;
   };
@@ -139,6 +149,9 @@ class WorkerPool {
   void RefreshLoop();
   // Appends a slot for `client`.
   void AddSlot(WorkerRole role, std::shared_ptr<WorkerClient> client, bool from_membership)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // Applies a decode worker's block report (asked for at `asked`) to its state.
+  void ApplyBlocks(const v1::BlockReport& report, absl::Time asked, State* s)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   // Whether a new placement may go to `s`.
   static bool Placeable(const State& s) { return s.member && s.alive && !s.draining; }

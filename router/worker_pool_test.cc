@@ -94,6 +94,30 @@ TEST_F(WorkerPoolTest, PrefersTheLongestRememberedPrefixThenTheFewestInFlight) {
   EXPECT_EQ(excluded->index(), 0);
 }
 
+// Facts first (docs/serving.md, "Placement"): the blocks a decode worker reports holding place
+// a prompt there without the router having sent it; a report that no longer lists them, and
+// forgets what the router remembered before it was asked, moves the prompt back to the tie.
+TEST_F(WorkerPoolTest, PlacesByTheBlocksAWorkerReports) {
+  const std::vector<TokenId> prompt = Tokens(20, 100);  // 5 blocks
+  const std::vector<BlockKey> keys = ComputeBlockKeys(Namespace(1), prompt, kBlock);
+  v1::WorkerInfo info = WorkerInfoFor(WorkerRole::kDecode, Namespace(1), kBlock, 128);
+  info.mutable_blocks()->set_epoch(7);
+  info.mutable_blocks()->set_full(true);
+  for (size_t i = 0; i < 3; ++i) info.mutable_blocks()->add_stored(KeyFingerprint(keys[i]));
+  fleet_.decode[1]->set_info(info);
+  pool().Refresh();
+  EXPECT_EQ(Pick(prompt), std::make_pair(1, size_t{12}));  // the 3 leading blocks reported
+
+  // Remembered after a request there, then a report asked for later without them: gone.
+  Remember(1, prompt);
+  EXPECT_EQ(Pick(prompt), std::make_pair(1, size_t{20}));
+  absl::SleepFor(absl::Milliseconds(2));
+  info.mutable_blocks()->clear_stored();
+  fleet_.decode[1]->set_info(info);
+  pool().Refresh();
+  EXPECT_EQ(Pick(prompt), std::make_pair(0, size_t{0}));
+}
+
 TEST_F(WorkerPoolTest, RemembersThePromptWithTheGeneratedTokens) {
   const std::vector<TokenId> prompt = Tokens(6, 100);
   const std::vector<TokenId> generated = Tokens(11, 500);
@@ -218,7 +242,7 @@ TEST_F(WorkerPoolTest, TheRefreshThreadNoticesAWorkerGoingDownAndStopEndsIt) {
   pool().Stop();
   EXPECT_TRUE(pool().stopping());
   // Stopped: the workers' calls are cancelled, and a refresh no longer changes the states.
-  EXPECT_EQ(fleet_.decode[1]->GetWorkerInfo(absl::Seconds(1)).status().code(),
+  EXPECT_EQ(fleet_.decode[1]->GetWorkerInfo({}, absl::Seconds(1)).status().code(),
             absl::StatusCode::kCancelled);
   pool().Refresh();
   EXPECT_EQ(pool().DecodeWorkersUp(), 1);

@@ -19,6 +19,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_split.h"
+#include "common/metrics_text.h"
 #include "common/process.h"
 #include "engine/model_config.h"
 #include "engine/testing/model_writer.h"
@@ -822,6 +823,48 @@ TEST_F(RouterIntegrationTest, DecodeWorkerSigtermDrainsItsStreamsToTheEnd) {
   ASSERT_TRUE(st.has_value()) << "the drained worker did not exit";
   EXPECT_TRUE(WIFEXITED(*st) && WEXITSTATUS(*st) == 0) << DescribeWaitStatus(*st);
   EXPECT_NE(decode_->log().find("drained in"), std::string::npos);
+}
+
+// Placement from the workers' reports (docs/serving.md, "Placement"): with the router's own
+// record of finished requests cut to one key, the next turn of a conversation still goes to
+// the decode worker that holds its history in its pages, because that worker reported them.
+TEST_F(RouterIntegrationTest, TheNextTurnGoesWhereTheWorkerReportsItsHistory) {
+  ASSERT_NO_FATAL_FAILURE(StartAll(/*decode_workers=*/2, {"--affinity-keys-per-worker=1"}));
+  auto first_tier_tokens = [](ServerProcess& w) {
+    httplib::Client c("127.0.0.1", w.metrics_port());
+    httplib::Result r = c.Get("/metrics");
+    if (!r || r->status != 200) return -1.0;
+    absl::StatusOr<ParsedMetrics> m = ParseMetricsText(r->body);
+    return m.ok() ? m->Sum("kvtier_worker_prompt_tokens_total", {{"source", "first_tier"}}) : -1;
+  };
+  // Conversation A streams on decode_ (placement ties go to the first worker) while
+  // conversation B's first turn is placed: B goes to the idle decode2_.
+  json a = LongStream();
+  a["max_tokens"] = 300;
+  std::string b_reply;
+  const json b_turn1 = json::array(
+      {{{"role", "user"},
+        {"content", "Conversation B: remember the words amber, basil, cobalt, dune and ember."}}});
+  {
+    BackgroundStream stream(router_->grpc_port(), "/v1/chat/completions", a);
+    ASSERT_TRUE(stream.WaitForText(absl::Seconds(10))) << stream.body();
+    const Answer b1 = Chat(b_turn1, true);
+    ASSERT_EQ(b1.status, 200) << b1.body;
+    b_reply = b1.body["choices"][0]["message"]["content"];
+    EXPECT_TRUE(stream.WaitForEnd(absl::Seconds(60)));
+  }
+  const double d1_before = first_tier_tokens(*decode_);
+  const double d2_before = first_tier_tokens(*decode2_);
+  // Both idle now; the reports of the next refresh (once a second) say who holds B.
+  absl::SleepFor(absl::Milliseconds(1500));
+  json b_turn2 = b_turn1;
+  b_turn2.push_back({{"role", "assistant"}, {"content", b_reply}});
+  b_turn2.push_back({{"role", "user"}, {"content", "Which words?"}});
+  const Answer b2 = Chat(b_turn2, true);
+  ASSERT_EQ(b2.status, 200) << b2.body;
+  EXPECT_GT(first_tier_tokens(*decode2_), d2_before)
+      << "B's second turn did not reuse decode2's pages";
+  EXPECT_EQ(first_tier_tokens(*decode_), d1_before);
 }
 
 // SIGTERM to the router mid-stream: it cancels the generation, ends the stream with an error

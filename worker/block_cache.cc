@@ -5,8 +5,8 @@
 
 namespace kvtier::worker {
 
-BlockCache::BlockCache(engine::PageAllocator* allocator)
-    : allocator_(allocator), entries_(allocator->num_pages()) {}
+BlockCache::BlockCache(engine::PageAllocator* allocator, BlockEvents* events)
+    : allocator_(allocator), events_(events), entries_(allocator->num_pages()) {}
 
 void BlockCache::Ref(int32_t page) {
   Entry& e = entries_[page];
@@ -35,6 +35,7 @@ bool BlockCache::Insert(const BlockKey& key, int32_t page) {
   e.refs = 1;
   e.key = key;
   ++stats_.inserts;
+  if (events_ != nullptr) events_->Stored(key);
   return true;
 }
 
@@ -54,6 +55,7 @@ void BlockCache::Evict(int32_t page) {
   Entry& e = entries_[page];
   lru_.erase(e.lru);
   by_key_.erase(e.key);
+  if (events_ != nullptr) events_->Removed(e.key);
   e = Entry();
   allocator_->Free(absl::MakeConstSpan(&page, 1));
   ++stats_.evictions;

@@ -27,12 +27,14 @@
 #include "absl/types/span.h"
 #include "engine/page_allocator.h"
 #include "kvtier/block_key.h"
+#include "worker/block_events.h"
 
 namespace kvtier::worker {
 
 class BlockCache {
  public:
-  explicit BlockCache(engine::PageAllocator* allocator);
+  // `events` (may be null; must outlive the cache) hears of every block that enters or leaves.
+  explicit BlockCache(engine::PageAllocator* allocator, BlockEvents* events = nullptr);
   BlockCache(const BlockCache&) = delete;
   BlockCache& operator=(const BlockCache&) = delete;
 
@@ -85,6 +87,7 @@ class BlockCache {
   void Evict(int32_t page);
 
   engine::PageAllocator* allocator_;
+  BlockEvents* const events_;
   absl::flat_hash_map<BlockKey, int32_t> by_key_;
   std::vector<Entry> entries_;  // by page id
   std::list<int32_t> lru_;      // unreferenced cached pages, least recently used first

@@ -57,6 +57,10 @@ BlockKey ChainBlockKey(const BlockKey& prev, absl::Span<const TokenId> block_tok
 std::vector<BlockKey> ComputeBlockKeys(const NamespaceId& ns, absl::Span<const TokenId> tokens,
                                        uint32_t block_tokens);
 
+// A key's first 8 bytes as a little-endian integer: a compact name of a block where a rare
+// collision costs only a wrong guess (the router's placement, docs/serving.md), never data.
+uint64_t KeyFingerprint(const BlockKey& key);
+
 // Lower-case hex of the 32 bytes, and its inverse.
 std::string KeyToHex(const BlockKey& key);
 absl::StatusOr<BlockKey> KeyFromHex(absl::string_view hex);
