@@ -108,12 +108,7 @@ absl::StatusOr<NetnsTopology> NetnsTopology::Create(const std::vector<std::strin
   }
   KVTIER_RETURN_IF_ERROR(Available());
   RemoveLeftovers(options.prefix);
-  NetnsTopology t;
-  KVTIER_ASSIGN_OR_RETURN(std::string which, Run({"sh", "-c", "command -v ip"}));
-  t.ip_path_ = std::string(absl::StripAsciiWhitespace(which));
-  t.prefix_ = options.prefix;
-  t.subnet_ = options.subnet;
-  t.hosts_ = hosts;
+  KVTIER_ASSIGN_OR_RETURN(NetnsTopology t, Attach(hosts, options));
   t.live_ = true;  // from here on, destruction removes what was made
   const std::string br = t.Bridge();
   absl::Status st = RunAll({{"ip", "link", "add", br, "type", "bridge"},
@@ -134,6 +129,17 @@ absl::StatusOr<NetnsTopology> NetnsTopology::Create(const std::vector<std::strin
                  {"ip", "link", "set", veth, "up"}});
   }
   if (!st.ok()) return st;  // t's destruction removes the partial topology
+  return t;
+}
+
+absl::StatusOr<NetnsTopology> NetnsTopology::Attach(const std::vector<std::string>& hosts,
+                                                    const NetnsOptions& options) {
+  NetnsTopology t;
+  KVTIER_ASSIGN_OR_RETURN(std::string which, Run({"sh", "-c", "command -v ip"}));
+  t.ip_path_ = std::string(absl::StripAsciiWhitespace(which));
+  t.prefix_ = options.prefix;
+  t.subnet_ = options.subnet;
+  t.hosts_ = hosts;
   return t;
 }
 
