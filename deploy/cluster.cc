@@ -84,8 +84,10 @@ bool IsOurs(pid_t pid) {
 }
 
 absl::Status WriteState(const ClusterState& s) {
-  json j = {{"run_dir", s.run_dir}, {"endpoint", s.endpoint},         {"model_name", s.model_name},
-            {"backend", s.backend}, {"netns_prefix", s.netns_prefix}, {"processes", json::array()}};
+  json j = {{"run_dir", s.run_dir},           {"endpoint", s.endpoint},
+            {"model_name", s.model_name},     {"backend", s.backend},
+            {"netns_prefix", s.netns_prefix}, {"netns_subnet", s.netns_subnet},
+            {"processes", json::array()}};
   for (const ClusterProcess& p : s.processes) {
     j["processes"].push_back({{"name", p.name},
                               {"pid", p.pid},

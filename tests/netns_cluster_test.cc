@@ -34,9 +34,11 @@
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "absl/time/clock.h"
+#include "common/metrics_text.h"
 #include "common/process.h"
 #include "deploy/cluster.h"
 #include "deploy/netns.h"
+#include "deploy/status.h"
 #include "gtest/gtest.h"
 #include "membership/etcd_client.h"
 #include "nlohmann/json.hpp"
@@ -282,6 +284,9 @@ TEST_F(NetnsClusterTest, FaultsUnderAMultiTurnWorkload) {
   absl::StatusOr<deploy::NetnsTopology> hosts = deploy::ClusterTopology(state_);
   ASSERT_TRUE(hosts.ok()) << hosts.status();
   EXPECT_EQ(hosts->Address("router"), absl::StrCat(kSubnet, ".9"));
+  // `kvtier status` reaches every process at its host's address (etcd included).
+  const std::string status = Output({kBin + "/kvtier", "status", "--run-dir", run_dir_});
+  EXPECT_TRUE(absl::StrContains(status, "9/9 processes up")) << status;
   for (int i = 0; i < 3; ++i) clients_.emplace_back([this, i] { RunClient(i); });
   ASSERT_TRUE(AwaitTurns(t_begin, 6, absl::Seconds(60))) << "the workload does not run";
 
@@ -329,6 +334,21 @@ TEST_F(NetnsClusterTest, FaultsUnderAMultiTurnWorkload) {
   EXPECT_TRUE(
       WaitFor([&] { return registered("store-0") && registered("store-1"); }, absl::Seconds(30)));
   ASSERT_TRUE(AwaitTurns(absl::Now(), 4, absl::Seconds(60)));
+
+  // Between hosts, blocks move over UCX (TCP through the bridge), never through a mapped pool.
+  double ucx = 0, mapped = 0;
+  for (const char* name : {"prefill-0", "prefill-1", "decode-0", "decode-1"}) {
+    absl::StatusOr<ParsedMetrics> m = deploy::ScrapeMetrics(
+        deploy::TargetOf(Process(name), deploy::CredentialsOf(run_dir_), ""), absl::Seconds(5));
+    ASSERT_TRUE(m.ok()) << name << ": " << m.status();
+    for (const char* family :
+         {"kvtier_worker_store_blocks_total", "kvtier_worker_fetch_blocks_total"}) {
+      ucx += m->Sum(family, {{"path", "ucx"}});
+      mapped += m->Sum(family, {{"path", "mapped"}});
+    }
+  }
+  EXPECT_GT(ucx, 0);
+  EXPECT_EQ(mapped, 0);
 
   // 5. A decode worker dies: requests in flight on it may fail; once the router has noticed,
   // none does.
