@@ -486,6 +486,12 @@ absl::StatusOr<ClusterState> StartCluster(const ClusterConfig& c, const std::str
   if (c.netns) {
     std::vector<std::string> hosts;
     for (const std::string& name : ProcessNames(c)) hosts.push_back(HostName(name));
+    // Create deletes what a killed run of this prefix left: never a live cluster's hosts.
+    if (absl::Status st = NetnsTopology::CheckUnused(c.netns_prefix); !st.ok()) {
+      return absl::FailedPreconditionError(absl::StrCat(
+          st.message(), " (stop that cluster with `kvtier down`, or set netns.prefix and ",
+          "netns.subnet)"));
+    }
     KVTIER_ASSIGN_OR_RETURN(
         NetnsTopology t,
         NetnsTopology::Create(hosts, {.prefix = c.netns_prefix, .subnet = c.netns_subnet}));

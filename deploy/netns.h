@@ -49,6 +49,9 @@ class NetnsTopology {
   // to run processes on its hosts and inject faults; not owned: destruction deletes nothing.
   static absl::StatusOr<NetnsTopology> Attach(const std::vector<std::string>& hosts,
                                               const NetnsOptions& options = {});
+  // FailedPrecondition (naming the namespace and its pids) when a namespace of `prefix` runs
+  // processes: another live topology (a running `kvtier up` cluster) that Create would delete.
+  static absl::Status CheckUnused(absl::string_view prefix);
   // Deletes whatever a topology with `prefix` left (veths, namespaces, bridge).
   static void RemoveLeftovers(absl::string_view prefix);
 

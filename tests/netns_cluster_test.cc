@@ -287,6 +287,14 @@ TEST_F(NetnsClusterTest, FaultsUnderAMultiTurnWorkload) {
   // `kvtier status` reaches every process at its host's address (etcd included).
   const std::string status = Output({kBin + "/kvtier", "status", "--run-dir", run_dir_});
   EXPECT_TRUE(absl::StrContains(status, "9/9 processes up")) << status;
+  // A second cluster with the same namespace prefix is refused: it would delete this one's.
+  const std::string again =
+      Output({kBin + "/kvtier", "up", "--run-dir", dir_ + "/run2", "--model-dir",
+              run_dir_ + "/models/tiny", "--netns", "--netns-prefix", kPrefix, "--netns-subnet",
+              kSubnet, "--router-port", "0"});
+  EXPECT_TRUE(absl::StrContains(again, "another topology uses the prefix")) << again;
+  EXPECT_TRUE(absl::StrContains(Output({kBin + "/kvtier", "status", "--run-dir", run_dir_}),
+                                "9/9 processes up"));
   for (int i = 0; i < 3; ++i) clients_.emplace_back([this, i] { RunClient(i); });
   ASSERT_TRUE(AwaitTurns(t_begin, 6, absl::Seconds(60))) << "the workload does not run";
 
