@@ -192,13 +192,6 @@ std::vector<std::string> ProcessNames(const ClusterConfig& c) {
 // The namespace host of process `name`: its name without '-' ("store-0" runs on "store0").
 std::string HostName(const std::string& name) { return absl::StrReplaceAll(name, {{"-", ""}}); }
 
-// The membership.* flags of a process that declares them (docs/membership.md): the cluster's
-// etcd, when it has one. The process advertises its --listen address with the port it bound.
-std::vector<std::string> MembershipArgs(const std::string& etcd_endpoint) {
-  if (etcd_endpoint.empty()) return {};
-  return {"--membership-etcd=" + etcd_endpoint};
-}
-
 // Options of a process that outlives `kvtier up`: a session of its own, no parent-death signal.
 SpawnOptions Detached(std::vector<std::string> argv, std::map<std::string, std::string> env,
                       absl::Duration stop_grace) {
@@ -294,7 +287,8 @@ class Starting {
   }
   const std::string& etcd_endpoint() const { return etcd_endpoint_; }
 
-  // `binary` of the bin directory with `args`, on the host Placed(name) says.
+  // `binary` of the bin directory with `args`, on the host Placed(name) says, registering with
+  // the cluster's etcd when it has one (every kvtier server declares membership.*).
   absl::Status Spawn(const std::string& name, const std::string& binary,
                      std::vector<std::string> args) {
     ClusterProcess p = Placed(name);
@@ -302,6 +296,7 @@ class Starting {
     o.argv.push_back(bin_dir_ + "/" + binary);
     o.argv.insert(o.argv.end(), args.begin(), args.end());
     o.argv.push_back("--log-level=" + c_.log_level);
+    if (!etcd_endpoint_.empty()) o.argv.push_back("--membership-etcd=" + etcd_endpoint_);
     KVTIER_ASSIGN_OR_RETURN(ServerProcess server, ServerProcess::Spawn(o, run_dir_, name));
     log_ << "started " << name << (p.host == "127.0.0.1" ? "" : " on " + p.host) << " (pid "
          << server.process().pid() << ")\n";
@@ -521,7 +516,6 @@ absl::StatusOr<ClusterState> StartCluster(const ClusterConfig& c, const std::str
     }
     if (c.netns) args.push_back("--data-interface=" + host);
     for (std::string& f : TlsFlags(tls, TlsRole::kServer)) args.push_back(std::move(f));
-    for (std::string& f : MembershipArgs(cluster.etcd_endpoint())) args.push_back(std::move(f));
     KVTIER_RETURN_IF_ERROR(cluster.Spawn(name, "kvtier-store", std::move(args)));
   }
   KVTIER_RETURN_IF_ERROR(cluster.AwaitReady(deadline));
@@ -550,7 +544,6 @@ absl::StatusOr<ClusterState> StartCluster(const ClusterConfig& c, const std::str
       for (std::string& f : TlsFlags(tls, TlsRole::kServerAndClient)) {
         args.push_back(std::move(f));
       }
-      // workers and router: when they declare membership options, MembershipArgs here.
       KVTIER_RETURN_IF_ERROR(
           cluster.Spawn(name, role == 0 ? "kvtier-prefill" : "kvtier-decode", std::move(args)));
     }
@@ -570,7 +563,6 @@ absl::StatusOr<ClusterState> StartCluster(const ClusterConfig& c, const std::str
     router_args.push_back(std::move(f));
   }
   router_args.push_back("--api-keys-file=" + creds.api_keys_file);
-  // workers and router: when they declare membership options, MembershipArgs here.
   KVTIER_RETURN_IF_ERROR(cluster.Spawn("router", "kvtier-router", std::move(router_args)));
   KVTIER_RETURN_IF_ERROR(cluster.AwaitReady(deadline));
   ServerProcess& router = cluster.last();
