@@ -326,7 +326,6 @@ class Starting {
   }
 
   ServerProcess& last() { return servers_.back().server; }
-  const ClusterProcess& last_record() const { return servers_.back().record; }
 
   // The processes as the state file records them, in start order; they now outlive this
   // object.
