@@ -318,6 +318,18 @@ absl::Status WriteKeyAndCert(EVP_PKEY* key, X509* cert, const std::string& key_p
   return absl::OkStatus();
 }
 
+// Whether the PEM certificate in `path` names every address of `ips` in its SAN.
+bool CertCoversIps(const std::string& path, const std::vector<std::string>& ips) {
+  std::unique_ptr<BIO, decltype(&BIO_free)> bio(BIO_new_file(path.c_str(), "r"), BIO_free);
+  if (bio == nullptr) return false;
+  X509Ptr cert(PEM_read_bio_X509(bio.get(), nullptr, nullptr, nullptr));
+  if (cert == nullptr) return false;
+  for (const std::string& ip : ips) {
+    if (X509_check_ip_asc(cert.get(), ip.c_str(), 0) != 1) return false;
+  }
+  return true;
+}
+
 }  // namespace
 
 TlsOptions LocalPki::Options() const {
@@ -360,14 +372,17 @@ LocalPki LocalPki::In(const std::string& dir) {
   return p;
 }
 
-absl::StatusOr<LocalPki> WriteLocalPki(const std::string& dir, int days) {
+absl::StatusOr<LocalPki> WriteLocalPki(const std::string& dir, int days,
+                                       const std::vector<std::string>& server_ips) {
   const LocalPki p = LocalPki::In(dir);
   bool all = true;
   for (const std::string* f : {&p.ca_file, &p.cert_file, &p.key_file, &p.client_cert_file,
                                &p.client_key_file, &p.service_token_file}) {
     all = all && fs::exists(*f);
   }
-  if (all) return p;
+  if (all && CertCoversIps(p.cert_file, server_ips)) return p;
+  std::string san = "IP:127.0.0.1,DNS:localhost";
+  for (const std::string& ip : server_ips) absl::StrAppend(&san, ",IP:", ip);
   KVTIER_ASSIGN_OR_RETURN(PkeyPtr ca_key, NewKey());
   KVTIER_ASSIGN_OR_RETURN(X509Ptr ca,
                           MakeCert(ca_key.get(), "kvtier local CA", nullptr, nullptr, days,
@@ -380,7 +395,7 @@ absl::StatusOr<LocalPki> WriteLocalPki(const std::string& dir, int days) {
                                    {{NID_basic_constraints, "critical,CA:FALSE"},
                                     {NID_key_usage, "critical,digitalSignature,keyEncipherment"},
                                     {NID_ext_key_usage, "serverAuth"},
-                                    {NID_subject_alt_name, "IP:127.0.0.1,DNS:localhost"},
+                                    {NID_subject_alt_name, san.c_str()},
                                     {NID_authority_key_identifier, "keyid"}}));
   KVTIER_ASSIGN_OR_RETURN(PkeyPtr client_key, NewKey());
   KVTIER_ASSIGN_OR_RETURN(X509Ptr client,

@@ -17,6 +17,7 @@
 
 #include <memory>
 #include <string>
+#include <vector>
 
 #include "absl/status/statusor.h"
 #include "absl/strings/string_view.h"
@@ -65,7 +66,7 @@ absl::StatusOr<SslCtxPtr> MakeHttpsContext(const TlsOptions& tls, absl::string_v
 // What WriteLocalPki writes into a directory.
 struct LocalPki {
   std::string ca_file;             // ca.pem: the local CA's certificate
-  std::string cert_file;           // server.pem: SAN 127.0.0.1 and localhost, signed by the CA
+  std::string cert_file;           // server.pem: SAN 127.0.0.1, localhost (and more), by the CA
   std::string key_file;            // server.key
   std::string client_cert_file;    // client.pem: for mutual TLS, signed by the CA
   std::string client_key_file;     // client.key
@@ -77,9 +78,12 @@ struct LocalPki {
 };
 
 // Creates, in `dir` (which must exist), a local CA (EC P-256, valid `days` days), a server
-// certificate for 127.0.0.1 and localhost, a client certificate and a service token, unless
-// they are there already (then they are reused). Keys and the token are mode 0600.
-absl::StatusOr<LocalPki> WriteLocalPki(const std::string& dir, int days = 825);
+// certificate for 127.0.0.1, localhost and the IPv4 addresses `server_ips` (the hosts of a
+// `kvtier up` cluster in network namespaces), a client certificate and a service token, unless
+// they are there already and the server certificate covers `server_ips` (then they are reused;
+// otherwise all are made anew). Keys and the token are mode 0600.
+absl::StatusOr<LocalPki> WriteLocalPki(const std::string& dir, int days = 825,
+                                       const std::vector<std::string>& server_ips = {});
 
 // A random secret: `bytes` bytes from OpenSSL's RAND_bytes, hex.
 std::string RandomHex(int bytes);

@@ -10,6 +10,7 @@
 
 #include <filesystem>
 #include <fstream>
+#include <sstream>
 
 #include "common/service.h"
 #include "kvtier/v1/cachestore.grpc.pb.h"
@@ -98,6 +99,21 @@ TEST_F(TlsTest, LocalPkiFilesAreWrittenOnceAndSecretsArePrivate) {
   auto again = WriteLocalPki(dir_);  // reused, not regenerated
   ASSERT_TRUE(again.ok());
   EXPECT_EQ(*ReadSecretFile(again->service_token_file), *token);
+  // A server certificate that does not cover the addresses asked for is made anew, with them
+  // (a `kvtier up` cluster in network namespaces); asked again, it is reused.
+  auto read = [](const std::string& path) {
+    std::stringstream ss;
+    ss << std::ifstream(path).rdbuf();
+    return ss.str();
+  };
+  const std::string local_cert = read(pki_.cert_file);
+  auto hosts = WriteLocalPki(dir_, 825, {"10.213.0.1", "10.213.0.2"});
+  ASSERT_TRUE(hosts.ok()) << hosts.status();
+  const std::string cert = read(hosts->cert_file);
+  EXPECT_NE(cert, local_cert);
+  EXPECT_NE(*ReadSecretFile(hosts->service_token_file), *token);
+  ASSERT_TRUE(WriteLocalPki(dir_, 825, {"10.213.0.2"}).ok());
+  EXPECT_EQ(read(hosts->cert_file), cert);
 }
 
 TEST_F(TlsTest, SecretEqualsComparesWholeStrings) {

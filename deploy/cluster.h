@@ -1,8 +1,12 @@
-// A local kvtier cluster on one host: one kvtier-store, N kvtier-prefill and M kvtier-decode
-// workers and a kvtier-router, started in the background by `kvtier up` and stopped by
-// `kvtier down`. The cluster lives in a run directory that holds the generated model, the
-// processes' logs and ready files, the store's spill directory and the state file
-// (cluster.json: pids, ports, endpoint).
+// A local kvtier cluster on one host: K kvtier-store nodes, N kvtier-prefill and M kvtier-decode
+// workers and a kvtier-router (and, when asked, an etcd they register with), started in the
+// background by `kvtier up` and stopped by `kvtier down`. The cluster lives in a run directory
+// that holds the generated model, the processes' logs and ready files, the stores' spill
+// directories, etcd's data and the state file (cluster.json: pids, addresses, endpoint).
+//
+// With `netns` every process runs on a host of its own, a network namespace of a NetnsTopology
+// (deploy/netns.h): a multi-host cluster on one machine (docs/serving.md, "A multi-host cluster
+// on one machine"). `kvtier up` lets the topology outlive it; `kvtier down` deletes it.
 //
 // Processes are started with common/process.h (posix_spawn: UCX, linked into the kvtier CLI,
 // is not fork-safe), each in its own session and released once ready, so that they outlive
@@ -16,6 +20,7 @@
 #include <sys/types.h>
 
 #include <cstdint>
+#include <map>
 #include <optional>
 #include <ostream>
 #include <string>
@@ -25,6 +30,7 @@
 #include "absl/time/time.h"
 #include "common/options.h"
 #include "common/tls.h"
+#include "deploy/netns.h"
 
 namespace kvtier::deploy {
 
@@ -47,6 +53,9 @@ struct ClusterConfig {
   // Store: gRPC port (0: any free port), pool and slot sizes, spill capacity (0: spill off;
   // the spill directory is <run_dir>/spill). Defaults: 0, 256MiB, 64KiB, 1GiB.
   int store_port = 0;
+  // Store nodes; every worker gets all of them (first gRPC port: store_port, then
+  // consecutive). Default: 1.
+  int store_nodes = 1;
   std::string store_pool_bytes = "256MiB";
   std::string store_slot_bytes = "64KiB";
   std::string store_spill_capacity = "1GiB";
@@ -66,6 +75,16 @@ struct ClusterConfig {
   int router_port = 8080;
   // Router: uncached prompt tokens below which prefill is skipped. Default: 16.
   int router_skip_prefill_below = 16;
+  // Start a one-member etcd (Debian's etcd-server; data in <run_dir>/etcd) and give its
+  // endpoint to every process with membership.* options (docs/membership.md). Default: false.
+  bool etcd = false;
+  // Every process on a host of its own: a network namespace joined to a bridge
+  // (docs/testing.md, "Hosts as network namespaces"); needs root and iproute2. Default: false.
+  bool netns = false;
+  // Names (at most 8 of [a-z0-9]) and /24 (three octets) of the namespaces. Defaults: kvtier,
+  // 10.213.0.
+  std::string netns_prefix = "kvtier";
+  std::string netns_subnet = "10.213.0";
   // Log level of every process. Default: info.
   std::string log_level = "info";
   // Bound on the start of the whole cluster, and the grace period between SIGTERM and SIGKILL.
@@ -85,8 +104,10 @@ struct ClusterCredentials {
 };
 // Their paths (nothing is read or written).
 ClusterCredentials CredentialsOf(const std::string& run_dir);
-// Creates what is missing of them.
-absl::StatusOr<ClusterCredentials> EnsureCredentials(const std::string& run_dir);
+// Creates what is missing of them; the server certificate names 127.0.0.1 and `server_ips` (the
+// namespace hosts' addresses), all made anew when it does not.
+absl::StatusOr<ClusterCredentials> EnsureCredentials(
+    const std::string& run_dir, const std::vector<std::string>& server_ips = {});
 
 // Reads a YAML config; an empty path gives the defaults. Unknown keys and bad values are
 // InvalidArgument naming the key.
@@ -101,16 +122,24 @@ class ClusterFlags : public OptionFlags<ClusterConfig> {
 
 // One started process, as recorded in the state file.
 struct ClusterProcess {
-  std::string name;  // "store", "prefill-0", "decode-1", "router"
+  // "etcd", "store" (or "store-0", "store-1", ... with several), "prefill-0", "decode-1",
+  // "router".
+  std::string name;
   pid_t pid = -1;
-  int port = 0;  // gRPC port (router: HTTP port)
-  // Port of its plain-HTTP /metrics on 127.0.0.1 (router: its HTTPS API port, where /metrics
-  // takes the API key); 0: none (docs/observability.md).
+  // The address its ports listen on: 127.0.0.1, or its namespace host's address.
+  std::string host = "127.0.0.1";
+  int port = 0;  // gRPC port (router: HTTP port; etcd: client port)
+  // Port of its plain-HTTP /metrics on `host` (router: its HTTPS API port, where /metrics
+  // takes the API key; etcd: its client port); 0: none (docs/observability.md).
   int metrics_port = 0;
   std::string log;
-  // Its command line, without --ready-file and with the ports it bound in --listen and
-  // --metrics-listen: what RestartClusterProcess starts again.
+  // Its command line (with `ip netns exec NS` in front on a namespace host), without
+  // --ready-file and with the ports it bound in --listen and --metrics-listen, and the
+  // environment it adds: what RestartClusterProcess starts again.
   std::vector<std::string> argv;
+  std::map<std::string, std::string> env;
+
+  std::string address() const { return host + ":" + std::to_string(port); }
 };
 
 // Whether the pid of `p` still runs one of our binaries (a reused pid does not count).
@@ -118,10 +147,12 @@ bool ClusterProcessRunning(const ClusterProcess& p);
 
 struct ClusterState {
   std::string run_dir;   // absolute
-  std::string endpoint;  // https://127.0.0.1:PORT/v1
+  std::string endpoint;  // https://HOST:PORT/v1 (the router's host: 127.0.0.1 or its namespace's)
   std::string model_name;
   std::string backend;
   std::vector<ClusterProcess> processes;  // in start order
+  std::string netns_prefix;               // the namespaces' prefix; empty: none
+  std::string netns_subnet;
 };
 
 // Path of the state file of a run directory.
@@ -131,24 +162,31 @@ absl::StatusOr<std::optional<ClusterState>> ReadClusterState(const std::string& 
 
 // Starts the cluster (generating the model and the credentials first if needed: every process
 // serves TLS, mutual between the services, with the service token; the router takes the API
-// key of EnsureCredentials), waits until every process wrote
-// its ready file and the router's /health is 200, and writes the state file. Progress lines go
-// to `log`. On failure every started process is stopped and the error carries the failing
-// process's log tail. FailedPrecondition if a cluster of this run directory is running.
+// key of EnsureCredentials; with `netns` the namespaces first), waits until etcd is healthy,
+// every process wrote its ready file and the router's /health is 200, and writes the state
+// file. Progress lines go to `log`. On failure every started process is stopped, the
+// namespaces are deleted and the error carries the failing process's log tail.
+// FailedPrecondition if a cluster of this run directory is running.
 // `bin_dir` holds the kvtier-* binaries.
 absl::StatusOr<ClusterState> StartCluster(const ClusterConfig& config, const std::string& bin_dir,
                                           std::ostream& log);
 
+// The network namespaces of a cluster started with `netns`, to run commands on its hosts and
+// cut or slow their links (the hosts are the processes' names without '-': "store1",
+// "decode0", "router"); not owned. FailedPrecondition for a cluster without namespaces.
+absl::StatusOr<NetnsTopology> ClusterTopology(const ClusterState& state);
+
 // Starts process `name` of a running cluster again after it died (the fault injector of
 // `kvtier-bench soak`, bench/soak_bench.h): its recorded command line, on the same port, in a
 // session of its own as StartCluster starts it; waits up to `timeout` until it is ready, then
-// records its new pid (and metrics port) in `state` and in the state file. FailedPrecondition while
-// it still runs.
+// records its new pid (and metrics port) in `state` and in the state file (etcd: until its
+// /health says healthy, with its data kept). FailedPrecondition while it still runs.
 absl::Status RestartClusterProcess(ClusterState* state, const std::string& name,
                                    absl::Duration timeout);
 
-// Stops the cluster of `run_dir`: SIGTERM to every live process (router first), SIGKILL to
-// those still alive after `grace`; removes the state file. NotFound if there is none.
+// Stops the cluster of `run_dir`: SIGTERM to every live process (router first, etcd last),
+// SIGKILL to those still alive after `grace`; deletes its network namespaces; removes the state
+// file. NotFound if there is none.
 absl::Status StopCluster(const std::string& run_dir, absl::Duration grace, std::ostream& log);
 
 }  // namespace kvtier::deploy

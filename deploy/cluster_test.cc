@@ -45,9 +45,28 @@ TEST(ClusterConfigTest, ShippedConfigsLoad) {
   EXPECT_EQ(c->worker_kv_cache_bytes, "12GiB");
   EXPECT_EQ(c->router_port, 0);
 
+  EXPECT_EQ(c->store_nodes, 1);
+  EXPECT_FALSE(c->etcd);
+  EXPECT_FALSE(c->netns);
+
+  // The multi-host cluster on one machine (docs/serving.md).
+  c = LoadClusterConfig(std::string(KVTIER_SOURCE_DIR) + "/deploy/netns/cluster.yaml");
+  ASSERT_TRUE(c.ok()) << c.status();
+  EXPECT_EQ(c->run_dir, ".kvtier-netns");
+  EXPECT_EQ(c->store_nodes, 3);
+  EXPECT_EQ(c->prefill_workers, 2);
+  EXPECT_EQ(c->decode_workers, 2);
+  EXPECT_TRUE(c->etcd);
+  EXPECT_TRUE(c->netns);
+  EXPECT_EQ(c->netns_prefix, "kvtier");
+  EXPECT_EQ(c->netns_subnet, "10.213.0");
+
   c = LoadClusterConfig("");
   ASSERT_TRUE(c.ok()) << c.status();  // no file: the defaults
   EXPECT_EQ(c->decode_workers, 1);
+  EXPECT_EQ(c->store_nodes, 1);
+  EXPECT_FALSE(c->etcd);
+  EXPECT_FALSE(c->netns);
 }
 
 TEST(ClusterConfigTest, ErrorsNameTheKey) {
@@ -57,6 +76,8 @@ TEST(ClusterConfigTest, ErrorsNameTheKey) {
   EXPECT_THAT(c.status().message(), HasSubstr("workers.kv_cache_bytes: not a size"));
   c = LoadClusterConfig(Yaml("decode: 0\n"));
   EXPECT_THAT(c.status().message(), HasSubstr("decode (--decode): must be in [1, 16]"));
+  c = LoadClusterConfig(Yaml("store:\n  nodes: 0\n"));
+  EXPECT_THAT(c.status().message(), HasSubstr("store.nodes (--store-nodes): must be in [1, 16]"));
   c = LoadClusterConfig(Yaml("model:\n  dtype: f8\n"));
   EXPECT_THAT(c.status().message(), HasSubstr("model.dtype (--model-dtype)"));
   EXPECT_EQ(LoadClusterConfig("/nonexistent/cluster.yaml").status().code(),
@@ -72,6 +93,13 @@ TEST(ClusterConfigTest, FlagsOverrideTheYaml) {
   EXPECT_EQ(c->router_port, 0);
   EXPECT_EQ(c->run_dir, "/tmp/b");
   EXPECT_EQ(c->prefill_workers, 2);
+  ClusterFlags more;
+  c = more.Parse({"--netns", "--netns-prefix", "kvtx", "--etcd", "--store-nodes", "3"});
+  ASSERT_TRUE(c.ok()) << c.status();
+  EXPECT_TRUE(c->netns);
+  EXPECT_EQ(c->netns_prefix, "kvtx");
+  EXPECT_TRUE(c->etcd);
+  EXPECT_EQ(c->store_nodes, 3);
 }
 
 }  // namespace

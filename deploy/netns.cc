@@ -46,6 +46,19 @@ bool ValidName(absl::string_view s, size_t max, bool dash) {
   return true;
 }
 
+// The namespaces whose names start with `prefix`-.
+std::vector<std::string> NamespacesOf(absl::string_view prefix) {
+  std::vector<std::string> out;
+  absl::StatusOr<std::string> ns = Run({"ip", "netns", "list"});
+  if (!ns.ok()) return out;
+  // "kvt-store0 (id: 3)"
+  for (absl::string_view line : absl::StrSplit(*ns, '\n', absl::SkipEmpty())) {
+    const std::string name(line.substr(0, line.find(' ')));
+    if (absl::StartsWith(name, absl::StrCat(prefix, "-"))) out.push_back(name);
+  }
+  return out;
+}
+
 }  // namespace
 
 absl::Status NetnsTopology::Available() {
@@ -71,14 +84,21 @@ void NetnsTopology::RemoveLeftovers(absl::string_view prefix) {
       if (absl::StartsWith(name, p + "v")) (void)Run({"ip", "link", "delete", name});
     }
   }
-  if (absl::StatusOr<std::string> ns = Run({"ip", "netns", "list"}); ns.ok()) {
-    // "kvt-store0 (id: 3)"
-    for (absl::string_view line : absl::StrSplit(*ns, '\n', absl::SkipEmpty())) {
-      const std::string name(line.substr(0, line.find(' ')));
-      if (absl::StartsWith(name, p + "-")) (void)Run({"ip", "netns", "delete", name});
+  for (const std::string& name : NamespacesOf(prefix)) (void)Run({"ip", "netns", "delete", name});
+  (void)Run({"ip", "link", "delete", p + "br"});
+}
+
+absl::Status NetnsTopology::CheckUnused(absl::string_view prefix) {
+  for (const std::string& name : NamespacesOf(prefix)) {
+    absl::StatusOr<std::string> pids = Run({"ip", "netns", "pids", name});
+    if (pids.ok() && !absl::StripAsciiWhitespace(*pids).empty()) {
+      return absl::FailedPreconditionError(
+          absl::StrCat("network namespace ", name, " runs processes (pids ",
+                       absl::StrJoin(absl::StrSplit(absl::StripAsciiWhitespace(*pids), '\n'), " "),
+                       "): another topology uses the prefix '", prefix, "'"));
     }
   }
-  (void)Run({"ip", "link", "delete", p + "br"});
+  return absl::OkStatus();
 }
 
 absl::StatusOr<NetnsTopology> NetnsTopology::Create(const std::vector<std::string>& hosts,
@@ -108,12 +128,7 @@ absl::StatusOr<NetnsTopology> NetnsTopology::Create(const std::vector<std::strin
   }
   KVTIER_RETURN_IF_ERROR(Available());
   RemoveLeftovers(options.prefix);
-  NetnsTopology t;
-  KVTIER_ASSIGN_OR_RETURN(std::string which, Run({"sh", "-c", "command -v ip"}));
-  t.ip_path_ = std::string(absl::StripAsciiWhitespace(which));
-  t.prefix_ = options.prefix;
-  t.subnet_ = options.subnet;
-  t.hosts_ = hosts;
+  KVTIER_ASSIGN_OR_RETURN(NetnsTopology t, Attach(hosts, options));
   t.live_ = true;  // from here on, destruction removes what was made
   const std::string br = t.Bridge();
   absl::Status st = RunAll({{"ip", "link", "add", br, "type", "bridge"},
@@ -134,6 +149,17 @@ absl::StatusOr<NetnsTopology> NetnsTopology::Create(const std::vector<std::strin
                  {"ip", "link", "set", veth, "up"}});
   }
   if (!st.ok()) return st;  // t's destruction removes the partial topology
+  return t;
+}
+
+absl::StatusOr<NetnsTopology> NetnsTopology::Attach(const std::vector<std::string>& hosts,
+                                                    const NetnsOptions& options) {
+  NetnsTopology t;
+  KVTIER_ASSIGN_OR_RETURN(std::string which, Run({"sh", "-c", "command -v ip"}));
+  t.ip_path_ = std::string(absl::StripAsciiWhitespace(which));
+  t.prefix_ = options.prefix;
+  t.subnet_ = options.subnet;
+  t.hosts_ = hosts;
   return t;
 }
 

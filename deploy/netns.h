@@ -45,6 +45,13 @@ class NetnsTopology {
   // characters each), links up, loopback up in each namespace.
   static absl::StatusOr<NetnsTopology> Create(const std::vector<std::string>& hosts,
                                               const NetnsOptions& options = {});
+  // The topology that Create made with `hosts` and `options` in another process (`kvtier up`),
+  // to run processes on its hosts and inject faults; not owned: destruction deletes nothing.
+  static absl::StatusOr<NetnsTopology> Attach(const std::vector<std::string>& hosts,
+                                              const NetnsOptions& options = {});
+  // FailedPrecondition (naming the namespace and its pids) when a namespace of `prefix` runs
+  // processes: another live topology (a running `kvtier up` cluster) that Create would delete.
+  static absl::Status CheckUnused(absl::string_view prefix);
   // Deletes whatever a topology with `prefix` left (veths, namespaces, bridge).
   static void RemoveLeftovers(absl::string_view prefix);
 
@@ -75,6 +82,9 @@ class NetnsTopology {
   // Deletes the veths, namespaces and bridge. Idempotent; the first error is returned after
   // trying everything.
   absl::Status Destroy();
+  // Lets the topology go: destruction no longer deletes it (`kvtier up`, whose processes
+  // outlive it; `kvtier down` deletes it with RemoveLeftovers).
+  void Release() { live_ = false; }
 
  private:
   NetnsTopology() = default;

@@ -95,6 +95,11 @@ void RouterRow(const ParsedMetrics& m, Row* r) {
   r->note = absl::StrCat(m.Sum("kvtier_router_worker_up"), "/", workers, " workers up");
 }
 
+void EtcdRow(const ParsedMetrics& m, Row* r) {
+  r->load = r->hit = r->pool = r->spill = kNone;
+  r->note = m.Sum("etcd_server_has_leader") > 0 ? "leader" : "NO LEADER";
+}
+
 Row MakeRow(const ProcessScrape& s) {
   Row r;
   r.name = s.process.name;
@@ -113,8 +118,10 @@ Row MakeRow(const ProcessScrape& s) {
   }
   r.up = "yes";
   const std::string& n = s.process.name;
-  if (n == "store") {
+  if (absl::StartsWith(n, "store")) {
     StoreRow(*s.metrics, &r);
+  } else if (n == "etcd") {
+    EtcdRow(*s.metrics, &r);
   } else if (n == "router") {
     RouterRow(*s.metrics, &r);
   } else {
@@ -127,7 +134,7 @@ Row MakeRow(const ProcessScrape& s) {
 
 absl::StatusOr<ParsedMetrics> ScrapeMetrics(const MetricsTarget& t, absl::Duration timeout) {
   const bool https = !t.ca_file.empty();
-  const std::string where = absl::StrCat(https ? "https" : "http", "://127.0.0.1:", t.port);
+  const std::string where = absl::StrCat(https ? "https" : "http", "://", t.host, ":", t.port);
   httplib::Client cli(where);
   if (https) {
     cli.set_ca_cert_path(t.ca_file);
@@ -174,6 +181,7 @@ absl::StatusOr<ParsedMetrics> ScrapeMetrics(const MetricsTarget& t, absl::Durati
 MetricsTarget TargetOf(const ClusterProcess& p, const ClusterCredentials& creds,
                        const std::string& api_key) {
   MetricsTarget t;
+  t.host = p.host;
   t.port = p.metrics_port;
   if (p.name == "router") {
     t.ca_file = creds.pki.ca_file;

@@ -24,7 +24,8 @@ namespace kvtier::deploy {
 
 // Where a /metrics page is.
 struct MetricsTarget {
-  int port = 0;  // on 127.0.0.1
+  std::string host = "127.0.0.1";
+  int port = 0;
   // HTTPS verified with this PEM CA (the router); empty: plain HTTP.
   std::string ca_file;
   // Sent as "Authorization: Bearer API_KEY"; empty: none.
