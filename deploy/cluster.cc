@@ -536,7 +536,11 @@ absl::StatusOr<ClusterState> StartCluster(const ClusterConfig& c, const std::str
           "--model-name=" + state.model_name,
           // /metrics on a free port of their own, as the store's (docs/observability.md).
           "--metrics-listen=" + host + ":0"};
-      for (const std::string& s : stores) args.push_back("--store=" + s);
+      // With etcd the workers follow the store nodes there (docs/membership.md): nodes that
+      // join or leave later are seen too.
+      if (!c.etcd) {
+        for (const std::string& s : stores) args.push_back("--store=" + s);
+      }
       if (role == 1) {
         args.push_back(c.worker_keep_blocks ? "--keep-blocks=true" : "--keep-blocks=false");
       }
@@ -554,9 +558,15 @@ absl::StatusOr<ClusterState> StartCluster(const ClusterConfig& c, const std::str
       "--model-dir=" + model_dir, "--model-name=" + state.model_name,
       absl::StrCat("--listen=", router_host, ":", c.router_port),
       absl::StrCat("--skip-prefill-below=", c.router_skip_prefill_below)};
-  for (const std::string& a : cluster.Addresses("prefill-"))
-    router_args.push_back("--prefill=" + a);
-  for (const std::string& a : cluster.Addresses("decode-")) router_args.push_back("--decode=" + a);
+  // With etcd the router finds the workers there (and workers started later); else the lists.
+  if (!c.etcd) {
+    for (const std::string& a : cluster.Addresses("prefill-")) {
+      router_args.push_back("--prefill=" + a);
+    }
+    for (const std::string& a : cluster.Addresses("decode-")) {
+      router_args.push_back("--decode=" + a);
+    }
+  }
   // HTTPS with the server certificate; no client certificates on the API, API keys instead.
   for (std::string& f : TlsFlags(tls, TlsRole::kHttpServerAndClient)) {
     router_args.push_back(std::move(f));
