@@ -698,7 +698,8 @@ absl::StatusOr<double> MeasureIperf3(const std::string& dir, const std::vector<A
   std::vector<ChildProcess> servers;
   for (size_t i = 0; i < pairs.size(); ++i) {
     SpawnOptions so;
-    so.argv = On(pairs[i].server, {"iperf3", "-s", "-1", "-B", pairs[i].server_address, "-p", p});
+    so.argv = On(pairs[i].server,
+                 {"iperf3", "-s", "-1", "-B", pairs[i].server_address, "-p", p, "--forceflush"});
     so.stdout_path = absl::StrCat(dir, "/iperf3-server-", tag, i, ".log");
     so.stderr_path = "&1";
     KVTIER_ASSIGN_OR_RETURN(ChildProcess srv, ChildProcess::Spawn(so));
@@ -761,8 +762,11 @@ absl::StatusOr<RedisStats> MeasureRedis(const std::string& dir, uint64_t block_b
   const std::string& host = where.server_address;
   const std::string log = dir + "/redis-server.log";
   SpawnOptions server;
-  server.argv = On(where.server, {"redis-server", "--port", p, "--bind", host, "--save", "",
-                                  "--appendonly", "no", "--daemonize", "no", "--logfile", ""});
+  // Protected mode would refuse a client from another namespace host; the server listens on
+  // its host's address only, for this run.
+  server.argv =
+      On(where.server, {"redis-server", "--port", p, "--bind", host, "--protected-mode", "no",
+                        "--save", "", "--appendonly", "no", "--daemonize", "no", "--logfile", ""});
   server.stdout_path = log;
   server.stderr_path = "&1";
   KVTIER_ASSIGN_OR_RETURN(ChildProcess srv, ChildProcess::Spawn(server));
@@ -1332,7 +1336,7 @@ absl::Status RunNetnsBench(const StoreBenchOptions& o, const std::string& exe_di
         "--netns makes network namespaces, which needs root and iproute2: ", st.message()));
   }
   KVTIER_ASSIGN_OR_RETURN(NetnsResults r, MeasureNetns(o, exe_dir, dir, warn));
-  const std::string streams = absl::StrCat(r.streams, " streams");
+  const std::string streams = absl::StrCat("-P ", r.streams);
   const std::vector<TargetRow> rows = {
       RatioRow("put GB/s", r.bw.put.gbps, "iperf3 " + streams, r.iperf3_gbps, 0.8),
       RatioRow("get GB/s", r.bw.get.gbps, "iperf3 -R " + streams, r.iperf3_reverse_gbps, 0.8),
