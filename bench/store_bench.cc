@@ -1291,7 +1291,8 @@ absl::StatusOr<NetnsResults> MeasureNetns(const StoreBenchOptions& o, const std:
     }
   }
 
-  // Anchors over the same links, one store host at a time as the server.
+  // Anchors over the same links, each store host a server.
+  res.streams = static_cast<int>(std::min<uint32_t>(o.clients * o.lanes, 128));
   if (o.skip_anchors) {
     warn("--skip-anchors: iperf3 and redis anchors not measured");
     return res;
@@ -1300,7 +1301,6 @@ absl::StatusOr<NetnsResults> MeasureNetns(const StoreBenchOptions& o, const std:
   for (uint32_t k = 0; k < o.store_nodes; ++k) {
     pairs.push_back({topo.Address(hosts[k]), on(hosts[k]), on(kNetnsClientHost)});
   }
-  res.streams = static_cast<int>(std::min<uint32_t>(o.clients * o.lanes, 128));
   const int seconds = std::max(1, static_cast<int>(std::lround(o.seconds)));
   for (bool reverse : {false, true}) {
     spdlog::info("iperf3{} -P {} -t {} to each of {} store host(s)", reverse ? " -R" : "",
