@@ -182,7 +182,13 @@ class RemoteStoreClient final : public StoreClient {
   std::vector<MappedPool> MappedPools() override;
   void SetUnmapCallback(std::function<void(const MappedPool&)> callback) override {
     absl::MutexLock lock(&mu_);
-    on_unmap_ = std::move(callback);
+    on_unmap_ = nullptr;
+    if (!callback) return;
+    // Node tasks of one call may unmap at the same time: one run of the callback at a time.
+    on_unmap_ = [this, callback = std::move(callback)](const MappedPool& pool) {
+      absl::MutexLock unmap_lock(&unmap_mu_);
+      callback(pool);
+    };
   }
   bool AnyNodeConnected() const override {
     absl::MutexLock lock(&view_mu_);
@@ -318,6 +324,7 @@ class RemoteStoreClient final : public StoreClient {
   mutable absl::Mutex view_mu_;
   std::vector<std::shared_ptr<StoreNode>> view_ ABSL_GUARDED_BY(view_mu_);
   std::function<void(const MappedPool&)> on_unmap_ ABSL_GUARDED_BY(mu_);
+  absl::Mutex unmap_mu_;  // serializes the runs of on_unmap_
 };
 
 absl::StatusOr<size_t> RemoteStoreClient::Lookup(const NamespaceId& ns,
@@ -501,7 +508,7 @@ absl::StatusOr<size_t> RemoteStoreClient::Get(const NamespaceId& ns,
   const std::vector<Slice> slices = Partition(keys);
   std::vector<NodeLookup> resp;
   LookupAll(ns, slices, /*lease=*/true, &resp);
-  size_t prefix = Prefix(keys.size(), slices, resp);
+  const size_t prefix = Prefix(keys.size(), slices, resp);
 
   // Move the bytes of the prefix, the nodes in parallel; a failure shortens the prefix.
   std::vector<size_t> cut(slices.size(), prefix);

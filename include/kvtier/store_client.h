@@ -224,8 +224,9 @@ class StoreClient {
   virtual std::vector<MappedPool> MappedPools() = 0;
   // `callback` runs with each pool from MappedPools just before the client unmaps it (its
   // store restarted or failed), so that whoever registered the pool (with CUDA: KvTier,
-  // docs/serving.md) unregisters it first. It runs on the thread of the call that unmaps, with
-  // the client's lock held: it must not call the client. Not run by the destructor (unregister
+  // docs/serving.md) unregisters it first. It runs during the call that unmaps (on its thread
+  // or one of its node tasks, docs/store-protocol.md "Fan-out"), one run at a time, with the
+  // client's lock held: it must not call the client. Not run by the destructor (unregister
   // before destroying the client). Null: none.
   virtual void SetUnmapCallback(std::function<void(const MappedPool&)> callback) = 0;
 
