@@ -1202,8 +1202,8 @@ json ReportJson(const StoreBenchOptions& o, const std::string& tls, const StoreR
 // ---------------------------------------------------------------------------------------------
 // --netns: stores and clients on hosts made of network namespaces, over a veth link.
 
-// The topology's names and subnet (one --netns run at a time: a second one's Create removes
-// the first one's namespaces).
+// The topology's names and subnet (one --netns run at a time: a second one is refused while
+// the first one's namespaces run processes).
 constexpr char kNetnsPrefix[] = "kvtbs";
 constexpr char kNetnsSubnet[] = "10.213.50";
 constexpr char kNetnsClientHost[] = "clients";
@@ -1230,6 +1230,7 @@ absl::StatusOr<NetnsResults> MeasureNetns(const StoreBenchOptions& o, const std:
   std::vector<std::string> hosts;
   for (uint32_t k = 1; k <= o.store_nodes; ++k) hosts.push_back(absl::StrCat("store", k));
   hosts.push_back(kNetnsClientHost);
+  KVTIER_RETURN_IF_ERROR(deploy::NetnsTopology::CheckUnused(kNetnsPrefix));
   KVTIER_ASSIGN_OR_RETURN(
       deploy::NetnsTopology topo,
       deploy::NetnsTopology::Create(hosts, {.prefix = kNetnsPrefix, .subnet = kNetnsSubnet}));
