@@ -1,9 +1,12 @@
 // kvtier-bench: benchmark programs of kvtier.
 //
 //   kvtier-bench store [--transport shm|tcp] [--block-bytes 2MiB] [--batch 16] [--clients 1]
-//                      [--seconds 3 | --iterations N] [--store HOST:PORT] [--json]
+//                      [--seconds 3 | --iterations N] [--store HOST:PORT] [--lanes 1] [--json]
+//                      [--spill | --netns [--store-nodes 1|2|3]]
 //       Put/Get bandwidth and Lookup latency of kvtier-store, next to the anchors measured in
-//       the same run (memcpy, ucx_perftest, redis-benchmark); see bench/store_bench.h.
+//       the same run (memcpy, ucx_perftest, redis-benchmark); see bench/store_bench.h. --spill:
+//       control-call latency while every put evicts (bench/spill_bench.h). --netns: stores and
+//       clients on network-namespace hosts, beside iperf3 and redis over the same veth link.
 //   kvtier-bench engine --model DIR [--prefill 1024,4096,...] [--decode 1@8192,32@8192,...]
 //                       [--kv-cache 40GiB] [--python python3] [--hf-script F] [--json]
 //       Prefill time and decode-step latency of the engine next to Hugging Face transformers
@@ -95,8 +98,20 @@ int main(int argc, char** argv) {
   store->add_flag("--json", so.json, "print one JSON object as the last stdout line");
   store->add_flag("--skip-anchors", so.skip_anchors, "do not run ucx_perftest and redis");
   add_progress(store, &so.progress_s);
-  store->add_flag("--spill", so.spill,
-                  "instead: Reserve/Lookup latency while every put evicts, spill on vs off");
+  auto* spill =
+      store->add_flag("--spill", so.spill,
+                      "instead: Reserve/Lookup latency while every put evicts, spill on vs off");
+  store
+      ->add_flag("--netns", so.netns,
+                 "instead: stores and clients on network-namespace hosts over veth (UCX TCP), "
+                 "beside iperf3 and redis over the same link (root)")
+      ->excludes(spill);
+  store->add_option("--store-nodes", so.store_nodes, "store nodes, each on its own host (--netns)")
+      ->check(CLI::Range(1, 3))
+      ->capture_default_str();
+  store->add_option("--lanes", so.lanes, "UCX endpoints per client and store node")
+      ->check(CLI::Range(1, 16))
+      ->capture_default_str();
 
   kvtier::bench::EngineBenchOptions eb;
   eb.hf_script = std::string(KVTIER_SOURCE_DIR) + "/bench/engine_hf.py";
@@ -209,6 +224,8 @@ int main(int argc, char** argv) {
   worker->add_option("--block-bytes", wo.block_bytes)->required();
   worker->add_option("--batch", wo.batch)->required();
   worker->add_option("--get-batches", wo.get_batches)->required();
+  worker->add_option("--lanes", wo.lanes);
+  worker->add_flag("--map-pool,!--no-map-pool", wo.map_pool);
 
   CLI11_PARSE(app, argc, argv);
   auto level = spdlog::level::from_str(log_level);

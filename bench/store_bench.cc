@@ -1,7 +1,6 @@
 #include "bench/store_bench.h"
 
 #include <fcntl.h>
-#include <grpcpp/grpcpp.h>
 #include <stdlib.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -15,7 +14,6 @@
 #include <memory>
 #include <optional>
 #include <random>
-#include <thread>
 #include <vector>
 
 #include "absl/status/status.h"
@@ -24,19 +22,93 @@
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
+#include "absl/strings/str_join.h"
 #include "absl/strings/str_split.h"
 #include "absl/strings/strip.h"
 #include "absl/time/time.h"
 #include "bench/bench_util.h"
+#include "bench/spill_bench.h"
 #include "common/status_macros.h"
 #include "common/synthetic_block.h"
+#include "deploy/netns.h"
 #include "kvtier/block_key.h"
 #include "kvtier/store_client.h"
-#include "kvtier/v1/cachestore.grpc.pb.h"
 #include "nlohmann/json.hpp"
 #include "spdlog/spdlog.h"
 
 namespace kvtier::bench {
+
+// The stores' spill tier capacity (when on) and start timeout.
+constexpr uint64_t kStoreSpillCapacityBytes = 4ull << 30;
+constexpr absl::Duration kStoreStartTimeout = absl::Seconds(60);
+
+// ---------------------------------------------------------------------------------------------
+// Shared with spill_bench.cc (declared in bench/store_bench.h).
+
+double Percentile(std::vector<double> v, double p) {
+  if (v.empty()) return 0;
+  std::sort(v.begin(), v.end());
+  // Nearest rank.
+  size_t rank = static_cast<size_t>(std::ceil(p / 100.0 * static_cast<double>(v.size())));
+  rank = std::clamp<size_t>(rank, 1, v.size());
+  return v[rank - 1];
+}
+
+std::string HumanBytes(uint64_t b) {
+  if (b >= (1ull << 30) && b % (1ull << 30) == 0) return absl::StrCat(b >> 30, " GiB");
+  if (b >= (1ull << 20) && b % (1ull << 20) == 0) return absl::StrCat(b >> 20, " MiB");
+  if (b >= (1ull << 10) && b % (1ull << 10) == 0) return absl::StrCat(b >> 10, " KiB");
+  return absl::StrCat(b, " B");
+}
+
+BlockKey MakeKey(uint32_t client, uint64_t seq, uint32_t j) {
+  uint64_t state = (uint64_t{client} << 48) ^ (seq << 12) ^ j;
+  BlockKey key;
+  for (size_t i = 0; i < key.size(); i += 8) {
+    uint64_t z = (state += 0x9e3779b97f4a7c15ull);
+    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
+    z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
+    z ^= z >> 31;
+    std::memcpy(key.data() + i, &z, 8);
+  }
+  return key;
+}
+
+absl::StatusOr<StoreProcess> SpawnStore(const std::string& exe_dir, const std::string& dir,
+                                        const std::string& name, uint64_t pool_bytes,
+                                        uint64_t slot_bytes, const std::string& spill_dir,
+                                        std::vector<std::string> extra_args) {
+  StoreProcessOptions so;
+  so.bin_dir = exe_dir;
+  so.name = name;
+  so.metrics = false;
+  so.pool_bytes = std::to_string(pool_bytes);
+  so.slot_bytes = std::to_string(slot_bytes);
+  so.spill_dir = spill_dir;
+  so.spill_capacity = std::to_string(kStoreSpillCapacityBytes);
+  so.extra_args = std::move(extra_args);
+  so.start_timeout = kStoreStartTimeout;
+  so.stop_grace = absl::Seconds(5);
+  return StoreProcess::Spawn(dir, so);
+}
+
+namespace {
+// Our original stdout (RedirectStdoutToStderr).
+FILE* g_out = stdout;
+}  // namespace
+
+absl::Status RedirectStdoutToStderr() {
+  const int fd = fcntl(STDOUT_FILENO, F_DUPFD_CLOEXEC, 3);
+  if (fd < 0) return absl::InternalError("cannot duplicate stdout");
+  g_out = fdopen(fd, "w");
+  if (g_out == nullptr) return absl::InternalError("fdopen of stdout copy failed");
+  std::fflush(stdout);
+  if (dup2(STDERR_FILENO, STDOUT_FILENO) < 0) return absl::InternalError("dup2 failed");
+  return absl::OkStatus();
+}
+
+FILE* ResultsFile() { return g_out; }
+
 namespace {
 
 using json = nlohmann::json;
@@ -68,45 +140,10 @@ constexpr int kLookupSamples = 300;
 constexpr size_t kMemcpyBytes = 512ull << 20;
 constexpr int kMemcpyReps = 5;
 
-// --spill: the store's pool, in batches (every put evicts once it is full), the spill tier's
-// capacity, and the pause between two timed control calls.
-constexpr uint32_t kSpillPoolBatches = 2;
-constexpr uint64_t kSpillCapacityBytes = 4ull << 30;
-constexpr absl::Duration kSpillProbePause = absl::Microseconds(500);
-
-constexpr absl::Duration kStoreStartTimeout = absl::Seconds(60);
 constexpr absl::Duration kWorkerReadyTimeout = absl::Seconds(60);
 
-double Percentile(std::vector<double> v, double p) {
-  if (v.empty()) return 0;
-  std::sort(v.begin(), v.end());
-  // Nearest rank.
-  size_t rank = static_cast<size_t>(std::ceil(p / 100.0 * static_cast<double>(v.size())));
-  rank = std::clamp<size_t>(rank, 1, v.size());
-  return v[rank - 1];
-}
-
-std::string HumanBytes(uint64_t b) {
-  if (b >= (1ull << 30) && b % (1ull << 30) == 0) return absl::StrCat(b >> 30, " GiB");
-  if (b >= (1ull << 20) && b % (1ull << 20) == 0) return absl::StrCat(b >> 20, " MiB");
-  if (b >= (1ull << 10) && b % (1ull << 10) == 0) return absl::StrCat(b >> 10, " KiB");
-  return absl::StrCat(b, " B");
-}
-
-// A 32-byte key that looks like a SHA-256 output (what real block keys are), unique per
-// (client, sequence number, position in the batch).
-BlockKey MakeKey(uint32_t client, uint64_t seq, uint32_t j) {
-  uint64_t state = (uint64_t{client} << 48) ^ (seq << 12) ^ j;
-  BlockKey key;
-  for (size_t i = 0; i < key.size(); i += 8) {
-    uint64_t z = (state += 0x9e3779b97f4a7c15ull);
-    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
-    z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
-    z ^= z >> 31;
-    std::memcpy(key.data() + i, &z, 8);
-  }
-  return key;
-}
+// How a command runs on a host: its argv made into the argv that runs it there (null: here).
+using ArgvWrap = std::function<std::vector<std::string>(const std::vector<std::string>&)>;
 
 // ---------------------------------------------------------------------------------------------
 // One client: the same code runs in-process (--clients 1) and in each worker process.
@@ -202,19 +239,28 @@ class ClientRunner {
 
   absl::Status Init() {
     StoreClientOptions co;
-    co.stores = {o_.store};
+    co.stores = absl::StrSplit(o_.store, ',');
     co.tls.plaintext = true;  // kvtier-bench talks plain text to its stores (docs/security.md)
     co.transfer_timeout = absl::Seconds(30);
+    co.map_same_host_pool = o_.map_pool;
+    co.lanes = static_cast<int>(o_.lanes);
     KVTIER_ASSIGN_OR_RETURN(client_, StoreClient::Create(co));
-    // Connect now (gRPC channel, UCX endpoint, rkey), outside any measurement.
+    // Connect now (gRPC channel, UCX endpoints, rkey), outside any measurement.
     std::vector<StoreNodeInfo> nodes = client_->Nodes();
-    if (nodes.empty() || !nodes[0].connected) {
-      return absl::UnavailableError(absl::StrCat("cannot connect to store ", o_.store));
+    if (nodes.size() != co.stores.size()) {
+      return absl::InvalidArgumentError(absl::StrCat("a store is listed twice in ", o_.store));
     }
+    // What the run needs of the stores: the first one's description, the slots of all.
     node_ = nodes[0];
-    if (o_.block_bytes > node_.slot_bytes) {
-      return absl::InvalidArgumentError(absl::StrCat(
-          "block size ", o_.block_bytes, " exceeds the store's slot size ", node_.slot_bytes));
+    node_.slot_count = 0;
+    for (const StoreNodeInfo& n : nodes) {
+      if (!n.connected) return absl::UnavailableError("cannot connect to store " + n.address);
+      if (o_.block_bytes > n.slot_bytes) {
+        return absl::InvalidArgumentError(absl::StrCat("block size ", o_.block_bytes,
+                                                       " exceeds the slot size ", n.slot_bytes,
+                                                       " of store ", n.address));
+      }
+      node_.slot_count += n.slot_count;
     }
     // Pre-allocated, pre-touched buffers: two source sets (alternated, so a batch's source is
     // not still in cache from the previous batch) and one destination set.
@@ -364,9 +410,11 @@ class Clients {
     return c;
   }
 
+  // `count` worker processes of `exe`, each run as `wrap` makes its argv (on a namespace host:
+  // deploy/netns.h Wrap; null: as it is).
   static absl::StatusOr<std::unique_ptr<Clients>> Workers(const std::string& exe,
                                                           const StoreWorkerOptions& o,
-                                                          uint32_t count) {
+                                                          uint32_t count, const ArgvWrap& wrap) {
     auto c = std::unique_ptr<Clients>(new Clients());
     for (uint32_t i = 0; i < count; ++i) {
       SpawnOptions so;
@@ -383,7 +431,11 @@ class Clients {
                  "--batch",
                  std::to_string(o.batch),
                  "--get-batches",
-                 std::to_string(o.get_batches)};
+                 std::to_string(o.get_batches),
+                 "--lanes",
+                 std::to_string(o.lanes)};
+      if (!o.map_pool) so.argv.push_back("--no-map-pool");
+      if (wrap) so.argv = wrap(so.argv);
       so.pipe_stdin = true;
       so.pipe_stdout = true;  // stderr: ours
       KVTIER_ASSIGN_OR_RETURN(ChildProcess w, ChildProcess::Spawn(so));
@@ -507,30 +559,6 @@ Aggregate Combine(const std::vector<PhaseResult>& rs) {
 }
 
 // ---------------------------------------------------------------------------------------------
-// Stores started by the benchmark.
-
-// kvtier-store from the benchmark's own directory, its log and ready file in `dir`, without a
-// metrics endpoint; stopped with SIGTERM (then SIGKILL) when dropped. StoreProcess::AwaitReady
-// waits for it, so several stores start at once.
-absl::StatusOr<StoreProcess> SpawnStore(const std::string& exe_dir, const std::string& dir,
-                                        const std::string& name, uint64_t pool_bytes,
-                                        uint64_t slot_bytes, const std::string& spill_dir = "",
-                                        std::vector<std::string> extra_args = {}) {
-  StoreProcessOptions so;
-  so.bin_dir = exe_dir;
-  so.name = name;
-  so.metrics = false;
-  so.pool_bytes = std::to_string(pool_bytes);
-  so.slot_bytes = std::to_string(slot_bytes);
-  so.spill_dir = spill_dir;
-  so.spill_capacity = std::to_string(kSpillCapacityBytes);
-  so.extra_args = std::move(extra_args);
-  so.start_timeout = kStoreStartTimeout;
-  so.stop_grace = absl::Seconds(5);
-  return StoreProcess::Spawn(dir, so);
-}
-
-// ---------------------------------------------------------------------------------------------
 // Lookup latency.
 
 struct LookupStats {
@@ -597,6 +625,18 @@ absl::StatusOr<LookupStats> MeasureLookup(const std::string& address, const Name
 // ---------------------------------------------------------------------------------------------
 // Anchors: ucx_perftest and Redis.
 
+// Where an anchor's server runs and where its client runs from: the server's address, and how
+// each side's argv runs on its host (null: here). Default: both here, over loopback.
+struct AnchorHosts {
+  std::string server_address = "127.0.0.1";
+  ArgvWrap server;
+  ArgvWrap client;
+};
+
+std::vector<std::string> On(const ArgvWrap& wrap, std::vector<std::string> argv) {
+  return wrap ? wrap(argv) : argv;
+}
+
 std::string Tail(const std::string& s, size_t n = 2000) {
   return s.size() <= n ? s : "..." + s.substr(s.size() - n);
 }
@@ -646,6 +686,61 @@ absl::StatusOr<double> MeasureUcxPerftest(const std::string& dir, uint64_t block
   }
 }
 
+// iperf3 over the links of `pairs` at once: on each pair's server host a server for one test,
+// and from its client host a client with `streams` parallel TCP streams for `seconds`
+// (`reverse`: the server sends, as a get's bytes flow). GB/s: the receivers' bytes per second
+// (--json end.sum_received), summed over the pairs.
+absl::StatusOr<double> MeasureIperf3(const std::string& dir, const std::vector<AnchorHosts>& pairs,
+                                     int streams, int seconds, bool reverse) {
+  KVTIER_ASSIGN_OR_RETURN(int port, FreeTcpPort());
+  const std::string p = std::to_string(port);
+  const std::string tag = reverse ? "reverse" : "forward";
+  std::vector<ChildProcess> servers;
+  for (size_t i = 0; i < pairs.size(); ++i) {
+    SpawnOptions so;
+    so.argv = On(pairs[i].server,
+                 {"iperf3", "-s", "-1", "-B", pairs[i].server_address, "-p", p, "--forceflush"});
+    so.stdout_path = absl::StrCat(dir, "/iperf3-server-", tag, i, ".log");
+    so.stderr_path = "&1";
+    KVTIER_ASSIGN_OR_RETURN(ChildProcess srv, ChildProcess::Spawn(so));
+    servers.push_back(std::move(srv));
+    if (!WaitFor([&] { return absl::StrContains(FileTail(so.stdout_path), "Server listening"); },
+                 absl::Seconds(10))) {
+      return absl::UnavailableError(absl::StrCat("iperf3 server did not listen; its output:\n",
+                                                 FileTail(so.stdout_path, 1000)));
+    }
+  }
+  std::vector<ChildProcess> clients;
+  std::vector<std::string> outputs;
+  for (size_t i = 0; i < pairs.size(); ++i) {
+    SpawnOptions so;
+    so.argv =
+        On(pairs[i].client, {"iperf3", "-c", pairs[i].server_address, "-p", p, "-P",
+                             std::to_string(streams), "-t", std::to_string(seconds), "--json"});
+    if (reverse) so.argv.push_back("-R");
+    so.stdout_path = absl::StrCat(dir, "/iperf3-client-", tag, i, ".json");
+    so.stderr_path = so.stdout_path + ".err";
+    KVTIER_ASSIGN_OR_RETURN(ChildProcess c, ChildProcess::Spawn(so));
+    clients.push_back(std::move(c));
+    outputs.push_back(so.stdout_path);
+  }
+  double gbps = 0;
+  for (size_t i = 0; i < clients.size(); ++i) {
+    const std::optional<int> st = clients[i].Wait(absl::Seconds(seconds + 60));
+    const std::string out = FileTail(outputs[i], std::string::npos);
+    json j = json::parse(out, nullptr, /*allow_exceptions=*/false);
+    if (!st.has_value() || *st != 0 || j.is_discarded() || j.contains("error") ||
+        !j.contains("end")) {
+      return absl::InternalError(
+          absl::StrCat("iperf3 client ", st.has_value() ? DescribeWaitStatus(*st) : "timed out",
+                       ": ", Tail(out, 1000), FileTail(outputs[i] + ".err", 500)));
+    }
+    gbps += j.value(json::json_pointer("/end/sum_received/bits_per_second"), 0.0) / 8e9;
+  }
+  for (ChildProcess& srv : servers) srv.Terminate(absl::Seconds(2));
+  return gbps;
+}
+
 struct RedisStats {
   double set_gbps = 0;
   double get_gbps = 0;
@@ -660,19 +755,23 @@ struct RedisStats {
 // carries block_bytes over the socket and into a fresh allocation; every GET returns that
 // value. GB/s = requests/s * block_bytes / 1e9.
 absl::StatusOr<RedisStats> MeasureRedis(const std::string& dir, uint64_t block_bytes,
-                                        uint32_t batch, uint32_t clients) {
+                                        uint32_t batch, uint32_t clients,
+                                        const AnchorHosts& where = {}) {
   KVTIER_ASSIGN_OR_RETURN(int port, FreeTcpPort());
   const std::string p = std::to_string(port);
+  const std::string& host = where.server_address;
   const std::string log = dir + "/redis-server.log";
   SpawnOptions server;
-  server.argv = {
-      "redis-server", "--port",      p,    "--bind",    "127.0.0.1", "--save", "", "--appendonly",
-      "no",           "--daemonize", "no", "--logfile", ""};
+  // Protected mode would refuse a client from another namespace host; the server listens on
+  // its host's address only, for this run.
+  server.argv =
+      On(where.server, {"redis-server", "--port", p, "--bind", host, "--protected-mode", "no",
+                        "--save", "", "--appendonly", "no", "--daemonize", "no", "--logfile", ""});
   server.stdout_path = log;
   server.stderr_path = "&1";
   KVTIER_ASSIGN_OR_RETURN(ChildProcess srv, ChildProcess::Spawn(server));
   SpawnOptions ping;
-  ping.argv = {"redis-cli", "-h", "127.0.0.1", "-p", p, "ping"};
+  ping.argv = On(where.client, {"redis-cli", "-h", host, "-p", p, "ping"});
   ping.stderr_path = "&1";
   const absl::Time deadline = absl::Now() + absl::Seconds(15);
   while (true) {
@@ -690,23 +789,10 @@ absl::StatusOr<RedisStats> MeasureRedis(const std::string& dir, uint64_t block_b
       std::clamp<uint64_t>(std::min<uint64_t>(batch, (256ull << 20) / block_bytes), 1, batch));
   s.requests = std::clamp<uint64_t>((2ull << 30) / block_bytes, 200, 200000);
   SpawnOptions bench;
-  bench.argv = {"redis-benchmark",
-                "-h",
-                "127.0.0.1",
-                "-p",
-                p,
-                "-t",
-                "set,get",
-                "-d",
-                std::to_string(block_bytes),
-                "-n",
-                std::to_string(s.requests),
-                "-c",
-                std::to_string(clients),
-                "-P",
-                std::to_string(s.pipeline),
-                "--csv",
-                "-q"};
+  bench.argv =
+      On(where.client, {"redis-benchmark", "-h", host, "-p", p, "-t", "set,get", "-d",
+                        std::to_string(block_bytes), "-n", std::to_string(s.requests), "-c",
+                        std::to_string(clients), "-P", std::to_string(s.pipeline), "--csv", "-q"});
   KVTIER_ASSIGN_OR_RETURN(CommandResult r, RunCommand(bench, absl::Seconds(300)));
   srv.Terminate(absl::Seconds(5));
   if (!r.ok()) {
@@ -758,19 +844,53 @@ struct TargetRow {
   std::optional<bool> pass;  // nullopt: informational or anchor missing
 };
 
-// The output channel for results: our original stdout. Everything else (our logs, the client
-// library's and UCX's, which may print to stdout) goes to stderr, so a --json run's stdout
-// holds nothing but the JSON line.
-FILE* g_out = stdout;
+// The rows of a report table, under their header.
+void PrintRows(FILE* out, const std::vector<TargetRow>& rows) {
+  std::fprintf(out, "%-26s %10s   %-36s %8s   %-8s %s\n", "metric", "kvtier", "anchor", "ratio",
+               "target", "result");
+  for (const TargetRow& r : rows) {
+    std::string anchor = "-";
+    if (!r.anchor_name.empty()) {
+      anchor = r.anchor.has_value() ? absl::StrFormat("%s %.2f", r.anchor_name, *r.anchor)
+                                    : absl::StrCat(r.anchor_name, " n/a");
+    }
+    const std::string ratio = r.ratio.has_value() ? absl::StrFormat("%.2fx", *r.ratio) : "-";
+    const char* result = r.target.empty()      ? "info"
+                         : !r.pass.has_value() ? "n/a"
+                         : *r.pass             ? "PASS"
+                                               : "MISS";
+    std::fprintf(out, "%-26s %10.2f   %-36s %8s   %-8s %s\n", r.metric.c_str(), r.value,
+                 anchor.c_str(), ratio.c_str(), r.target.empty() ? "-" : r.target.c_str(), result);
+  }
+}
 
-absl::Status RedirectStdoutToStderr() {
-  const int fd = fcntl(STDOUT_FILENO, F_DUPFD_CLOEXEC, 3);
-  if (fd < 0) return absl::InternalError("cannot duplicate stdout");
-  g_out = fdopen(fd, "w");
-  if (g_out == nullptr) return absl::InternalError("fdopen of stdout copy failed");
-  std::fflush(stdout);
-  if (dup2(STDERR_FILENO, STDOUT_FILENO) < 0) return absl::InternalError("dup2 failed");
-  return absl::OkStatus();
+// The targets as JSON, and whether every one passed.
+json TargetsJson(const std::vector<TargetRow>& rows, bool* all_pass) {
+  json targets = json::array();
+  *all_pass = true;
+  for (const TargetRow& r : rows) {
+    if (r.target.empty()) continue;
+    if (r.pass != true) *all_pass = false;
+    targets.push_back({{"metric", r.metric},
+                       {"value", r.value},
+                       {"anchor", r.anchor_name.empty() ? json(nullptr) : json(r.anchor_name)},
+                       {"anchor_value", OptJson(r.anchor)},
+                       {"ratio", OptJson(r.ratio)},
+                       {"target", r.target},
+                       {"pass", r.pass.has_value() ? json(*r.pass) : json(nullptr)}});
+  }
+  return targets;
+}
+
+// A row comparing `v` with `anchor`; min_ratio > 0 makes it a target.
+TargetRow RatioRow(const std::string& metric, double v, const std::string& anchor_name,
+                   std::optional<double> anchor, double min_ratio) {
+  TargetRow r{metric, v, anchor_name, anchor, Ratio(v, anchor), "", std::nullopt};
+  if (min_ratio > 0) {
+    r.target = absl::StrFormat(">= %gx", min_ratio);
+    if (r.ratio.has_value()) r.pass = *r.ratio >= min_ratio;
+  }
+  return r;
 }
 
 // Everything the run measured, for the report.
@@ -792,6 +912,65 @@ struct AnchorResults {
 };
 
 using WarnFn = std::function<void(std::string)>;
+
+struct Bandwidth {
+  Aggregate put;
+  Aggregate get;
+};
+
+// Drives the clients through warm-up (each client writes `warmup_blocks` new blocks, bounded by
+// kMaxWarmupBytes), the timed put phase, the seeding of the get working set and the timed get
+// phase. `slots`: of all the stores together.
+absl::StatusOr<Bandwidth> MeasureBandwidth(const StoreBenchOptions& o, uint64_t slots,
+                                           uint64_t warmup_blocks, Clients* clients) {
+  const uint64_t batch_bytes = uint64_t{o.batch} * o.block_bytes;
+  const uint64_t needed_slots = uint64_t{o.clients} * o.batch * (kGetBatches + 1);
+  if (slots < needed_slots) {
+    return absl::FailedPreconditionError(
+        absl::StrCat("the stores have ", slots, " slots; ", o.clients, " clients x ",
+                     kGetBatches + 1, " batches of ", o.batch, " blocks need ", needed_slots));
+  }
+
+  // Warm-up: connection set-up, cold caches, the store's first evictions (and, on shared
+  // memory, the page faults of each client's mapping of the pool) out of the measurement.
+  auto phase_start = [&] {
+    // Workers: time for the command to reach every one of them before the common start.
+    return MonoNowNs() + (o.clients > 1 ? 100'000'000 : 0);
+  };
+  const int64_t warmup_batches = static_cast<int64_t>(
+      std::min<uint64_t>((warmup_blocks + o.batch - 1) / o.batch,
+                         std::max<uint64_t>(1, kMaxWarmupBytes / batch_bytes)));
+  auto untimed_timeout = [&](int64_t batches) {  // allows >= 50 MB/s per client
+    return absl::Seconds(120) + absl::Seconds(static_cast<double>(batches) * batch_bytes / 50e6);
+  };
+  spdlog::info("warm-up: {} batches of {} x {} per client", warmup_batches, o.batch,
+               HumanBytes(o.block_bytes));
+  KVTIER_RETURN_IF_ERROR(
+      clients
+          ->RunPhase({"warmup", phase_start(), 0, warmup_batches}, untimed_timeout(warmup_batches))
+          .status());
+
+  auto timed = [&](const std::string& phase) -> absl::StatusOr<Aggregate> {
+    PhaseCommand c{phase, phase_start(), 0, o.iterations, o.progress_s};
+    c.end_ns = c.start_ns + static_cast<int64_t>(o.seconds * 1e9);
+    const absl::Duration timeout =
+        o.iterations > 0 ? untimed_timeout(o.iterations) : absl::Seconds(o.seconds + 120);
+    KVTIER_ASSIGN_OR_RETURN(std::vector<PhaseResult> rs, clients->RunPhase(c, timeout));
+    Aggregate a = Combine(rs);
+    spdlog::info(
+        "{}: {:.2f} GB/s ({} batches, {:.2f} GB in {:.2f} s; batch p50 {:.2f} ms, "
+        "p99 {:.2f} ms)",
+        phase, a.gbps, a.batches, a.bytes / 1e9, a.seconds, a.batch_p50_ms, a.batch_p99_ms);
+    return a;
+  };
+  Bandwidth bw;
+  KVTIER_ASSIGN_OR_RETURN(bw.put, timed("put"));
+  spdlog::info("seeding the get working set: {} batches per client", kGetBatches);
+  KVTIER_RETURN_IF_ERROR(
+      clients->RunPhase({"seed", phase_start(), 0, 0}, untimed_timeout(2 * kGetBatches)).status());
+  KVTIER_ASSIGN_OR_RETURN(bw.get, timed("get"));
+  return bw;
+}
 
 // Starts the stores (unless --store), drives the clients through warm-up, put, seed and get,
 // then measures lookups; stops the stores it started before returning.
@@ -842,11 +1021,13 @@ absl::StatusOr<StoreResults> MeasureStore(const StoreBenchOptions& o, const std:
   wo.block_bytes = o.block_bytes;
   wo.batch = o.batch;
   wo.get_batches = kGetBatches;
+  wo.lanes = o.lanes;
   std::unique_ptr<Clients> clients;
   if (o.clients == 1) {
     KVTIER_ASSIGN_OR_RETURN(clients, Clients::InProcess(wo));
   } else {
-    KVTIER_ASSIGN_OR_RETURN(clients, Clients::Workers(exe_dir + "/kvtier-bench", wo, o.clients));
+    KVTIER_ASSIGN_OR_RETURN(clients,
+                            Clients::Workers(exe_dir + "/kvtier-bench", wo, o.clients, nullptr));
   }
   res.node = clients->node();
   spdlog::info("store {}: {} slots of {}; data-plane lanes:\n{}", store_addr, res.node.slot_count,
@@ -856,54 +1037,15 @@ absl::StatusOr<StoreResults> MeasureStore(const StoreBenchOptions& o, const std:
       !absl::StrContains(res.node.ucx_lanes, "cma")) {
     warn("transport shm requested but the endpoint uses no shared-memory transport");
   }
-  const uint64_t needed_slots = uint64_t{o.clients} * o.batch * (kGetBatches + 1);
-  if (res.node.slot_count < needed_slots) {
-    return absl::FailedPreconditionError(
-        absl::StrCat("the store has ", res.node.slot_count, " slots; ", o.clients, " clients x ",
-                     kGetBatches + 1, " batches of ", o.batch, " blocks need ", needed_slots));
-  }
-
-  // Warm-up: every client writes kWarmupPoolPasses pool sizes of new keys. On shared memory
-  // each client process maps the store's pool, and its first write to each page of that
-  // mapping takes a page fault (the store touched the pages, but page tables are per
-  // process); the warm-up takes those faults, connection set-up, cold caches and the store's
-  // first evictions out of the measurement.
   const int64_t t_start = MonoNowNs();
-  auto phase_start = [&] {
-    // Workers: time for the command to reach every one of them before the common start.
-    return MonoNowNs() + (o.clients > 1 ? 100'000'000 : 0);
-  };
-  const int64_t warmup_batches = static_cast<int64_t>(
-      std::min<uint64_t>((kWarmupPoolPasses * res.node.slot_count + o.batch - 1) / o.batch,
-                         std::max<uint64_t>(1, kMaxWarmupBytes / batch_bytes)));
-  auto untimed_timeout = [&](int64_t batches) {  // allows >= 50 MB/s per client
-    return absl::Seconds(120) + absl::Seconds(static_cast<double>(batches) * batch_bytes / 50e6);
-  };
-  spdlog::info("warm-up: {} batches of {} x {} per client", warmup_batches, o.batch,
-               HumanBytes(o.block_bytes));
-  KVTIER_RETURN_IF_ERROR(
-      clients
-          ->RunPhase({"warmup", phase_start(), 0, warmup_batches}, untimed_timeout(warmup_batches))
-          .status());
-
-  auto timed = [&](const std::string& phase) -> absl::StatusOr<Aggregate> {
-    PhaseCommand c{phase, phase_start(), 0, o.iterations, o.progress_s};
-    c.end_ns = c.start_ns + static_cast<int64_t>(o.seconds * 1e9);
-    const absl::Duration timeout =
-        o.iterations > 0 ? untimed_timeout(o.iterations) : absl::Seconds(o.seconds + 120);
-    KVTIER_ASSIGN_OR_RETURN(std::vector<PhaseResult> rs, clients->RunPhase(c, timeout));
-    Aggregate a = Combine(rs);
-    spdlog::info(
-        "{}: {:.2f} GB/s ({} batches, {:.2f} GB in {:.2f} s; batch p50 {:.2f} ms, "
-        "p99 {:.2f} ms)",
-        phase, a.gbps, a.batches, a.bytes / 1e9, a.seconds, a.batch_p50_ms, a.batch_p99_ms);
-    return a;
-  };
-  KVTIER_ASSIGN_OR_RETURN(res.put, timed("put"));
-  spdlog::info("seeding the get working set: {} batches per client", kGetBatches);
-  KVTIER_RETURN_IF_ERROR(
-      clients->RunPhase({"seed", phase_start(), 0, 0}, untimed_timeout(2 * kGetBatches)).status());
-  KVTIER_ASSIGN_OR_RETURN(res.get, timed("get"));
+  // On shared memory each client process maps the store's pool, and its first write to each
+  // page of that mapping takes a page fault (the store touched the pages, but page tables are
+  // per process): every client writes kWarmupPoolPasses pool sizes first.
+  KVTIER_ASSIGN_OR_RETURN(Bandwidth bw,
+                          MeasureBandwidth(o, res.node.slot_count,
+                                           kWarmupPoolPasses * res.node.slot_count, clients.get()));
+  res.put = bw.put;
+  res.get = bw.get;
   clients->Close();
 
   spdlog::info("lookup: {} keys, {} samples", kLookupKeys, kLookupSamples);
@@ -960,12 +1102,7 @@ std::vector<TargetRow> TargetRows(const StoreBenchOptions& o, const StoreResults
   std::vector<TargetRow> rows;
   auto ratio_row = [&](const std::string& metric, double v, const std::string& anchor_name,
                        std::optional<double> anchor, double min_ratio) {
-    TargetRow r{metric, v, anchor_name, anchor, Ratio(v, anchor), "", std::nullopt};
-    if (min_ratio > 0) {
-      r.target = absl::StrFormat(">= %gx", min_ratio);
-      if (r.ratio.has_value()) r.pass = *r.ratio >= min_ratio;
-    }
-    rows.push_back(r);
+    rows.push_back(RatioRow(metric, v, anchor_name, anchor, min_ratio));
   };
   const std::string chunked = absl::StrCat("memcpy in ", HumanBytes(o.block_bytes), " calls");
   ratio_row("put GB/s", s.put.gbps, "memcpy", a.memcpy.whole, shm ? 0.8 : 0);
@@ -991,22 +1128,7 @@ void PrintTable(FILE* out, const StoreBenchOptions& o, const std::string& tls,
                "clients %u, %s per phase\n",
                o.transport.c_str(), tls.c_str(), HumanBytes(o.block_bytes).c_str(), o.batch,
                o.clients, per_phase.c_str());
-  std::fprintf(out, "%-26s %10s   %-36s %8s   %-8s %s\n", "metric", "kvtier", "anchor", "ratio",
-               "target", "result");
-  for (const TargetRow& r : rows) {
-    std::string anchor = "-";
-    if (!r.anchor_name.empty()) {
-      anchor = r.anchor.has_value() ? absl::StrFormat("%s %.2f", r.anchor_name, *r.anchor)
-                                    : absl::StrCat(r.anchor_name, " n/a");
-    }
-    const std::string ratio = r.ratio.has_value() ? absl::StrFormat("%.2fx", *r.ratio) : "-";
-    const char* result = r.target.empty()      ? "info"
-                         : !r.pass.has_value() ? "n/a"
-                         : *r.pass             ? "PASS"
-                                               : "MISS";
-    std::fprintf(out, "%-26s %10.2f   %-36s %8s   %-8s %s\n", r.metric.c_str(), r.value,
-                 anchor.c_str(), ratio.c_str(), r.target.empty() ? "-" : r.target.c_str(), result);
-  }
+  PrintRows(out, rows);
   std::fprintf(out,
                "batch latency: put p50 %.2f ms p99 %.2f ms, get p50 %.2f ms p99 %.2f ms; "
                "store phases took %.1f s\n",
@@ -1033,19 +1155,8 @@ json ReportJson(const StoreBenchOptions& o, const std::string& tls, const StoreR
       {"put_vs_memcpy_block", OptJson(Ratio(s.put.gbps, a.memcpy.chunked))},
       {"get_vs_memcpy_block", OptJson(Ratio(s.get.gbps, a.memcpy.chunked))},
   };
-  json targets = json::array();
   bool all_pass = true;
-  for (const TargetRow& r : rows) {
-    if (r.target.empty()) continue;
-    if (r.pass != true) all_pass = false;
-    targets.push_back({{"metric", r.metric},
-                       {"value", r.value},
-                       {"anchor", r.anchor_name.empty() ? json(nullptr) : json(r.anchor_name)},
-                       {"anchor_value", OptJson(r.anchor)},
-                       {"ratio", OptJson(r.ratio)},
-                       {"target", r.target},
-                       {"pass", r.pass.has_value() ? json(*r.pass) : json(nullptr)}});
-  }
+  const json targets = TargetsJson(rows, &all_pass);
   json j = {
       {"bench", "store"},
       {"transport", o.transport},
@@ -1089,180 +1200,192 @@ json ReportJson(const StoreBenchOptions& o, const std::string& tls, const StoreR
 }
 
 // ---------------------------------------------------------------------------------------------
-// --spill: control-call latency while every put evicts and spills.
+// --netns: stores and clients on hosts made of network namespaces, over a veth link.
 
-struct SpillRun {
-  double reserve_p50_us = 0, reserve_p99_us = 0, lookup_p50_us = 0, lookup_p99_us = 0;
-  double put_gbps = 0;
-  uint64_t probes = 0, spill_writes = 0, spills = 0, evictions = 0;
+// The topology's names and subnet (one --netns run at a time: a second one is refused while
+// the first one's namespaces run processes).
+constexpr char kNetnsPrefix[] = "kvtbs";
+constexpr char kNetnsSubnet[] = "10.213.50";
+constexpr char kNetnsClientHost[] = "clients";
+
+struct NetnsResults {
+  StoreNodeInfo node;  // the first store, with the slots of all
+  Bandwidth bw;
+  int streams = 0;  // TCP connections of the clients to one store: clients x lanes
+  std::optional<double> iperf3_gbps, iperf3_reverse_gbps, redis_set_gbps, redis_get_gbps;
 };
 
-// One store (spill on or off) with a pool of kSpillPoolBatches batches: a writer thread puts
-// chains of new keys as fast as it can, while this thread times Reserve (one new key, then
-// Abort) and Lookup (the writer's latest chain, no lease) calls straight over gRPC.
-absl::StatusOr<SpillRun> MeasureSpillRun(const StoreBenchOptions& o, const std::string& exe_dir,
-                                         const std::string& dir, int spill_wait_ms) {
-  const bool spill = spill_wait_ms >= 0;
-  const std::string name = absl::StrCat("store-spill", spill_wait_ms);
+// Starts the store nodes (one per host) and the clients' worker processes (on a host of their
+// own), measures put and get, stops the stores, then measures the anchors over the same links.
+absl::StatusOr<NetnsResults> MeasureNetns(const StoreBenchOptions& o, const std::string& exe_dir,
+                                          const std::string& dir, const WarnFn& warn) {
+  const uint64_t batch_bytes = uint64_t{o.batch} * o.block_bytes;
+  const uint64_t pool_bytes = uint64_t{o.clients} * kPoolBatchesPerClient * batch_bytes;
+  const uint64_t need_bytes = o.store_nodes * pool_bytes + uint64_t{o.clients} * 3 * batch_bytes;
+  if (auto avail = MemAvailableBytes(); avail.ok() && need_bytes > *avail / 10 * 8) {
+    return absl::ResourceExhaustedError(
+        absl::StrCat("this run needs about ", HumanBytes(need_bytes), " but only ", *avail >> 20,
+                     " MiB are available; use fewer --clients or --store-nodes"));
+  }
+  std::vector<std::string> hosts;
+  for (uint32_t k = 1; k <= o.store_nodes; ++k) hosts.push_back(absl::StrCat("store", k));
+  hosts.push_back(kNetnsClientHost);
+  KVTIER_RETURN_IF_ERROR(deploy::NetnsTopology::CheckUnused(kNetnsPrefix));
   KVTIER_ASSIGN_OR_RETURN(
-      StoreProcess store,
-      SpawnStore(exe_dir, dir, name, uint64_t{kSpillPoolBatches} * o.batch * o.block_bytes,
-                 o.block_bytes, spill ? dir + "/" + name : "",
-                 {absl::StrCat("--spill-wait-ms=", std::max(spill_wait_ms, 0))}));
-  KVTIER_RETURN_IF_ERROR(store.AwaitReady());
-  NamespaceParams np;
-  np.tenant_salt = absl::StrCat("kvtier-bench-spill/", getpid(), "/", MonoNowNs());
-  const NamespaceId ns = ComputeNamespace(np);
-  const std::string ns_bytes(KeyBytes(ns));
-
-  StoreClientOptions co;
-  co.stores = {store.address()};
-  co.tls.plaintext = true;  // kvtier-bench talks plain text to its stores (docs/security.md)
-  KVTIER_ASSIGN_OR_RETURN(std::unique_ptr<StoreClient> client, StoreClient::Create(co));
-  std::atomic<bool> stop{false};
-  std::atomic<uint64_t> latest{0}, put_bytes{0};
-  absl::Status writer_status;
-  std::thread writer([&] {
-    std::vector<std::vector<uint8_t>> data(o.batch, std::vector<uint8_t>(o.block_bytes));
-    for (uint64_t seq = 1; !stop.load(); ++seq) {
-      std::vector<BlockKey> keys;
-      std::vector<const void*> src;
-      for (uint32_t j = 0; j < o.batch; ++j) {
-        keys.push_back(MakeKey(1, seq, j));
-        FillSyntheticBlock(keys[j], data[j].data(), o.block_bytes);
-        src.push_back(data[j].data());
-      }
-      auto r = client->Put(ns, keys, ChainParents(ns, keys), src, o.block_bytes);
-      if (!r.ok()) {
-        writer_status = r.status();
-        return;
-      }
-      put_bytes += uint64_t{r->stored} * o.block_bytes;
-      latest = seq;
-    }
-  });
-
-  auto stub = v1::CacheStore::NewStub(
-      grpc::CreateChannel(store.address(), grpc::InsecureChannelCredentials()));
-  auto call = [&](auto method, const auto& req, auto* resp) -> absl::StatusOr<double> {
-    grpc::ClientContext ctx;
-    ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(10));
-    const uint64_t t0 = MonoNowNs();
-    grpc::Status st = (stub.get()->*method)(&ctx, req, resp);
-    if (!st.ok()) return absl::UnavailableError(st.error_message());
-    return (MonoNowNs() - t0) / 1e3;
+      deploy::NetnsTopology topo,
+      deploy::NetnsTopology::Create(hosts, {.prefix = kNetnsPrefix, .subnet = kNetnsSubnet}));
+  auto on = [&topo](const std::string& host) -> ArgvWrap {
+    return [&topo, host](const std::vector<std::string>& argv) { return topo.Wrap(host, argv); };
   };
-  std::vector<double> reserve_us, lookup_us;
-  const absl::Time start = absl::Now(), end = start + absl::Seconds(o.seconds);
-  absl::Status probe_status;
-  for (uint64_t i = 0; absl::Now() < end && probe_status.ok(); ++i) {
-    v1::ReserveRequest rq;
-    rq.set_namespace_id(ns_bytes);
-    rq.add_keys(std::string(KeyBytes(MakeKey(2, i, 0))));
-    rq.set_block_bytes(o.block_bytes);
-    v1::ReserveResponse rr;
-    absl::StatusOr<double> us = call(&v1::CacheStore::Stub::Reserve, rq, &rr);
-    if (!us.ok()) {
-      probe_status = us.status();
-      break;
-    }
-    reserve_us.push_back(*us);
-    if (rr.reservation_id() != 0) {
-      v1::AbortRequest ar;
-      ar.set_reservation_id(rr.reservation_id());
-      v1::AbortResponse aresp;
-      probe_status = call(&v1::CacheStore::Stub::Abort, ar, &aresp).status();
-    }
-    v1::LookupRequest lq;
-    lq.set_namespace_id(ns_bytes);
-    for (uint32_t j = 0; j < o.batch; ++j) {
-      lq.add_keys(std::string(KeyBytes(MakeKey(1, latest.load(), j))));
-    }
-    v1::LookupResponse lr;
-    us = call(&v1::CacheStore::Stub::Lookup, lq, &lr);
-    if (!us.ok()) {
-      probe_status = us.status();
-      break;
-    }
-    lookup_us.push_back(*us);
-    absl::SleepFor(kSpillProbePause);
-  }
-  const double seconds = absl::ToDoubleSeconds(absl::Now() - start);
-  stop = true;
-  writer.join();
-  KVTIER_RETURN_IF_ERROR(writer_status);
-  KVTIER_RETURN_IF_ERROR(probe_status);
 
-  SpillRun run;
-  run.probes = reserve_us.size();
-  run.reserve_p50_us = Percentile(reserve_us, 50);
-  run.reserve_p99_us = Percentile(reserve_us, 99);
-  run.lookup_p50_us = Percentile(lookup_us, 50);
-  run.lookup_p99_us = Percentile(lookup_us, 99);
-  run.put_gbps = put_bytes.load() / seconds / 1e9;
-  grpc::ClientContext ctx;
-  ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::seconds(10));
-  v1::StatsResponse st;
-  if (stub->Stats(&ctx, v1::StatsRequest(), &st).ok()) {
-    run.spills = st.spills();
-    run.evictions = st.evictions();
+  // The stores, declared after the topology and before the clients: on an error return the
+  // clients go first, the namespaces last.
+  std::vector<ServerProcess> stores;
+  std::vector<std::string> addresses;
+  for (uint32_t k = 0; k < o.store_nodes; ++k) {
+    const std::string ip = topo.Address(hosts[k]);
+    SpawnOptions so;
+    so.argv =
+        topo.Wrap(hosts[k], {exe_dir + "/kvtier-store", "--plaintext", "--listen=" + ip + ":0",
+                             "--metrics-listen=off", absl::StrCat("--pool-bytes=", pool_bytes),
+                             absl::StrCat("--slot-bytes=", o.block_bytes)});
+    so.stop_grace = absl::Seconds(5);
+    KVTIER_ASSIGN_OR_RETURN(ServerProcess store, ServerProcess::Spawn(so, dir, hosts[k]));
+    stores.push_back(std::move(store));
   }
-  return run;
+  for (uint32_t k = 0; k < o.store_nodes; ++k) {
+    KVTIER_RETURN_IF_ERROR(stores[k].AwaitReady(kStoreStartTimeout));
+    addresses.push_back(absl::StrCat(topo.Address(hosts[k]), ":", stores[k].grpc_port()));
+  }
+  spdlog::info("{} store node(s) on {}, pool {} each in slots of {}", o.store_nodes,
+               absl::StrJoin(addresses, ", "), HumanBytes(pool_bytes), HumanBytes(o.block_bytes));
+
+  NamespaceParams np;
+  np.tenant_salt = absl::StrCat("kvtier-bench-netns/", getpid(), "/", MonoNowNs());
+  StoreWorkerOptions wo;
+  wo.store = absl::StrJoin(addresses, ",");
+  wo.ns_hex = KeyToHex(ComputeNamespace(np));
+  wo.block_bytes = o.block_bytes;
+  wo.batch = o.batch;
+  wo.get_batches = kGetBatches;
+  wo.map_pool = false;  // a namespace host is another host: no shared memory
+  wo.lanes = o.lanes;
+  KVTIER_ASSIGN_OR_RETURN(
+      std::unique_ptr<Clients> clients,
+      Clients::Workers(exe_dir + "/kvtier-bench", wo, o.clients, on(kNetnsClientHost)));
+  NetnsResults res;
+  res.node = clients->node();
+  spdlog::info("{} client process(es) on host {}; {} slots in all; data-plane lanes to {}:\n{}",
+               o.clients, kNetnsClientHost, res.node.slot_count, addresses[0], res.node.ucx_lanes);
+  if (!absl::StrContains(res.node.ucx_lanes, "tcp")) {
+    warn("the data plane uses no TCP lane: the bytes may not cross the veth link");
+  }
+  // Each client writes its share of the pools once: the put phase then evicts, as in service.
+  KVTIER_ASSIGN_OR_RETURN(res.bw, MeasureBandwidth(o, res.node.slot_count,
+                                                   res.node.slot_count / o.clients, clients.get()));
+  clients->Close();
+  for (size_t k = 0; k < stores.size(); ++k) {
+    const int st = stores[k].process().Terminate(absl::Seconds(10));
+    if (!WIFEXITED(st) || WEXITSTATUS(st) != 0) {
+      warn(absl::StrCat("kvtier-store ", addresses[k], " ended with ", DescribeWaitStatus(st),
+                        "; log tail:\n", FileTail(stores[k].log_path(), 1500)));
+    }
+  }
+
+  // Anchors over the same links, each store host a server.
+  res.streams = static_cast<int>(std::min<uint32_t>(o.clients * o.lanes, 128));
+  if (o.skip_anchors) {
+    warn("--skip-anchors: iperf3 and redis anchors not measured");
+    return res;
+  }
+  std::vector<AnchorHosts> pairs;
+  for (uint32_t k = 0; k < o.store_nodes; ++k) {
+    pairs.push_back({topo.Address(hosts[k]), on(hosts[k]), on(kNetnsClientHost)});
+  }
+  const int seconds = std::max(1, static_cast<int>(std::lround(o.seconds)));
+  for (bool reverse : {false, true}) {
+    spdlog::info("iperf3{} -P {} -t {} to each of {} store host(s)", reverse ? " -R" : "",
+                 res.streams, seconds, pairs.size());
+    auto ip = MeasureIperf3(dir, pairs, res.streams, seconds, reverse);
+    if (!ip.ok()) {
+      warn(absl::StrCat("iperf3 anchor unavailable: ", ip.status().message()));
+      continue;
+    }
+    spdlog::info("iperf3{}: {:.2f} GB/s", reverse ? " -R" : "", *ip);
+    (reverse ? res.iperf3_reverse_gbps : res.iperf3_gbps) = *ip;
+  }
+  spdlog::info("redis-benchmark on {} from {}: -d {} -c {} -P {}", hosts[0], kNetnsClientHost,
+               o.block_bytes, o.clients, o.batch);
+  auto rd = MeasureRedis(dir, o.block_bytes, o.batch, o.clients, pairs[0]);
+  if (rd.ok()) {
+    res.redis_set_gbps = rd->set_gbps;
+    res.redis_get_gbps = rd->get_gbps;
+    spdlog::info("redis: SET {:.2f} GB/s, GET {:.2f} GB/s", rd->set_gbps, rd->get_gbps);
+  } else {
+    warn(absl::StrCat("redis anchor unavailable: ", rd.status().message()));
+  }
+  return res;
 }
 
-absl::Status RunSpillBench(const StoreBenchOptions& o, const std::string& exe_dir,
-                           const std::string& dir) {
-  // Spill off; on (the default spill_wait_ms 0: eviction drops a block the spiller has not
-  // written yet, never waiting for the disk); on with evictions waiting up to 20 ms for it.
-  struct Mode {
-    const char* name;
-    int spill_wait_ms;
-    SpillRun run;
+// The targets across hosts (docs/BENCHMARKS.md): put and get >= 0.8x iperf3 with as many
+// streams, >= 2x Redis.
+absl::Status RunNetnsBench(const StoreBenchOptions& o, const std::string& exe_dir,
+                           const std::string& dir, const std::string& tls,
+                           const std::vector<std::string>& warnings, const WarnFn& warn) {
+  if (absl::Status st = deploy::NetnsTopology::Available(); !st.ok()) {
+    return absl::FailedPreconditionError(absl::StrCat(
+        "--netns makes network namespaces, which needs root and iproute2: ", st.message()));
+  }
+  KVTIER_ASSIGN_OR_RETURN(NetnsResults r, MeasureNetns(o, exe_dir, dir, warn));
+  const std::string streams = absl::StrCat("-P ", r.streams);
+  const std::vector<TargetRow> rows = {
+      RatioRow("put GB/s", r.bw.put.gbps, "iperf3 " + streams, r.iperf3_gbps, 0.8),
+      RatioRow("get GB/s", r.bw.get.gbps, "iperf3 -R " + streams, r.iperf3_reverse_gbps, 0.8),
+      RatioRow("put GB/s", r.bw.put.gbps, "redis SET (store1)", r.redis_set_gbps, 2.0),
+      RatioRow("get GB/s", r.bw.get.gbps, "redis GET (store1)", r.redis_get_gbps, 2.0),
   };
-  Mode modes[] = {{"off", -1, {}}, {"on", 0, {}}, {"on+wait", 20, {}}};
-  for (Mode& m : modes) {
-    spdlog::info("spill {}: pool of {} x {} blocks, a writer putting new chains for {:.0f} s",
-                 m.name, kSpillPoolBatches * o.batch, HumanBytes(o.block_bytes), o.seconds);
-    KVTIER_ASSIGN_OR_RETURN(m.run, MeasureSpillRun(o, exe_dir, dir, m.spill_wait_ms));
-  }
-  std::FILE* out = o.json ? stderr : g_out;
-  std::fprintf(out, "control calls while every put evicts (pool %u x %s, batch %u, %.0f s)\n",
-               kSpillPoolBatches * o.batch, HumanBytes(o.block_bytes).c_str(), o.batch, o.seconds);
-  std::fprintf(out, "%-9s %12s %12s %12s %12s %9s %8s %10s %10s\n", "spill", "reserve p50",
-               "reserve p99", "lookup p50", "lookup p99", "put GB/s", "probes", "to disk",
-               "dropped");
-  for (const Mode& m : modes) {
-    const SpillRun& r = m.run;
-    std::fprintf(out, "%-9s %10.0fus %10.0fus %10.0fus %10.0fus %9.2f %8llu %10llu %10llu\n",
-                 m.name, r.reserve_p50_us, r.reserve_p99_us, r.lookup_p50_us, r.lookup_p99_us,
-                 r.put_gbps, static_cast<unsigned long long>(r.probes),
-                 static_cast<unsigned long long>(r.spills),
-                 static_cast<unsigned long long>(r.evictions));
-  }
-  // The target (docs/BENCHMARKS.md): p99 with spill at most twice p99 without, eviction not
-  // waiting for the disk.
-  const SpillRun &off = modes[0].run, &on = modes[1].run;
-  const bool reserve_ok = on.reserve_p99_us <= 2 * off.reserve_p99_us;
-  const bool lookup_ok = on.lookup_p99_us <= 2 * off.lookup_p99_us;
+  FILE* out = o.json ? stderr : g_out;
   std::fprintf(out,
-               "target p99 with spill (on) <= 2 x without: reserve %s (%.2fx), lookup %s "
-               "(%.2fx)\n",
-               reserve_ok ? "met" : "MISSED", on.reserve_p99_us / off.reserve_p99_us,
-               lookup_ok ? "met" : "MISSED", on.lookup_p99_us / off.lookup_p99_us);
+               "\nkvtier store benchmark across network namespaces: %u store node(s), %u "
+               "client(s) on another host, %u lane(s), UCX_TLS=%s over veth, block %s, batch %u, "
+               "%.1f s per phase\n",
+               o.store_nodes, o.clients, o.lanes, tls.c_str(), HumanBytes(o.block_bytes).c_str(),
+               o.batch, o.seconds);
+  PrintRows(out, rows);
+  std::fprintf(out,
+               "batch latency: put p50 %.2f ms p99 %.2f ms, get p50 %.2f ms p99 %.2f ms\n"
+               "notes: a veth pair has no link speed of its own (the CPU moves every byte); "
+               "iperf3 runs one pair per store host at once, Redis on store1 only\n",
+               r.bw.put.batch_p50_ms, r.bw.put.batch_p99_ms, r.bw.get.batch_p50_ms,
+               r.bw.get.batch_p99_ms);
   if (o.json) {
-    json j;
-    for (const Mode& m : modes) {
-      const SpillRun& r = m.run;
-      j[m.name] = {{"reserve_p50_us", r.reserve_p50_us},
-                   {"reserve_p99_us", r.reserve_p99_us},
-                   {"lookup_p50_us", r.lookup_p50_us},
-                   {"lookup_p99_us", r.lookup_p99_us},
-                   {"put_gbps", r.put_gbps},
-                   {"probes", r.probes},
-                   {"spills", r.spills},
-                   {"evictions", r.evictions}};
-    }
-    j["all_targets_met"] = reserve_ok && lookup_ok;
+    bool all_pass = true;
+    json targets = TargetsJson(rows, &all_pass);
+    json j = {{"bench", "store-netns"},
+              {"ucx_tls", tls},
+              {"store_nodes", o.store_nodes},
+              {"clients", o.clients},
+              {"lanes", o.lanes},
+              {"block_bytes", o.block_bytes},
+              {"batch", o.batch},
+              {"seconds", o.seconds},
+              {"pool_slots", r.node.slot_count},
+              {"put_gbps", r.bw.put.gbps},
+              {"get_gbps", r.bw.get.gbps},
+              {"put_batch_p50_ms", r.bw.put.batch_p50_ms},
+              {"get_batch_p50_ms", r.bw.get.batch_p50_ms},
+              {"iperf3_streams", r.streams},
+              {"iperf3_gbps", OptJson(r.iperf3_gbps)},
+              {"iperf3_reverse_gbps", OptJson(r.iperf3_reverse_gbps)},
+              {"redis_set_gbps", OptJson(r.redis_set_gbps)},
+              {"redis_get_gbps", OptJson(r.redis_get_gbps)},
+              {"put_vs_iperf3", OptJson(Ratio(r.bw.put.gbps, r.iperf3_gbps))},
+              {"get_vs_iperf3_reverse", OptJson(Ratio(r.bw.get.gbps, r.iperf3_reverse_gbps))},
+              {"put_vs_redis_set", OptJson(Ratio(r.bw.put.gbps, r.redis_set_gbps))},
+              {"get_vs_redis_get", OptJson(Ratio(r.bw.get.gbps, r.redis_get_gbps))},
+              {"targets", targets},
+              {"all_targets_met", all_pass},
+              {"warnings", warnings}};
     std::fprintf(g_out, "%s\n", j.dump().c_str());
     std::fflush(g_out);
   }
@@ -1282,7 +1405,16 @@ absl::Status RunStoreBenchOrError(const StoreBenchOptions& o) {
   if (o.iterations <= 0 && !(o.seconds > 0 && o.seconds <= 600)) {
     return absl::InvalidArgumentError("--seconds must be in (0, 600]");
   }
-  const std::string tls = o.transport == "shm" ? kShmTls : kTcpTls;
+  if (o.netns && !o.store.empty()) {
+    return absl::InvalidArgumentError("--netns starts its own stores (no --store)");
+  }
+  if (o.store_nodes < 1 || o.store_nodes > 3 || (o.store_nodes > 1 && !o.netns)) {
+    return absl::InvalidArgumentError(
+        "--store-nodes must be in 1..3, and more than 1 needs --netns");
+  }
+  if (o.lanes < 1 || o.lanes > 16) return absl::InvalidArgumentError("--lanes must be in 1..16");
+  // Across namespaces the data plane is TCP, whatever --transport says.
+  const std::string tls = o.transport == "shm" && !o.netns ? kShmTls : kTcpTls;
   // Inherited by every process started below (posix_spawn passes our environment on).
   setenv("UCX_TLS", tls.c_str(), 1);
   std::vector<std::string> warnings;
@@ -1300,6 +1432,7 @@ absl::Status RunStoreBenchOrError(const StoreBenchOptions& o) {
     if (!o.store.empty()) return absl::InvalidArgumentError("--spill starts its own stores");
     return RunSpillBench(o, exe_dir, tmp->path());
   }
+  if (o.netns) return RunNetnsBench(o, exe_dir, tmp->path(), tls, warnings, warn);
 
   // The memcpy anchor first, while nothing else runs.
   AnchorResults anchors;

@@ -1,9 +1,11 @@
 // The real StoreClient: places keys on nodes (rendezvous hashing) and merges the nodes' answers
-// into one prefix or PutResult; each node's calls and transfers are a StoreNode's.
+// into one prefix or PutResult; each node's calls and transfers are a StoreNode's. The nodes of
+// one call work in parallel, one task per node (docs/store-protocol.md, "Fan-out").
 #include "kvtier/store_client.h"
 
 #include <algorithm>
 #include <atomic>
+#include <functional>
 #include <optional>
 #include <thread>
 #include <utility>
@@ -119,6 +121,16 @@ struct Run {
   std::vector<size_t> index;  // positions in the slice
 };
 
+// Runs fn(n) for every slice n that has keys, each node on a thread of its own (the caller's
+// for one of them), and returns when all have returned.
+void ForEachNode(const std::vector<Slice>& slices, const std::function<void(size_t)>& fn) {
+  std::vector<size_t> busy;
+  for (size_t n = 0; n < slices.size(); ++n) {
+    if (!slices[n].keys.empty()) busy.push_back(n);
+  }
+  ParallelFor(busy.size(), static_cast<int>(busy.size()), [&](size_t i) { fn(busy[i]); });
+}
+
 absl::Status CheckArgs(absl::Span<const BlockKey> keys, size_t buffers, size_t block_bytes) {
   if (buffers != keys.size()) {
     return absl::InvalidArgumentError(absl::StrCat(keys.size(), " keys but ", buffers, " buffers"));
@@ -145,8 +157,8 @@ class RemoteStoreClient final : public StoreClient {
     transport::UcxContextOptions ucx_options;
     KVTIER_ASSIGN_OR_RETURN(ucx_options.net_devices,
                             transport::ResolveNetDevices(options_.data_interface, hosts));
+    ucx_options.workers_on_threads = true;  // one worker per node, the nodes in parallel
     KVTIER_ASSIGN_OR_RETURN(ucx_, transport::UcxContext::Create(ucx_options));
-    KVTIER_ASSIGN_OR_RETURN(worker_, transport::UcxWorker::Create(ucx_.get()));
     KVTIER_ASSIGN_OR_RETURN(creds_, MakeChannelCredentials(options_.tls));
     absl::MutexLock lock(&mu_);
     SetNodes(options_.stores);
@@ -170,7 +182,13 @@ class RemoteStoreClient final : public StoreClient {
   std::vector<MappedPool> MappedPools() override;
   void SetUnmapCallback(std::function<void(const MappedPool&)> callback) override {
     absl::MutexLock lock(&mu_);
-    on_unmap_ = std::move(callback);
+    on_unmap_ = nullptr;
+    if (!callback) return;
+    // Node tasks of one call may unmap at the same time: one run of the callback at a time.
+    on_unmap_ = [this, callback = std::move(callback)](const MappedPool& pool) {
+      absl::MutexLock unmap_lock(&unmap_mu_);
+      callback(pool);
+    };
   }
   bool AnyNodeConnected() const override {
     absl::MutexLock lock(&view_mu_);
@@ -195,7 +213,7 @@ class RemoteStoreClient final : public StoreClient {
                              [&](const auto& n) { return n->address() == addr; });
       next.push_back(it != nodes_.end()
                          ? *it
-                         : std::make_shared<StoreNode>(addr, worker_.get(), options_, creds_,
+                         : std::make_shared<StoreNode>(addr, ucx_.get(), options_, creds_,
                                                        copy_threads_, &on_unmap_));
       seeds.push_back(XXH3_64bits(addr.data(), addr.size()));
     }
@@ -245,15 +263,15 @@ class RemoteStoreClient final : public StoreClient {
     return slices;
   }
 
-  // A lookup on every node of `slices`: (*resp)[n] is node n's answer (no hits when it failed).
+  // A lookup on every node of `slices`, in parallel: (*resp)[n] is node n's answer (no hits
+  // when it failed).
   void LookupAll(const NamespaceId& ns, const std::vector<Slice>& slices, bool lease,
                  std::vector<NodeLookup>* resp) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
     resp->assign(slices.size(), NodeLookup());
-    for (size_t n = 0; n < slices.size(); ++n) {
-      if (slices[n].keys.empty()) continue;
+    ForEachNode(slices, [&](size_t n) {
       absl::StatusOr<NodeLookup> r = slices[n].node->Lookup(ns, slices[n].keys, lease);
       if (r.ok()) (*resp)[n] = std::move(*r);
-    }
+    });
   }
 
   // Length of the global prefix given each node's answer.
@@ -270,25 +288,34 @@ class RemoteStoreClient final : public StoreClient {
   std::vector<Run> Runs(const NamespaceId& ns, const Slice& s, absl::Span<const BlockKey> keys,
                         absl::Span<const BlockKey> parents) const;
 
-  // Stores the keys of one slice; adds to *result. An error only for bad arguments.
+  // Stores the keys of one slice; adds to *result. An error only for bad arguments. Runs as one
+  // node's task of a Put (ForEachNode) while the calling thread holds mu_, so the node set it
+  // reads (Runs, NodeOf) stays as it is.
   absl::Status PutSlice(const NamespaceId& ns, const Slice& s, absl::Span<const BlockKey> keys,
                         absl::Span<const BlockKey> parents, absl::Span<const void* const> blocks,
-                        size_t block_bytes, PutResult* result) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+                        size_t block_bytes, PutResult* result);
   // Reserves, writes and commits one run's keys [from, to) of slice `s`; adds to *result.
   // False when the node failed (the caller skips the rest).
   absl::StatusOr<bool> PutRun(const NamespaceId& ns, const Slice& s, const BlockKey* parent,
                               absl::Span<const size_t> run, absl::Span<const void* const> blocks,
-                              size_t block_bytes, PutResult* result)
-      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+                              size_t block_bytes, PutResult* result);
+  // Reads node n's blocks of the first `prefix` keys of a Get (their locations in `resp`) into
+  // `buffers`, checks their checksums and releases the node's leases. Returns where the node
+  // cuts the prefix: the position of its first block that is unusable (another shape, a failed
+  // read, a bad checksum), or `prefix`. One node's task of a Get.
+  size_t ReadSlice(const Slice& s, const NodeLookup& resp, size_t prefix,
+                   absl::Span<const BlockKey> keys, absl::Span<void* const> buffers,
+                   size_t block_bytes);
 
   const StoreClientOptions options_;
   const int copy_threads_;
   std::atomic<uint64_t> checksum_failures_{0};
+  // Shared by the nodes' workers; outlives the nodes (declared before them).
   std::unique_ptr<transport::UcxContext> ucx_;
   absl::Mutex mu_;
-  std::unique_ptr<transport::UcxWorker> worker_ ABSL_GUARDED_BY(mu_);
   std::shared_ptr<grpc::ChannelCredentials> creds_;
-  // The node set and node state are under mu_; a MappedPrefix's release holds its nodes.
+  // The node set and node state are under mu_, held for a whole call (its node tasks included);
+  // a MappedPrefix's release holds its nodes.
   std::vector<std::shared_ptr<StoreNode>> nodes_ ABSL_GUARDED_BY(mu_);
   std::vector<uint64_t> seeds_ ABSL_GUARDED_BY(mu_);  // rendezvous seed of each node
   absl::Mutex pending_mu_;
@@ -297,6 +324,7 @@ class RemoteStoreClient final : public StoreClient {
   mutable absl::Mutex view_mu_;
   std::vector<std::shared_ptr<StoreNode>> view_ ABSL_GUARDED_BY(view_mu_);
   std::function<void(const MappedPool&)> on_unmap_ ABSL_GUARDED_BY(mu_);
+  absl::Mutex unmap_mu_;  // serializes the runs of on_unmap_
 };
 
 absl::StatusOr<size_t> RemoteStoreClient::Lookup(const NamespaceId& ns,
@@ -453,10 +481,18 @@ absl::StatusOr<PutResult> RemoteStoreClient::Put(const NamespaceId& ns,
     result.skipped = static_cast<uint32_t>(keys.size());
     return result;
   }
-  for (const Slice& s : Partition(keys)) {
-    if (!s.keys.empty()) {
-      KVTIER_RETURN_IF_ERROR(PutSlice(ns, s, keys, parents, blocks, block_bytes, &result));
-    }
+  const std::vector<Slice> slices = Partition(keys);
+  std::vector<PutResult> results(slices.size());
+  std::vector<absl::Status> errors(slices.size());
+  ForEachNode(slices, [&](size_t n) {
+    errors[n] = PutSlice(ns, slices[n], keys, parents, blocks, block_bytes, &results[n]);
+  });
+  for (size_t n = 0; n < slices.size(); ++n) {
+    KVTIER_RETURN_IF_ERROR(errors[n]);
+    result.stored += results[n].stored;
+    result.stored_mapped += results[n].stored_mapped;
+    result.present += results[n].present;
+    result.skipped += results[n].skipped;
   }
   return result;
 }
@@ -472,43 +508,49 @@ absl::StatusOr<size_t> RemoteStoreClient::Get(const NamespaceId& ns,
   const std::vector<Slice> slices = Partition(keys);
   std::vector<NodeLookup> resp;
   LookupAll(ns, slices, /*lease=*/true, &resp);
-  size_t prefix = Prefix(keys.size(), slices, resp);
+  const size_t prefix = Prefix(keys.size(), slices, resp);
 
-  // Move the bytes of the prefix, node by node; a failure shortens the prefix.
-  for (size_t n = 0; n < slices.size() && prefix > 0; ++n) {
-    const Slice& s = slices[n];
-    std::vector<uint64_t> offsets;
-    std::vector<void*> dst;
-    for (size_t j = 0; j < resp[n].hits && s.index[j] < prefix; ++j) {
-      const v1::BlockLocation& b = resp[n].blocks[j];
-      if (b.size() != block_bytes) {  // a block of another shape is not ours to use
-        prefix = s.index[j];
-        break;
-      }
-      offsets.push_back(b.offset());
-      dst.push_back(buffers[s.index[j]]);
+  // Move the bytes of the prefix, the nodes in parallel; a failure shortens the prefix.
+  std::vector<size_t> cut(slices.size(), prefix);
+  ForEachNode(slices, [&](size_t n) {
+    cut[n] = ReadSlice(slices[n], resp[n], prefix, keys, buffers, block_bytes);
+  });
+  return *std::min_element(cut.begin(), cut.end());
+}
+
+size_t RemoteStoreClient::ReadSlice(const Slice& s, const NodeLookup& resp, size_t prefix,
+                                    absl::Span<const BlockKey> keys,
+                                    absl::Span<void* const> buffers, size_t block_bytes) {
+  std::vector<uint64_t> offsets;
+  std::vector<void*> dst;
+  for (size_t j = 0; j < resp.hits && s.index[j] < prefix; ++j) {
+    const v1::BlockLocation& b = resp.blocks[j];
+    if (b.size() != block_bytes) {  // a block of another shape is not ours to use
+      prefix = s.index[j];
+      break;
     }
-    if (offsets.empty()) continue;
+    offsets.push_back(b.offset());
+    dst.push_back(buffers[s.index[j]]);
+  }
+  if (!offsets.empty()) {
     absl::StatusOr<std::vector<uint64_t>> sums =
-        s.node->Read(resp[n].incarnation, offsets, dst, block_bytes);
+        s.node->Read(resp.incarnation, offsets, dst, block_bytes);
     if (!sums.ok()) {
       prefix = std::min(prefix, s.index[0]);
-      continue;
-    }
-    for (size_t j = 0; j < sums->size() && s.index[j] < prefix; ++j) {
-      if ((*sums)[j] != resp[n].blocks[j].checksum()) {
-        checksum_failures_.fetch_add(1, std::memory_order_relaxed);
-        KVTIER_LOG_LIMITED(warn,
-                           "store {}: block {} failed its checksum after get; treated as a miss",
-                           s.node->address(), KeyToHex(keys[s.index[j]]));
-        prefix = s.index[j];
-        break;
+    } else {
+      for (size_t j = 0; j < sums->size() && s.index[j] < prefix; ++j) {
+        if ((*sums)[j] != resp.blocks[j].checksum()) {
+          checksum_failures_.fetch_add(1, std::memory_order_relaxed);
+          KVTIER_LOG_LIMITED(warn,
+                             "store {}: block {} failed its checksum after get; treated as a miss",
+                             s.node->address(), KeyToHex(keys[s.index[j]]));
+          prefix = s.index[j];
+          break;
+        }
       }
     }
   }
-  for (size_t n = 0; n < slices.size(); ++n) {
-    for (uint64_t id : resp[n].lease_ids) slices[n].node->Release(id);
-  }
+  for (uint64_t id : resp.lease_ids) s.node->Release(id);
   return prefix;
 }
 

@@ -19,6 +19,8 @@ namespace {
 
 // What a store that has not answered GetInfo yet is assumed to accept per call.
 constexpr size_t kDefaultMaxBatchKeys = 4096;
+// Most UCX lanes per node (StoreClientOptions::lanes is clamped to 1..this).
+constexpr int kMaxLanes = 16;
 
 }  // namespace
 
@@ -38,15 +40,16 @@ int CopyThreads(int max_threads, size_t blocks, size_t block_bytes) {
       std::min<size_t>(std::max(max_threads, 1), blocks * block_bytes / (size_t{8} << 20) + 1));
 }
 
-StoreNode::StoreNode(std::string address, transport::UcxWorker* worker,
+StoreNode::StoreNode(std::string address, transport::UcxContext* ucx,
                      const StoreClientOptions& options,
                      const std::shared_ptr<grpc::ChannelCredentials>& creds, int copy_threads,
                      const UnmapFn* on_unmap)
     : address_(std::move(address)),
-      worker_(worker),
+      ucx_(ucx),
       options_(options),
       copy_threads_(copy_threads),
-      on_unmap_(on_unmap) {
+      on_unmap_(on_unmap),
+      lanes_(static_cast<size_t>(std::clamp(options.lanes, 1, kMaxLanes))) {
   grpc::ChannelArguments args;
   args.SetMaxReceiveMessageSize(16 << 20);
   stub_ = v1::CacheStore::NewStub(grpc::CreateCustomChannel(address_, creds, args));
@@ -73,10 +76,12 @@ void StoreNode::Disconnect() {
   }
   connected_.store(false, std::memory_order_relaxed);
   // The old connection, if any, may point at a dead or replaced process: close it forcibly.
-  if (ep_ != nullptr) ep_->MarkFailed();
+  for (Lane& lane : lanes_) {
+    if (lane.ep != nullptr) lane.ep->MarkFailed();
+    lane.rkey.reset();
+    lane.ep.reset();
+  }
   mapped_ = nullptr;
-  rkey_.reset();
-  ep_.reset();
 }
 
 void StoreNode::MarkDown(const absl::Status& why) {
@@ -97,7 +102,8 @@ absl::Status StoreNode::Failed(absl::Status status) {
 }
 
 absl::Status StoreNode::DoConnect(uint64_t incarnation) {
-  if (ep_ != nullptr && !ep_->failed() &&
+  const auto live = [](const Lane& l) { return l.ep != nullptr && !l.ep->failed(); };
+  if (std::all_of(lanes_.begin(), lanes_.begin() + LanesInUse(), live) &&
       (incarnation == 0 || incarnation == info_.incarnation())) {
     return absl::OkStatus();
   }
@@ -115,10 +121,18 @@ absl::Status StoreNode::DoConnect(uint64_t incarnation) {
                                             " slots of ", info.slot_bytes(), " bytes in ",
                                             info.pool_bytes()));
   }
-  KVTIER_ASSIGN_OR_RETURN(ep_, transport::Endpoint::Connect(worker_, info.ucx_worker_address()));
-  KVTIER_ASSIGN_OR_RETURN(rkey_, ep_->UnpackRkey(info.pool_rkey()));
-  if (options_.map_same_host_pool) {
-    mapped_ = static_cast<uint8_t*>(rkey_->LocalPointer(info.pool_base_address()));
+  // Lane 0 first: when it maps the pool, the other lanes are not needed.
+  for (size_t l = 0; l < lanes_.size() && (l == 0 || mapped_ == nullptr); ++l) {
+    Lane& lane = lanes_[l];
+    if (lane.worker == nullptr) {
+      KVTIER_ASSIGN_OR_RETURN(lane.worker, transport::UcxWorker::Create(ucx_));
+    }
+    KVTIER_ASSIGN_OR_RETURN(
+        lane.ep, transport::Endpoint::Connect(lane.worker.get(), info.ucx_worker_address()));
+    KVTIER_ASSIGN_OR_RETURN(lane.rkey, lane.ep->UnpackRkey(info.pool_rkey()));
+    if (l == 0 && options_.map_same_host_pool) {
+      mapped_ = static_cast<uint8_t*>(lane.rkey->LocalPointer(info.pool_base_address()));
+    }
   }
   info_ = std::move(info);
   connected_.store(true, std::memory_order_relaxed);
@@ -146,7 +160,8 @@ StoreNodeInfo StoreNode::Describe() {
     out.ucx_memory_types.assign(info_.ucx_memory_types().begin(), info_.ucx_memory_types().end());
     out.cuda_memory_supported = info_.cuda_memory_supported();
     out.spill_enabled = info_.spill_enabled();
-    out.ucx_lanes = ep_->Describe();
+    out.ucx_lanes = lanes_[0].ep->Describe();
+    if (LanesInUse() > 1) out.ucx_lanes += absl::StrCat("(and ", LanesInUse() - 1, " more such)\n");
     out.pool_mapped = mapped_ != nullptr;
   }
   return out;
@@ -285,16 +300,12 @@ absl::StatusOr<std::vector<uint64_t>> StoreNode::Write(uint64_t incarnation,
   }
   std::vector<transport::RmaOp> ops(blocks.size());
   for (size_t i = 0; i < blocks.size(); ++i) {
-    sums[i] = BlockChecksum(blocks[i], block_bytes);
     ops[i] = {const_cast<void*>(blocks[i]), info_.pool_base_address() + offsets[i], block_bytes};
   }
-  // On failure the batch's endpoint is force-closed before PutBatch returns: no put of it can
+  // On failure every lane's endpoint is closed before Transfer returns: no put of the batch can
   // land later, so the caller's Abort (sent after this) frees slots nothing writes to anymore.
-  const absl::Time deadline = std::min(TransferDeadline(), reserved_until);
-  if (absl::Status st = ep_->PutBatch(*rkey_, ops, deadline); !st.ok()) {
-    MarkDown(st);
-    return st;
-  }
+  KVTIER_RETURN_IF_ERROR(
+      Transfer(/*put=*/true, ops, std::min(TransferDeadline(), reserved_until), &sums));
   return sums;
 }
 
@@ -316,12 +327,40 @@ absl::StatusOr<std::vector<uint64_t>> StoreNode::Read(uint64_t incarnation,
   for (size_t i = 0; i < buffers.size(); ++i) {
     ops[i] = {buffers[i], info_.pool_base_address() + offsets[i], block_bytes};
   }
-  if (absl::Status st = ep_->GetBatch(*rkey_, ops, TransferDeadline()); !st.ok()) {
-    MarkDown(st);
-    return st;
-  }
-  for (size_t i = 0; i < buffers.size(); ++i) sums[i] = BlockChecksum(buffers[i], block_bytes);
+  KVTIER_RETURN_IF_ERROR(Transfer(/*put=*/false, ops, TransferDeadline(), &sums));
   return sums;
+}
+
+absl::Status StoreNode::Transfer(bool put, absl::Span<const transport::RmaOp> ops,
+                                 absl::Time deadline, std::vector<uint64_t>* sums) {
+  // Lane l moves blocks [first(l), first(l + 1)): consecutive blocks, shares differing by one.
+  const size_t lanes = std::min(LanesInUse(), ops.size());
+  auto first = [&](size_t l) { return l * ops.size() / lanes; };
+  std::vector<absl::Status> status(lanes);
+  ParallelFor(lanes, static_cast<int>(lanes), [&](size_t l) {
+    const absl::Span<const transport::RmaOp> mine = ops.subspan(first(l), first(l + 1) - first(l));
+    auto hash = [&] {
+      for (size_t i = 0; i < mine.size(); ++i) {
+        (*sums)[first(l) + i] = BlockChecksum(mine[i].local, mine[i].size);
+      }
+    };
+    Lane& lane = lanes_[l];
+    if (put) {
+      hash();
+      status[l] = lane.ep->PutBatch(*lane.rkey, mine, deadline);
+    } else {
+      status[l] = lane.ep->GetBatch(*lane.rkey, mine, deadline);
+      if (status[l].ok()) hash();
+    }
+  });
+  // A failed lane has force-closed its endpoint; the others have completed or failed too.
+  for (const absl::Status& st : status) {
+    if (!st.ok()) {
+      MarkDown(st);
+      return st;
+    }
+  }
+  return absl::OkStatus();
 }
 
 const uint8_t* StoreNode::MappedSlot(uint64_t incarnation, uint64_t offset, size_t bytes) {

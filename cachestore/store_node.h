@@ -3,7 +3,9 @@
 // with one write path and one read path that hide how bytes move. A same-host store's pool is
 // mapped into this process (ucp_rkey_ptr) and copied to and from with memcpy, hashing each
 // block while it is in cache; any other store is reached with UCX put/get (one flush per batch)
-// and hashed in a separate pass. Either way the caller gets the checksum of every block moved.
+// over StoreClientOptions::lanes endpoints, each on a UCX worker of its own, the blocks of a
+// batch spread over them and each lane hashing its own blocks (docs/store-protocol.md,
+// "Lanes"). Either way the caller gets the checksum of every block moved.
 //
 // A node connects lazily and reconnects when the store's incarnation changes, so bytes are
 // never moved to or from a restarted store's predecessor; a mapped pool is handed to the
@@ -16,12 +18,15 @@
 // offset and size is checked against the pool and slot sizes of GetInfo before any byte
 // moves (CheckSlotRange), and a bad one is a node failure.
 //
-// Ownership: owns the gRPC stub and the data-plane state of one incarnation (UCX endpoint, pool
-// rkey, and the mapping of a same-host pool, which the rkey owns: pointers into it die with
-// the connection). Borrows the client's UCX worker and unmap callback, which must outlive it.
+// Ownership: owns the gRPC stub, its UCX workers (one per lane, created with the first
+// connection, kept across reconnections) and the data-plane state of one incarnation (each
+// lane's endpoint and pool rkey, and the mapping of a same-host pool, which lane 0's rkey
+// owns: pointers into it die with the connection). Borrows the client's UCX context and
+// unmap callback, which must outlive it.
 // Thread-safety: thread-compatible, except connected(), which any thread may call. The owning
-// client serializes every other call (the UCX worker is shared); pointers from MappedSlot()
-// may be read by any thread until the next call.
+// client calls one node from one thread at a time and different nodes from different threads
+// at once (each node's worker is its own, docs/store-protocol.md "Fan-out"); pointers from
+// MappedSlot() may be read by any thread until the next call.
 #ifndef KVTIER_CACHESTORE_STORE_NODE_H_
 #define KVTIER_CACHESTORE_STORE_NODE_H_
 
@@ -72,7 +77,7 @@ class StoreNode {
   // `creds`: how the control plane is reached (common/tls.h, MakeChannelCredentials).
   // `copy_threads`: most threads of one copy on the mapped path. `on_unmap` (the client's, may
   // hold an empty function) runs before a mapped pool is unmapped.
-  StoreNode(std::string address, transport::UcxWorker* worker, const StoreClientOptions& options,
+  StoreNode(std::string address, transport::UcxContext* ucx, const StoreClientOptions& options,
             const std::shared_ptr<grpc::ChannelCredentials>& creds, int copy_threads,
             const UnmapFn* on_unmap);
   ~StoreNode();
@@ -150,15 +155,28 @@ class StoreNode {
   absl::Time TransferDeadline() const { return absl::Now() + options_.transfer_timeout; }
 
   const std::string address_;
-  transport::UcxWorker* const worker_;
+  transport::UcxContext* const ucx_;
   const StoreClientOptions options_;
   const int copy_threads_;
   const UnmapFn* const on_unmap_;
   std::unique_ptr<v1::CacheStore::Stub> stub_;
-  // Data-plane connection, valid for one store incarnation (info_.incarnation()).
-  std::unique_ptr<transport::Endpoint> ep_;
-  std::unique_ptr<transport::RemoteKey> rkey_;
-  uint8_t* mapped_ = nullptr;  // the pool's base in this process (same host), owned by rkey_
+  // One data-plane lane: its worker lives as long as the node, its endpoint and key for one
+  // store incarnation (info_.incarnation()).
+  struct Lane {
+    std::unique_ptr<transport::UcxWorker> worker;  // declared first: destroyed last
+    std::unique_ptr<transport::Endpoint> ep;
+    std::unique_ptr<transport::RemoteKey> rkey;  // destroyed before its endpoint
+  };
+  // Lanes in use: StoreClientOptions::lanes, or lane 0 alone for a mapped pool.
+  size_t LanesInUse() const { return mapped_ != nullptr ? 1 : lanes_.size(); }
+  // Moves the blocks of one batch (put or get) over the lanes in use, each lane its share of
+  // consecutive blocks on a thread of its own (the caller's for lane 0), hashing them into
+  // (*sums) before a put or after a get. On a failure the node is marked down once every lane
+  // has returned (a failed lane's endpoint is closed, so nothing of the batch moves later).
+  absl::Status Transfer(bool put, absl::Span<const transport::RmaOp> ops, absl::Time deadline,
+                        std::vector<uint64_t>* sums);
+  std::vector<Lane> lanes_;    // StoreClientOptions::lanes of them
+  uint8_t* mapped_ = nullptr;  // the pool's base in this process (same host), owned by lane 0
   v1::GetInfoResponse info_;
   absl::Time down_until_ = absl::InfinitePast();
   std::atomic<bool> connected_{false};

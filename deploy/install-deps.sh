@@ -12,7 +12,7 @@ PACKAGES=(
   libspdlog-dev libfmt-dev libyaml-cpp-dev nlohmann-json3-dev libcpp-httplib-dev libcli11-dev
   libopenblas-dev libpcre2-dev libutf8proc-dev
   libgtest-dev libgmock-dev libbenchmark-dev
-  redis-server redis-tools curl iproute2 procps etcd-server etcd-client python3-yaml
+  redis-server redis-tools curl iproute2 procps etcd-server etcd-client python3-yaml iperf3
 )
 
 missing=()

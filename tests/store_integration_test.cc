@@ -455,12 +455,10 @@ TEST_P(StoreIntegrationTest, AMappedWriterPastItsReservationDeadlineWritesNothin
   StoreProcess store = StartStore(o);
   auto ucx = transport::UcxContext::Create();
   ASSERT_TRUE(ucx.ok()) << ucx.status();
-  auto worker = transport::UcxWorker::Create(ucx->get());
-  ASSERT_TRUE(worker.ok()) << worker.status();
   StoreClientOptions co;
   co.stores = {store.address()};
   co.tls.plaintext = true;  // the test stores serve plain text
-  StoreNode node(store.address(), worker->get(), co, grpc::InsecureChannelCredentials(),
+  StoreNode node(store.address(), ucx->get(), co, grpc::InsecureChannelCredentials(),
                  /*copy_threads=*/1, /*on_unmap=*/nullptr);
   ASSERT_TRUE(node.Connect().ok());
   std::vector<BlockKey> keys = TestKeys(120, 4);

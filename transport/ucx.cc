@@ -73,7 +73,7 @@ absl::StatusOr<std::unique_ptr<UcxContext>> UcxContext::Create(const UcxContextO
   ucp_params_t params{};
   params.field_mask = UCP_PARAM_FIELD_FEATURES | UCP_PARAM_FIELD_MT_WORKERS_SHARED;
   params.features = UCP_FEATURE_RMA | UCP_FEATURE_WAKEUP;
-  params.mt_workers_shared = 0;
+  params.mt_workers_shared = options.workers_on_threads ? 1 : 0;
 
   auto ctx = std::unique_ptr<UcxContext>(new UcxContext());
   st = ucp_init(&params, config, &ctx->context_);

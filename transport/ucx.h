@@ -7,7 +7,9 @@
 //
 // Threads: a Worker is created in UCS_THREAD_MODE_SERIALIZED: any thread may use it, but never
 // two at once. The caller serializes (the store gives its worker to one ProgressThread; the
-// client library holds a mutex). UCX callbacks registered here never block and take no locks.
+// client library gives each node a worker of its own, used by one thread at a time, over a
+// context made with workers_on_threads). UCX callbacks registered here never block and take no
+// locks.
 //
 // Error handling: endpoints use UCP_ERR_HANDLING_MODE_PEER so that a dead peer fails pending
 // operations instead of hanging them. Because that mode silently drops UCX 1.13's shared-memory
@@ -42,6 +44,10 @@ struct UcxContextOptions {
   // over the environment. Shared memory and self are no network devices and stay available.
   // Empty: every device (UCX's default). Default: empty.
   std::string net_devices;
+  // Whether workers of this context are used by different threads at once (one worker per
+  // thread, e.g. the store client's one per node): the context then locks what its workers
+  // share (ucp_params_t::mt_workers_shared). Default: false.
+  bool workers_on_threads = false;
 };
 
 class UcxContext {

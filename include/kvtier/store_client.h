@@ -18,8 +18,8 @@
 //
 // Ownership: a MappedPrefix borrows the client that made it, which must outlive it.
 // Thread-safety: a StoreClient is safe for concurrent use without external synchronization;
-// the real client serializes its operations internally (one UCX worker), so use one client per
-// thread for parallel transfers. MappedPrefix: see its comment.
+// the real client serializes its calls internally (the nodes of one call work in parallel), so
+// use one client per thread for parallel calls. MappedPrefix: see its comment.
 #ifndef KVTIER_STORE_CLIENT_H_
 #define KVTIER_STORE_CLIENT_H_
 
@@ -53,6 +53,11 @@ struct StoreClientOptions {
   // Threads that copy and hash blocks on that same-host path when a batch is large (one core
   // cannot reach the memory bandwidth); 0: half the cores, at most 8. Default: 0.
   int copy_threads = 0;
+  // Data-plane lanes per store node: UCX endpoints, each on a UCX worker of its own (over TCP,
+  // a connection of its own), over which the blocks of one batch are spread and moved (and
+  // hashed) in parallel. A pool mapped on the same host uses one. 1 to 16
+  // (docs/store-protocol.md, "Lanes"). Default: 1.
+  int lanes = 1;
   // After a node fails, it is skipped (its keys are misses) for this long. Default: 1 s.
   absl::Duration retry_after = absl::Seconds(1);
   // The data plane's network interface: a name ("eth1"), an address of one, or "all" (UCX
@@ -219,8 +224,9 @@ class StoreClient {
   virtual std::vector<MappedPool> MappedPools() = 0;
   // `callback` runs with each pool from MappedPools just before the client unmaps it (its
   // store restarted or failed), so that whoever registered the pool (with CUDA: KvTier,
-  // docs/serving.md) unregisters it first. It runs on the thread of the call that unmaps, with
-  // the client's lock held: it must not call the client. Not run by the destructor (unregister
+  // docs/serving.md) unregisters it first. It runs during the call that unmaps (on its thread
+  // or one of its node tasks, docs/store-protocol.md "Fan-out"), one run at a time, with the
+  // client's lock held: it must not call the client. Not run by the destructor (unregister
   // before destroying the client). Null: none.
   virtual void SetUnmapCallback(std::function<void(const MappedPool&)> callback) = 0;
 
