@@ -41,8 +41,12 @@ struct SpillRun {
 };
 
 // One store (spill on or off) with a pool of kSpillPoolBatches batches: a writer thread puts
-// chains of new keys as fast as it can, while this thread times Reserve (one new key, then
-// Abort) and Lookup (the writer's latest chain, no lease) calls straight over gRPC.
+// chains of new keys as fast as it can (each Reserve evicts, and with spill on hands blocks to
+// the spiller), while this thread times Reserve and Lookup calls straight over gRPC, both of
+// the writer's latest chain: both take the index lock the writer's Reserve and Commit take.
+// The probe's Reserve finds the block stored and takes no slot: reserving new keys and
+// aborting them would drain the pool into the slot quarantine (docs/store-protocol.md) within
+// a second, and the writer would store nothing.
 absl::StatusOr<SpillRun> MeasureSpillRun(const StoreBenchOptions& o, const std::string& exe_dir,
                                          const std::string& dir, int spill_wait_ms) {
   const bool spill = spill_wait_ms >= 0;
@@ -98,10 +102,14 @@ absl::StatusOr<SpillRun> MeasureSpillRun(const StoreBenchOptions& o, const std::
   std::vector<double> reserve_us, lookup_us;
   const absl::Time start = absl::Now(), end = start + absl::Seconds(o.seconds);
   absl::Status probe_status;
-  for (uint64_t i = 0; absl::Now() < end && probe_status.ok(); ++i) {
+  // The first chain is stored before the probes start (they reserve its keys).
+  while (latest.load() == 0 && writer_status.ok() && absl::Now() < end) {
+    absl::SleepFor(absl::Milliseconds(1));
+  }
+  while (absl::Now() < end && probe_status.ok()) {
     v1::ReserveRequest rq;
     rq.set_namespace_id(ns_bytes);
-    rq.add_keys(std::string(KeyBytes(MakeKey(2, i, 0))));
+    rq.add_keys(std::string(KeyBytes(MakeKey(1, latest.load(), 0))));
     rq.set_block_bytes(o.block_bytes);
     v1::ReserveResponse rr;
     absl::StatusOr<double> us = call(&v1::CacheStore::Stub::Reserve, rq, &rr);
@@ -110,7 +118,7 @@ absl::StatusOr<SpillRun> MeasureSpillRun(const StoreBenchOptions& o, const std::
       break;
     }
     reserve_us.push_back(*us);
-    if (rr.reservation_id() != 0) {
+    if (rr.reservation_id() != 0) {  // evicted meanwhile (rare): give the slot back
       v1::AbortRequest ar;
       ar.set_reservation_id(rr.reservation_id());
       v1::AbortResponse aresp;

@@ -193,7 +193,7 @@ absl::StatusOr<NodeLookup> StoreNode::Lookup(const NamespaceId& ns, absl::Span<c
       st = absl::InternalError("malformed lookup response");
     }
     if (!st.ok()) {
-      Failed(st);
+      st = Failed(std::move(st));
       if (start == 0) return st;
       return out;
     }

@@ -71,7 +71,9 @@ class ObservabilityTest : public ::testing::Test {
     for (const deploy::ClusterProcess& p : state_.processes) kill(p.pid, SIGCONT);
     std::ostringstream log;
     absl::Status s = deploy::StopCluster(config_.run_dir, absl::Seconds(5), log);
-    if (!state_.processes.empty()) EXPECT_TRUE(s.ok()) << s << "\n" << log.str();
+    if (!state_.processes.empty()) {
+      EXPECT_TRUE(s.ok()) << s << "\n" << log.str();
+    }
     if (HasFailure()) {
       for (const deploy::ClusterProcess& p : state_.processes) {
         std::cerr << "---- " << p.name << "\n" << FileTail(p.log, 6000) << "\n";
