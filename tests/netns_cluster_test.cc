@@ -42,6 +42,7 @@
 #include "deploy/cluster.h"
 #include "deploy/netns.h"
 #include "deploy/status.h"
+#include "engine/testing/test_util.h"
 #include "gtest/gtest.h"
 #include "membership/etcd_client.h"
 #include "nlohmann/json.hpp"
