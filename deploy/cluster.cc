@@ -204,31 +204,6 @@ SpawnOptions Detached(std::vector<std::string> argv, std::map<std::string, std::
   return o;
 }
 
-// etcd started with `o` (its output appended to `log`), once its /health at `endpoint` says
-// healthy within `timeout`; the log's tail on failure.
-absl::StatusOr<ChildProcess> SpawnEtcd(SpawnOptions o, const std::string& log,
-                                       const std::string& endpoint, absl::Duration timeout) {
-  o.stdout_path = log;
-  o.stderr_path = "&1";
-  o.append = true;
-  absl::StatusOr<ChildProcess> etcd = ChildProcess::Spawn(o);
-  if (!etcd.ok()) {
-    return absl::Status(etcd.status().code(),
-                        absl::StrCat("etcd: ", etcd.status().message(),
-                                     " (Debian's etcd-server: deploy/install-deps.sh)"));
-  }
-  WaitFor(
-      [&] {
-        return !etcd->Running() || membership::EtcdHealthy(endpoint, absl::Milliseconds(500));
-      },
-      timeout);
-  if (!etcd->Running() || !membership::EtcdHealthy(endpoint, absl::Milliseconds(500))) {
-    return absl::UnavailableError(
-        absl::StrCat("etcd at ", endpoint, " did not become healthy; its log:\n", FileTail(log)));
-  }
-  return etcd;
-}
-
 // The processes of a cluster being started. Until Release(), destruction stops them all.
 class Starting {
  public:
@@ -272,13 +247,12 @@ class Starting {
     const std::string client = absl::StrCat("http://", p.address());
     const std::string peer = absl::StrCat("http://", p.host, ":", peer_port);
     // The name has "kvtier" in it: IsOurs tells this etcd from a reused pid by it.
-    p.argv.insert(p.argv.end(),
-                  {"etcd", "--name=kvtier", "--data-dir=" + dir + "/data",
-                   "--listen-client-urls=" + client, "--advertise-client-urls=" + client,
-                   "--listen-peer-urls=" + peer, "--initial-advertise-peer-urls=" + peer,
-                   "--initial-cluster=kvtier=" + peer, "--log-level=warn"});
+    for (std::string& a : membership::EtcdCommand(dir + "/data", client, peer)) {
+      p.argv.push_back(std::move(a));
+    }
     KVTIER_ASSIGN_OR_RETURN(
-        ChildProcess etcd, SpawnEtcd(Detached(p.argv, p.env, absl::Seconds(c_.stop_grace_s)), p.log,
+        ChildProcess etcd,
+        membership::SpawnHealthyEtcd(Detached(p.argv, p.env, absl::Seconds(c_.stop_grace_s)), p.log,
                                      client, deadline - absl::Now()));
     log_ << "started etcd " << client << " (pid " << etcd.pid() << ")\n";
     etcd_endpoint_ = client;
@@ -626,8 +600,8 @@ absl::Status RestartClusterProcess(ClusterState* state, const std::string& name,
   // A restart that fails is killed at once.
   SpawnOptions o = Detached(p->argv, p->env, absl::ZeroDuration());
   if (name == "etcd") {
-    KVTIER_ASSIGN_OR_RETURN(ChildProcess etcd,
-                            SpawnEtcd(o, p->log, "http://" + p->address(), timeout));
+    KVTIER_ASSIGN_OR_RETURN(ChildProcess etcd, membership::SpawnHealthyEtcd(
+                                                   o, p->log, "http://" + p->address(), timeout));
     p->pid = etcd.Release();
     return WriteState(*state);
   }

@@ -7,6 +7,7 @@
 
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
+#include "common/status_macros.h"
 
 namespace kvtier::membership {
 
@@ -17,6 +18,47 @@ bool EtcdHealthy(const std::string& endpoint, absl::Duration timeout) {
   cli.set_read_timeout(0, us);
   httplib::Result r = cli.Get("/health");
   return r && r->status == 200 && absl::StrContains(r->body, "\"health\":\"true\"");
+}
+
+std::vector<std::string> EtcdCommand(const std::string& data_dir, const std::string& client_url,
+                                     const std::string& peer_url) {
+  return {"etcd",
+          "--name=kvtier",
+          "--data-dir=" + data_dir,
+          "--listen-client-urls=" + client_url,
+          "--advertise-client-urls=" + client_url,
+          "--listen-peer-urls=" + peer_url,
+          "--initial-advertise-peer-urls=" + peer_url,
+          "--initial-cluster=kvtier=" + peer_url,
+          "--log-level=warn"};
+}
+
+absl::StatusOr<ChildProcess> SpawnHealthyEtcd(SpawnOptions spawn, const std::string& log,
+                                              const std::string& client_url,
+                                              absl::Duration timeout) {
+  spawn.stdout_path = log;
+  spawn.stderr_path = "&1";
+  spawn.append = true;
+  absl::StatusOr<ChildProcess> child = ChildProcess::Spawn(spawn);
+  if (absl::IsNotFound(child.status())) {
+    return absl::NotFoundError(absl::StrCat(child.status().message(),
+                                            " (etcd comes with Debian's etcd-server: "
+                                            "deploy/install-deps.sh)"));
+  }
+  if (!child.ok()) return child.status();
+  const bool up =
+      WaitFor([&] { return !child->Running() || EtcdHealthy(client_url, absl::Milliseconds(500)); },
+              timeout);
+  if (!child->Running()) {
+    return absl::FailedPreconditionError(
+        absl::StrCat("etcd exited at start; its log:\n", FileTail(log)));
+  }
+  if (!up) {
+    return absl::DeadlineExceededError(absl::StrCat("etcd at ", client_url, " not healthy after ",
+                                                    absl::FormatDuration(timeout), "; its log:\n",
+                                                    FileTail(log)));
+  }
+  return child;
 }
 
 absl::StatusOr<EtcdProcess> EtcdProcess::Start(EtcdProcessOptions o) {
@@ -34,38 +76,15 @@ absl::StatusOr<EtcdProcess> EtcdProcess::Start(EtcdProcessOptions o) {
   const std::string peer = absl::StrCat("http://", o.host, ":", o.peer_port);
   SpawnOptions spawn;
   spawn.argv = o.launcher;
-  spawn.argv.insert(spawn.argv.end(),
-                    {"etcd", "--name=kvtier", "--data-dir=" + o.dir + "/etcd-data",
-                     "--listen-client-urls=" + client, "--advertise-client-urls=" + client,
-                     "--listen-peer-urls=" + peer, "--initial-advertise-peer-urls=" + peer,
-                     "--initial-cluster=kvtier=" + peer, "--log-level=warn"});
-  spawn.stdout_path = o.dir + "/etcd.log";
-  spawn.stderr_path = "&1";
-  spawn.append = true;
-  absl::StatusOr<ChildProcess> child = ChildProcess::Spawn(spawn);
-  if (absl::IsNotFound(child.status())) {
-    return absl::NotFoundError(absl::StrCat(child.status().message(),
-                                            " (etcd comes with Debian's etcd-server: "
-                                            "deploy/install-deps.sh)"));
+  for (std::string& a : EtcdCommand(o.dir + "/etcd-data", client, peer)) {
+    spawn.argv.push_back(std::move(a));
   }
-  if (!child.ok()) return child.status();
   EtcdProcess p;
-  p.process_ = *std::move(child);
+  p.log_path_ = o.dir + "/etcd.log";
+  KVTIER_ASSIGN_OR_RETURN(p.process_,
+                          SpawnHealthyEtcd(std::move(spawn), p.log_path_, client, o.start_timeout));
   p.host_ = o.host;
   p.client_port_ = o.client_port;
-  p.log_path_ = spawn.stdout_path;
-  const bool up =
-      WaitFor([&] { return !p.process_.Running() || EtcdHealthy(client, absl::Milliseconds(500)); },
-              o.start_timeout);
-  if (!p.process_.Running()) {
-    return absl::FailedPreconditionError(
-        absl::StrCat("etcd exited at start; its log:\n", FileTail(p.log_path_)));
-  }
-  if (!up) {
-    return absl::DeadlineExceededError(absl::StrCat("etcd not healthy after ",
-                                                    absl::FormatDuration(o.start_timeout),
-                                                    "; its log:\n", FileTail(p.log_path_)));
-  }
   return p;
 }
 

@@ -49,6 +49,20 @@ class EtcdProcess {
   std::string log_path_;
 };
 
+// The command line of a one-member etcd named "kvtier": data in `data_dir`, clients at
+// `client_url`, the peer port at `peer_url` (http://host:port each).
+std::vector<std::string> EtcdCommand(const std::string& data_dir, const std::string& client_url,
+                                     const std::string& peer_url);
+
+// Spawns `spawn` (a launcher and EtcdCommand; its output appended to `log`) and waits up to
+// `timeout` until etcd at `client_url` says it is healthy. NotFound when no `etcd` binary is in
+// PATH, FailedPrecondition when it exits first, DeadlineExceeded when it is not healthy in time
+// (the last two with the tail of the log). What EtcdProcess::Start runs, and `kvtier up` for the
+// etcd it starts and restarts detached (deploy/cluster.h).
+absl::StatusOr<ChildProcess> SpawnHealthyEtcd(SpawnOptions spawn, const std::string& log,
+                                              const std::string& client_url,
+                                              absl::Duration timeout);
+
 // Whether etcd at `endpoint` (http://host:port) says it is healthy, asking once within
 // `timeout`.
 bool EtcdHealthy(const std::string& endpoint, absl::Duration timeout);
