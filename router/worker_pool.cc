@@ -135,25 +135,29 @@ void WorkerPool::RefreshLoop() {
 
 void WorkerPool::Refresh() {
   for (WorkerRole role : {WorkerRole::kDecode, WorkerRole::kPrefill}) {
-    std::vector<std::pair<size_t, std::shared_ptr<WorkerClient>>> members;
+    struct Ask {
+      size_t index;
+      std::shared_ptr<WorkerClient> client;
+      v1::WorkerInfoRequest request;
+    };
+    std::vector<Ask> members;
     {
       absl::MutexLock lock(&mu_);
       const std::vector<State>& ss = states(role);
       for (size_t i = 0; i < ss.size(); ++i) {
-        if (ss[i].member) members.emplace_back(i, ss[i].client);
+        if (!ss[i].member) continue;
+        Ask a{i, ss[i].client, {}};
+        if (role == WorkerRole::kDecode) {
+          a.request.set_want_blocks(true);
+          if (ss[i].alive) {  // else: a full report
+            a.request.set_blocks_epoch(ss[i].blocks_epoch);
+            a.request.set_blocks_since(ss[i].blocks_seq);
+          }
+        }
+        members.push_back(std::move(a));
       }
     }
-    for (const auto& [i, client] : members) {
-      v1::WorkerInfoRequest request;
-      if (role == WorkerRole::kDecode) {
-        absl::MutexLock lock(&mu_);
-        const State& s = states(role)[i];
-        request.set_want_blocks(true);
-        if (s.alive) {  // else: a full report
-          request.set_blocks_epoch(s.blocks_epoch);
-          request.set_blocks_since(s.blocks_seq);
-        }
-      }
+    for (const auto& [i, client, request] : members) {
       const absl::Time asked = absl::Now();
       absl::StatusOr<v1::WorkerInfo> info = client->GetWorkerInfo(request, health_timeout_);
       absl::MutexLock lock(&mu_);
