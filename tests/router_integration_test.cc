@@ -21,6 +21,7 @@
 #include "absl/strings/str_split.h"
 #include "common/metrics_text.h"
 #include "common/process.h"
+#include "deploy/status.h"
 #include "engine/model_config.h"
 #include "engine/testing/model_writer.h"
 #include "engine/testing/tokenizer_writer.h"
@@ -831,10 +832,8 @@ TEST_F(RouterIntegrationTest, DecodeWorkerSigtermDrainsItsStreamsToTheEnd) {
 TEST_F(RouterIntegrationTest, TheNextTurnGoesWhereTheWorkerReportsItsHistory) {
   ASSERT_NO_FATAL_FAILURE(StartAll(/*decode_workers=*/2, {"--affinity-keys-per-worker=1"}));
   auto first_tier_tokens = [](ServerProcess& w) {
-    httplib::Client c("127.0.0.1", w.metrics_port());
-    httplib::Result r = c.Get("/metrics");
-    if (!r || r->status != 200) return -1.0;
-    absl::StatusOr<ParsedMetrics> m = ParseMetricsText(r->body);
+    absl::StatusOr<ParsedMetrics> m =
+        deploy::ScrapeMetrics({.port = w.metrics_port()}, absl::Seconds(5));
     return m.ok() ? m->Sum("kvtier_worker_prompt_tokens_total", {{"source", "first_tier"}}) : -1;
   };
   // Conversation A streams on decode_ (placement ties go to the first worker) while

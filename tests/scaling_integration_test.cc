@@ -17,6 +17,7 @@
 #include "absl/synchronization/notification.h"
 #include "common/metrics_text.h"
 #include "common/process.h"
+#include "deploy/status.h"
 #include "engine/model_config.h"
 #include "engine/testing/model_writer.h"
 #include "engine/testing/tokenizer_writer.h"
@@ -75,10 +76,8 @@ class ScalingIntegrationTest : public ::testing::Test {
   }
   // Requests the worker `w` finished, from its metrics.
   double Served(ServerProcess* w) {
-    httplib::Client c("127.0.0.1", w->metrics_port());
-    httplib::Result r = c.Get("/metrics");
-    if (!r || r->status != 200) return -1;
-    absl::StatusOr<ParsedMetrics> m = ParseMetricsText(r->body);
+    absl::StatusOr<ParsedMetrics> m =
+        deploy::ScrapeMetrics({.port = w->metrics_port()}, absl::Seconds(5));
     return m.ok() ? m->Sum("kvtier_worker_e2e_request_latency_seconds_count") : -1;
   }
 
